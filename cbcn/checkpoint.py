@@ -52,7 +52,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     from cbcn import __version__
     payload = dict(state)
     payload.update(format=FORMAT, format_version=FORMAT_VERSION, cbcn_version=__version__,
-                   torch_version=torch.__version__)
+                   torch_version=str(torch.__version__))
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -67,8 +67,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated/corrupt/foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt, truncated or not a "
-                              f"torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+        why = next((s for s in lines if "WeightsUnpickler error" in s), lines[0] if lines else "")
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt, truncated, not a torch "
+                              f"checkpoint, or holds more than plain data ({type(e).__name__}: {why})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cbcn training checkpoint (no '{FORMAT}' format tag)")
     version = state.get("format_version")

