@@ -1,0 +1,86 @@
+"""Ahead-of-time compilation of every kernel for Hopper (``GPUTarget("cuda", 90, 32)``) on this
+CPU-only machine, and what the generated PTX contains: the int8 tensor-core MMA in the tensor-core
+path, ``popc`` in the popcount path (plain SWAR ops folded by LLVM, and the inline-asm variant),
+no FMA contraction in the epilogue (so results match the reference's separately rounded ops)."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+from triton_kernels.compile import KERNELS, compile_kernel, ptx_instructions  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+S8_MMA = r"wgmma\.mma_async[\w.]*\.s8|mma\.sync[\w.]*\.s8"
+
+
+@pytest.fixture(scope="module")
+def can_compile():
+    try:
+        compile_kernel("unpack_signs_kernel")
+    except Exception as exc:  # no CUDA backend / ptxas in this Triton build
+        pytest.skip(f"cannot compile for cuda sm_90 here: {type(exc).__name__}: {exc}")
+
+
+def test_mma_path_uses_int8_tensor_cores(can_compile):
+    ptx = compile_kernel("packed_conv_mma_kernel", num_warps=8).asm["ptx"]
+    found = ptx_instructions(ptx, S8_MMA)
+    assert found, "no int8 mma/wgmma in the tensor-core path"
+    assert all(".s32.s8.s8" in f or ".s8.s8.s32" in f for f in found), found
+    assert "fma.rn.f32" not in ptx  # epilogue: mul then add, each rounded (no FP contraction)
+
+
+def test_mma_path_rebinarising_epilogue(can_compile):
+    ptx = compile_kernel(
+        "packed_conv_mma_kernel", num_warps=4, BLOCK_M=64, BLOCK_N=64, BLOCK_W=2, HAS_AFFINE=True, BINARIZE=True
+    ).asm["ptx"]
+    assert ptx_instructions(ptx, S8_MMA)
+    assert "fma.rn.f32" not in ptx
+
+
+@pytest.mark.parametrize("use_asm", [False, True])
+def test_popcount_path_uses_popc(can_compile, use_asm):
+    ptx = compile_kernel("packed_conv_popcount_kernel", num_warps=4, USE_ASM_POPC=use_asm).asm["ptx"]
+    assert "popc.b32" in ptx
+    assert not ptx_instructions(ptx, S8_MMA)
+
+
+@pytest.mark.parametrize("name", ["pack_signs_kernel", "unpack_signs_kernel", "cif_pack_bank_kernel",
+                                  "cif_expand_kernel", "cif_backward_kernel"])
+def test_other_kernels_compile(can_compile, name):
+    assert KERNELS[name]
+    assert ".entry" in compile_kernel(name).asm["ptx"]
+
+
+def test_cif_pack_bank_from_packed_signs_compiles(can_compile):
+    ptx = compile_kernel("cif_pack_bank_kernel", FROM_PACKED=True, signature={"w_ptr": "*i32"}).asm["ptx"]
+    assert ".entry" in ptx
+
+
+def test_mode_independent_of_import_order(can_compile):
+    """With TRITON_INTERPRET=1 set before Triton is imported, kernels still compile for the GPU
+    and run in the interpreter on CPU tensors (and the reverse order is what this process does)."""
+    code = textwrap.dedent(
+        """
+        import os
+        os.environ["TRITON_INTERPRET"] = "1"
+        import torch, triton
+        from cbcn import bitpack
+        import triton_kernels as tk
+        from triton_kernels.compile import compile_kernel
+        ptx = compile_kernel("packed_conv_popcount_kernel", num_warps=4, BLOCK_M=32, BLOCK_N=32).asm["ptx"]
+        assert "popc.b32" in ptx
+        x, w = torch.randn(1, 37, 5, 5), torch.randn(8, 37, 3, 3)
+        xp, wp = tk.pack_signs(x), tk.pack_signs(w)
+        ref = bitpack.packed_conv2d_reference(xp, wp, 37, 2, 1)
+        assert torch.equal(tk.packed_conv2d(xp, wp, 37, 2, 1, path="mma"), ref)
+        print("OK")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
