@@ -81,10 +81,18 @@ class Experiment:
         return (f"{UNIMPLEMENTED_METHODS[self.method]}; the paper's number is "
                 f"{'quoted from ' + self.quoted_from if self.quoted else 'shown'} without a measurement")
 
-    def config_key(self) -> tuple:
-        """What determines the trained model: experiments with equal keys are the same run."""
-        return (self.model, self.method, self.K, self.stages, self.dataset, self.stem,
-                tuple(sorted(self.switches.items())), self.center_loss)
+    def config_key(self, stages: tuple[int, ...] | None = None) -> tuple:
+        """What determines the trained model: experiments with equal keys are the same run
+        (e.g. Table 2's CBCN 16-16-32-64 on CIFAR10 and Table 3's K=4 S+G). The method's
+        defaults are resolved, so explicit switches equal to them do not make a new run."""
+        spec: object = (self.method, tuple(sorted(self.switches.items())))
+        if self.runnable:
+            from .methods import get_method
+            spec = get_method(self.method).with_switches(**self.switches)
+            spec = (spec.binary_weights, spec.binary_acts, spec.scaled, spec.act_surrogate,
+                    spec.weight_surrogate, spec.cbconv, spec.shortcut)
+        return (self.model, spec, self.K, tuple(stages or self.stages), self.dataset, self.stem,
+                self.center_loss)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -280,3 +288,105 @@ def paper_value(exp: Experiment, metric: str | None = None) -> float | None:
     """The paper's number for the experiment's main metric (``error``, ``accuracy`` or ``top1``)."""
     metric = metric or ("top1" if exp.table == 5 else exp.metric)
     return exp.paper.get(metric)
+
+
+# --- the paper's claims and inconsistencies, as data the report checks -----------------------
+@dataclass(frozen=True)
+class Claim:
+    """"``better`` beats ``worse``" on the experiments' main metric (lower error / higher accuracy;
+    top-1 for Table 5), as the paper's text or table states it."""
+
+    table: int
+    text: str
+    better: str
+    worse: str
+
+    @property
+    def metric(self) -> str:
+        return "top1" if self.table == 5 else TABLE_METRICS[self.table]
+
+
+def _claims() -> list[Claim]:
+    out = []
+    for ds, model, stage, *_ in _T2:
+        for rot in ("", "-rot"):
+            d = ds + rot
+            out.append(Claim(2, f"CBCN beats XNOR on {_PRETTY[ds]}{rot} {_PRETTY[model]} {stage}",
+                             f"t2-{d}-{model}-{stage}-cbcn", f"t2-{d}-{model}-{stage}-xnor"))
+    slug = {c: ("convcomp" if c == "ConvComp" else c.lower().replace("+", "")) for c in _T3_COLUMNS}
+    for c in _T3_COLUMNS:
+        out.append(Claim(3, f"CBCN K=4 beats XNOR ({c})", f"t3-cbcn-k4-{slug[c]}", f"t3-xnor-{slug[c]}"))
+    for label, K, _ in _T3:
+        r = f"t3-cbcn-k{K}" if label.startswith("CBCN") else "t3-xnor"
+        for better, worse, what in (("S", "ConvComp", "doubled shortcuts (S) help"),
+                                    ("S+C", "S", "center loss (C) helps"),
+                                    ("S+G", "S", "the Gaussian gradient (G) helps"),
+                                    ("S+C+G", "S+G", "center loss helps on top of S+G")):
+            out.append(Claim(3, f"{label}: {what}", f"{r}-{slug[better]}", f"{r}-{slug[worse]}"))
+    for c in _T3_COLUMNS:
+        for hi, lo in ((8, 4), (4, 2)):
+            out.append(Claim(3, f"more orientations help ({c}): K={hi} beats K={lo}",
+                             f"t3-cbcn-k{hi}-{slug[c]}", f"t3-cbcn-k{lo}-{slug[c]}"))
+    for ds in ("cifar10", "cifar100"):
+        out.append(Claim(4, f"CBCN (WRN40 16-16-32-64) beats XNOR (WRN40 64-64-128-256) on {_PRETTY[ds]}",
+                         f"t4-{ds}-wrn40-16-16-32-64-cbcn", f"t4-{ds}-wrn40-64-64-128-256-xnor"))
+        out.append(Claim(4, f"CBCN (ResNet18 16-16-32-64) beats XNOR (ResNet18 64-64-128-256) on {_PRETTY[ds]}",
+                         f"t4-{ds}-resnet18-16-16-32-64-cbcn", f"t4-{ds}-resnet18-64-64-128-256-xnor"))
+    for m in ("bnn", "bwn"):
+        out.append(Claim(4, f"CBCN (ResNet18 16-16-32-64) beats {_METHOD_LABEL[m]} on CIFAR10",
+                         "t4-cifar10-resnet18-16-16-32-64-cbcn", f"t4-cifar10-resnet18-16-16-32-64-{m}"))
+    for m in ("xnor", "abcnet", "bnn", "bireal"):
+        out.append(Claim(5, f"CBCN beats {_METHOD_LABEL[m] if m != 'bnn' else 'BinaryNet'} (top-1)",
+                         "t5-imagenet-resnet18-cbcn", f"t5-imagenet-resnet18-{m}"))
+    return out
+
+
+CLAIMS: tuple[Claim, ...] = tuple(_claims())
+
+
+@dataclass(frozen=True)
+class Inconsistency:
+    """Cells of the paper that describe the same model but print different numbers (SPEC §6).
+    ``cells`` are experiment ids; all are compared as accuracy (Table 2's error as 100 − error)."""
+
+    text: str
+    cells: tuple[str, ...]
+    source: str = "SPEC §6"
+
+
+INCONSISTENCIES: tuple[Inconsistency, ...] = (
+    Inconsistency("fp ResNet18 16-16-32-64 on CIFAR10: Table 2 gives error 8.94 % (accuracy 91.06 %), "
+                  "Table 4 gives 94.84 % for the same model",
+                  ("t2-cifar10-resnet18-16-16-32-64-fp", "t4-cifar10-resnet18-16-16-32-64-fp")),
+    Inconsistency("CBCN ResNet18 16-16-32-64 on CIFAR10: Table 4's 90.22 % equals Table 3's S+G cell "
+                  "(without center loss), not the full S+C+G 90.83 %",
+                  ("t4-cifar10-resnet18-16-16-32-64-cbcn", "t3-cbcn-k4-sg", "t3-cbcn-k4-scg")),
+    Inconsistency("CBCN ResNet18 16-16-32-64 on CIFAR10: Table 2's error 10.9 % (accuracy 89.10 %) equals "
+                  "Table 3's S cell (without the Gaussian gradient CBCN is defined with), not S+G 90.22 %",
+                  ("t2-cifar10-resnet18-16-16-32-64-cbcn", "t3-cbcn-k4-s", "t3-cbcn-k4-sg")),
+    Inconsistency("XNOR ResNet18 16-16-32-64 on CIFAR10 with standard shortcuts: Table 2's error 22.88 % "
+                  "(accuracy 77.12 %) vs Table 3's ConvComp 76.3 %",
+                  ("t2-cifar10-resnet18-16-16-32-64-xnor", "t3-xnor-convcomp"), source="noted by cbcn"),
+)
+
+
+def accuracy_of(exp: Experiment, values: dict) -> float | None:
+    """Accuracy (%) from a metrics dict in the experiment's table's terms (Table 2: 100 − error)."""
+    if exp.table == 2:
+        v = values.get("error")
+        return None if v is None else 100.0 - v
+    if exp.table == 5:
+        return values.get("top1")
+    return values.get("accuracy")
+
+
+def _check_registry() -> None:
+    for c in CLAIMS:
+        for i in (c.better, c.worse):
+            assert i in BY_ID, f"claim {c.text!r} names unknown experiment {i}"
+    for inc in INCONSISTENCIES:
+        for i in inc.cells:
+            assert i in BY_ID, f"inconsistency names unknown experiment {i}"
+
+
+_check_registry()

@@ -1,0 +1,490 @@
+"""Reports: the paper's Tables 2–5 with the measured numbers beside the paper's, the paper's claims
+checked, its inconsistencies shown, and each model's hardware cost — CSV, Markdown and one
+self-contained HTML page, rebuilt from the results store alone (``cbcn report``).
+
+Why pandas tables built from per-run records: the store is the only input, so a report can be
+rebuilt at any time, from any merged set of shards, without training anything. Every row says
+which profile produced its number (a ``smoke`` number is not a reproduction), and a figure that
+could not be measured is printed as ``unavailable: <reason>``, never as zero.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .experiments import (BY_ID, CLAIMS, EXPERIMENTS, INCONSISTENCIES, TABLE_METRICS, TABLE_TITLES, Experiment,
+                          accuracy_of)
+from .hardware import CONVENTIONS
+from .store import ResultStore, StoreProblem, parse_key
+
+#: metrics shown per table (percent)
+TABLE_COLUMNS = {2: ("error",), 3: ("accuracy",), 4: ("accuracy",), 5: ("top1", "top5")}
+NOT_RUN = "not run"
+
+
+@dataclass
+class Results:
+    """What the store holds, in pandas form."""
+
+    records: list[dict]
+    problems: list[StoreProblem]
+    statuses: list[dict]
+    frame: pd.DataFrame                       # one row per record (experiment, profile, seed)
+    summary: pd.DataFrame                     # one row per (experiment, profile): mean over seeds
+
+    @property
+    def profiles(self) -> list[str]:
+        """Profiles with a record, a status or an unreadable record in the store."""
+        names = set(self.frame["profile"]) if len(self.frame) else set()
+        names |= {s["profile"] for s in self.statuses}
+        for p in self.problems:
+            try:
+                names.add(parse_key(Path(p.path).name[:-5])[1])
+            except ValueError:
+                pass
+        return sorted(names)
+
+
+def _hw_value(hw: dict, key: str):
+    """A hardware figure, or the string 'unavailable: <reason>'."""
+    reason = (hw.get("unavailable") or {}).get(key)
+    if reason is not None:
+        return f"unavailable: {reason}"
+    return hw.get(key)
+
+
+HARDWARE_FIELDS = ("learned_parameters", "maps", "physical_channels", "fp32_bytes", "onebit_bytes", "compression",
+                   "fp32_checkpoint_bytes", "onebit_checkpoint_bytes",
+                   "flops", "bops", "ops", "macs_real", "latency_b1_ms", "throughput_images_per_s",
+                   "packed_latency_b1_ms", "packed_throughput_images_per_s", "peak_memory_bytes",
+                   "energy_per_image_mj", "power_w", "device_name", "torch_threads")
+
+
+def hardware_row(hw: dict) -> dict:
+    """The report's hardware columns from a record's hardware profile (ms, mJ for readability)."""
+    model = hw.get("model") if isinstance(hw.get("model"), dict) else {}
+    row = {"learned_parameters": model.get("learned_parameters", hw.get("parameters")),
+           "maps": model.get("stages_maps"), "physical_channels": model.get("stages_physical_channels")}
+    for k in ("fp32_bytes", "onebit_bytes", "compression", "fp32_checkpoint_bytes", "onebit_checkpoint_bytes",
+              "flops", "bops", "ops", "macs_real",
+              "throughput_images_per_s", "packed_throughput_images_per_s", "peak_memory_bytes", "power_w",
+              "device_name", "torch_threads"):
+        row[k] = _hw_value(hw, k)
+    for src, dst, factor in (("latency_b1_s", "latency_b1_ms", 1e3), ("packed_latency_b1_s", "packed_latency_b1_ms", 1e3),
+                             ("energy_per_image_j", "energy_per_image_mj", 1e3)):
+        v = _hw_value(hw, src)
+        row[dst] = v * factor if isinstance(v, (int, float)) else v
+    return row
+
+
+def load_results(out: str | os.PathLike) -> Results:
+    store = ResultStore(out)
+    records, problems = store.scan()
+    statuses = store.statuses()
+    rows = []
+    for r in records:
+        exp = BY_ID.get(r["experiment_id"])
+        e = r.get("experiment") or {}
+        m = r.get("metrics") or {}
+        row = {"experiment_id": r["experiment_id"], "table": e.get("table", exp.table if exp else None),
+               "row": e.get("row"), "column": e.get("column"), "model": e.get("model"), "method": e.get("method"),
+               "K": e.get("K"), "stages": "-".join(map(str, r.get("model_stages") or e.get("stages") or [])),
+               "dataset": e.get("dataset"), "profile": r["profile"], "seed": r["seed"],
+               "error": m.get("error"), "accuracy": m.get("accuracy"), "top1": m.get("top1"), "top5": m.get("top5"),
+               "train_error": m.get("train_error"), "epochs": m.get("epochs"), "n_test": m.get("n_test"),
+               "accuracy_pct": accuracy_of(exp, m) if exp else m.get("accuracy"),
+               "reused_from": r.get("reused_from"), "data": (r.get("data") or {}).get("description"),
+               "git_revision": (r.get("git") or {}).get("revision"), "finished": r.get("finished"),
+               "train_time_s": r.get("train_time_s")}
+        row.update(hardware_row(r.get("hardware") or {}))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        frame = pd.DataFrame(columns=["experiment_id", "profile", "seed", "error", "accuracy", "top1", "top5",
+                                      "accuracy_pct"])
+    metric_cols = ["error", "accuracy", "top1", "top5", "accuracy_pct"]
+    if len(frame):
+        g = frame.groupby(["experiment_id", "profile"], sort=False)
+        summary = g[metric_cols].mean()
+        for c in metric_cols:
+            summary[c + "_std"] = g[c].std()
+        summary["seeds"] = g["seed"].count()
+        summary = summary.reset_index()
+    else:
+        summary = pd.DataFrame(columns=["experiment_id", "profile", "seeds"] + metric_cols)
+    return Results(records, problems, statuses, frame, summary)
+
+
+def _measured(results: Results, exp_id: str, profile: str) -> dict | None:
+    s = results.summary
+    hit = s[(s["experiment_id"] == exp_id) & (s["profile"] == profile)]
+    return None if hit.empty else hit.iloc[0].to_dict()
+
+
+def _status_map(results: Results) -> dict[tuple[str, str], str]:
+    out = {}
+    for s in results.statuses:
+        out[(s["experiment_id"], s["profile"])] = f"{s['status']}: {s['reason']}" if s["status"] != "unavailable" \
+            else f"unavailable: {s['reason']}"
+    for p in results.problems:
+        try:
+            exp_id, profile, _ = parse_key(Path(p.path).name[:-5])
+            out[(exp_id, profile)] = f"unreadable record: {p.error}"
+        except ValueError:
+            pass
+    return out
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
+
+
+def table_frame(results: Results, table: int) -> pd.DataFrame:
+    """Paper vs measured for one table: a row per (experiment, profile) with a record or a status,
+    and one 'not run' row for every experiment without either, so the paper column is complete."""
+    status = _status_map(results)
+    profiles = results.profiles
+    rows = []
+    for exp in (e for e in EXPERIMENTS if e.table == table):
+        pairs = [p for p in profiles if _measured(results, exp.id, p) is not None or (exp.id, p) in status]
+        for profile in pairs or [None]:
+            m = _measured(results, exp.id, profile) if profile else None
+            row = {"id": exp.id, "row": exp.row, "column": exp.column, "profile": profile or "—"}
+            for metric in TABLE_COLUMNS[table]:
+                paper = exp.paper.get(metric)
+                measured = m.get(metric) if m else None
+                row[f"paper {metric}"] = paper
+                row[f"measured {metric}"] = measured if _finite(measured) else None
+                row[f"diff {metric}"] = round(measured - paper, 4) if _finite(measured) and paper is not None else None
+            if m:
+                row["seeds"] = int(m["seeds"])
+                std = m.get(TABLE_COLUMNS[table][0] + "_std")
+                row["std"] = std if _finite(std) else None
+                row["status"] = "measured"
+            else:
+                row["seeds"], row["std"] = 0, None
+                row["status"] = status.get((exp.id, profile), NOT_RUN) if profile else (
+                    f"not runnable: {exp.not_runnable_reason}" if not exp.runnable else NOT_RUN)
+            row["quoted"] = f"quoted from {exp.quoted_from}" if exp.quoted else ""
+            row["notes"] = exp.notes
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def claims_frame(results: Results) -> pd.DataFrame:
+    """Each claim of the paper, whether the paper's own numbers support it, and whether the
+    measurement does (per profile)."""
+    rows = []
+    profiles = results.profiles or [None]
+    for c in CLAIMS:
+        b, w = BY_ID[c.better], BY_ID[c.worse]
+        pb, pw = b.paper.get(c.metric), w.paper.get(c.metric)
+        sign = -1 if c.metric == "error" else 1
+        paper_margin = round(sign * (pb - pw), 4) if pb is not None and pw is not None else None
+        for profile in profiles:
+            mb = _measured(results, b.id, profile) if profile else None
+            mw = _measured(results, w.id, profile) if profile else None
+            vb = mb.get(c.metric) if mb else None
+            vw = mw.get(c.metric) if mw else None
+            if _finite(vb) and _finite(vw):
+                margin = round(sign * (vb - vw), 4) + 0.0
+                verdict = "holds" if margin > 0 else ("does NOT hold (tie)" if margin == 0 else "does NOT hold")
+            else:
+                margin = None
+                missing = [e for e, v in ((b, vb), (w, vw)) if not _finite(v)]
+                verdict = "not measured: " + ", ".join(
+                    f"{e.id} ({'not runnable' if not e.runnable else 'no result'})" for e in missing)
+            rows.append({"table": c.table, "claim": c.text, "metric": c.metric, "profile": profile or "—",
+                         "paper margin": paper_margin, "paper": "holds" if paper_margin and paper_margin > 0 else "does NOT hold",
+                         "measured margin": margin, "measured": verdict, "better": b.id, "worse": w.id})
+    return pd.DataFrame(rows)
+
+
+def inconsistencies_frame(results: Results) -> pd.DataFrame:
+    rows = []
+    profiles = results.profiles or [None]
+    for i, inc in enumerate(INCONSISTENCIES, 1):
+        for cell in inc.cells:
+            exp = BY_ID[cell]
+            paper_acc = round(accuracy_of(exp, exp.paper), 4)
+            for profile in profiles:
+                m = _measured(results, cell, profile) if profile else None
+                acc = m.get("accuracy_pct") if m else None
+                rows.append({"#": i, "inconsistency": inc.text, "source": inc.source, "cell": cell,
+                             "table": exp.table, "table cell": f"{exp.row} / {exp.column}",
+                             "paper accuracy": paper_acc, "profile": profile or "—",
+                             "measured accuracy": acc if _finite(acc) else None})
+    return pd.DataFrame(rows)
+
+
+def hardware_frame(results: Results) -> pd.DataFrame:
+    f = results.frame
+    if f.empty:
+        return pd.DataFrame(columns=["experiment_id", "profile", "seed", *HARDWARE_FIELDS])
+    cols = ["experiment_id", "profile", "seed", "model", "method", "K", "stages", "dataset", "accuracy_pct",
+            *HARDWARE_FIELDS]
+    return f[[c for c in cols if c in f.columns]].copy()
+
+
+# --- rendering -------------------------------------------------------------------------------
+def footnote_unavailable(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Replace each 'unavailable: <reason>' cell by 'unavailable [n]' and return the reasons, so
+    that wide tables stay readable; the reasons are printed below the table."""
+    notes: list[str] = []
+
+    def short(v):
+        if isinstance(v, str) and v.startswith("unavailable: "):
+            reason = v[len("unavailable: "):]
+            if reason not in notes:
+                notes.append(reason)
+            return f"unavailable [{notes.index(reason) + 1}]"
+        return v
+
+    return df.apply(lambda col: col.map(short)) if len(df) else df, notes
+
+
+def _fmt(v, col: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10000 else str(v)
+    if isinstance(v, float):
+        if col.startswith("diff") or "margin" in col:
+            return f"{v:+.2f}"
+        if abs(v) >= 10000:
+            return f"{v:,.0f}"
+        if v != 0 and abs(v) < 0.01:
+            return f"{v:.3g}"
+        return f"{v:.2f}"
+    return str(v)
+
+
+def display(df: pd.DataFrame) -> pd.DataFrame:
+    """All cells as strings, numbers rounded for reading."""
+    return pd.DataFrame({c: [_fmt(v, str(c)) for v in df[c].tolist()] for c in df.columns}, index=df.index)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no dependency on ``tabulate``)."""
+    d = display(df)
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(esc(c) for c in d.columns) + " |", "|" + "---|" * len(d.columns)]
+    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in d.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def to_html_table(df: pd.DataFrame) -> str:
+    return display(df).to_html(index=False, escape=True, border=0, classes="t")
+
+
+@dataclass
+class ReportFiles:
+    markdown: Path
+    html: Path
+    csv: list[Path] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:110em}table.t{border-collapse:collapse;
+font-size:13px;margin:1em 0}table.t th,table.t td{border:1px solid #ccc;padding:2px 6px;text-align:left}
+table.t th{background:#eee}img{max-width:46em;display:block;margin:1em 0}.warn{color:#a00}
+code{background:#f4f4f4}"""
+
+
+def build_report(out: str | os.PathLike, report_dir: str | os.PathLike | None = None) -> ReportFiles:
+    """Write ``report.md``, ``report.html`` (self-contained), CSVs and ``plots/*.png`` under
+    ``<out>/report`` from the store at ``<out>``."""
+    from . import plots
+    out = Path(out)
+    rdir = Path(report_dir) if report_dir else out / "report"
+    pdir = rdir / "plots"
+    pdir.mkdir(parents=True, exist_ok=True)
+    results = load_results(out)
+    files = ReportFiles(rdir / "report.md", rdir / "report.html")
+
+    tables = {t: table_frame(results, t) for t in TABLE_METRICS}
+    claims = claims_frame(results)
+    incons = inconsistencies_frame(results)
+    hw = hardware_frame(results)
+    for t, df in tables.items():
+        files.csv.append(_write_csv(df, rdir / f"table{t}.csv"))
+    files.csv.append(_write_csv(claims, rdir / "claims.csv"))
+    files.csv.append(_write_csv(incons, rdir / "inconsistencies.csv"))
+    files.csv.append(_write_csv(hw, rdir / "hardware.csv"))
+    files.csv.append(_write_csv(results.frame, rdir / "results.csv"))
+
+    figures = plots.make_all(results, pdir)          # list of plots.Figure
+    files.plots = [f.path for f in figures if f.path is not None]
+
+    sections = _sections(results, tables, claims, incons, hw, figures, out)
+    _atomic_text(files.markdown, _render_markdown(sections, rdir))
+    _atomic_text(files.html, _render_html(sections))
+    return files
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _profile_lines(results: Results) -> list[str]:
+    from .profiles import PROFILES
+    lines = []
+    for p in results.profiles:
+        d = PROFILES[p].description if p in PROFILES else "unknown profile"
+        n = int((results.frame["profile"] == p).sum()) if len(results.frame) else 0
+        lines.append(f"`{p}`: {n} finished runs — {d}")
+    return lines
+
+
+def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) -> list[tuple]:
+    """The report as (kind, payload) items shared by the Markdown and HTML renderers."""
+    S: list[tuple] = [("h1", "cbcn reproduction report — Circulant Binary Convolutional Networks (CVPR 2019)")]
+    f = results.frame
+    revs = sorted(set(f["git_revision"].dropna())) if "git_revision" in f else []
+    devices = sorted(set(f["device_name"].dropna().astype(str))) if "device_name" in f else []
+    S.append(("p", f"Store: `{out.resolve()}` — {len(results.records)} finished runs, "
+                   f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}. Code revisions: {', '.join(revs) or '—'}. "
+                   f"Devices: {', '.join(devices) or '—'}."))
+    if results.profiles:
+        S.append(("p", "Profiles (every number below names the profile that produced it; only `paper` "
+                       "runs the paper's recipes, the others are shortened and not comparable with the paper):"))
+        S.append(("ul", _profile_lines(results)))
+    else:
+        S.append(("p", "The store holds no results yet: the tables show the paper's numbers only. Run "
+                       "`cbcn reproduce --profile quick` to measure."))
+    if results.problems:
+        S.append(("h2", "Unreadable records"))
+        S.append(("warn", "These result files could not be read and were skipped (they are left untouched; "
+                          "fix or delete them, or rerun those experiments with --force, which moves them aside):"))
+        S.append(("ul", [p.error for p in results.problems]))
+    for t, df in tables.items():
+        S.append(("h2", TABLE_TITLES[t]))
+        S.append(("p", "`diff` = measured − paper (percentage points). Quoted rows are numbers the paper took "
+                       "from other papers."))
+        S.append(("table", df.drop(columns=["notes"]), f"table{t}.csv"))
+        notes = sorted({(r["id"], r["notes"]) for _, r in df.iterrows() if r["notes"]})
+        if notes:
+            S.append(("ul", [f"`{i}`: {n}" for i, n in notes]))
+    S.append(("h2", "The paper's claims, checked"))
+    S.append(("p", "A claim is that one cell beats another (lower error, higher accuracy, top-1 for Table 5). "
+                   "`paper margin` is the paper's advantage, `measured margin` ours (percentage points)."))
+    measured = claims[~claims["measured"].str.startswith("not measured")] if len(claims) else claims
+    if len(measured):
+        S.append(("table", measured.drop(columns=["better", "worse"]), "claims.csv"))
+        n_open = len(claims) - len(measured)
+        if n_open:
+            S.append(("p", f"{n_open} further claim checks need results not in the store (listed in `claims.csv`)."))
+    else:
+        S.append(("p", "No claim can be checked yet (no measured pair in the store); the paper's own numbers "
+                       "support all of them:"))
+        S.append(("table", claims.drop(columns=["better", "worse", "profile", "measured margin"]), "claims.csv"))
+    S.append(("h2", "The paper's inconsistencies"))
+    S.append(("p", "Cells that describe the same model but print different numbers (SPEC §6); here they are "
+                   "one run, so the measured values agree by construction. Accuracy in %, Table 2 as 100 − error."))
+    S.append(("table", incons.drop(columns=["inconsistency"]), "inconsistencies.csv"))
+    S.append(("ol", [inc.text + ("" if inc.source == "SPEC §6" else f" ({inc.source})") for inc in INCONSISTENCIES]))
+    S.append(("h2", "Hardware profile of every trained model"))
+    S.append(("p", CONVENTIONS + " For cbcn the stage numbers count feature maps of K channels each: "
+                   "`physical_channels` is what the hardware sees."))
+    hw_short, notes = footnote_unavailable(hw)
+    ident = [c for c in ("experiment_id", "profile", "seed", "method", "K", "accuracy_pct") if c in hw_short]
+    size = [c for c in ("learned_parameters", "maps", "physical_channels", "fp32_bytes", "onebit_bytes",
+                        "compression", "fp32_checkpoint_bytes", "onebit_checkpoint_bytes", "flops", "bops", "ops",
+                        "macs_real") if c in hw_short]
+    speed = [c for c in ("device_name", "torch_threads", "latency_b1_ms", "throughput_images_per_s",
+                         "packed_latency_b1_ms", "packed_throughput_images_per_s", "peak_memory_bytes",
+                         "energy_per_image_mj", "power_w") if c in hw_short]
+    S.append(("p", "**Size and operations** (per image)"))
+    S.append(("table", hw_short[ident + size], "hardware.csv"))
+    S.append(("p", "**Speed, memory and energy**"))
+    S.append(("table", hw_short[ident + speed], "hardware.csv"))
+    if notes:
+        S.append(("ol", [f"unavailable: {r}" for r in notes]))
+    S.append(("h2", "Plots"))
+    for fig in figures:
+        if fig.path is not None:
+            S.append(("img", fig.title, fig.path, fig.caption))
+        else:
+            S.append(("p", f"**{fig.title}**: {fig.caption}"))
+    S.append(("h2", "Data"))
+    if len(f):
+        S.append(("ul", [f"`{r.experiment_id}` ({r.profile}, seed {r.seed}): {r.data}" for r in f.itertuples()]))
+    S.append(("p", "Full records (curves, configs, versions, machine) are in the store's `results/*.json`; "
+                   "all runs in one table: `results.csv`."))
+    return S
+
+
+def _render_markdown(sections, rdir: Path) -> str:
+    out = []
+    for item in sections:
+        kind = item[0]
+        if kind == "h1":
+            out.append(f"# {item[1]}\n")
+        elif kind == "h2":
+            out.append(f"## {item[1]}\n")
+        elif kind == "p":
+            out.append(item[1] + "\n")
+        elif kind == "warn":
+            out.append(f"**{item[1]}**\n")
+        elif kind in ("ul", "ol"):
+            out.append("\n".join((f"{i}. " if kind == "ol" else "- ") + s for i, s in enumerate(item[1], 1)) + "\n")
+        elif kind == "table":
+            out.append(to_markdown(item[1]) + f"\n\n(CSV: `{item[2]}`)\n")
+        elif kind == "img":
+            _, title, path, caption = item
+            out.append(f"**{title}**\n\n![{title}]({Path(path).relative_to(rdir).as_posix()})\n\n{caption}\n")
+    return "\n".join(out)
+
+
+def _md_inline(s: str) -> str:
+    """Escape for HTML, then render `code` and **bold** spans."""
+    import re
+    s = html.escape(s)
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s)
+
+
+def _render_html(sections) -> str:
+    body = []
+    title = "cbcn report"
+    for item in sections:
+        kind = item[0]
+        if kind == "h1":
+            title = item[1]
+            body.append(f"<h1>{html.escape(item[1])}</h1>")
+        elif kind == "h2":
+            body.append(f"<h2>{html.escape(item[1])}</h2>")
+        elif kind == "p":
+            body.append(f"<p>{_md_inline(item[1])}</p>")
+        elif kind == "warn":
+            body.append(f"<p class='warn'><b>{_md_inline(item[1])}</b></p>")
+        elif kind in ("ul", "ol"):
+            tag = kind
+            body.append(f"<{tag}>" + "".join(f"<li>{_md_inline(s)}</li>" for s in item[1]) + f"</{tag}>")
+        elif kind == "table":
+            body.append(to_html_table(item[1]))
+        elif kind == "img":
+            _, t, path, caption = item
+            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            body.append(f"<figure><figcaption><b>{html.escape(t)}</b> — {_md_inline(caption)}</figcaption>"
+                        f"<img alt='{html.escape(t)}' src='data:image/png;base64,{data}'></figure>")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

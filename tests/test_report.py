@@ -1,0 +1,180 @@
+"""Reports from a store of fabricated records (no training): paper vs measured, claims, inconsistencies,
+unavailable figures, self-contained HTML, plots."""
+import base64
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from cbcn.experiments import EXPERIMENTS, get_experiment
+from cbcn.report import build_report, load_results, to_markdown
+from cbcn.store import SCHEMA_VERSION, ResultStore
+
+NVML_REASON = "no NVIDIA GPU in use (model on cpu); NVML could not be initialised (NVMLError_LibraryNotFound)"
+
+
+def hardware(onebit, latency_s):
+    return {"device": "cpu", "device_name": "Test CPU", "torch_threads": 2, "fp32_bytes": onebit * 10,
+            "onebit_bytes": onebit, "compression": 10.0, "flops": 1000, "bops": 6400, "ops": 1100.0,
+            "macs_real": 500, "latency_b1_s": latency_s, "throughput_images_per_s": 100.0,
+            "model": {"learned_parameters": 1234, "stages_maps": "2-2-4-4", "stages_physical_channels": "8-8-16-16"},
+            "peak_memory_bytes": None, "energy_per_image_j": None, "power_w": None,
+            "packed_latency_b1_s": None, "packed_throughput_images_per_s": None,
+            "unavailable": {"peak_memory_bytes": "PyTorch has no per-model peak-memory counter on CPU",
+                            "energy_per_image_j": NVML_REASON, "power_w": NVML_REASON,
+                            "packed_latency_b1_s": "packed Triton kernels need a CUDA GPU (model on cpu)",
+                            "packed_throughput_images_per_s": "packed Triton kernels need a CUDA GPU (model on cpu)"}}
+
+
+def record(exp_id, profile="quick", seed=0, **metrics):
+    exp = get_experiment(exp_id)
+    curves = [{"epoch": e, "lr": 0.01, "train_loss": 1.0 / e, "train_error": 50.0 / e, "test_loss": 1.2 / e,
+               "test_error": 60.0 / e, "seconds": 1.0} for e in (1, 2, 3)]
+    return {"schema_version": SCHEMA_VERSION, "kind": "cbcn-result", "experiment_id": exp_id, "profile": profile,
+            "seed": seed, "status": "finished", "experiment": exp.to_dict(), "model_stages": [2, 2, 4, 4],
+            "metrics": {"error": None, "accuracy": None, "top1": None, "top5": None, **metrics},
+            "paper": exp.paper, "curves": curves, "hardware": hardware(1000 + 100 * len(exp_id), 0.001 * (1 + seed)),
+            "data": {"description": f"synthetic data for {exp_id}"}, "git": {"revision": "abc123"},
+            "reused_from": None, "finished": "2024-01-01T00:00:00"}
+
+
+def acc(a):
+    return dict(error=100 - a, accuracy=a, top1=a, top5=min(100.0, a + 10))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("store")
+    store = ResultStore(out)
+    # Table 2, MNIST 5-10-20-40: CBCN beats XNOR on the original data, not on the rotated one
+    store.write(record("t2-mnist-lenet-5-10-20-40-xnor", **acc(96.0)))
+    store.write(record("t2-mnist-lenet-5-10-20-40-cbcn", **acc(97.0)))
+    store.write(record("t2-mnist-lenet-5-10-20-40-cbcn", seed=1, **acc(98.0)))     # mean over seeds: 97.5
+    store.write(record("t2-mnist-rot-lenet-5-10-20-40-xnor", **acc(90.0)))
+    store.write(record("t2-mnist-rot-lenet-5-10-20-40-cbcn", **acc(85.0)))
+    # Table 3 and 4 in another profile
+    store.write(record("t3-xnor-convcomp", profile="smoke", **acc(50.0)))
+    store.write(record("t3-cbcn-k4-convcomp", profile="smoke", **acc(55.0)))
+    store.write(record("t4-cifar100-wrn22-16-16-32-64-fp", profile="smoke", **acc(20.0)))
+    store.write(record("t5-imagenet-resnet18-cbcn", profile="smoke", **acc(1.0)))
+    store.write_status("t4-cifar10-wrn40-16-16-32-64-cbcn", "smoke", 0, "unavailable",
+                       "dataset cifar10 not found under /nowhere")
+    store.write_status("t5-imagenet-resnet18-abcnet", "smoke", 0, "not runnable", "ABC-Net is not implemented")
+    # an unreadable record and one from another schema version
+    (store.results_dir / "t3-xnor-s__smoke__seed0.json").write_text("{ broken")
+    other = record("t3-xnor-sc", profile="smoke", **acc(1.0))
+    other["schema_version"] = SCHEMA_VERSION + 1
+    (store.results_dir / "t3-xnor-sc__smoke__seed0.json").write_text(json.dumps(other))
+    files = build_report(out)
+    return out, files
+
+
+def test_report_files_exist(report):
+    out, files = report
+    rdir = out / "report"
+    for name in ("report.md", "report.html", "table2.csv", "table3.csv", "table4.csv", "table5.csv", "claims.csv",
+                 "inconsistencies.csv", "hardware.csv", "results.csv"):
+        assert (rdir / name).stat().st_size > 100, name
+    assert files.plots and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+                               for p in files.plots)
+    names = {p.name for p in files.plots}
+    assert {"table3_accuracy_vs_K.png", "table3_accuracy_vs_ablation.png", "accuracy_vs_bytes.png",
+            "accuracy_vs_latency.png"} <= names
+    assert any(n.startswith("curves_quick_mnist_lenet") for n in names)
+    assert "accuracy_vs_energy.png" not in names          # nothing measurable: said so in the report instead
+
+
+def test_tables_have_paper_column_and_measured_difference(report):
+    out, _ = report
+    t2 = pd.read_csv(out / "report" / "table2.csv")
+    assert t2["paper error"].notna().all()
+    assert set(t2["id"]) == {e.id for e in EXPERIMENTS if e.table == 2}
+    row = t2[(t2["id"] == "t2-mnist-lenet-5-10-20-40-cbcn") & (t2["profile"] == "quick")].iloc[0]
+    assert row["measured error"] == pytest.approx(2.5) and row["seeds"] == 2
+    assert row["diff error"] == pytest.approx(2.5 - 1.91) and row["paper error"] == 1.91
+    assert t2[t2["id"] == "t2-cifar10-resnet18-16-16-32-64-fp"]["status"].iloc[0] == "not run"
+    t4 = pd.read_csv(out / "report" / "table4.csv")
+    assert t4["paper accuracy"].notna().all()
+    st = t4[t4["id"] == "t4-cifar10-wrn40-16-16-32-64-cbcn"]["status"].iloc[0]
+    assert st == "unavailable: dataset cifar10 not found under /nowhere"
+    t5 = pd.read_csv(out / "report" / "table5.csv")
+    assert {"paper top1", "paper top5", "measured top1", "measured top5"} <= set(t5.columns)
+    assert t5["paper top5"].notna().all()
+    abc = t5[t5["id"] == "t5-imagenet-resnet18-abcnet"].iloc[0]
+    assert abc["status"].startswith("not runnable") and abc["quoted"].startswith("quoted from ABC-Net")
+    t3 = pd.read_csv(out / "report" / "table3.csv")
+    bad = t3[t3["id"] == "t3-xnor-s"]["status"].iloc[0]
+    assert bad.startswith("unreadable record") and "not valid JSON" in bad
+
+
+def test_claims_flagged(report):
+    out, _ = report
+    c = pd.read_csv(out / "report" / "claims.csv")
+    q = c[c["profile"] == "quick"].set_index("claim")
+    assert q.loc["CBCN beats XNOR on MNIST LeNet 5-10-20-40", "measured"] == "holds"
+    assert q.loc["CBCN beats XNOR on MNIST LeNet 5-10-20-40", "measured margin"] == pytest.approx(1.5)
+    assert q.loc["CBCN beats XNOR on MNIST-rot LeNet 5-10-20-40", "measured"] == "does NOT hold"
+    assert q.loc["CBCN beats XNOR on MNIST-rot LeNet 5-10-20-40", "paper margin"] == pytest.approx(17.26 - 5.76)
+    s = c[c["profile"] == "smoke"].set_index("claim")
+    assert s.loc["CBCN K=4 beats XNOR (ConvComp)", "measured"] == "holds"
+    assert "not runnable" in s.loc["CBCN beats ABC-Net (top-1)", "measured"]
+    assert (c["paper"] == "holds").all()
+
+
+def test_inconsistencies_shown(report):
+    out, _ = report
+    inc = pd.read_csv(out / "report" / "inconsistencies.csv")
+    first = inc[(inc["#"] == 1)]
+    assert set(first["paper accuracy"].round(2)) == {91.06, 94.84}
+    md = (out / "report" / "report.md").read_text()
+    assert "Table 4 gives 94.84 %" in md
+
+
+def test_unavailable_not_zero_and_problems_listed(report):
+    out, _ = report
+    md = (out / "report" / "report.md").read_text()
+    html = (out / "report" / "report.html").read_text()
+    for text in (md, html):
+        assert "unavailable: " + NVML_REASON in text
+        assert "t3-xnor-s__smoke__seed0.json" in text and "not valid JSON" in text
+        assert "schema version 2" in text
+    hw = pd.read_csv(out / "report" / "hardware.csv")
+    assert hw["energy_per_image_mj"].str.startswith("unavailable: ").all()
+    assert "**Accuracy vs energy per image**: unavailable: " + NVML_REASON in md
+
+
+def test_html_is_self_contained(report):
+    out, files = report
+    html = files.html.read_text()
+    srcs = re.findall(r"src='([^']*)'", html)
+    assert len(srcs) == len(files.plots) and all(s.startswith("data:image/png;base64,") for s in srcs)
+    base64.b64decode(srcs[0].split(",", 1)[1], validate=True)
+    assert "<link" not in html and "<script" not in html and "src=\"" not in html
+    md = files.markdown.read_text()
+    for p in files.plots:
+        assert f"plots/{p.name}" in md
+
+
+def test_results_frame_and_markdown():
+    df = pd.DataFrame({"a": [1.23456, None], "b|c": ["x|y", "z"], "diff x": [0.5, -1.0]})
+    md = to_markdown(df)
+    assert md.splitlines()[0] == "| a | b\\|c | diff x |"
+    assert "| 1.23 | x\\|y | +0.50 |" in md and "|  | z | -1.00 |" in md
+
+
+def test_report_cli_rebuilds_and_merges(tmp_path, capsys, report):
+    from cbcn.cli import main
+    shard = ResultStore(tmp_path / "shard2")
+    shard.write(record("t2-mnist-lenet-10-20-40-80-fp", **acc(99.0)))
+    out = tmp_path / "merged"
+    assert main(["report", "--out", str(out), "--merge", str(tmp_path / "shard2")]) == 0
+    text = capsys.readouterr().out
+    assert "merged 1 records" in text and "report.html" in text
+    t2 = pd.read_csv(out / "report" / "table2.csv")
+    assert t2.set_index("id").loc["t2-mnist-lenet-10-20-40-80-fp", "measured error"] == pytest.approx(1.0)
+    # a store with unreadable records: the report is written, the problems are printed, exit status 1
+    assert main(["report", "--out", str(report[0])]) == 1
+    err = capsys.readouterr().err
+    assert "skipped unreadable record" in err and "schema version" in err
+    assert len(load_results(report[0]).records) == 9
