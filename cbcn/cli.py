@@ -178,6 +178,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, or cuda:N (default: %(default)s)")
     g.add_argument("--workers", type=int, default=0, dest="num_workers", metavar="N",
                    help="DataLoader worker processes (default: %(default)s = load in the main process)")
+    g.add_argument("--threads", type=int, default=None, dest="cpu_threads", metavar="N",
+                   help="torch threads on a CPU (default: the profile's; quick/smoke use 1, which is "
+                        "fastest for small models on a shared machine; paper: torch's default)")
     g.add_argument("--output", "-o", default=None, metavar="DIR",
                    help="run folder (default: runs/<dataset>_<model>[-stages]_<method>_K<K>_seed<seed>)")
     g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
@@ -240,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --- handlers ---------------------------------------------------------------------------------
 
 _RECIPE_FIELDS = ("epochs", "batch_size", "eval_batch_size", "lr", "momentum", "weight_decay", "lr_step",
-                  "lr_gamma", "max_train_samples", "max_test_samples")
+                  "lr_gamma", "max_train_samples", "max_test_samples", "cpu_threads")
 
 
 def config_from_args(args: argparse.Namespace):
