@@ -2,20 +2,35 @@
 """Packed binary convolution vs cuDNN at ResNet18 layer shapes — one run on one GPU.
 
 For each ResNet18 3×3 conv shape (C 64…512, spatial 56…7, the four stride-1 convs and the three
-stride-2 ones) and batch 1 and 256, this script
+stride-2 ones) at batch 256 (the target, timed first) and batch 1, this script
 
-1. checks on the GPU that both Triton paths (int8 tensor cores ``mma``, XOR+``popcount``) equal
-   the reference (``F.conv2d`` on ±1 tensors in fp32, TF32 off, times α) exactly;
-2. times, side by side in one run: the packed kernels (on pre-packed operands; the activation
-   packing is timed separately), ``torch.conv2d`` fp32 NCHW (cuDNN, TF32 as PyTorch defaults it)
-   and fp16 / bf16 channels-last (cuDNN);
+1. checks on the GPU that the Triton paths equal the exact reference bit for bit: ``F.conv2d`` of
+   the ±1 tensors in **float64** (every partial sum is a small integer, so this is exact; rounded
+   to the integer to be safe from any non-direct cuDNN algorithm), converted to fp32 and times α
+   in fp32 — the kernels' epilogue order. (An fp32 cuDNN reference is *not* exact: with
+   ``benchmark=True`` it picks Winograd/FFT for some stride-1 shapes.) Outputs checked: fp32,
+   fp16 (the fp32 result rounded), and the re-binarised packed signs;
+2. times, side by side: ``path="mma"`` — activation unpack (packed → int8 with zero halo,
+   ``unpack_ms``) plus the int8 implicit GEMM, with fp32 / fp16 / packed 1-bit outputs, and the
+   GEMM alone (``mma_conv_f16_ms``); ``path="popcount"``; cuDNN fp32 NCHW (TF32 as PyTorch
+   defaults it), fp16 and bf16 channels-last; a cuBLAS int8 GEMM of the same M×K×N
+   (``torch._int_mm``, no im2col: a ceiling for an int8 implicit GEMM);
 3. reports binary MAC/s (``N·OH·OW·C_out·C_in·9`` per conv), int8-equivalent TOPS (2 ops per MAC)
    and the fraction of the int8 dense tensor-core peak — H100 SXM / H200 ≈ 1979 TOPS,
    H100 PCIe ≈ 1513 TOPS (detected by device name; the assumed peak is printed and written);
-4. writes ``results.csv`` and ``results.md`` to ``--out``.
+4. writes ``results.csv`` and ``results.md`` to ``--out`` (after every shape, so a cut-off run
+   keeps what it measured).
 
-Budget: sized for ≈10 minutes of one H100 including Triton compilation and autotuning
-(``--budget-s`` stops timing new shapes when the budget is spent and says so).
+What the times include: GPU time of one call, measured by replaying a CUDA graph of the call
+(so Python/launch overhead is excluded for every contender alike); ``mma_eager_ms`` is the
+eager per-call time of the fp16-output call, host overhead included. Packed-path times start
+from packed activations and include their unpacking to int8 (not the packing of float input,
+``pack_ms``); the int8 weight matrix is unpacked once and cached (inference weights are
+constant). cuDNN times start from fp16/bf16/fp32 tensors (their conversion is not timed) and
+write fp16/bf16/fp32 outputs — compare ``mma_f16_ms`` (same output type) with ``torch_fp16_cl_ms``.
+
+Budget: ≈ 200 s on one H100 including Triton compilation and autotuning (``--budget-s`` stops
+starting new shapes when spent and says so; elapsed time is printed per shape).
 
 ``--dry-run`` runs the same code paths on the CPU with tiny shapes (kernels in the Triton
 interpreter if Triton is installed, else the reference only), for tests.
@@ -76,9 +91,11 @@ class Timer:
     device: torch.device
     warmup: int
     reps: int
+    graphs: bool = True
 
-    def __call__(self, fn) -> float:
-        """Median milliseconds of ``fn()`` (CUDA events on a GPU, perf_counter on the CPU)."""
+    def eager(self, fn) -> float:
+        """Median milliseconds of one eager ``fn()`` call (events around each call: host overhead
+        shows when it exceeds the GPU time; perf_counter on the CPU)."""
         for _ in range(self.warmup):
             fn()
         if self.device.type == "cuda":
@@ -99,6 +116,69 @@ class Timer:
             times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
 
+    def __call__(self, fn) -> float:
+        """GPU milliseconds of one ``fn()``: a CUDA graph of the call replayed ``reps`` times back to
+        back between two events, median of 3 such runs (eager timing if capture fails / on CPU)."""
+        if self.device.type != "cuda" or not self.graphs:
+            return self.eager(fn)
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(max(1, self.warmup)):
+                    fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+        except Exception as exc:  # noqa: BLE001 - fall back, say so
+            print(f"[bench] CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:120]}); timing eagerly")
+            torch.cuda.synchronize()
+            return self.eager(fn)
+        graph.replay()
+        torch.cuda.synchronize()
+        runs = []
+        for _ in range(3):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(self.reps):
+                graph.replay()
+            end.record()
+            end.synchronize()
+            runs.append(start.elapsed_time(end) / self.reps)
+        del graph
+        return statistics.median(runs)
+
+
+def exact_reference(x, w, alpha, stride, pad):
+    """``conv(sign x, sign w)`` computed exactly (float64, rounded to the integer it is), then to
+    fp32 and ``· α`` in fp32 — the kernels' epilogue order. Returns the fp32 NCHW result."""
+    prev = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        dot = F.conv2d(sign(x).double(), sign(w).double(), None, stride, pad).round_()
+    finally:
+        torch.backends.cudnn.benchmark = prev
+    return dot.float() * alpha.view(1, -1, 1, 1)
+
+
+def _rate(row, label, ms, macs, peak):
+    row[f"{label}_ms"] = ms
+    row[f"{label}_TOPS"] = 2 * macs / ms / 1e9
+    if peak:
+        row[f"{label}_peak_frac"] = row[f"{label}_TOPS"] / peak
+
+
+def _try(row, label, fn):
+    """Run ``fn()``; on error record ``{label}_error`` and go on with the rest."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - report, keep benchmarking the rest
+        row[f"{label}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        print(f"[bench] {row['layer']} b{row['batch']} {label}: {row[f'{label}_error']}", flush=True)
+        return None
+
 
 def run(args) -> list[dict]:
     dry = args.dry_run
@@ -108,29 +188,37 @@ def run(args) -> list[dict]:
     torch.backends.cudnn.benchmark = True
     try:
         import triton_kernels as tk
+        from triton_kernels import conv as tkconv
 
         have_triton = True
     except Exception as exc:  # Triton missing: reference only
-        tk, have_triton = None, False
+        tk, tkconv, have_triton = None, None, False
         print(f"[bench] Triton kernels unavailable ({exc}); timing the reference path only")
     shapes = DRY_SHAPES if dry else RESNET18_SHAPES
+    if args.only_layers:
+        wanted = set(args.only_layers.split(","))
+        shapes = [s_ for s_ in shapes if s_[0] in wanted]
     if args.max_shapes:
         shapes = shapes[: args.max_shapes]
-    batches = [int(b) for b in (args.batches or ("1,2" if dry else "1,256")).split(",")]
+    if args.only_batch:
+        batches = [int(args.only_batch)]
+    else:
+        batches = [int(b) for b in (args.batches or ("1,2" if dry else "256,1")).split(",")]
     paths = [p for p in args.paths.split(",") if p] if have_triton else []
     dev_name = "cpu (dry run)" if dry else torch.cuda.get_device_name(device)
     peak, peak_note = (None, "dry run: no peak") if dry else int8_peak(dev_name)
     print(f"[bench] device: {dev_name}; torch {torch.__version__}; "
-          f"triton {getattr(sys.modules.get('triton'), '__version__', 'n/a')}; peak: {peak_note}")
+          f"triton {getattr(sys.modules.get('triton'), '__version__', 'n/a')}; peak: {peak_note}", flush=True)
     warmup, reps = (1, 2) if dry else (args.warmup, args.reps)
-    timer = Timer(device, warmup, reps)
+    timer = Timer(device, warmup, reps, graphs=not args.no_graphs)
     t_start = time.time()
     rows = []
     gen = torch.Generator(device="cpu").manual_seed(0)
     for batch in batches:
         for name, C_in, C_out, H, stride in shapes:
-            if time.time() - t_start > args.budget_s:
-                print(f"[bench] budget of {args.budget_s:.0f}s spent: skipping {name} batch {batch} and later shapes")
+            elapsed = time.time() - t_start
+            if elapsed > args.budget_s:
+                print(f"[bench] budget of {args.budget_s:.0f}s spent ({elapsed:.0f}s): skipping {name} batch {batch}")
                 rows.append(dict(layer=name, batch=batch, note="skipped: time budget spent"))
                 continue
             pad = 1
@@ -140,33 +228,57 @@ def run(args) -> list[dict]:
             OH = bitpack.conv_output_size(H, 3, stride, pad)
             macs = batch * OH * OH * C_out * C_in * 9
             xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
-            # reference: fp32 conv of ±1 (exact: TF32 off), times α
-            prev_tf32 = torch.backends.cudnn.allow_tf32
-            torch.backends.cudnn.allow_tf32 = False
-            ref = F.conv2d(sign(x), sign(w), None, stride, pad) * alpha.view(1, -1, 1, 1)
-            torch.backends.cudnn.allow_tf32 = prev_tf32
+            ref = exact_reference(x, w, alpha, stride, pad)
             row = dict(layer=name, batch=batch, C_in=C_in, C_out=C_out, H=H, stride=stride, OH=OH,
                        binary_MACs=macs, device=dev_name, peak_assumed=peak_note)
             for path in paths:
-                try:
-                    out = tk.packed_conv2d(xp, wp, C_in, stride, pad, scale=alpha, path=path)
-                    row[f"{path}_exact"] = bool(torch.equal(out, ref))
-                    ms = timer(lambda: tk.packed_conv2d(xp, wp, C_in, stride, pad, scale=alpha, path=path))
-                    row[f"{path}_ms"] = ms
-                    row[f"{path}_GMACs"] = macs / ms / 1e6
-                    row[f"{path}_TOPS"] = 2 * macs / ms / 1e9
-                    if peak:
-                        row[f"{path}_peak_frac"] = row[f"{path}_TOPS"] / peak
-                except Exception as exc:  # report, keep benchmarking the rest
-                    row[f"{path}_error"] = f"{type(exc).__name__}: {exc}"[:200]
-                    print(f"[bench] {name} b{batch} {path}: {row[f'{path}_error']}")
+                def conv(out_dtype=torch.float32, binarize=False, path=path):
+                    return tk.packed_conv2d(xp, wp, C_in, stride, pad, scale=alpha, path=path,
+                                            out_dtype=out_dtype, binarize_output=binarize)
+
+                out = _try(row, path, conv)
+                if out is None:
+                    continue
+                row[f"{path}_exact"] = bool(torch.equal(out, ref))
+                del out
+                ms = _try(row, path, lambda: timer(conv))
+                if ms is not None:
+                    _rate(row, path, ms, macs, peak)
+                if path != "mma":
+                    continue
+                # the int8 path: fp16 and packed outputs, unpack alone, GEMM alone, eager call
+                f16 = _try(row, "mma_f16", lambda: conv(torch.float16))
+                if f16 is not None:
+                    row["mma_f16_exact"] = bool(torch.equal(f16, ref.half()))
+                    del f16
+                    ms = _try(row, "mma_f16", lambda: timer(lambda: conv(torch.float16)))
+                    if ms is not None:
+                        _rate(row, "mma_f16", ms, macs, peak)
+                    row["mma_eager_ms"] = _try(row, "mma_eager", lambda: timer.eager(lambda: conv(torch.float16)))
+                packed = _try(row, "mma_bin", lambda: conv(binarize=True))
+                if packed is not None:
+                    row["mma_bin_exact"] = bool(torch.equal(packed, bitpack.pack_signs(ref)))
+                    del packed
+                    ms = _try(row, "mma_bin", lambda: timer(lambda: conv(binarize=True)))
+                    if ms is not None:
+                        _rate(row, "mma_bin", ms, macs, peak)
+                row["unpack_ms"] = _try(row, "unpack", lambda: timer(lambda: tkconv.unpack_activations(xp, C_in, pad)))
+                xh, wm = tkconv.unpack_activations(xp, C_in, pad), tkconv.unpack_weights(wp, C_in)
+
+                def gemm():
+                    return tkconv.int8_conv2d(xh, wm, (3, 3), stride, (OH, OH), scale=alpha, out_dtype=torch.float16)
+
+                ms = _try(row, "mma_conv_f16", lambda: timer(gemm))
+                if ms is not None:
+                    _rate(row, "mma_conv_f16", ms, macs, peak)
+                del xh, wm
             if have_triton:
                 row["pack_ms"] = timer(lambda: tk.pack_signs(x))
             else:
                 row["reference_ms"] = timer(lambda: bitpack.packed_conv2d_reference(xp, wp, C_in, stride, pad, scale=alpha))
                 row["reference_exact"] = bool(torch.equal(bitpack.packed_conv2d_reference(xp, wp, C_in, stride, pad, scale=alpha), ref))
                 row["pack_ms"] = timer(lambda: bitpack.pack_signs(x))
-            # cuDNN baselines on the same ±1 data
+            # cuDNN baselines on the same ±1 data (inputs already converted: conversion not timed)
             xs, ws = sign(x), sign(w)
             row["torch_fp32_ms"] = timer(lambda: F.conv2d(xs, ws, None, stride, pad))
             for dt, label in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
@@ -175,16 +287,29 @@ def run(args) -> list[dict]:
                 xl = xs.to(dt).contiguous(memory_format=torch.channels_last)
                 wl = ws.to(dt).contiguous(memory_format=torch.channels_last)
                 row[f"torch_{label}_cl_ms"] = timer(lambda: F.conv2d(xl, wl, None, stride, pad))
-            for path in paths:
-                for label in ("fp16", "bf16"):
-                    if f"{path}_ms" in row and f"torch_{label}_cl_ms" in row:
-                        row[f"{path}_speedup_vs_{label}cl"] = row[f"torch_{label}_cl_ms"] / row[f"{path}_ms"]
+                del xl, wl
+            if not dry and batch >= 16 and not args.no_cublas:
+                # ceiling: a dense cuBLAS int8 GEMM of the implicit GEMM's M x K x N (no im2col)
+                Mg, Kg = batch * OH * OH, 9 * C_in
+                a8 = torch.randint(-1, 2, (Mg, Kg), dtype=torch.int8, device=device)
+                b8 = torch.randint(-1, 2, (C_out, Kg), dtype=torch.int8, device=device).t()
+                ms = _try(row, "cublas_i8_gemm", lambda: timer(lambda: torch._int_mm(a8, b8)))
+                if ms is not None:
+                    _rate(row, "cublas_i8_gemm", ms, macs, peak)
+                del a8, b8
+            for label in ("mma", "mma_f16", "mma_bin", "mma_conv_f16", "popcount", "mma_regs"):
+                for base in ("fp16", "bf16"):
+                    if f"{label}_ms" in row and f"torch_{base}_cl_ms" in row:
+                        row[f"{label}_speedup_vs_{base}cl"] = row[f"torch_{base}_cl_ms"] / row[f"{label}_ms"]
+            row["elapsed_s"] = time.time() - t_start
             rows.append(row)
             print(_line(row, paths), flush=True)
-            del x, w, xp, wp, ref
+            del x, w, xp, wp, ref, xs, ws
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            write_results(rows, Path(args.out), dev_name, peak_note, paths, dry, quiet=True)
     write_results(rows, Path(args.out), dev_name, peak_note, paths, dry)
+    print(f"[bench] total {time.time() - t_start:.0f}s", flush=True)
     return rows
 
 
@@ -197,62 +322,95 @@ def _fmt(v, digits=3):
 
 
 def _line(row, paths):
-    parts = [f"{row['layer']:8s} b{row['batch']:<3d} C{row['C_in']}->{row['C_out']} {row['H']}x{row['H']}/s{row['stride']}"]
-    for p in paths:
-        if f"{p}_ms" in row:
-            frac = f" {100 * row[p + '_peak_frac']:.1f}%pk" if f"{p}_peak_frac" in row else ""
-            parts.append(f"{p} {row[p + '_ms']:.3f}ms exact={row[p + '_exact']}{frac}")
+    parts = [f"[{row.get('elapsed_s', 0):5.0f}s] {row['layer']:8s} b{row['batch']:<3d} "
+             f"C{row['C_in']}->{row['C_out']} {row['H']}x{row['H']}/s{row['stride']}"]
+    for label in ("mma", "mma_f16", "mma_bin", "mma_conv_f16", "popcount", "mma_regs", "cublas_i8_gemm"):
+        if f"{label}_ms" in row:
+            frac = f" {100 * row[label + '_peak_frac']:.1f}%pk" if f"{label}_peak_frac" in row else ""
+            ok = f" exact={row[label + '_exact']}" if f"{label}_exact" in row else ""
+            parts.append(f"{label} {row[label + '_ms']:.3f}ms{ok}{frac}")
+    if row.get("unpack_ms") is not None:
+        parts.append(f"unpack {row['unpack_ms']:.3f}ms")
     parts.append(f"fp32 {row['torch_fp32_ms']:.3f}ms")
     for label in ("fp16", "bf16"):
         if f"torch_{label}_cl_ms" in row:
             parts.append(f"{label}-cl {row[f'torch_{label}_cl_ms']:.3f}ms")
+    if "mma_f16_speedup_vs_fp16cl" in row:
+        parts.append(f"mma_f16 x{row['mma_f16_speedup_vs_fp16cl']:.2f} vs fp16-cl")
     return " | ".join(parts)
 
 
 COLUMNS = ["layer", "batch", "C_in", "C_out", "H", "stride", "OH", "binary_MACs",
-           "mma_exact", "popcount_exact", "reference_exact",
-           "mma_ms", "popcount_ms", "reference_ms", "pack_ms", "torch_fp32_ms", "torch_fp16_cl_ms", "torch_bf16_cl_ms",
-           "mma_speedup_vs_fp16cl", "popcount_speedup_vs_fp16cl", "mma_speedup_vs_bf16cl", "popcount_speedup_vs_bf16cl",
-           "mma_TOPS", "popcount_TOPS", "mma_peak_frac", "popcount_peak_frac", "mma_GMACs", "popcount_GMACs",
-           "mma_error", "popcount_error", "note", "device", "peak_assumed"]
+           "mma_exact", "mma_f16_exact", "mma_bin_exact", "popcount_exact", "mma_regs_exact", "reference_exact",
+           "mma_f16_ms", "mma_bin_ms", "mma_ms", "mma_conv_f16_ms", "unpack_ms", "mma_eager_ms",
+           "popcount_ms", "mma_regs_ms", "reference_ms", "pack_ms",
+           "torch_fp16_cl_ms", "torch_bf16_cl_ms", "torch_fp32_ms", "cublas_i8_gemm_ms",
+           "mma_f16_speedup_vs_fp16cl", "mma_bin_speedup_vs_fp16cl", "mma_conv_f16_speedup_vs_fp16cl",
+           "mma_speedup_vs_fp16cl", "popcount_speedup_vs_fp16cl", "mma_regs_speedup_vs_fp16cl",
+           "mma_f16_speedup_vs_bf16cl", "mma_speedup_vs_bf16cl", "popcount_speedup_vs_bf16cl",
+           "mma_f16_TOPS", "mma_bin_TOPS", "mma_conv_f16_TOPS", "mma_TOPS", "popcount_TOPS", "cublas_i8_gemm_TOPS",
+           "mma_f16_peak_frac", "mma_bin_peak_frac", "mma_conv_f16_peak_frac", "mma_peak_frac", "popcount_peak_frac",
+           "cublas_i8_gemm_peak_frac",
+           "mma_error", "mma_f16_error", "mma_bin_error", "mma_conv_f16_error", "unpack_error", "mma_eager_error",
+           "popcount_error", "mma_regs_error", "cublas_i8_gemm_error", "note", "elapsed_s", "device", "peak_assumed"]
 
 
-def write_results(rows, out: Path, dev_name, peak_note, paths, dry):
+def write_results(rows, out: Path, dev_name, peak_note, paths, dry, quiet=False):
     out.mkdir(parents=True, exist_ok=True)
     cols = [c for c in COLUMNS if any(c in r for r in rows)]
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    md_cols = [c for c in cols if c not in ("device", "peak_assumed", "binary_MACs", "OH")]
+    md_cols = [c for c in cols if c not in ("device", "peak_assumed", "binary_MACs", "OH", "elapsed_s")
+               and not c.endswith("_error")]
+    errors = [f"- {r['layer']} b{r['batch']} {c}: {r[c]}" for r in rows for c in cols if c.endswith("_error") and r.get(c)]
     lines = [
         "# Packed binary convolution vs cuDNN (ResNet18 3×3 shapes)",
         "",
-        f"- device: {dev_name}; torch {torch.__version__}; python {platform.python_version()}",
+        f"- device: {dev_name}; torch {torch.__version__}; triton "
+        f"{getattr(sys.modules.get('triton'), '__version__', 'n/a')}; python {platform.python_version()}",
         f"- int8 tensor-core peak assumed: {peak_note}",
         f"- mode: {'DRY RUN (CPU, tiny shapes, interpreter/reference: timings meaningless)' if dry else 'GPU'}",
-        "- packed times exclude activation packing (column pack_ms); binary MACs = N·OH·OW·C_out·C_in·9;"
-        " TOPS = 2·MACs/s; *_exact = bit-identical to F.conv2d(±1)·α in fp32",
+        "- *_exact: bit-identical to the exact reference: F.conv2d of the ±1 tensors in float64 (exact integers,"
+        " rounded), to fp32, times α in fp32 (the kernels' epilogue order); fp16 / packed outputs compared with"
+        " that result rounded to fp16 / re-binarised. (An fp32 cuDNN reference is not exact: Winograd/FFT.)",
+        "- times: GPU ms of one call, CUDA graph replay (launch/Python overhead excluded for all); mma_eager_ms ="
+        " eager fp16-output call incl. host overhead.",
+        "- mma_f16 / mma_bin / mma: path='mma' from packed activations to fp16 / packed 1-bit / fp32 output,"
+        " *including* the activation unpack (unpack_ms: packed -> int8 NHWC with zero halo); int8 weights unpacked"
+        " once and cached. mma_conv_f16: the int8 implicit GEMM alone (fp16 out). pack_ms (float -> packed) not"
+        " included anywhere. cuDNN (torch_*): inputs already fp16/bf16/fp32 (conversion not timed), output same type;"
+        " the like-for-like comparison is mma_f16_ms vs torch_fp16_cl_ms.",
+        "- binary MACs = N·OH·OW·C_out·C_in·9; TOPS = 2·MACs/s; peak_frac = TOPS / int8 dense peak;"
+        " cublas_i8_gemm: torch._int_mm of the same M×K×N (no im2col), a ceiling.",
         "",
         "| " + " | ".join(md_cols) + " |",
         "|" + "---|" * len(md_cols),
     ]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in md_cols) + " |")
+    if errors:
+        lines += ["", "## Errors", ""] + errors
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    print(f"[bench] wrote {out / 'results.csv'} and {out / 'results.md'}")
+    if not quiet:
+        print(f"[bench] wrote {out / 'results.csv'} and {out / 'results.md'}")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latest"), help="folder for results.csv / results.md")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, interpreter or reference (for tests)")
-    ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,256; dry run 1,2)")
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes, in order (default 256,1; dry run 1,2)")
+    ap.add_argument("--only-batch", type=int, default=0, help="time this batch size only (overrides --batches)")
+    ap.add_argument("--only-layers", default="", help="comma-separated layer names (e.g. conv4_x,conv5_x)")
     ap.add_argument("--max-shapes", type=int, default=0, help="only the first N layer shapes (0: all)")
-    ap.add_argument("--paths", default="mma,popcount", help="packed kernel paths to time: mma,popcount")
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--reps", type=int, default=50)
-    ap.add_argument("--budget-s", type=float, default=480.0, help="stop starting new shapes after this many seconds")
+    ap.add_argument("--paths", default="mma,popcount", help="packed kernel paths: mma,popcount[,mma_regs]")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=20, help="graph replays per timing run (3 runs, median)")
+    ap.add_argument("--no-graphs", action="store_true", help="time eager calls instead of CUDA graph replays")
+    ap.add_argument("--no-cublas", action="store_true", help="skip the cuBLAS int8 GEMM ceiling")
+    ap.add_argument("--budget-s", type=float, default=200.0, help="stop starting new shapes after this many seconds")
     args = ap.parse_args(argv)
     return run(args)
 

@@ -3,6 +3,7 @@ CPU-only machine, and what the generated PTX contains: the int8 tensor-core MMA 
 path, ``popc`` in the popcount path (plain SWAR ops folded by LLVM, and the inline-asm variant),
 no FMA contraction in the epilogue (so results match the reference's separately rounded ops)."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,42 @@ def can_compile():
         compile_kernel("unpack_signs_kernel")
     except Exception as exc:  # no CUDA backend / ptxas in this Triton build
         pytest.skip(f"cannot compile for cuda sm_90 here: {type(exc).__name__}: {exc}")
+
+
+@pytest.mark.parametrize(
+    "tile",
+    [
+        dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3),
+        dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4, out_type="*fp16"),
+    ],
+)
+def test_int8_path_wgmma_async_copies_no_spills(can_compile, tile):
+    """path="mma": int8 wgmma fed by 16-byte cp.async copies (the operand tiles are proven aligned
+    and contiguous), no FMA contraction, no local memory; ptxas -v: no spills, <= 128 registers
+    (two 8-warp or four 4-warp CTAs fit an SM's 64K registers)."""
+    from triton_kernels.conv import compile_int8_conv, ptxas_report
+
+    ptx = compile_int8_conv(**tile).asm["ptx"]
+    found = ptx_instructions(ptx, S8_MMA)
+    assert found and all("wgmma" in f and ".s32.s8.s8" in f for f in found), found
+    assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]*\], \[[^]]*\], 0x10", ptx), "A/B tiles not copied as 16 B"
+    assert "ld.global.u8" not in ptx and "ld.global.s8" not in ptx  # no byte-wise operand loads
+    assert "fma.rn.f32" not in ptx
+    assert "ld.local" not in ptx and "st.local" not in ptx
+    report = ptxas_report(ptx)
+    if report is None:
+        pytest.skip("no ptxas here that accepts this PTX")
+    assert report["spill_stores"] == 0 and report["spill_loads"] == 0, report
+    assert report["registers"] <= 128, report
+
+
+def test_int8_path_rebinarising_epilogue(can_compile):
+    from triton_kernels.conv import compile_int8_conv
+
+    ptx = compile_int8_conv(num_warps=4, num_stages=4, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, HAS_BIAS=True,
+                            HAS_AFFINE=True, BINARIZE=True, out_type="*i32").asm["ptx"]
+    assert ptx_instructions(ptx, S8_MMA)
+    assert "fma.rn.f32" not in ptx and "st.local" not in ptx
 
 
 def test_mma_path_uses_int8_tensor_cores(can_compile):

@@ -81,7 +81,7 @@ def test_packed_conv_equals_reference(path, i):
     )
 
 
-@pytest.mark.parametrize("path", ["mma", "popcount"])
+@pytest.mark.parametrize("path", ["mma", "popcount", "mma_regs"])
 def test_zero_padding_borders(path):
     C = 40  # two words, 24 padding bits in the second
     x, w = -torch.ones(2, C, 4, 5), torch.ones(3, C, 3, 3)
@@ -93,15 +93,67 @@ def test_zero_padding_borders(path):
 
 
 @pytest.mark.parametrize(
-    "config",
-    [dict(BLOCK_M=16, BLOCK_N=32, BLOCK_W=1), dict(BLOCK_M=32, BLOCK_N=64, BLOCK_W=4)],
+    "path,config",
+    [
+        ("mma", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64)),  # several M tiles, N tiles past C_out
+        ("mma", dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128)),  # one K-step per tap (CP = 128)
+        ("mma_regs", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_W=1)),  # the first tensor-core kernel
+        ("mma_regs", dict(BLOCK_M=32, BLOCK_N=64, BLOCK_W=4)),  # K-steps wider than the 3 words
+    ],
 )
-def test_mma_tiles(config):
-    # other tilings: one word per K-step, and K-steps wider than the 3 words present
+def test_mma_tiles(path, config):
     x, w = _rand(2, 70, 5, 5, seed=5), _rand(40, 70, 3, 3, seed=6)
     xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
     ref = bitpack.packed_conv2d_reference(xp, wp, 70, 2, 1, binarize_output=True)
-    assert torch.equal(tk.packed_conv2d(xp, wp, 70, 2, 1, binarize_output=True, path="mma", config=config), ref)
+    assert torch.equal(tk.packed_conv2d(xp, wp, 70, 2, 1, binarize_output=True, path=path, config=config), ref)
+    sc = _rand(40, seed=7).abs()
+    ref = bitpack.packed_conv2d_reference(xp, wp, 70, 1, 1, scale=sc)
+    assert torch.equal(tk.packed_conv2d(xp, wp, 70, 1, 1, scale=sc, path=path, config=config), ref)
+
+
+def test_unpack_activations_halo():
+    from triton_kernels.conv import padded_channels, unpack_activations
+
+    x = _rand(2, 70, 4, 5, seed=30)
+    xh = unpack_activations(bitpack.pack_signs(x), 70, 2)
+    assert xh.dtype == torch.int8 and xh.shape == (2, 8, 9, padded_channels(70)) == (2, 8, 9, 128)
+    # ±1 inside (sign(0) = +1), 0 in the 2-pixel halo and in channels 70..127
+    expect = torch.zeros(2, 8, 9, 128, dtype=torch.int8)
+    expect[:, 2:6, 2:7, :70] = sign(x).permute(0, 2, 3, 1).to(torch.int8)
+    assert torch.equal(xh, expect)
+
+
+def test_unpack_weights_cache():
+    from triton_kernels.conv import unpack_weights
+
+    wp = bitpack.pack_signs(_rand(6, 40, 3, 3, seed=31))
+    wm = unpack_weights(wp, 40)
+    assert wm.shape == (6, 9 * 64) and wm.dtype == torch.int8
+    expect = torch.zeros(6, 3, 3, 64, dtype=torch.int8)
+    expect[..., :40] = bitpack.unpack_signs(wp, 40).permute(0, 2, 3, 1).to(torch.int8)
+    assert torch.equal(wm, expect.reshape(6, -1))
+    assert unpack_weights(wp, 40) is wm  # cached per weight tensor
+    wp[0, 0, 0, 0] ^= 1  # in-place change: the cache sees the new version
+    wm2 = unpack_weights(wp, 40)
+    assert wm2 is not wm and wm2[0, 0] == -wm[0, 0]
+    assert torch.equal(unpack_weights(wp.clone(), 40), wm2)
+
+
+def test_int8_conv2d_direct():
+    """The GEMM alone on unpacked operands (what the benchmark times as conv-only)."""
+    from triton_kernels.conv import int8_conv2d, unpack_activations, unpack_weights
+
+    x, w = _rand(2, 37, 6, 7, seed=32), _rand(20, 37, 3, 3, seed=33)
+    xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
+    sc, bs = _rand(20, seed=34).abs(), _rand(20, seed=35)
+    ref = bitpack.packed_conv2d_reference(xp, wp, 37, 2, 1, scale=sc, bias=bs)
+    out = int8_conv2d(unpack_activations(xp, 37, 1), unpack_weights(wp, 37), (3, 3), 2, tuple(ref.shape[2:]),
+                      scale=sc, bias=bs)
+    assert torch.equal(out, ref)
+    with pytest.raises(ValueError, match="reads past"):
+        int8_conv2d(unpack_activations(xp, 37, 0), unpack_weights(wp, 37), (3, 3), 1, (6, 7))
+    with pytest.raises(ValueError, match="BLOCK_K"):
+        tk.packed_conv2d(xp, wp, 37, 1, 1, path="mma", config=dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128))
 
 
 def test_conv_errors():
@@ -171,3 +223,14 @@ def test_packed_conv_half_outputs(dtype):
     ref = bitpack.packed_conv2d_reference(xp, wp, 37, 1, 1, scale=sc, out_dtype=dtype)
     for path in ("mma", "popcount"):
         assert torch.equal(tk.packed_conv2d(xp, wp, 37, 1, 1, scale=sc, out_dtype=dtype, path=path), ref)
+
+
+def test_unpack_weights_cache_freed_with_weights():
+    from triton_kernels import conv as tkconv
+
+    wp = bitpack.pack_signs(_rand(4, 40, 3, 3, seed=36))
+    tkconv.unpack_weights(wp, 40)
+    key = id(wp)
+    assert key in tkconv._W_CACHE
+    del wp
+    assert key not in tkconv._W_CACHE

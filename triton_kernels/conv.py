@@ -1,11 +1,18 @@
 """Packed binary convolution with Triton; same signature and results as
 ``cbcn.bitpack.packed_conv2d_reference`` (the plain reference beside it).
 
-``path="mma"`` (default) uses the int8 tensor-core kernel, ``path="popcount"`` the XOR+popcount
-kernel. On CUDA tensors the tile configuration is autotuned; on CPU tensors the kernels run in
-the Triton interpreter with one small fixed tile (for tests).
+``path="mma"`` (default) unpacks the activations once into an int8 ±1 NHWC tensor with the zero
+padding baked in as a halo (``unpack_activations``), the weights into an int8
+``(C_out, KH*KW*CP)`` matrix (``unpack_weights``, cached per weight tensor), and runs a mask-free
+int8 implicit GEMM on the tensor cores (``int8_conv2d``). ``path="popcount"`` is the XOR+popcount
+kernel on the packed words; ``path="mma_regs"`` the first tensor-core kernel, which unpacks the
+packed words in registers inside its K-loop (kept for comparison). On CUDA tensors the tile
+configuration is autotuned; on CPU tensors the kernels run in the Triton interpreter with one
+small fixed tile (for tests).
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -14,12 +21,155 @@ from cbcn.bitpack import check_conv_args, num_words, packed_conv2d_reference  # 
 from ._runtime import kernels_for, use_interpreter
 
 PATHS = ("mma", "popcount")
+EXTRA_PATHS = ("mma_regs",)  # accepted too: the first tensor-core kernel, for comparison
 # fixed tiles for the interpreter: large tiles mean few (slow, Python-level) programs
-INTERPRET_TILES = {"mma": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_W=2), "popcount": dict(BLOCK_M=64, BLOCK_N=32)}
+INTERPRET_TILES = {
+    "mma": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64),
+    "mma_regs": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_W=2),
+    "popcount": dict(BLOCK_M=64, BLOCK_N=32),
+}
+UNPACK_TILE = dict(BLOCK_P=64)  # pixels per program of unpack_halo_kernel (BLOCK_C: 128 or 64)
+CHANNEL_MULTIPLE = 64  # int8 operands: channels zero-padded to a multiple of 64 (= conv_kernels.I8_CHANNEL_MULTIPLE)
 
 
 def _cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
+
+
+def padded_channels(in_channels: int) -> int:
+    """``CP``: the int8 operands' channel count, ``in_channels`` rounded up to a multiple of 64."""
+    return _cdiv(in_channels, CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
+
+
+_DUMMY: dict = {}
+
+
+def _dummy(device) -> torch.Tensor:
+    """A float32 placeholder for absent epilogue vectors (allocated once per device)."""
+    key = str(device)
+    if key not in _DUMMY:
+        _DUMMY[key] = torch.zeros(1, dtype=torch.float32, device=device)
+    return _DUMMY[key]
+
+
+def _unpack_halo(packed: torch.Tensor, in_channels: int, pad: int) -> torch.Tensor:
+    """``(N, H, W, words)`` packed -> int8 ``(N, H+2·pad, W+2·pad, CP)``: ±1, 0 in halo / padding channels."""
+    N, H, W, XW = packed.shape
+    CP = padded_channels(in_channels)
+    HP, WP = H + 2 * pad, W + 2 * pad
+    out = torch.empty((N, HP, WP, CP), dtype=torch.int8, device=packed.device)
+    P = N * HP * WP
+    if P == 0:
+        return out
+    k = kernels_for("conv_kernels", packed)
+    BLOCK_C = 128 if CP % 128 == 0 else 64
+    BLOCK_P = UNPACK_TILE["BLOCK_P"]
+    launch = {} if k.INTERPRET else dict(num_warps=4)
+    grid = (_cdiv(P, BLOCK_P), CP // BLOCK_C)
+    k.unpack_halo_kernel[grid](packed.contiguous(), out, P, H, W, HP, WP, XW, in_channels, CP, pad,
+                               BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, **launch)
+    return out
+
+
+def unpack_activations(x_packed: torch.Tensor, in_channels: int, padding: int) -> torch.Tensor:
+    """Packed NHWC activations -> int8 ``(N, H+2·padding, W+2·padding, CP)`` for ``int8_conv2d``:
+    ±1 for the ``in_channels`` channels, 0 in the zero-padding halo and the padding channels."""
+    return _unpack_halo(x_packed, in_channels, padding)
+
+
+# weight tensor id -> (weakref, version, in_channels, int8 matrix): weights are constant at inference
+_W_CACHE: dict = {}
+_W_CACHE_MAX = 256
+
+
+def unpack_weights(w_packed: torch.Tensor, in_channels: int, cache: bool = True) -> torch.Tensor:
+    """Packed weights ``(C_out, KH, KW, words)`` -> int8 ``(C_out, KH·KW·CP)`` (tap-major, ±1, padding
+    channels 0). Cached per weight tensor (identity and in-place version), so a constant weight
+    is unpacked once."""
+    if not cache:
+        return _unpack_halo(w_packed, in_channels, 0).reshape(w_packed.shape[0], -1)
+    key = id(w_packed)
+    hit = _W_CACHE.get(key)
+    if hit is not None:
+        ref, version, c_in, wmat = hit
+        if ref() is w_packed and version == w_packed._version and c_in == in_channels:
+            return wmat
+    wmat = _unpack_halo(w_packed, in_channels, 0).reshape(w_packed.shape[0], -1)
+    if len(_W_CACHE) >= _W_CACHE_MAX:
+        for k_ in list(_W_CACHE)[: _W_CACHE_MAX // 2]:
+            _W_CACHE.pop(k_, None)
+
+    def _drop(ref, key=key):  # the weight tensor died: free its int8 copy now
+        entry = _W_CACHE.get(key)
+        if entry is not None and entry[0] is ref:
+            del _W_CACHE[key]
+
+    try:
+        _W_CACHE[key] = (weakref.ref(w_packed, _drop), w_packed._version, in_channels, wmat)
+    except TypeError:  # not weak-referenceable: do not cache
+        pass
+    return wmat
+
+
+def int8_conv2d(
+    x_halo: torch.Tensor,
+    w_mat: torch.Tensor,
+    kernel_size: tuple[int, int],
+    stride: int,
+    out_size: tuple[int, int],
+    scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    bn_scale: torch.Tensor | None = None,
+    bn_shift: torch.Tensor | None = None,
+    binarize_output: bool = False,
+    out_dtype: torch.dtype = torch.float32,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """The convolution of ``path="mma"`` on unpacked operands: ``x_halo`` from ``unpack_activations``
+    (the padding is its halo), ``w_mat`` from ``unpack_weights``; same output and epilogue as
+    ``packed_conv2d``. Exposed so the GEMM can be timed without the unpacking."""
+    N, HP, WP, CP = x_halo.shape
+    C_out, KTOT = w_mat.shape
+    KH, KW = kernel_size
+    OH, OW = out_size
+    if KTOT != KH * KW * CP or x_halo.dtype != torch.int8 or w_mat.dtype != torch.int8:
+        raise ValueError(f"int8 operands do not match: x {tuple(x_halo.shape)} {x_halo.dtype}, "
+                         f"w {tuple(w_mat.shape)} {w_mat.dtype}, kernel {KH}x{KW}")
+    if (OH - 1) * stride + KH > HP or (OW - 1) * stride + KW > WP:
+        raise ValueError(f"output {OH}x{OW} with stride {stride} reads past the {HP}x{WP} halo image")
+    device = x_halo.device
+    M = N * OH * OW
+    if binarize_output:
+        out = torch.empty((N, OH, OW, num_words(C_out)), dtype=torch.int32, device=device)
+    else:
+        out = torch.empty((N, C_out, OH, OW), dtype=out_dtype, device=device, memory_format=torch.channels_last)
+    if out.numel() == 0:
+        return out
+    dummy = _dummy(device)
+
+    def vec(v):
+        return dummy if v is None else v.detach().to(torch.float32).contiguous()
+
+    k = kernels_for("conv_kernels", x_halo, w_mat)
+    args = (x_halo, w_mat, vec(scale), vec(bias), vec(bn_scale), vec(bn_shift), out,
+            M, HP, WP, OH, OW, C_out, num_words(C_out), stride, CP, KTOT)
+    flags = dict(KH=KH, KW=KW, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
+                 HAS_AFFINE=bn_scale is not None, BINARIZE=bool(binarize_output))
+    if k.INTERPRET or config is not None:
+        tile = dict(INTERPRET_TILES["mma"] if config is None else config)
+        launch = {key: tile.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in tile}
+        if not k.INTERPRET:
+            launch["enable_fp_fusion"] = False
+        if CP % tile["BLOCK_K"]:
+            raise ValueError(f"BLOCK_K={tile['BLOCK_K']} does not divide the {CP} padded channels")
+        grid = (_cdiv(M, tile["BLOCK_M"]) * _cdiv(C_out, tile["BLOCK_N"]),)
+        k.int8_conv_kernel[grid](*args, **flags, **tile, **launch)
+    else:
+        def grid(meta):
+            return (_cdiv(M, meta["BLOCK_M"]) * _cdiv(C_out, meta["BLOCK_N"]),)
+
+        k.int8_conv_tuned[grid](*args, **flags, enable_fp_fusion=False)
+    return out
 
 
 def packed_conv2d(
@@ -43,11 +193,12 @@ def packed_conv2d(
 
     Returns ``(N, C_out, OH, OW)`` (stored channels-last) in ``out_dtype``, or the packed signs
     ``(N, OH, OW, ceil(C_out/32))`` of the result with ``binarize_output``.
-    ``config`` fixes the tile (``BLOCK_M``, ``BLOCK_N``[, ``BLOCK_W``], ``num_warps``, ``num_stages``)
-    instead of autotuning; ``use_asm_popcount`` selects inline ``popc.b32`` (GPU only).
+    ``config`` fixes the tile (``BLOCK_M``, ``BLOCK_N``, and ``BLOCK_K`` for ``"mma"`` / ``BLOCK_W`` for
+    ``"mma_regs"``, ``num_warps``, ``num_stages``) instead of autotuning; ``use_asm_popcount``
+    selects inline ``popc.b32`` (GPU only).
     """
     OH, OW = check_conv_args(x_packed, w_packed, in_channels, stride, padding, scale, bias, bn_scale, bn_shift)
-    if path not in PATHS:
+    if path not in PATHS + EXTRA_PATHS:
         raise ValueError(f"unknown packed-conv path {path!r}; valid: {PATHS}")
     if out_dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
@@ -57,6 +208,14 @@ def packed_conv2d(
             x_packed, w_packed, in_channels, stride, padding, scale, bias, bn_scale, bn_shift,
             False, torch.float32, path, config, use_asm_popcount,
         ).to(torch.bfloat16)
+    if use_asm_popcount and use_interpreter(x_packed, w_packed):
+        raise ValueError("use_asm_popcount emits inline PTX, which the Triton interpreter cannot run")
+    if path == "mma":  # (use_asm_popcount does not apply)
+        return int8_conv2d(
+            unpack_activations(x_packed, in_channels, padding), unpack_weights(w_packed, in_channels),
+            tuple(w_packed.shape[1:3]), stride, (OH, OW), scale, bias, bn_scale, bn_shift,
+            binarize_output, out_dtype, config,
+        )
     N, IH, IW, XW = x_packed.shape
     C_out, KH, KW, _ = w_packed.shape
     device = x_packed.device
@@ -71,15 +230,13 @@ def packed_conv2d(
     M = N * OH * OW
     if out.numel() == 0:
         return out
-    dummy = torch.zeros(1, dtype=torch.float32, device=device)
+    dummy = _dummy(device)
 
     def vec(v):
         return dummy if v is None else v.detach().to(torch.float32).contiguous()
 
     k = kernels_for("conv_kernels", x_packed, w_packed)
     interpret = k.INTERPRET
-    if interpret and use_asm_popcount:
-        raise ValueError("use_asm_popcount emits inline PTX, which the Triton interpreter cannot run")
     args = (
         x_packed, w_packed, vec(scale), vec(bias), vec(bn_scale), vec(bn_shift), out,
         M, IH, IW, OH, OW, in_channels, C_out, XW, num_words(C_out), stride, padding,
@@ -96,14 +253,72 @@ def packed_conv2d(
         launch = {key: tile.pop(key) for key in ("num_warps", "num_stages") if key in tile}
         if not interpret:
             launch["enable_fp_fusion"] = False
-        kernel = k.packed_conv_mma_kernel if path == "mma" else k.packed_conv_popcount_kernel
+        kernel = k.packed_conv_mma_kernel if path == "mma_regs" else k.packed_conv_popcount_kernel
         grid = (_cdiv(M, tile["BLOCK_M"]), _cdiv(C_out, tile["BLOCK_N"]))
         kernel[grid](*args, **flags, **tile, **launch)
     else:
-        kernel = k.packed_conv_mma_tuned if path == "mma" else k.packed_conv_popcount_tuned
+        kernel = k.packed_conv_mma_tuned if path == "mma_regs" else k.packed_conv_popcount_tuned
 
         def grid(meta):
             return (_cdiv(M, meta["BLOCK_M"]), _cdiv(C_out, meta["BLOCK_N"]))
 
         kernel[grid](*args, **flags, enable_fp_fusion=False)
     return out
+
+
+# --- ahead-of-time compilation of the int8 path (no GPU needed), for tests and ptxas reports ---
+_I8_INTS = ["M", "HP", "WP", "OH", "OW", "C_out", "OWORDS", "stride", "CP", "KTOT"]
+_I8_ALIGNED = ["x_ptr", "w_ptr", "scale_ptr", "bias_ptr", "mul_ptr", "add_ptr", "out_ptr", "CP", "KTOT", "C_out"]
+
+
+def compile_int8_conv(target=None, num_warps: int = 8, num_stages: int = 3, out_type: str = "*fp32", **constexprs):
+    """Compile ``int8_conv_kernel`` for ``target`` (default Hopper ``cuda:90``) as a launch on
+    ResNet-like shapes would specialise it (pointers, ``CP``, ``KTOT``, ``C_out`` divisible by 16).
+    Keyword arguments set the constexprs (default 128x128x128 tile, 3x3, scale only, float store);
+    ``out_type`` is the output pointer type (``*fp32``, ``*fp16``, ``*bf16``, ``*i32`` with BINARIZE)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ._runtime import load
+
+    fn = load("conv_kernels", interpret=False).int8_conv_kernel
+    consts = dict(KH=3, KW=3, HAS_SCALE=True, HAS_BIAS=False, HAS_AFFINE=False, BINARIZE=False,
+                  BLOCK_M=128, BLOCK_N=128, BLOCK_K=128)
+    consts.update(constexprs)
+    sig = {"x_ptr": "*i8", "w_ptr": "*i8", "scale_ptr": "*fp32", "bias_ptr": "*fp32", "mul_ptr": "*fp32",
+           "add_ptr": "*fp32", "out_ptr": out_type, **{k: "i32" for k in _I8_INTS}, **{k: "constexpr" for k in consts}}
+    sig = {a: sig[a] for a in fn.arg_names}
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in _I8_ALIGNED}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    options = dict(num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=False)
+    return triton.compile(src, target=target or GPUTarget("cuda", 90, 32), options=options)
+
+
+def ptxas_report(ptx: str, arch: str = "sm_90a") -> dict | None:
+    """``ptxas -v`` on ``ptx`` with a ptxas shipped with Triton (the newest that accepts the PTX
+    version): ``{"registers", "spill_stores", "spill_loads", "ptxas"}``, or None if none works."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    for name in ("ptxas-blackwell", "ptxas"):
+        exe = os.path.join(bindir, name)
+        if not os.path.exists(exe):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "k.ptx")
+            with open(src, "w") as f:
+                f.write(ptx)
+            res = subprocess.run([exe, "-v", f"--gpu-name={arch}", src, "-o", os.path.join(tmp, "k.cubin")],
+                                 capture_output=True, text=True)
+        regs = re.search(r"Used (\d+) registers", res.stderr)
+        spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", res.stderr)
+        if res.returncode == 0 and regs and spill:
+            return dict(registers=int(regs.group(1)), spill_stores=int(spill.group(1)),
+                        spill_loads=int(spill.group(2)), ptxas=name)
+    return None

@@ -1,9 +1,16 @@
 """Device code: packed binary 2-D convolution as an implicit GEMM (see ``conv.py``).
 
 GEMM view: rows = output pixels ``M = N*OH*OW``, columns = output channels, reduction over
-taps × packed words. Two kernels share the tiling and the epilogue:
+taps × channels. Three kernels share the epilogue:
 
-- ``packed_conv_mma_kernel``: each K-step loads ``BLOCK_W`` packed words per pixel and per
+- ``int8_conv_kernel`` (``path="mma"``): a plain int8 implicit GEMM on operands unpacked once
+  beforehand by ``unpack_halo_kernel``: activations ``(N, H+2p, W+2p, CP)`` int8 ±1 with the zero
+  padding baked in as a zero halo (and zero channels up to ``CP``, a multiple of 64), weights
+  ``(C_out, KH*KW*CP)`` int8 (cached per weight tensor by ``conv.py``). The K-loop has no masks and
+  no unpacking: per step one ``(BLOCK_M, BLOCK_K)`` activation tile (rows at a fixed per-pixel
+  offset plus a per-tap scalar) and one K-major ``(BLOCK_K, BLOCK_N)`` weight tile, both copied
+  asynchronously into shared memory by Triton's software pipeline and fed to ``wgmma ... .s8``;
+- ``packed_conv_mma_kernel`` (``path="mma_regs"``, the first version, kept for comparison): each K-step loads ``BLOCK_W`` packed words per pixel and per
   output channel, unpacks them in registers to int8 ±1 (0 for zero-padded taps and for the
   padding bits past ``C_in``) and accumulates ``tl.dot`` in int32 on the tensor cores
   (``mma``/``wgmma`` ``.s8``);
@@ -64,6 +71,19 @@ def _epilogue(
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr, BINARIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    y = _affine(dot, offs_n, n_ok, scale_ptr, bias_ptr, mul_ptr, add_ptr, HAS_SCALE, HAS_BIAS, HAS_AFFINE)
+    if BINARIZE:
+        _store_packed_signs(y, offs_m, offs_n, m_ok, n_ok, pid_n, out_ptr, OWORDS, BLOCK_M, BLOCK_N)
+    else:
+        row = nb.to(tl.int64) * so_n + oh.to(tl.int64) * so_h + ow.to(tl.int64) * so_w
+        ptrs = out_ptr + row[:, None] + offs_n.to(tl.int64)[None, :] * so_c
+        tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _affine(dot, offs_n, n_ok, scale_ptr, bias_ptr, mul_ptr, add_ptr,
+            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr):
+    """``float(dot) * scale + bias``, then ``* bn_scale + bn_shift``, each op rounded separately."""
     y = dot.to(tl.float32)
     if HAS_SCALE:
         y = y * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
@@ -72,19 +92,21 @@ def _epilogue(
     if HAS_AFFINE:
         y = y * tl.load(mul_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
         y = y + tl.load(add_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
-    if BINARIZE:
-        # pack sign(y) along channels: BLOCK_N is a multiple of 32, so tile words are whole words
-        neg = tl.where(y >= 0, 0, 1)
-        neg = tl.where(n_ok[None, :], neg, 0).to(tl.uint32)
-        bits = neg << (offs_n % 32).to(tl.uint32)[None, :]
-        words = tl.reduce(tl.reshape(bits, (BLOCK_M, BLOCK_N // 32, 32)), 2, _sum_combine)
-        offs_w = pid_n * (BLOCK_N // 32) + tl.arange(0, BLOCK_N // 32)
-        ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * OWORDS + offs_w[None, :]
-        tl.store(ptrs, words.to(tl.int32, bitcast=True), mask=m_ok[:, None] & (offs_w < OWORDS)[None, :])
-    else:
-        row = nb.to(tl.int64) * so_n + oh.to(tl.int64) * so_h + ow.to(tl.int64) * so_w
-        ptrs = out_ptr + row[:, None] + offs_n.to(tl.int64)[None, :] * so_c
-        tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    return y
+
+
+@triton.jit
+def _store_packed_signs(y, offs_m, offs_n, m_ok, n_ok, pid_n, out_ptr, OWORDS,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Re-binarise: pack sign(y) along channels into ``out[m, word]`` (row stride ``OWORDS``).
+    BLOCK_N is a multiple of 32, so the tile's words are whole words."""
+    neg = tl.where(y >= 0, 0, 1)
+    neg = tl.where(n_ok[None, :], neg, 0).to(tl.uint32)
+    bits = neg << (offs_n % 32).to(tl.uint32)[None, :]
+    words = tl.reduce(tl.reshape(bits, (BLOCK_M, BLOCK_N // 32, 32)), 2, _sum_combine)
+    offs_w = pid_n * (BLOCK_N // 32) + tl.arange(0, BLOCK_N // 32)
+    ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * OWORDS + offs_w[None, :]
+    tl.store(ptrs, words.to(tl.int32, bitcast=True), mask=m_ok[:, None] & (offs_w < OWORDS)[None, :])
 
 
 # integer arguments are not specialised (on value 1 / divisibility by 16): one compilation per
@@ -183,8 +205,136 @@ def packed_conv_popcount_kernel(
               HAS_SCALE, HAS_BIAS, HAS_AFFINE, BINARIZE, BLOCK_M, BLOCK_N)
 
 
+@triton.jit(do_not_specialize=["P", "IH", "IW", "HP", "WP", "XW", "C_in", "pad"])
+def unpack_halo_kernel(
+    x_ptr, out_ptr, P, IH, IW, HP, WP, XW, C_in, CP, pad,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Packed NHWC words ``(N, IH, IW, XW)`` -> int8 ``(N, HP, WP, CP)``, ``HP = IH + 2*pad``:
+    ``1 - 2*bit`` inside the image for channels ``< C_in``, 0 in the halo and the padding channels.
+
+    Also unpacks weights ``(C_out, KH, KW, XW)`` (``pad = 0``) to the ``(C_out, KH*KW*CP)`` matrix.
+    ``BLOCK_C`` divides ``CP`` (a multiple of 64), so the tile needs no channel mask.
+    """
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = offs_p < P
+    wp = offs_p % WP
+    t = offs_p // WP
+    hp = t % HP
+    n = t // HP
+    ih = hp - pad
+    iw = wp - pad
+    inside = p_ok & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
+    words = pid_c * (BLOCK_C // 32) + tl.arange(0, BLOCK_C // 32)
+    src = ((n.to(tl.int64) * IH + ih) * IW + iw) * XW
+    wv = tl.load(x_ptr + src[:, None] + words[None, :], mask=inside[:, None] & (words < XW)[None, :], other=0)
+    lanes = tl.arange(0, 32)
+    chan = words[:, None] * 32 + lanes[None, :]
+    bit = (wv[:, :, None] >> lanes[None, None, :]) & 1
+    keep = inside[:, None, None] & (chan < C_in)[None, :, :]
+    v = tl.where(keep, 1 - 2 * bit, 0).to(tl.int8)
+    v = tl.reshape(v, (BLOCK_P, BLOCK_C))
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    dst = offs_p.to(tl.int64)[:, None] * CP + offs_c[None, :]
+    tl.store(out_ptr + dst, v, mask=p_ok[:, None])
+
+
+# CP (channels padded to a multiple of 64) and KTOT = KH*KW*CP stay specialised: they are always
+# multiples of 16, and Triton must know it to copy 16-byte vectors (cp.async ... 16)
+# (C_out too: the output row stride, so the epilogue's stores can be vectorised)
+_NO_SPEC_I8 = ["M", "HP", "WP", "OH", "OW", "OWORDS", "stride"]
+
+
+@triton.jit(do_not_specialize=_NO_SPEC_I8)
+def int8_conv_kernel(
+    x_ptr, w_ptr, scale_ptr, bias_ptr, mul_ptr, add_ptr, out_ptr,
+    M, HP, WP, OH, OW, C_out, OWORDS, stride, CP, KTOT,
+    KH: tl.constexpr, KW: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr, BINARIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Int8 implicit GEMM on pre-unpacked operands (zero halo, zero channel padding).
+
+    ``x``: ``(N, HP, WP, CP)`` int8 (``HP = IH + 2*pad``), ``w``: ``(C_out, KTOT)`` int8 with
+    ``KTOT = KH*KW*CP`` ordered (tap, channel). Output pixel ``(n, oh, ow)`` reads tap ``(kh, kw)``
+    at halo pixel ``(n, oh*stride + kh, ow*stride + kw)``. The halo and padding channels are 0, so
+    the K-loop has no masks; rows past ``M`` / columns past ``C_out`` read row 0 / the last
+    column (in bounds) and are dropped by the epilogue's masked store. ``BLOCK_K`` divides ``CP``.
+    Programs are ordered with the ``C_out`` tiles of one pixel block adjacent (shared A in L2).
+    """
+    pid = tl.program_id(0)
+    num_n = (C_out + BLOCK_N - 1) // BLOCK_N
+    pid_m = pid // num_n
+    pid_n = pid - pid_m * num_n
+    offs_m, offs_n, m_ok, n_ok, nb, oh, ow = _output_coords(pid_m, pid_n, M, C_out, OH, OW, BLOCK_M, BLOCK_N)
+    # halo pixel of tap (0, 0); int64: N*HP*WP*CP may pass 2**31
+    pix = (nb.to(tl.int64) * HP + oh * stride) * WP + ow * stride
+    row = tl.multiple_of(tl.where(m_ok, pix * CP, 0), 16)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = x_ptr + row[:, None] + offs_k[None, :]
+    col = tl.minimum(offs_n, C_out - 1).to(tl.int64) * KTOT
+    b_ptrs = w_ptr + col[None, :] + offs_k[:, None]
+    csteps = CP // BLOCK_K
+    acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.int32)
+    for kk in range(0, KH * KW * csteps):
+        tap = kk // csteps
+        kh = tap // KW
+        a_off = ((kh * WP + (tap - kh * KW)) * CP) + (kk - tap * csteps) * BLOCK_K
+        a = tl.load(a_ptrs + tl.multiple_of(a_off, 16))
+        b = tl.load(b_ptrs + kk * BLOCK_K)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+    # epilogue on flat rows: the output is channels-last, pixel m's channels at m*C_out
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < C_out
+    y = _affine(acc, offs_n, n_ok, scale_ptr, bias_ptr, mul_ptr, add_ptr, HAS_SCALE, HAS_BIAS, HAS_AFFINE)
+    if BINARIZE:
+        _store_packed_signs(y, offs_m, offs_n, m_ok, n_ok, pid_n, out_ptr, OWORDS, BLOCK_M, BLOCK_N)
+    else:
+        ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * C_out + offs_n[None, :]
+        tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
 # Autotuned launchers for the GPU (the interpreter uses one small fixed tile instead).
-# Chosen from ptxas -v reports for sm_90 (255-register cap; configs that spilled were dropped).
+#
+# int8 implicit GEMM (path "mma"): ptxas -v for sm_90a (Triton's PTX, enable_fp_fusion=False,
+# fp32 store epilogue) — registers / spills / shared memory:
+#   128x128x128 w8 s3: 115 regs, 0 spills, 96 KiB  -> 2 CTAs/SM
+#   128x128x64  w8 s4: 122 regs, 0 spills, 64 KiB  -> 2 CTAs/SM
+#   256x64x64   w8 s4: 114 regs, 0 spills, 80 KiB  -> 2 CTAs/SM
+#   128x64x64   w4 s4: 118 regs, 0 spills, 48 KiB  -> 4 CTAs/SM
+#   64x128x64   w4 s4: 152 regs, 0 spills, 48 KiB  -> 3 CTAs/SM
+#   64x64x64    w4 s4:  64 regs, 0 spills, 32 KiB  (small grids: batch 1)
+# Dropped: 128x128 w4, 128x256 w8, 256x128 w8 (207-255 regs, spills at 255). Triton issues the
+# int8 wgmma with a wait of 0 after each K-step (it keeps only float wgmma in flight across
+# iterations), so latency is hidden by 2-4 resident CTAs per SM, not within one CTA.
+I8_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+]
+I8_CHANNEL_MULTIPLE = 64  # CP = C_in rounded up to a multiple of 64: BLOCK_K 64 always divides it
+
+
+def _prune_i8(configs, named_args, **kwargs):
+    """Tiles whose BLOCK_K divides CP, at most one BLOCK_N past C_out, and tiles with ≥ 2 waves
+    of programs over 132 SMs if any (else the two smallest): at most 5 configs per layer shape."""
+    CP, C_out, M = named_args["CP"], named_args["C_out"], named_args["M"]
+    ok = [c for c in configs if CP % c.kwargs["BLOCK_K"] == 0 and c.kwargs["BLOCK_N"] <= max(64, C_out)]
+    big = [c for c in ok if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 64 * 64]
+    programs = [((M + c.kwargs["BLOCK_M"] - 1) // c.kwargs["BLOCK_M"])
+                * ((C_out + c.kwargs["BLOCK_N"] - 1) // c.kwargs["BLOCK_N"]) for c in big]
+    full = [c for c, p in zip(big, programs) if p >= 264]
+    return full or ok[-2:] or configs[-1:]
+
+
+# first version of the tensor-core path (path "mma_regs"): unpacking in registers in the K-loop
 MMA_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_W": 1}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_W": 1}, num_warps=8, num_stages=2),
@@ -199,8 +349,27 @@ POPCOUNT_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=3),
 ]
-_KEY = ["M", "C_out", "XW", "OH", "OW", "KH", "KW"]
+_FLAGS = ["KH", "KW", "HAS_SCALE", "HAS_BIAS", "HAS_AFFINE", "BINARIZE"]
+_KEY = ["M", "C_out", "XW", "OH", "OW"] + _FLAGS
+_KEY_I8 = ["M", "C_out", "CP", "OH", "OW", "stride"] + _FLAGS
+
+
+def _quick_bench(kernel_call, quantiles):
+    """Autotuning benchmark: 5 ms warm-up, 25 ms of repetitions (Triton's default is 25/100)."""
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+
+
+def _autotune(configs, key, **extra):
+    try:
+        return triton.autotune(configs=configs, key=key, do_bench=_quick_bench, **extra)
+    except TypeError:  # a Triton without the do_bench argument
+        return triton.autotune(configs=configs, key=key, **extra)
+
 
 if not INTERPRET:
-    packed_conv_mma_tuned = triton.autotune(configs=MMA_CONFIGS, key=_KEY)(packed_conv_mma_kernel)
-    packed_conv_popcount_tuned = triton.autotune(configs=POPCOUNT_CONFIGS, key=_KEY)(packed_conv_popcount_kernel)
+    import triton.testing  # noqa: E402
+
+    int8_conv_tuned = _autotune(I8_CONFIGS, _KEY_I8, prune_configs_by={"early_config_prune": _prune_i8})(
+        int8_conv_kernel)
+    packed_conv_mma_tuned = _autotune(MMA_CONFIGS, _KEY)(packed_conv_mma_kernel)
+    packed_conv_popcount_tuned = _autotune(POPCOUNT_CONFIGS, _KEY)(packed_conv_popcount_kernel)
