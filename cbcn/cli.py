@@ -178,6 +178,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, or cuda:N (default: %(default)s)")
     g.add_argument("--workers", type=int, default=0, dest="num_workers", metavar="N",
                    help="DataLoader worker processes (default: %(default)s = load in the main process)")
+    g.add_argument("--bn-recalibration", type=int, default=50, dest="bn_recalibration_batches", metavar="BATCHES",
+                   help="before each evaluation, re-estimate BatchNorm statistics on this many training "
+                        "batches with the current weights (0: use the moving averages; default: %(default)s)")
     g.add_argument("--threads", type=int, default=None, dest="cpu_threads", metavar="N",
                    help="torch threads on a CPU (default: the profile's; quick/smoke use 1, which is "
                         "fastest for small models on a shared machine; paper: torch's default)")
@@ -264,7 +267,8 @@ def config_from_args(args: argparse.Namespace):
         shortcut=args.shortcut, act_surrogate=args.act_surrogate, weight_surrogate=args.weight_surrogate,
         dropout=args.dropout, sync_bn=args.sync_bn, freeze_bn=args.freeze_bn, dataset=args.dataset, data_root=args.data_root, download=args.download,
         subset=args.subset, data_seed=args.data_seed, center_loss=args.center_loss,
-        center_lambda=args.center_lambda, center_alpha=args.center_alpha, seed=args.seed, device=args.device,
+        center_lambda=args.center_lambda, center_alpha=args.center_alpha,
+        bn_recalibration_batches=args.bn_recalibration_batches, seed=args.seed, device=args.device,
         num_workers=args.num_workers, output_dir=output, resume=args.resume, overwrite=args.overwrite,
         stop_after_epoch=args.stop_after_epoch, progress=args.progress, log_every=args.log_every, **fields)
 

