@@ -20,8 +20,12 @@ CASES = workloads.layer_cases(SIZE)
 
 
 def _close(actual, expected):
+    """Float tolerance: the K-sum identity and the full CiF bank sum in different orders. On CUDA,
+    cuDNN convolutions run in TF32 by default (10-bit mantissa), so gradients, which mix real
+    values, agree only to ~1e-3 relative there (seen on an H100: fp32 tolerances failed)."""
     actual, expected = actual.detach(), expected.detach()
-    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()) + 1e-6)
+    tol = 1e-2 if actual.is_cuda and torch.backends.cudnn.allow_tf32 else 1e-4
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * float(expected.abs().max()) + 1e-6)
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["fwd", "fwd+bwd"])

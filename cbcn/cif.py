@@ -70,6 +70,19 @@ def transfer_matrix(H: int, K: int) -> torch.Tensor:
     return torch.tensor(_transfer_matrix(H, K), dtype=torch.long)
 
 
+_GATHER_INDEX: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _bank_gather_index(H: int, K: int, device: torch.device) -> torch.Tensor:
+    """``M`` flattened to ``(K*H*H,)`` on ``device``, built once per (H, K, device): every
+    circulant layer calls this in every forward, and a host-to-device copy per call is waste."""
+    key = (H, K, str(device))
+    index = _GATHER_INDEX.get(key)
+    if index is None:
+        index = _GATHER_INDEX[key] = transfer_matrix(H, K).reshape(-1).to(device)
+    return index
+
+
 def inverse_transfer_matrix(H: int, K: int) -> torch.Tensor:
     """Inverse circulant transfer matrix P (Eq. 7): ``P[j]`` is the inverse permutation of ``M[j]``."""
     M = transfer_matrix(H, K)
@@ -95,9 +108,11 @@ def rotated_bank(W: torch.Tensor, K: int) -> torch.Tensor:
     C_out, C_in, H, H2 = W.shape
     if H != H2:
         raise ValueError(f"circulant filters need square kernels, got {H}x{H2}")
-    M = transfer_matrix(H, K).to(W.device)  # (K, HH)
-    rotated = W.reshape(C_out, C_in, H * H)[:, :, M]  # (C_out, C_in, K, HH)
-    return rotated.permute(0, 2, 1, 3).reshape(C_out * K, C_in, H, H)
+    index = _bank_gather_index(H, K, W.device)  # M flattened: (K*HH,)
+    # torch.gather (one kernel; ~2x faster forward and backward than advanced indexing)
+    flat = W.reshape(C_out, C_in, H * H)
+    rotated = torch.gather(flat, 2, index.expand(C_out, C_in, K * H * H))  # (C_out, C_in, K*HH)
+    return rotated.reshape(C_out, C_in, K, H * H).permute(0, 2, 1, 3).reshape(C_out * K, C_in, H, H)
 
 
 def cif_expand(W: torch.Tensor, K: int) -> torch.Tensor:
