@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cbcn.binarize import binarize
-from cbcn.layers import BinaryConv2d
+
+from cbcn.layers import BinaryConv2d, reference_forward
 from cbcn.models import build_model
 
 # ----------------------------------------------------------------------------- shapes
@@ -164,21 +164,11 @@ def layer_input(layer: nn.Module, shape: ConvShape, device, requires_grad: bool 
 
 
 def reference_output(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The plain oracle with gradients: full effective bank (CiF for CBCN, no K-sum), ``F.conv2d``.
-
-    Like ``cbcn.layers.reference_forward``, but the input goes through ``binarize`` (same forward,
-    surrogate gradient) so that the input gradient can be checked too.
-    """
+    """The plain oracle with gradients: full effective bank (CiF for CBCN, no K-sum), ``F.conv2d``
+    (``cbcn.layers.reference_forward``); ``nn.Conv2d`` rows are their own reference."""
     if isinstance(layer, nn.Conv2d):
         return F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding)
-    xb = binarize(x, layer.act_surrogate) if layer.binary_acts else x
-    out = F.conv2d(xb, layer.effective_weight(), None, layer.stride, layer.padding)
-    alpha = layer.scale()
-    if alpha is not None:
-        out = out * alpha.view(1, -1, 1, 1)
-    if layer.bias is not None:
-        out = out + layer.bias.view(1, -1, 1, 1)
-    return out
+    return reference_forward(layer, x)
 
 
 def forward_backward(layer: nn.Module, x: torch.Tensor, grad_out: torch.Tensor, fn=None):

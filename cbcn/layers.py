@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .binarize import binarize, get_surrogate, sign
+from .binarize import binarize, get_surrogate
 from .cif import check_kernel_size, check_orientations, cif_expand, rotated_bank
 from .methods import MethodSpec, get_method
 
@@ -162,9 +162,11 @@ class BinaryConv2d(nn.Module):
 def reference_forward(layer: BinaryConv2d, x: torch.Tensor) -> torch.Tensor:
     """Plain oracle: ``F.conv2d`` on the binarized input and the full effective bank, times α.
 
-    Used by tests (and as the model of what the packed kernels compute); no K-sum shortcut.
+    Used by tests and benchmarks (and as the model of what the packed kernels compute); no K-sum
+    shortcut. The input goes through ``binarize`` (forward = ``sign``) so that input gradients
+    can be checked against it too.
     """
-    xb = sign(x) if layer.binary_acts else x
+    xb = binarize(x, layer.act_surrogate) if layer.binary_acts else x
     out = F.conv2d(xb, layer.effective_weight(), None, layer.stride, layer.padding)
     alpha = layer.scale()
     if alpha is not None:

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .experiments import (BY_ID, CLAIMS, EXPERIMENTS, INCONSISTENCIES, TABLE_METRICS, TABLE_TITLES, Experiment,
-                          accuracy_of)
+from .experiments import (BY_ID, CLAIMS, EXPERIMENTS, INCONSISTENCIES, TABLE_METRICS, TABLE_TITLES, accuracy_of)
 from .hardware import CONVENTIONS
 from .store import ResultStore, StoreProblem, parse_key
 

@@ -1,6 +1,5 @@
 """The reproduction harness end to end: the smoke profile over rows of Tables 2-5 on synthetic data in
 the real formats; a killed sweep rerun; corrupt records, missing data, failures and shards."""
-import json
 import os
 import pickle
 import signal
