@@ -59,18 +59,25 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint written by :func:`save_checkpoint`."""
+def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    what: str = "checkpoint") -> Any:
+    """``torch.load`` of plain data (``weights_only``) with one clear error for a missing, corrupt,
+    truncated or foreign file (torch raises several exception types, some advising unsafe loads)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no {what} at {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated/corrupt/foreign files
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
         lines = [s.strip() for s in str(e).splitlines() if s.strip()]
         why = next((s for s in lines if "WeightsUnpickler error" in s), lines[0] if lines else "")
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt, truncated, not a torch "
+        raise CheckpointError(f"cannot read {what} {path}: the file is corrupt, truncated, not a torch "
                               f"checkpoint, or holds more than plain data ({type(e).__name__}: {why})") from e
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint written by :func:`save_checkpoint`."""
+    state = read_torch_file(path, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cbcn training checkpoint (no '{FORMAT}' format tag)")
     version = state.get("format_version")

@@ -23,6 +23,7 @@ next to the fp32 checkpoint's.
 from __future__ import annotations
 
 import copy
+import io
 import os
 from pathlib import Path
 
@@ -309,21 +310,25 @@ def save_onebit(model: nn.Module, path: str | os.PathLike, build_kwargs: dict | 
         "state": encode_state(model),
         "extra": extra or {},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(obj, path)
-    return path.stat().st_size
+    from .checkpoint import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())  # a crash never leaves a half-written checkpoint
+    return Path(path).stat().st_size
 
 
 def load_onebit(path: str | os.PathLike, backend: str | None = None, map_location="cpu") -> nn.Module:
     """Rebuild a model saved by ``save_onebit`` (eval mode, 1-bit layers, on ``map_location``)."""
     from .models import build_model
 
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    from .checkpoint import CheckpointError, read_torch_file
+
+    obj = read_torch_file(path, what="1-bit checkpoint")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint")
+        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
     if obj.get("version") != VERSION:
-        raise ValueError(f"{path}: unsupported {FORMAT} version {obj.get('version')!r} (this code reads {VERSION})")
+        raise CheckpointError(f"{path}: unsupported {FORMAT} version {obj.get('version')!r} (this code reads {VERSION})")
     build = dict(obj["build"])
     name = build.pop("name")
     if "stages" in build and build["stages"] is not None:

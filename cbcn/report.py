@@ -396,8 +396,10 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) 
                        "support all of them:"))
         S.append(("table", claims.drop(columns=["better", "worse", "profile", "measured margin"]), "claims.csv"))
     S.append(("h2", "The paper's inconsistencies"))
-    S.append(("p", "Cells that describe the same model but print different numbers (SPEC §6); here they are "
-                   "one run, so the measured values agree by construction. Accuracy in %, Table 2 as 100 − error."))
+    S.append(("p", "Cells that describe the same model but print different numbers (SPEC §6). Where our "
+                   "experiments share a configuration they are one run and agree by construction; where "
+                   "the configurations differ (e.g. Table 3's S row has no Gaussian gradient) they are "
+                   "separate runs. Accuracy in %, Table 2 as 100 − error."))
     S.append(("table", incons.drop(columns=["inconsistency"]), "inconsistencies.csv"))
     S.append(("ol", [inc.text + ("" if inc.source == "SPEC §6" else f" ({inc.source})") for inc in INCONSISTENCIES]))
     S.append(("h2", "Hardware profile of every trained model"))

@@ -228,6 +228,8 @@ class ResultStore:
         reported as a conflict (unless the two are identical).
         """
         src = ResultStore(other)
+        if not src.results_dir.is_dir():
+            raise StoreError(f"nothing to merge: {src.results_dir} does not exist (is {other} a cbcn --out folder?)")
         records, problems = src.scan()
         if problems:
             raise StoreError(f"{src.results_dir} has unreadable records; fix them before merging:\n  "

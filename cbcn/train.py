@@ -235,7 +235,6 @@ def _topk_correct(logits: torch.Tensor, y: torch.Tensor, ks) -> list[int]:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, dataset, batches: int, batch_size: int,
                           device: torch.device | str) -> int:
     """Re-estimate every BatchNorm's running statistics with the current weights.
@@ -245,7 +244,8 @@ def recalibrate_batchnorm(model: nn.Module, dataset, batches: int, batch_size: i
     and a BatchNorm that feeds ``sign`` turns a small error of its mean into flipped bits: a CBCN
     LeNet measured 7.9 % training error but 42.5 % test error with the moving averages, and 7.5 %
     test error after this re-estimation. We recompute the statistics as a plain average over the
-    first ``batches`` training batches (fixed order, augmentation as in training), with dropout off
+    ``batches`` training batches of a fixed random sample (data sets are often stored sorted by
+    class, so the first images would cover few classes), augmentation as in training, dropout off
     and all random streams restored afterwards, so training itself is unchanged. Returns the number
     of images used (0: nothing to do).
     """
@@ -253,7 +253,8 @@ def recalibrate_batchnorm(model: nn.Module, dataset, batches: int, batch_size: i
     if batches <= 0 or not bns:
         return 0
     n = min(len(dataset), batches * batch_size)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=list(range(n)))
+    sample = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:n].tolist()
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sample)
     device = torch.device(device)
     was_training = model.training
     momenta = [m.momentum for m in bns]
@@ -272,6 +273,7 @@ def recalibrate_batchnorm(model: nn.Module, dataset, batches: int, batch_size: i
     return n
 
 
+@torch.no_grad()
 def evaluate(model: nn.Module, dataset, batch_size: int = 512, device: torch.device | str | None = None,
              topk: tuple[int, ...] = (1, 5), dist_info: DistInfo | None = None,
              num_workers: int = 0) -> dict[str, float]:

@@ -175,7 +175,7 @@ def _random_case(method, K):
 
 
 @pytest.mark.parametrize("method", ["bnn", "xnor", "bireal", "cbcn"])
-@pytest.mark.parametrize("trial", range(3))
+@pytest.mark.parametrize("trial", range(4))
 def test_binary_layer_equals_float_conv_on_signs(method, trial):
     """larq-style oracle: the binary layer == F.conv2d(sign x, sign W) * α, exactly."""
     K = [1, 2, 4, 8][trial % 4] if method == "cbcn" else 1
@@ -336,3 +336,31 @@ def test_wrn_depths():
 def test_bad_input_raises_clear_errors(call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call()
+
+
+# ---------------------------------------------------------------- center loss
+
+
+def test_center_loss_value_and_wen_update():
+    from cbcn.center_loss import CenterLoss
+
+    loss_fn = CenterLoss(num_classes=3, feat_dim=4, lam=0.5, alpha=0.5)
+    loss_fn.centers.copy_(torch.randn(3, 4))
+    c0 = loss_fn.centers.clone()
+    f = torch.randn(5, 4, dtype=torch.float32, requires_grad=True)
+    y = torch.tensor([0, 0, 2, 2, 2])
+    loss = loss_fn(f, y)
+    expected = 0.5 / 2 * ((f - c0[y]) ** 2).sum(dim=1).mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    torch.testing.assert_close(f.grad, 0.5 * (f - c0[y]).detach() / 5)
+    # Wen et al. Eq. 4: c_j <- c_j - alpha * sum_{y_i=j} (c_j - f_i) / (1 + n_j); class 1 unseen stays put
+    fd = f.detach()
+    for j, n in ((0, 2), (2, 3)):
+        delta = (c0[j] - fd[y == j]).sum(dim=0) / (1 + n)
+        torch.testing.assert_close(loss_fn.centers[j], c0[j] - 0.5 * delta)
+    assert torch.equal(loss_fn.centers[1], c0[1])
+    loss_fn.eval()
+    before = loss_fn.centers.clone()
+    loss_fn(fd, y)
+    assert torch.equal(loss_fn.centers, before)  # no update in eval mode

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from cbcn.checkpoint import CheckpointError
 import torch.nn.functional as F
 
 from cbcn import dispatch
@@ -174,8 +176,13 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="converted"):
         save_onebit(fp, tmp_path / "x.pt")
     torch.save({"format": "other"}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="not a cbcn-onebit"):
+    with pytest.raises(CheckpointError, match="not a cbcn-onebit"):
         load_onebit(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="no 1-bit checkpoint"):
+        load_onebit(tmp_path / "missing.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 truncated zip")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_onebit(tmp_path / "corrupt.pt")
     onebit = convert_to_onebit(build_model("resnet18", method="xnor", stages=(4, 4, 8, 8)))
     with pytest.raises(ValueError, match="expects input"):
         onebit.blocks[0].conv1(torch.randn(1, 5, 4, 4))

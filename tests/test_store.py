@@ -114,3 +114,8 @@ def test_shards_partition_and_keep_identical_runs_together():
         with pytest.raises(ValueError, match="shard"):
             Shard.parse(bad)
     assert str(Shard.parse("2/4")) == "2/4"
+
+
+def test_merge_from_a_missing_folder_is_an_error(tmp_path):
+    with pytest.raises(StoreError, match="nothing to merge"):
+        ResultStore(tmp_path / "merged").merge_from(tmp_path / "typo")
