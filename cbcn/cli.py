@@ -178,7 +178,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, or cuda:N (default: %(default)s)")
     g.add_argument("--workers", type=int, default=0, dest="num_workers", metavar="N",
                    help="DataLoader worker processes (default: %(default)s = load in the main process)")
-    g.add_argument("--bn-recalibration", type=int, default=20, dest="bn_recalibration_batches", metavar="BATCHES",
+    g.add_argument("--bn-recalibration", type=int, default=50, dest="bn_recalibration_batches", metavar="BATCHES",
                    help="before each evaluation, re-estimate BatchNorm statistics on this many training "
                         "batches with the current weights (0: use the moving averages; default: %(default)s)")
     g.add_argument("--threads", type=int, default=None, dest="cpu_threads", metavar="N",

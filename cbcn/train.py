@@ -76,7 +76,7 @@ class TrainConfig:
     center_loss: bool = False
     center_lambda: float = 0.01
     center_alpha: float = 0.5
-    bn_recalibration_batches: int = 20      # before each evaluation, re-estimate BatchNorm statistics on
+    bn_recalibration_batches: int = 50      # before each evaluation, re-estimate BatchNorm statistics on
                                             # this many training batches (0: keep the moving averages)
     # run
     seed: int = 0
