@@ -31,10 +31,22 @@ def git_revision() -> dict:
     cbcn runs from an installed wheel rather than a git checkout."""
     src = Path(__file__).resolve().parent
     rev = _git("rev-parse", "HEAD", cwd=src)
+    note = None
+    if rev is None:
+        # installed copy (pip install .): the README runs it from the cbcn checkout it was
+        # installed from, so record that checkout's commit, saying where it came from
+        cwd = Path.cwd()
+        pyproject = cwd / "pyproject.toml"
+        if pyproject.is_file() and 'name = "cbcn"' in pyproject.read_text(errors="replace"):
+            rev, src = _git("rev-parse", "HEAD", cwd=cwd), cwd
+            note = "commit of the cbcn checkout in the working directory; cbcn ran from an installed copy"
     if rev is None:
         return {"revision": "unknown (not a git checkout)", "dirty": None}
     status = _git("status", "--porcelain", "--untracked-files=no", cwd=src)
-    return {"revision": rev, "dirty": bool(status)}
+    out = {"revision": rev, "dirty": bool(status)}
+    if note:
+        out["source"] = note
+    return out
 
 
 @lru_cache(maxsize=1)
