@@ -14,7 +14,8 @@ def test_installed_copy_records_the_working_checkout(tmp_path, monkeypatch):
 
     monkeypatch.setattr(provenance, "_git", fake_git)
     monkeypatch.chdir(tmp_path)
-    assert provenance.git_revision() == {"revision": "unknown (not a git checkout)", "dirty": None}
+    revision = provenance.git_revision.__wrapped__  # the cached function, uncached
+    assert revision() == {"revision": "unknown (not a git checkout)", "dirty": None}
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "cbcn"\n')
-    rev = provenance.git_revision()
+    rev = revision()
     assert rev["revision"] == "abc123" and rev["dirty"] is False and "installed copy" in rev["source"]
