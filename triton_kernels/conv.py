@@ -52,6 +52,19 @@ def _dummy(device) -> torch.Tensor:
     return _DUMMY[key]
 
 
+def _output(N: int, C_out: int, OH: int, OW: int, out_dtype, binarize_output: bool, device) -> torch.Tensor:
+    """The conv output: packed signs ``(N, OH, OW, words)`` or channels-last ``(N, C_out, OH, OW)``."""
+    if binarize_output:
+        return torch.empty((N, OH, OW, num_words(C_out)), dtype=torch.int32, device=device)
+    return torch.empty((N, C_out, OH, OW), dtype=out_dtype, device=device, memory_format=torch.channels_last)
+
+
+def _epilogue_vectors(device, *vectors) -> tuple:
+    """Per-channel epilogue operands as contiguous fp32, a placeholder where absent."""
+    dummy = _dummy(device)
+    return tuple(dummy if v is None else v.detach().to(torch.float32).contiguous() for v in vectors)
+
+
 def _unpack_halo(packed: torch.Tensor, in_channels: int, pad: int) -> torch.Tensor:
     """``(N, H, W, words)`` packed -> int8 ``(N, H+2·pad, W+2·pad, CP)``: ±1, 0 in halo / padding channels."""
     N, H, W, XW = packed.shape
@@ -139,19 +152,11 @@ def int8_conv2d(
         raise ValueError(f"output {OH}x{OW} with stride {stride} reads past the {HP}x{WP} halo image")
     device = x_halo.device
     M = N * OH * OW
-    if binarize_output:
-        out = torch.empty((N, OH, OW, num_words(C_out)), dtype=torch.int32, device=device)
-    else:
-        out = torch.empty((N, C_out, OH, OW), dtype=out_dtype, device=device, memory_format=torch.channels_last)
+    out = _output(N, C_out, OH, OW, out_dtype, binarize_output, device)
     if out.numel() == 0:
         return out
-    dummy = _dummy(device)
-
-    def vec(v):
-        return dummy if v is None else v.detach().to(torch.float32).contiguous()
-
     k = kernels_for("conv_kernels", x_halo, w_mat)
-    args = (x_halo, w_mat, vec(scale), vec(bias), vec(bn_scale), vec(bn_shift), out,
+    args = (x_halo, w_mat, *_epilogue_vectors(device, scale, bias, bn_scale, bn_shift), out,
             M, HP, WP, OH, OW, C_out, num_words(C_out), stride, CP, KTOT)
     flags = dict(KH=KH, KW=KW, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
                  HAS_AFFINE=bn_scale is not None, BINARIZE=bool(binarize_output))
@@ -221,24 +226,16 @@ def packed_conv2d(
     device = x_packed.device
     x_packed = x_packed.contiguous()
     w_packed = w_packed.contiguous()
-    if binarize_output:
-        out = torch.empty((N, OH, OW, num_words(C_out)), dtype=torch.int32, device=device)
-        so = (0, 0, 0, 0)
-    else:
-        out = torch.empty((N, C_out, OH, OW), dtype=out_dtype, device=device, memory_format=torch.channels_last)
-        so = out.stride()
+    out = _output(N, C_out, OH, OW, out_dtype, binarize_output, device)
+    so = (0, 0, 0, 0) if binarize_output else out.stride()
     M = N * OH * OW
     if out.numel() == 0:
         return out
-    dummy = _dummy(device)
-
-    def vec(v):
-        return dummy if v is None else v.detach().to(torch.float32).contiguous()
 
     k = kernels_for("conv_kernels", x_packed, w_packed)
     interpret = k.INTERPRET
     args = (
-        x_packed, w_packed, vec(scale), vec(bias), vec(bn_scale), vec(bn_shift), out,
+        x_packed, w_packed, *_epilogue_vectors(device, scale, bias, bn_scale, bn_shift), out,
         M, IH, IW, OH, OW, in_channels, C_out, XW, num_words(C_out), stride, padding,
         *so,
     )
