@@ -12,7 +12,8 @@ stride-2 ones) at batch 256 (the target, timed first) and batch 1, this script
    fp16 (the fp32 result rounded), and the re-binarised packed signs;
 2. times, side by side: ``path="mma"`` — activation unpack (packed → int8 with zero halo,
    ``unpack_ms``) plus the int8 implicit GEMM, with fp32 / fp16 / packed 1-bit outputs, and the
-   GEMM alone (``mma_conv_f16_ms``); ``path="popcount"``; cuDNN fp32 NCHW (TF32 as PyTorch
+   GEMM alone (``mma_conv_f16_ms``); the same for ``path="mma_fp8"`` (fp8 e4m3 operands,
+   ``mma_fp8_*`` columns); ``path="popcount"``; cuDNN fp32 NCHW (TF32 as PyTorch
    defaults it), fp16 and bf16 channels-last; a cuBLAS int8 GEMM of the same M×K×N
    (``torch._int_mm``, no im2col: a ceiling for an int8 implicit GEMM);
 3. reports binary MAC/s (``N·OH·OW·C_out·C_in·9`` per conv), int8-equivalent TOPS (2 ops per MAC)
@@ -244,33 +245,37 @@ def run(args) -> list[dict]:
                 ms = _try(row, path, lambda: timer(conv))
                 if ms is not None:
                     _rate(row, path, ms, macs, peak)
-                if path != "mma":
+                if path not in ("mma", "mma_fp8"):
                     continue
-                # the int8 path: fp16 and packed outputs, unpack alone, GEMM alone, eager call
-                f16 = _try(row, "mma_f16", lambda: conv(torch.float16))
+                # the two-stage paths: fp16 and packed outputs, unpack alone, GEMM alone, eager call
+                dtype = tkconv.OPERAND_DTYPES[path]
+                f16 = _try(row, f"{path}_f16", lambda: conv(torch.float16))
                 if f16 is not None:
-                    row["mma_f16_exact"] = bool(torch.equal(f16, ref.half()))
+                    row[f"{path}_f16_exact"] = bool(torch.equal(f16, ref.half()))
                     del f16
-                    ms = _try(row, "mma_f16", lambda: timer(lambda: conv(torch.float16)))
+                    ms = _try(row, f"{path}_f16", lambda: timer(lambda: conv(torch.float16)))
                     if ms is not None:
-                        _rate(row, "mma_f16", ms, macs, peak)
-                    row["mma_eager_ms"] = _try(row, "mma_eager", lambda: timer.eager(lambda: conv(torch.float16)))
-                packed = _try(row, "mma_bin", lambda: conv(binarize=True))
+                        _rate(row, f"{path}_f16", ms, macs, peak)
+                    row[f"{path}_eager_ms"] = _try(row, f"{path}_eager", lambda: timer.eager(lambda: conv(torch.float16)))
+                packed = _try(row, f"{path}_bin", lambda: conv(binarize=True))
                 if packed is not None:
-                    row["mma_bin_exact"] = bool(torch.equal(packed, bitpack.pack_signs(ref)))
+                    row[f"{path}_bin_exact"] = bool(torch.equal(packed, bitpack.pack_signs(ref)))
                     del packed
-                    ms = _try(row, "mma_bin", lambda: timer(lambda: conv(binarize=True)))
+                    ms = _try(row, f"{path}_bin", lambda: timer(lambda: conv(binarize=True)))
                     if ms is not None:
-                        _rate(row, "mma_bin", ms, macs, peak)
-                row["unpack_ms"] = _try(row, "unpack", lambda: timer(lambda: tkconv.unpack_activations(xp, C_in, pad)))
-                xh, wm = tkconv.unpack_activations(xp, C_in, pad), tkconv.unpack_weights(wp, C_in)
+                        _rate(row, f"{path}_bin", ms, macs, peak)
+                unpack_label = "unpack" if path == "mma" else f"{path}_unpack"
+                row[f"{unpack_label}_ms"] = _try(
+                    row, unpack_label, lambda: timer(lambda: tkconv.unpack_activations(xp, C_in, pad, dtype)))
+                xh = tkconv.unpack_activations(xp, C_in, pad, dtype)
+                wm = tkconv.unpack_weights(wp, C_in, dtype=dtype)
 
                 def gemm():
-                    return tkconv.int8_conv2d(xh, wm, (3, 3), stride, (OH, OH), scale=alpha, out_dtype=torch.float16)
+                    return tkconv.unpacked_conv2d(xh, wm, (3, 3), stride, (OH, OH), scale=alpha, out_dtype=torch.float16)
 
-                ms = _try(row, "mma_conv_f16", lambda: timer(gemm))
+                ms = _try(row, f"{path}_conv_f16", lambda: timer(gemm))
                 if ms is not None:
-                    _rate(row, "mma_conv_f16", ms, macs, peak)
+                    _rate(row, f"{path}_conv_f16", ms, macs, peak)
                 del xh, wm
             if have_triton:
                 row["pack_ms"] = timer(lambda: tk.pack_signs(x))
@@ -297,7 +302,7 @@ def run(args) -> list[dict]:
                 if ms is not None:
                     _rate(row, "cublas_i8_gemm", ms, macs, peak)
                 del a8, b8
-            for label in ("mma", "mma_f16", "mma_bin", "mma_conv_f16", "popcount", "mma_regs"):
+            for label in TIMED_LABELS:
                 for base in ("fp16", "bf16"):
                     if f"{label}_ms" in row and f"torch_{base}_cl_ms" in row:
                         row[f"{label}_speedup_vs_{base}cl"] = row[f"torch_{base}_cl_ms"] / row[f"{label}_ms"]
@@ -324,35 +329,42 @@ def _fmt(v, digits=3):
 def _line(row, paths):
     parts = [f"[{row.get('elapsed_s', 0):5.0f}s] {row['layer']:8s} b{row['batch']:<3d} "
              f"C{row['C_in']}->{row['C_out']} {row['H']}x{row['H']}/s{row['stride']}"]
-    for label in ("mma", "mma_f16", "mma_bin", "mma_conv_f16", "popcount", "mma_regs", "cublas_i8_gemm"):
+    for label in TIMED_LABELS + ("cublas_i8_gemm",):
         if f"{label}_ms" in row:
             frac = f" {100 * row[label + '_peak_frac']:.1f}%pk" if f"{label}_peak_frac" in row else ""
             ok = f" exact={row[label + '_exact']}" if f"{label}_exact" in row else ""
             parts.append(f"{label} {row[label + '_ms']:.3f}ms{ok}{frac}")
-    if row.get("unpack_ms") is not None:
-        parts.append(f"unpack {row['unpack_ms']:.3f}ms")
+    for label in ("unpack", "mma_fp8_unpack"):
+        if row.get(f"{label}_ms") is not None:
+            parts.append(f"{label} {row[f'{label}_ms']:.3f}ms")
     parts.append(f"fp32 {row['torch_fp32_ms']:.3f}ms")
     for label in ("fp16", "bf16"):
         if f"torch_{label}_cl_ms" in row:
             parts.append(f"{label}-cl {row[f'torch_{label}_cl_ms']:.3f}ms")
-    if "mma_f16_speedup_vs_fp16cl" in row:
-        parts.append(f"mma_f16 x{row['mma_f16_speedup_vs_fp16cl']:.2f} vs fp16-cl")
+    for label in ("mma_f16", "mma_fp8_f16"):
+        if f"{label}_speedup_vs_fp16cl" in row:
+            parts.append(f"{label} x{row[f'{label}_speedup_vs_fp16cl']:.2f} vs fp16-cl")
     return " | ".join(parts)
 
 
-COLUMNS = ["layer", "batch", "C_in", "C_out", "H", "stride", "OH", "binary_MACs",
-           "mma_exact", "mma_f16_exact", "mma_bin_exact", "popcount_exact", "mma_regs_exact", "reference_exact",
-           "mma_f16_ms", "mma_bin_ms", "mma_ms", "mma_conv_f16_ms", "unpack_ms", "mma_eager_ms",
-           "popcount_ms", "mma_regs_ms", "reference_ms", "pack_ms",
-           "torch_fp16_cl_ms", "torch_bf16_cl_ms", "torch_fp32_ms", "cublas_i8_gemm_ms",
-           "mma_f16_speedup_vs_fp16cl", "mma_bin_speedup_vs_fp16cl", "mma_conv_f16_speedup_vs_fp16cl",
-           "mma_speedup_vs_fp16cl", "popcount_speedup_vs_fp16cl", "mma_regs_speedup_vs_fp16cl",
-           "mma_f16_speedup_vs_bf16cl", "mma_speedup_vs_bf16cl", "popcount_speedup_vs_bf16cl",
-           "mma_f16_TOPS", "mma_bin_TOPS", "mma_conv_f16_TOPS", "mma_TOPS", "popcount_TOPS", "cublas_i8_gemm_TOPS",
-           "mma_f16_peak_frac", "mma_bin_peak_frac", "mma_conv_f16_peak_frac", "mma_peak_frac", "popcount_peak_frac",
-           "cublas_i8_gemm_peak_frac",
-           "mma_error", "mma_f16_error", "mma_bin_error", "mma_conv_f16_error", "unpack_error", "mma_eager_error",
-           "popcount_error", "mma_regs_error", "cublas_i8_gemm_error", "note", "elapsed_s", "device", "peak_assumed"]
+# timed packed-kernel labels: path="mma" and "mma_fp8" with fp32 / fp16 / packed outputs and the
+# GEMM alone, then the one-kernel paths
+TIMED_LABELS = ("mma", "mma_f16", "mma_bin", "mma_conv_f16",
+                "mma_fp8", "mma_fp8_f16", "mma_fp8_bin", "mma_fp8_conv_f16", "popcount", "mma_regs")
+COLUMNS = (
+    ["layer", "batch", "C_in", "C_out", "H", "stride", "OH", "binary_MACs"]
+    + [f"{label}_exact" for label in TIMED_LABELS if "conv" not in label] + ["reference_exact"]
+    + [f"{label}_ms" for label in TIMED_LABELS]
+    + ["unpack_ms", "mma_fp8_unpack_ms", "mma_eager_ms", "mma_fp8_eager_ms", "reference_ms", "pack_ms",
+       "torch_fp16_cl_ms", "torch_bf16_cl_ms", "torch_fp32_ms", "cublas_i8_gemm_ms"]
+    + [f"{label}_speedup_vs_fp16cl" for label in TIMED_LABELS]
+    + [f"{label}_speedup_vs_bf16cl" for label in TIMED_LABELS]
+    + [f"{label}_TOPS" for label in TIMED_LABELS + ("cublas_i8_gemm",)]
+    + [f"{label}_peak_frac" for label in TIMED_LABELS + ("cublas_i8_gemm",)]
+    + [f"{label}_error" for label in TIMED_LABELS + ("unpack", "mma_fp8_unpack", "mma_eager", "mma_fp8_eager",
+                                                      "cublas_i8_gemm")]
+    + ["note", "elapsed_s", "device", "peak_assumed"]
+)
 
 
 def write_results(rows, out: Path, dev_name, peak_note, paths, dry, quiet=False):
@@ -382,6 +394,9 @@ def write_results(rows, out: Path, dev_name, peak_note, paths, dry, quiet=False)
         " once and cached. mma_conv_f16: the int8 implicit GEMM alone (fp16 out). pack_ms (float -> packed) not"
         " included anywhere. cuDNN (torch_*): inputs already fp16/bf16/fp32 (conversion not timed), output same type;"
         " the like-for-like comparison is mma_f16_ms vs torch_fp16_cl_ms.",
+        "- mma_fp8*: path='mma_fp8', the same two stages with fp8 e4m3 operands (±1/0 exact) and an fp32"
+        " accumulator (Triton keeps fp8 wgmma in flight across K-steps, int8 wgmma not); fp8 dense peak = int8"
+        " dense peak on H100/H200, so peak_frac uses the same peak.",
         "- binary MACs = N·OH·OW·C_out·C_in·9; TOPS = 2·MACs/s; peak_frac = TOPS / int8 dense peak;"
         " cublas_i8_gemm: torch._int_mm of the same M×K×N (no im2col), a ceiling.",
         "",
@@ -405,7 +420,7 @@ def main(argv=None):
     ap.add_argument("--only-batch", type=int, default=0, help="time this batch size only (overrides --batches)")
     ap.add_argument("--only-layers", default="", help="comma-separated layer names (e.g. conv4_x,conv5_x)")
     ap.add_argument("--max-shapes", type=int, default=0, help="only the first N layer shapes (0: all)")
-    ap.add_argument("--paths", default="mma,popcount", help="packed kernel paths: mma,popcount[,mma_regs]")
+    ap.add_argument("--paths", default="mma,mma_fp8,popcount", help="packed kernel paths: mma,mma_fp8,popcount[,mma_regs]")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=20, help="graph replays per timing run (3 runs, median)")
     ap.add_argument("--no-graphs", action="store_true", help="time eager calls instead of CUDA graph replays")

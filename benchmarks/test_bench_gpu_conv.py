@@ -2,7 +2,7 @@
 
 One group per shape (3×3, stride 1, pad 1, ``C_in = C_out``); rows ``cudnn-fp32`` (the baseline,
 TF32 off), ``cudnn-tf32``, ``cudnn-fp16`` (channels-last ±1 tensors) and ``packed-mma`` /
-``packed-popcount`` (``triton_kernels.conv.packed_conv2d`` on pre-packed operands, no epilogue).
+``packed-mma-fp8`` / ``packed-popcount`` (``triton_kernels.conv.packed_conv2d`` on pre-packed operands, no epilogue).
 Every output is checked against ``cbcn.bitpack.packed_conv2d_reference``: exactly for the packed
 kernels; to a tolerance for cuDNN (its Winograd/FFT algorithms round even on ±1 data).
 Skipped without CUDA; ``CBCN_BENCH_INTERPRET=1`` runs the packed rows in the Triton interpreter
@@ -26,6 +26,7 @@ PATHS = {
     "cudnn-tf32": dict(dtype=torch.float32, tf32=True),
     "cudnn-fp16": dict(dtype=torch.float16, tf32=False),
     "packed-mma": dict(kernel="mma"),
+    "packed-mma-fp8": dict(kernel="mma_fp8"),
     "packed-popcount": dict(kernel="popcount"),
 }
 

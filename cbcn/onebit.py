@@ -36,7 +36,7 @@ from .layers import BinaryConv2d
 
 FORMAT = "cbcn-onebit"
 VERSION = 1
-PATHS = ("mma", "popcount")
+PATHS = ("mma", "mma_fp8", "popcount")  # triton_kernels.packed_conv2d paths (ignored by the reference backend)
 
 
 class OneBitConv2d(nn.Module):

@@ -128,7 +128,7 @@ def test_backend_env_and_repr(monkeypatch):
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="Triton not installed")
-@pytest.mark.parametrize("path", ["mma", "popcount"])
+@pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount"])
 def test_forced_triton_backend_matches_on_cpu(path):
     """backend='triton' on CPU tensors runs the kernels in the interpreter: same logits."""
     torch.manual_seed(1)

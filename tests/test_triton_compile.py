@@ -38,9 +38,9 @@ def test_int8_path_wgmma_async_copies_no_spills(can_compile, tile):
     """path="mma": int8 wgmma fed by 16-byte cp.async copies (the operand tiles are proven aligned
     and contiguous), no FMA contraction, no local memory; ptxas -v: no spills, <= 128 registers
     (two 8-warp or four 4-warp CTAs fit an SM's 64K registers)."""
-    from triton_kernels.conv import compile_int8_conv, ptxas_report
+    from triton_kernels.conv import compile_unpacked_conv, ptxas_report
 
-    ptx = compile_int8_conv(**tile).asm["ptx"]
+    ptx = compile_unpacked_conv(**tile).asm["ptx"]
     found = ptx_instructions(ptx, S8_MMA)
     assert found and all("wgmma" in f and ".s32.s8.s8" in f for f in found), found
     assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]*\], \[[^]]*\], 0x10", ptx), "A/B tiles not copied as 16 B"
@@ -54,11 +54,34 @@ def test_int8_path_wgmma_async_copies_no_spills(can_compile, tile):
     assert report["registers"] <= 128, report
 
 
-def test_int8_path_rebinarising_epilogue(can_compile):
-    from triton_kernels.conv import compile_int8_conv
+@pytest.mark.parametrize("tile", [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3),
+                                  dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4)])
+def test_fp8_path_keeps_wgmma_in_flight(can_compile, tile):
+    """path="mma_fp8": fp8 e4m3 wgmma with an fp32 accumulator, and Triton waits with
+    ``wgmma.wait_group 1`` inside the K-loop (one MMA group stays in flight across K-steps), while
+    the int8 kernel of the same tile only ever waits with 0 — why the fp8 variant exists."""
+    from triton_kernels.conv import compile_unpacked_conv, ptxas_report
 
-    ptx = compile_int8_conv(num_warps=4, num_stages=4, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, HAS_BIAS=True,
-                            HAS_AFFINE=True, BINARIZE=True, out_type="*i32").asm["ptx"]
+    ptx = compile_unpacked_conv(operand="fp8e4nv", out_type="*fp16", **tile).asm["ptx"]
+    found = ptx_instructions(ptx, r"wgmma\.mma_async[\w.]*")
+    assert found and all(f.endswith(".f32.e4m3.e4m3") for f in found), found
+    assert "1" in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)
+    i8 = compile_unpacked_conv(operand="i8", out_type="*fp16", **tile).asm["ptx"]
+    assert set(re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", i8)) == {"0"}
+    assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]*\], \[[^]]*\], 0x10", ptx)
+    assert "fma.rn.f32" not in ptx and "ld.local" not in ptx and "st.local" not in ptx
+    report = ptxas_report(ptx)
+    if report is None:
+        pytest.skip("no ptxas here that accepts this PTX")
+    assert report["spill_stores"] == 0 and report["spill_loads"] == 0, report
+    assert report["registers"] <= 128, report
+
+
+def test_int8_path_rebinarising_epilogue(can_compile):
+    from triton_kernels.conv import compile_unpacked_conv
+
+    ptx = compile_unpacked_conv(num_warps=4, num_stages=4, BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, HAS_BIAS=True,
+                                HAS_AFFINE=True, BINARIZE=True, out_type="*i32").asm["ptx"]
     assert ptx_instructions(ptx, S8_MMA)
     assert "fma.rn.f32" not in ptx and "st.local" not in ptx
 

@@ -63,7 +63,7 @@ def _epilogue_args(case_index, C_out):
     return options[case_index % len(options)]
 
 
-@pytest.mark.parametrize("path", ["mma", "popcount"])
+@pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount"])
 @pytest.mark.parametrize("i", range(len(CONV_CASES)))
 def test_packed_conv_equals_reference(path, i):
     N, C, H, W, Co, k, s, p = CONV_CASES[i]
@@ -81,7 +81,7 @@ def test_packed_conv_equals_reference(path, i):
     )
 
 
-@pytest.mark.parametrize("path", ["mma", "popcount", "mma_regs"])
+@pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount", "mma_regs"])
 def test_zero_padding_borders(path):
     C = 40  # two words, 24 padding bits in the second
     x, w = -torch.ones(2, C, 4, 5), torch.ones(3, C, 3, 3)
@@ -97,6 +97,7 @@ def test_zero_padding_borders(path):
     [
         ("mma", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64)),  # several M tiles, N tiles past C_out
         ("mma", dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128)),  # one K-step per tap (CP = 128)
+        ("mma_fp8", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64)),
         ("mma_regs", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_W=1)),  # the first tensor-core kernel
         ("mma_regs", dict(BLOCK_M=32, BLOCK_N=64, BLOCK_W=4)),  # K-steps wider than the 3 words
     ],
@@ -121,6 +122,12 @@ def test_unpack_activations_halo():
     expect = torch.zeros(2, 8, 9, 128, dtype=torch.int8)
     expect[:, 2:6, 2:7, :70] = sign(x).permute(0, 2, 3, 1).to(torch.int8)
     assert torch.equal(xh, expect)
+    # fp8 e4m3 operands: the same values, bytes 0x38 (+1), 0xB8 (-1), 0x00 (0)
+    x8 = unpack_activations(bitpack.pack_signs(x), 70, 2, dtype=torch.float8_e4m3fn)
+    assert x8.dtype == torch.float8_e4m3fn and torch.equal(x8.float(), expect.float())
+    assert set(x8.view(torch.uint8).unique().tolist()) == {0x00, 0x38, 0xB8}
+    with pytest.raises(TypeError, match="int8 or float8_e4m3fn"):
+        unpack_activations(bitpack.pack_signs(x), 70, 2, dtype=torch.float16)
 
 
 def test_unpack_weights_cache():
@@ -137,21 +144,31 @@ def test_unpack_weights_cache():
     wm2 = unpack_weights(wp, 40)
     assert wm2 is not wm and wm2[0, 0] == -wm[0, 0]
     assert torch.equal(unpack_weights(wp.clone(), 40), wm2)
+    w8 = unpack_weights(wp, 40, dtype=torch.float8_e4m3fn)  # cached per dtype too
+    assert w8.dtype == torch.float8_e4m3fn and torch.equal(w8.float(), wm2.float())
+    assert unpack_weights(wp, 40, dtype=torch.float8_e4m3fn) is w8 and unpack_weights(wp, 40) is wm2
 
 
-def test_int8_conv2d_direct():
+def test_unpacked_conv2d_direct():
     """The GEMM alone on unpacked operands (what the benchmark times as conv-only)."""
-    from triton_kernels.conv import int8_conv2d, unpack_activations, unpack_weights
+    from triton_kernels.conv import unpacked_conv2d, unpack_activations, unpack_weights
 
     x, w = _rand(2, 37, 6, 7, seed=32), _rand(20, 37, 3, 3, seed=33)
     xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
     sc, bs = _rand(20, seed=34).abs(), _rand(20, seed=35)
     ref = bitpack.packed_conv2d_reference(xp, wp, 37, 2, 1, scale=sc, bias=bs)
-    out = int8_conv2d(unpack_activations(xp, 37, 1), unpack_weights(wp, 37), (3, 3), 2, tuple(ref.shape[2:]),
+    out = unpacked_conv2d(unpack_activations(xp, 37, 1), unpack_weights(wp, 37), (3, 3), 2, tuple(ref.shape[2:]),
                       scale=sc, bias=bs)
     assert torch.equal(out, ref)
+    out8 = unpacked_conv2d(unpack_activations(xp, 37, 1, torch.float8_e4m3fn),
+                           unpack_weights(wp, 37, dtype=torch.float8_e4m3fn), (3, 3), 2, tuple(ref.shape[2:]),
+                           scale=sc, bias=bs)
+    assert torch.equal(out8, ref)
+    with pytest.raises(ValueError, match="both int8 or both float8"):
+        unpacked_conv2d(unpack_activations(xp, 37, 1), unpack_weights(wp, 37, dtype=torch.float8_e4m3fn),
+                        (3, 3), 2, tuple(ref.shape[2:]))
     with pytest.raises(ValueError, match="reads past"):
-        int8_conv2d(unpack_activations(xp, 37, 0), unpack_weights(wp, 37), (3, 3), 1, (6, 7))
+        unpacked_conv2d(unpack_activations(xp, 37, 0), unpack_weights(wp, 37), (3, 3), 1, (6, 7))
     with pytest.raises(ValueError, match="BLOCK_K"):
         tk.packed_conv2d(xp, wp, 37, 1, 1, path="mma", config=dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128))
 
@@ -221,7 +238,7 @@ def test_packed_conv_half_outputs(dtype):
     xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
     sc = _rand(20, seed=23).abs()
     ref = bitpack.packed_conv2d_reference(xp, wp, 37, 1, 1, scale=sc, out_dtype=dtype)
-    for path in ("mma", "popcount"):
+    for path in ("mma", "mma_fp8", "popcount"):
         assert torch.equal(tk.packed_conv2d(xp, wp, 37, 1, 1, scale=sc, out_dtype=dtype, path=path), ref)
 
 
@@ -230,7 +247,8 @@ def test_unpack_weights_cache_freed_with_weights():
 
     wp = bitpack.pack_signs(_rand(4, 40, 3, 3, seed=36))
     tkconv.unpack_weights(wp, 40)
-    key = id(wp)
-    assert key in tkconv._W_CACHE
+    tkconv.unpack_weights(wp, 40, dtype=torch.float8_e4m3fn)
+    keys = [(id(wp), torch.int8), (id(wp), torch.float8_e4m3fn)]
+    assert all(key in tkconv._W_CACHE for key in keys)
     del wp
-    assert key not in tkconv._W_CACHE
+    assert not any(key in tkconv._W_CACHE for key in keys)

@@ -4,7 +4,10 @@
 ``path="mma"`` (default) unpacks the activations once into an int8 ±1 NHWC tensor with the zero
 padding baked in as a halo (``unpack_activations``), the weights into an int8
 ``(C_out, KH*KW*CP)`` matrix (``unpack_weights``, cached per weight tensor), and runs a mask-free
-int8 implicit GEMM on the tensor cores (``int8_conv2d``). ``path="popcount"`` is the XOR+popcount
+int8 implicit GEMM on the tensor cores (``unpacked_conv2d``). ``path="mma_fp8"`` is the same with
+fp8 e4m3 operands (±1 and 0 are exact in e4m3) and an fp32 accumulator: Triton pipelines float
+wgmma across K-steps but not int8 wgmma, and the fp8 peak equals the int8 peak on Hopper — a
+candidate to beat the int8 GEMM, pending a GPU measurement. ``path="popcount"`` is the XOR+popcount
 kernel on the packed words; ``path="mma_regs"`` the first tensor-core kernel, which unpacks the
 packed words in registers inside its K-loop (kept for comparison). On CUDA tensors the tile
 configuration is autotuned; on CPU tensors the kernels run in the Triton interpreter with one
@@ -21,10 +24,15 @@ from cbcn.bitpack import check_conv_args, num_words, packed_conv2d_reference  # 
 from ._runtime import kernels_for, use_interpreter
 
 PATHS = ("mma", "popcount")
-EXTRA_PATHS = ("mma_regs",)  # accepted too: the first tensor-core kernel, for comparison
+EXTRA_PATHS = ("mma_regs", "mma_fp8")  # accepted too, for comparison: the first tensor-core kernel, fp8 operands
+# operand dtype of the two-stage paths, and the byte codes of +1 / -1 written by the unpacking
+# (0 is the byte 0 in both): int8 1 / -1; fp8 e4m3 0x38 / 0xB8 (as int8 56 / -72)
+OPERAND_DTYPES = {"mma": torch.int8, "mma_fp8": torch.float8_e4m3fn}
+_SIGN_CODES = {torch.int8: (1, -1), torch.float8_e4m3fn: (0x38, 0xB8 - 256)}
 # fixed tiles for the interpreter: large tiles mean few (slow, Python-level) programs
 INTERPRET_TILES = {
     "mma": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64),
+    "mma_fp8": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64),
     "mma_regs": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_W=2),
     "popcount": dict(BLOCK_M=64, BLOCK_N=32),
 }
@@ -65,54 +73,63 @@ def _epilogue_vectors(device, *vectors) -> tuple:
     return tuple(dummy if v is None else v.detach().to(torch.float32).contiguous() for v in vectors)
 
 
-def _unpack_halo(packed: torch.Tensor, in_channels: int, pad: int) -> torch.Tensor:
-    """``(N, H, W, words)`` packed -> int8 ``(N, H+2·pad, W+2·pad, CP)``: ±1, 0 in halo / padding channels."""
+def _operand_dtype(dtype) -> torch.dtype:
+    if dtype not in _SIGN_CODES:
+        raise TypeError(f"unpacked operands are int8 or float8_e4m3fn, got {dtype}")
+    return dtype
+
+
+def _unpack_halo(packed: torch.Tensor, in_channels: int, pad: int, dtype=torch.int8) -> torch.Tensor:
+    """``(N, H, W, words)`` packed -> ``(N, H+2·pad, W+2·pad, CP)`` in ``dtype`` (int8 or fp8 e4m3):
+    ±1, 0 in halo / padding channels."""
+    plus, minus = _SIGN_CODES[_operand_dtype(dtype)]
     N, H, W, XW = packed.shape
     CP = padded_channels(in_channels)
     HP, WP = H + 2 * pad, W + 2 * pad
     out = torch.empty((N, HP, WP, CP), dtype=torch.int8, device=packed.device)
     P = N * HP * WP
     if P == 0:
-        return out
+        return out.view(dtype)
     k = kernels_for("conv_kernels", packed)
     BLOCK_C = 128 if CP % 128 == 0 else 64
     BLOCK_P = UNPACK_TILE["BLOCK_P"]
     launch = {} if k.INTERPRET else dict(num_warps=4)
     grid = (_cdiv(P, BLOCK_P), CP // BLOCK_C)
     k.unpack_halo_kernel[grid](packed.contiguous(), out, P, H, W, HP, WP, XW, in_channels, CP, pad,
-                               BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, **launch)
-    return out
+                               BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, PLUS_ONE=plus, MINUS_ONE=minus, **launch)
+    return out.view(dtype)  # the same bytes, read as fp8 e4m3 codes when dtype is fp8
 
 
-def unpack_activations(x_packed: torch.Tensor, in_channels: int, padding: int) -> torch.Tensor:
-    """Packed NHWC activations -> int8 ``(N, H+2·padding, W+2·padding, CP)`` for ``int8_conv2d``:
-    ±1 for the ``in_channels`` channels, 0 in the zero-padding halo and the padding channels."""
-    return _unpack_halo(x_packed, in_channels, padding)
+def unpack_activations(x_packed: torch.Tensor, in_channels: int, padding: int, dtype=torch.int8) -> torch.Tensor:
+    """Packed NHWC activations -> ``(N, H+2·padding, W+2·padding, CP)`` int8 (or fp8 e4m3) for
+    ``unpacked_conv2d``: ±1 for the ``in_channels`` channels, 0 in the zero-padding halo and the
+    padding channels."""
+    return _unpack_halo(x_packed, in_channels, padding, dtype)
 
 
-# weight tensor id -> (weakref, version, in_channels, int8 matrix): weights are constant at inference
+# (weight tensor id, dtype) -> (weakref, version, in_channels, matrix): weights are constant at inference
 _W_CACHE: dict = {}
 _W_CACHE_MAX = 256
 
 
-def unpack_weights(w_packed: torch.Tensor, in_channels: int, cache: bool = True) -> torch.Tensor:
-    """Packed weights ``(C_out, KH, KW, words)`` -> int8 ``(C_out, KH·KW·CP)`` (tap-major, ±1, padding
-    channels 0). Cached per weight tensor (identity and in-place version), so a constant weight
-    is unpacked once."""
+def unpack_weights(w_packed: torch.Tensor, in_channels: int, cache: bool = True, dtype=torch.int8) -> torch.Tensor:
+    """Packed weights ``(C_out, KH, KW, words)`` -> int8 (or fp8 e4m3) ``(C_out, KH·KW·CP)``
+    (tap-major, ±1, padding channels 0). Cached per weight tensor and dtype (identity and in-place
+    version), so a constant weight is unpacked once."""
     if not cache:
-        return _unpack_halo(w_packed, in_channels, 0).reshape(w_packed.shape[0], -1)
-    key = id(w_packed)
+        return _unpack_halo(w_packed, in_channels, 0, dtype).reshape(w_packed.shape[0], -1)
+    key = (id(w_packed), dtype)
     hit = _W_CACHE.get(key)
     if hit is not None:
         ref, version, c_in, wmat = hit
         if ref() is w_packed and version == w_packed._version and c_in == in_channels:
             return wmat
-    wmat = _unpack_halo(w_packed, in_channels, 0).reshape(w_packed.shape[0], -1)
+    wmat = _unpack_halo(w_packed, in_channels, 0, dtype).reshape(w_packed.shape[0], -1)
     if len(_W_CACHE) >= _W_CACHE_MAX:
         for k_ in list(_W_CACHE)[: _W_CACHE_MAX // 2]:
             _W_CACHE.pop(k_, None)
 
-    def _drop(ref, key=key):  # the weight tensor died: free its int8 copy now
+    def _drop(ref, key=key):  # the weight tensor died: free its unpacked copy now
         entry = _W_CACHE.get(key)
         if entry is not None and entry[0] is ref:
             del _W_CACHE[key]
@@ -124,7 +141,7 @@ def unpack_weights(w_packed: torch.Tensor, in_channels: int, cache: bool = True)
     return wmat
 
 
-def int8_conv2d(
+def unpacked_conv2d(
     x_halo: torch.Tensor,
     w_mat: torch.Tensor,
     kernel_size: tuple[int, int],
@@ -138,15 +155,16 @@ def int8_conv2d(
     out_dtype: torch.dtype = torch.float32,
     config: dict | None = None,
 ) -> torch.Tensor:
-    """The convolution of ``path="mma"`` on unpacked operands: ``x_halo`` from ``unpack_activations``
-    (the padding is its halo), ``w_mat`` from ``unpack_weights``; same output and epilogue as
-    ``packed_conv2d``. Exposed so the GEMM can be timed without the unpacking."""
+    """The convolution of ``path="mma"`` / ``"mma_fp8"`` on unpacked operands (both int8, or both
+    fp8 e4m3): ``x_halo`` from ``unpack_activations`` (the padding is its halo), ``w_mat`` from
+    ``unpack_weights``; same output and epilogue as ``packed_conv2d``. Exposed so the GEMM can be
+    timed without the unpacking."""
     N, HP, WP, CP = x_halo.shape
     C_out, KTOT = w_mat.shape
     KH, KW = kernel_size
     OH, OW = out_size
-    if KTOT != KH * KW * CP or x_halo.dtype != torch.int8 or w_mat.dtype != torch.int8:
-        raise ValueError(f"int8 operands do not match: x {tuple(x_halo.shape)} {x_halo.dtype}, "
+    if KTOT != KH * KW * CP or x_halo.dtype != w_mat.dtype or x_halo.dtype not in _SIGN_CODES:
+        raise ValueError(f"unpacked operands (both int8 or both float8_e4m3fn) do not match: x {tuple(x_halo.shape)} {x_halo.dtype}, "
                          f"w {tuple(w_mat.shape)} {w_mat.dtype}, kernel {KH}x{KW}")
     if (OH - 1) * stride + KH > HP or (OW - 1) * stride + KW > WP:
         raise ValueError(f"output {OH}x{OW} with stride {stride} reads past the {HP}x{WP} halo image")
@@ -159,7 +177,8 @@ def int8_conv2d(
     args = (x_halo, w_mat, *_epilogue_vectors(device, scale, bias, bn_scale, bn_shift), out,
             M, HP, WP, OH, OW, C_out, num_words(C_out), stride, CP, KTOT)
     flags = dict(KH=KH, KW=KW, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
-                 HAS_AFFINE=bn_scale is not None, BINARIZE=bool(binarize_output))
+                 HAS_AFFINE=bn_scale is not None, BINARIZE=bool(binarize_output),
+                 FP8=x_halo.dtype == torch.float8_e4m3fn)
     if k.INTERPRET or config is not None:
         tile = dict(INTERPRET_TILES["mma"] if config is None else config)
         launch = {key: tile.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in tile}
@@ -168,12 +187,12 @@ def int8_conv2d(
         if CP % tile["BLOCK_K"]:
             raise ValueError(f"BLOCK_K={tile['BLOCK_K']} does not divide the {CP} padded channels")
         grid = (_cdiv(M, tile["BLOCK_M"]) * _cdiv(C_out, tile["BLOCK_N"]),)
-        k.int8_conv_kernel[grid](*args, **flags, **tile, **launch)
+        k.unpacked_conv_kernel[grid](*args, **flags, **tile, **launch)
     else:
         def grid(meta):
             return (_cdiv(M, meta["BLOCK_M"]) * _cdiv(C_out, meta["BLOCK_N"]),)
 
-        k.int8_conv_tuned[grid](*args, **flags, enable_fp_fusion=False)
+        k.unpacked_conv_tuned[grid](*args, **flags, enable_fp_fusion=False)
     return out
 
 
@@ -198,7 +217,7 @@ def packed_conv2d(
 
     Returns ``(N, C_out, OH, OW)`` (stored channels-last) in ``out_dtype``, or the packed signs
     ``(N, OH, OW, ceil(C_out/32))`` of the result with ``binarize_output``.
-    ``config`` fixes the tile (``BLOCK_M``, ``BLOCK_N``, and ``BLOCK_K`` for ``"mma"`` / ``BLOCK_W`` for
+    ``config`` fixes the tile (``BLOCK_M``, ``BLOCK_N``, and ``BLOCK_K`` for ``"mma"`` and ``"mma_fp8"`` / ``BLOCK_W`` for
     ``"mma_regs"``, ``num_warps``, ``num_stages``) instead of autotuning; ``use_asm_popcount``
     selects inline ``popc.b32`` (GPU only).
     """
@@ -215,9 +234,10 @@ def packed_conv2d(
         ).to(torch.bfloat16)
     if use_asm_popcount and use_interpreter(x_packed, w_packed):
         raise ValueError("use_asm_popcount emits inline PTX, which the Triton interpreter cannot run")
-    if path == "mma":  # (use_asm_popcount does not apply)
-        return int8_conv2d(
-            unpack_activations(x_packed, in_channels, padding), unpack_weights(w_packed, in_channels),
+    if path in OPERAND_DTYPES:  # "mma", "mma_fp8" (use_asm_popcount does not apply)
+        dtype = OPERAND_DTYPES[path]
+        return unpacked_conv2d(
+            unpack_activations(x_packed, in_channels, padding, dtype), unpack_weights(w_packed, in_channels, dtype=dtype),
             tuple(w_packed.shape[1:3]), stride, (OH, OW), scale, bias, bn_scale, bn_shift,
             binarize_output, out_dtype, config,
         )
@@ -263,28 +283,33 @@ def packed_conv2d(
     return out
 
 
-# --- ahead-of-time compilation of the int8 path (no GPU needed), for tests and ptxas reports ---
+# --- ahead-of-time compilation of the two-stage paths (no GPU needed), for tests and ptxas reports ---
 _I8_INTS = ["M", "HP", "WP", "OH", "OW", "C_out", "OWORDS", "stride", "CP", "KTOT"]
 _I8_ALIGNED = ["x_ptr", "w_ptr", "scale_ptr", "bias_ptr", "mul_ptr", "add_ptr", "out_ptr", "CP", "KTOT", "C_out"]
 
 
-def compile_int8_conv(target=None, num_warps: int = 8, num_stages: int = 3, out_type: str = "*fp32", **constexprs):
-    """Compile ``int8_conv_kernel`` for ``target`` (default Hopper ``cuda:90``) as a launch on
+def compile_unpacked_conv(target=None, num_warps: int = 8, num_stages: int = 3, out_type: str = "*fp32",
+                          operand: str = "i8", **constexprs):
+    """Compile ``unpacked_conv_kernel`` for ``target`` (default Hopper ``cuda:90``) as a launch on
     ResNet-like shapes would specialise it (pointers, ``CP``, ``KTOT``, ``C_out`` divisible by 16).
     Keyword arguments set the constexprs (default 128x128x128 tile, 3x3, scale only, float store);
-    ``out_type`` is the output pointer type (``*fp32``, ``*fp16``, ``*bf16``, ``*i32`` with BINARIZE)."""
+    ``out_type`` is the output pointer type (``*fp32``, ``*fp16``, ``*bf16``, ``*i32`` with BINARIZE);
+    ``operand`` the operands' type: ``i8`` (``path="mma"``) or ``fp8e4nv`` (``path="mma_fp8"``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from ._runtime import load
 
-    fn = load("conv_kernels", interpret=False).int8_conv_kernel
+    if operand not in ("i8", "fp8e4nv"):
+        raise ValueError(f"operand must be 'i8' or 'fp8e4nv', got {operand!r}")
+    fn = load("conv_kernels", interpret=False).unpacked_conv_kernel
     consts = dict(KH=3, KW=3, HAS_SCALE=True, HAS_BIAS=False, HAS_AFFINE=False, BINARIZE=False,
-                  BLOCK_M=128, BLOCK_N=128, BLOCK_K=128)
+                  BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, FP8=operand == "fp8e4nv")
     consts.update(constexprs)
-    sig = {"x_ptr": "*i8", "w_ptr": "*i8", "scale_ptr": "*fp32", "bias_ptr": "*fp32", "mul_ptr": "*fp32",
-           "add_ptr": "*fp32", "out_ptr": out_type, **{k: "i32" for k in _I8_INTS}, **{k: "constexpr" for k in consts}}
+    sig = {"x_ptr": f"*{operand}", "w_ptr": f"*{operand}", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
+           "mul_ptr": "*fp32", "add_ptr": "*fp32", "out_ptr": out_type, **{k: "i32" for k in _I8_INTS},
+           **{k: "constexpr" for k in consts}}
     sig = {a: sig[a] for a in fn.arg_names}
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in _I8_ALIGNED}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)

@@ -3,7 +3,8 @@
 GEMM view: rows = output pixels ``M = N*OH*OW``, columns = output channels, reduction over
 taps × channels. Three kernels share the epilogue:
 
-- ``int8_conv_kernel`` (``path="mma"``): a plain int8 implicit GEMM on operands unpacked once
+- ``unpacked_conv_kernel`` (``path="mma"``; ``"mma_fp8"`` with fp8 e4m3 operands): a plain int8
+  implicit GEMM on operands unpacked once
   beforehand by ``unpack_halo_kernel``: activations ``(N, H+2p, W+2p, CP)`` int8 ±1 with the zero
   padding baked in as a zero halo (and zero channels up to ``CP``, a multiple of 64), weights
   ``(C_out, KH*KW*CP)`` int8 (cached per weight tensor by ``conv.py``). The K-loop has no masks and
@@ -208,10 +209,13 @@ def packed_conv_popcount_kernel(
 @triton.jit(do_not_specialize=["P", "IH", "IW", "HP", "WP", "XW", "C_in", "pad"])
 def unpack_halo_kernel(
     x_ptr, out_ptr, P, IH, IW, HP, WP, XW, C_in, CP, pad,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, PLUS_ONE: tl.constexpr, MINUS_ONE: tl.constexpr,
 ):
-    """Packed NHWC words ``(N, IH, IW, XW)`` -> int8 ``(N, HP, WP, CP)``, ``HP = IH + 2*pad``:
-    ``1 - 2*bit`` inside the image for channels ``< C_in``, 0 in the halo and the padding channels.
+    """Packed NHWC words ``(N, IH, IW, XW)`` -> bytes ``(N, HP, WP, CP)``, ``HP = IH + 2*pad``:
+    the code of +1 / −1 (bit 0 / 1) inside the image for channels ``< C_in``, 0 in the halo and
+    the padding channels. ``PLUS_ONE`` / ``MINUS_ONE`` are the byte codes of ±1 as int8: ``1`` / ``-1``
+    for int8 operands, ``0x38`` / ``0xB8`` (as int8: 56 / −72) for fp8 e4m3 operands, whose 0 is
+    also the byte 0.
 
     Also unpacks weights ``(C_out, KH, KW, XW)`` (``pad = 0``) to the ``(C_out, KH*KW*CP)`` matrix.
     ``BLOCK_C`` divides ``CP`` (a multiple of 64), so the tile needs no channel mask.
@@ -234,7 +238,7 @@ def unpack_halo_kernel(
     chan = words[:, None] * 32 + lanes[None, :]
     bit = (wv[:, :, None] >> lanes[None, None, :]) & 1
     keep = inside[:, None, None] & (chan < C_in)[None, :, :]
-    v = tl.where(keep, 1 - 2 * bit, 0).to(tl.int8)
+    v = tl.where(keep, tl.where(bit == 0, PLUS_ONE, MINUS_ONE), 0).to(tl.int8)
     v = tl.reshape(v, (BLOCK_P, BLOCK_C))
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     dst = offs_p.to(tl.int64)[:, None] * CP + offs_c[None, :]
@@ -248,16 +252,20 @@ _NO_SPEC_I8 = ["M", "HP", "WP", "OH", "OW", "OWORDS", "stride"]
 
 
 @triton.jit(do_not_specialize=_NO_SPEC_I8)
-def int8_conv_kernel(
+def unpacked_conv_kernel(
     x_ptr, w_ptr, scale_ptr, bias_ptr, mul_ptr, add_ptr, out_ptr,
     M, HP, WP, OH, OW, C_out, OWORDS, stride, CP, KTOT,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr, BINARIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8: tl.constexpr,
 ):
-    """Int8 implicit GEMM on pre-unpacked operands (zero halo, zero channel padding).
+    """Implicit GEMM on pre-unpacked operands (zero halo, zero channel padding): int8 operands
+    with an int32 accumulator, or (``FP8``) fp8 e4m3 operands with an fp32 accumulator. Both are
+    exact: ±1/0 are exact in e4m3 and every partial sum is an integer of magnitude at most
+    ``KTOT`` (≤ 9·512 here), far below 2**24. The fp8 variant exists because Triton keeps float
+    wgmma in flight across K-steps but waits for each int8 one (see the launchers' comment).
 
-    ``x``: ``(N, HP, WP, CP)`` int8 (``HP = IH + 2*pad``), ``w``: ``(C_out, KTOT)`` int8 with
+    ``x``: ``(N, HP, WP, CP)`` bytes (``HP = IH + 2*pad``), ``w``: ``(C_out, KTOT)`` bytes with
     ``KTOT = KH*KW*CP`` ordered (tap, channel). Output pixel ``(n, oh, ow)`` reads tap ``(kh, kw)``
     at halo pixel ``(n, oh*stride + kh, ow*stride + kw)``. The halo and padding channels are 0, so
     the K-loop has no masks; rows past ``M`` / columns past ``C_out`` read row 0 / the last
@@ -277,14 +285,17 @@ def int8_conv_kernel(
     col = tl.minimum(offs_n, C_out - 1).to(tl.int64) * KTOT
     b_ptrs = w_ptr + col[None, :] + offs_k[:, None]
     csteps = CP // BLOCK_K
-    acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.int32)
+    if FP8:
+        acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.float32)
+    else:
+        acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.int32)
     for kk in range(0, KH * KW * csteps):
         tap = kk // csteps
         kh = tap // KW
         a_off = ((kh * WP + (tap - kh * KW)) * CP) + (kk - tap * csteps) * BLOCK_K
         a = tl.load(a_ptrs + tl.multiple_of(a_off, 16))
         b = tl.load(b_ptrs + kk * BLOCK_K)
-        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        acc = tl.dot(a, b, acc, out_dtype=acc.dtype)
     # epilogue on flat rows: the output is channels-last, pixel m's channels at m*C_out
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -351,7 +362,7 @@ POPCOUNT_CONFIGS = [
 ]
 _FLAGS = ["KH", "KW", "HAS_SCALE", "HAS_BIAS", "HAS_AFFINE", "BINARIZE"]
 _KEY = ["M", "C_out", "XW", "OH", "OW"] + _FLAGS
-_KEY_I8 = ["M", "C_out", "CP", "OH", "OW", "stride"] + _FLAGS
+_KEY_I8 = ["M", "C_out", "CP", "OH", "OW", "stride", "FP8"] + _FLAGS
 
 
 def _quick_bench(kernel_call, quantiles):
@@ -369,7 +380,7 @@ def _autotune(configs, key, **extra):
 if not INTERPRET:
     import triton.testing  # noqa: E402
 
-    int8_conv_tuned = _autotune(I8_CONFIGS, _KEY_I8, prune_configs_by={"early_config_prune": _prune_i8})(
-        int8_conv_kernel)
+    unpacked_conv_tuned = _autotune(I8_CONFIGS, _KEY_I8, prune_configs_by={"early_config_prune": _prune_i8})(
+        unpacked_conv_kernel)
     packed_conv_mma_tuned = _autotune(MMA_CONFIGS, _KEY)(packed_conv_mma_kernel)
     packed_conv_popcount_tuned = _autotune(POPCOUNT_CONFIGS, _KEY)(packed_conv_popcount_kernel)
