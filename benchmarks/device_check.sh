@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One lent-GPU session in one command: correctness of the compiled kernels on the GPU, then the
+# benchmark table. Everything it prints is also written under OUT_DIR (keep it in the repository,
+# e.g. benchmarks/results/h100-YYYY-MM-DD/).
+#
+#   bash benchmarks/device_check.sh OUT_DIR [BENCH_BUDGET_S]
+#
+# 1. nvidia-smi, torch / triton versions                       -> OUT_DIR/environment.txt
+# 2. tests/test_kernels_gpu.py (every kernel and path bit-exact against the CPU reference, the
+#    1-bit models' logits equal on the GPU) and benchmarks/test_bench_gpu_conv.py (correctness
+#    only: --benchmark-disable)                                 -> OUT_DIR/pytest-gpu.txt
+# 3. benchmarks/gpu_conv_bench.py (ResNet18 shapes, batch 256 then 1; stops starting new shapes
+#    after BENCH_BUDGET_S, default 200)                         -> OUT_DIR/results.{csv,md}, bench.log
+# Expect about 5 minutes on an H100 (Triton compilation and autotuning included).
+set -u -o pipefail
+OUT=${1:?usage: bash benchmarks/device_check.sh OUT_DIR [BENCH_BUDGET_S]}
+BUDGET=${2:-200}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || echo "nvidia-smi unavailable"
+  python -c "import sys, torch, triton; print('python', sys.version.split()[0], '| torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda)"
+} 2>&1 | tee "$OUT/environment.txt"
+start=$(date +%s)
+python -m pytest -q -p no:cacheprovider --benchmark-disable tests/test_kernels_gpu.py benchmarks/test_bench_gpu_conv.py \
+  2>&1 | tee "$OUT/pytest-gpu.txt"
+tests_rc=$?
+echo "[device_check] GPU tests: exit $tests_rc after $(( $(date +%s) - start )) s" | tee -a "$OUT/pytest-gpu.txt"
+python benchmarks/gpu_conv_bench.py --out "$OUT" --budget-s "$BUDGET" 2>&1 | tee "$OUT/bench.log"
+bench_rc=$?
+echo "[device_check] tests exit $tests_rc, benchmark exit $bench_rc, total $(( $(date +%s) - start )) s"
+exit $(( tests_rc != 0 || bench_rc != 0 ))

@@ -1,0 +1,134 @@
+"""The Triton kernels compiled for a CUDA device, bit for bit against the CPU reference.
+
+``test_triton_kernels.py`` checks every kernel in the Triton interpreter; this file runs the same
+shape sweep (plus ResNet-sized channels) through the *compiled* kernels on a GPU, compares each
+result with ``cbcn.bitpack``'s reference computed on the CPU, and runs a trained model converted
+to 1 bit through the kernels on the GPU. Skipped without CUDA, so CI (CPU only) never runs it;
+``benchmarks/device_check.sh`` runs it on a lent GPU. ``CBCN_GPU_TESTS_ON_CPU=1`` runs it on CPU
+tensors (kernels in the interpreter) to check this file itself on a machine without a GPU.
+
+Tiles: fixed small tiles (``config=``) for the sweep, so each epilogue variant compiles once, plus
+one autotuned call per path at a ResNet-sized shape (what ``packed_conv2d`` does by default).
+"""
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import triton_kernels as tk  # noqa: E402
+from cbcn import bitpack  # noqa: E402
+from cbcn import cif as cif_ref  # noqa: E402
+from cbcn.models import build_model  # noqa: E402
+from cbcn.onebit import convert_to_onebit  # noqa: E402
+from test_onebit import _train_a_few_steps  # noqa: E402
+from test_triton_kernels import CONV_CASES, _epilogue_args, _rand  # noqa: E402
+
+ON_CPU = os.environ.get("CBCN_GPU_TESTS_ON_CPU", "0") == "1"
+if torch.cuda.is_available():
+    DEVICE = torch.device("cuda")
+elif ON_CPU:
+    DEVICE = torch.device("cpu")
+else:
+    pytest.skip("needs a CUDA device (CBCN_GPU_TESTS_ON_CPU=1 runs it in the interpreter)", allow_module_level=True)
+
+GPU = DEVICE.type == "cuda"
+# fixed tiles on the GPU (ignored in the interpreter, which has its own small tiles)
+TILES = {
+    "mma": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    "mma_fp8": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    "popcount": dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
+    "mma_regs": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_W=1, num_warps=4, num_stages=2),
+}
+PATHS = list(TILES)
+EXTRA_CASES = [  # N, C_in, H, W, C_out, k, stride, padding: ResNet-sized channel counts
+    (2, 256, 9, 9, 128, 3, 1, 1),
+    (1, 130, 8, 8, 96, 3, 2, 1),
+    (4, 64, 15, 15, 64, 3, 1, 1),
+]
+
+
+def _on_device(kwargs):
+    return {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_packed_conv_sweep(path):
+    config = TILES[path] if GPU else None
+    for i, (N, C, H, W, Co, k, s, p) in enumerate(CONV_CASES + EXTRA_CASES):
+        x, w = _rand(N, C, H, W, seed=i), _rand(Co, C, k, k, seed=100 + i)
+        xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
+        for j in (i, i + 1):  # two epilogue variants per shape
+            kw = _epilogue_args(j, Co)
+            ref = bitpack.packed_conv2d_reference(xp, wp, C, s, p, **kw)
+            out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), C, s, p, path=path, config=config, **_on_device(kw))
+            assert out.device.type == DEVICE.type
+            assert torch.equal(out.cpu(), ref), (path, (N, C, H, W, Co, k, s, p), sorted(kw))
+        for dtype in (torch.float16, torch.bfloat16):
+            sc = _rand(Co, seed=200 + i).abs()
+            ref = bitpack.packed_conv2d_reference(xp, wp, C, s, p, scale=sc, out_dtype=dtype)
+            out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), C, s, p, scale=sc.to(DEVICE), out_dtype=dtype,
+                                   path=path, config=config)
+            assert torch.equal(out.cpu(), ref), (path, dtype, (N, C, H, W, Co, k, s, p))
+
+
+@pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount"])
+def test_packed_conv_autotuned(path):
+    """The default launch (autotuned tiles on the GPU) at a ResNet-sized shape, with every epilogue."""
+    x, w = _rand(2, 128, 14, 14, seed=300), _rand(128, 128, 3, 3, seed=301)
+    xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
+    for j in range(4):
+        kw = _epilogue_args(j, 128)
+        ref = bitpack.packed_conv2d_reference(xp, wp, 128, 1, 1, **kw)
+        out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), 128, 1, 1, path=path, **_on_device(kw))
+        assert torch.equal(out.cpu(), ref), (path, sorted(kw))
+
+
+def test_pack_unpack():
+    for shape in [(2, 37, 5, 3), (1, 64, 7, 7), (3, 5, 2, 2), (4, 256, 9, 9)]:
+        x = _rand(*shape, seed=shape[1])
+        x.view(-1)[:3] = torch.tensor([0.0, -0.0, float("nan")])
+        p = tk.pack_signs(x.to(DEVICE))
+        assert torch.equal(p.cpu(), bitpack.pack_signs(x))
+        assert torch.equal(tk.pack_signs(x.to(DEVICE).contiguous(memory_format=torch.channels_last)).cpu(), p.cpu())
+        assert torch.equal(tk.unpack_signs(p, shape[1]).cpu(), bitpack.unpack_signs(p.cpu(), shape[1]))
+
+
+@pytest.mark.parametrize("K", [1, 2, 4, 8])
+def test_cif_kernels(K):
+    for co, ci, H in [(3, 5, 3), (2, 9, 3), (4, 3, 1), (16, 40, 3)]:
+        W = _rand(co, ci, H, H, seed=K + ci)
+        W[0, 0, 0, 0] = 0.0
+        ref = bitpack.cif_pack_bank_reference(W, K)
+        assert torch.equal(tk.cif_pack_bank(W.to(DEVICE), K).cpu(), ref)
+        packed = bitpack.pack_signs(W).to(DEVICE)
+        assert torch.equal(tk.cif_pack_bank(packed, K, in_channels=ci).cpu(), ref)
+        assert torch.equal(tk.cif_expand(W.to(DEVICE), K).cpu(), cif_ref.cif_expand(W, K))
+        # dyadic gradients: every summation order is exact
+        g = torch.randint(-64, 64, (co * K, ci * K, H, H), generator=torch.Generator().manual_seed(K)).float() / 8
+        assert torch.equal(tk.cif_backward(g.to(DEVICE), K).cpu(), cif_ref.cif_backward(g, K))
+
+
+@pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount"])
+@pytest.mark.parametrize("name,method,stages,K,image", [
+    ("resnet18", "cbcn", (4, 4, 8, 8), 4, 8),
+    ("resnet18", "xnor", (8, 8, 16, 16), 1, 9),
+])
+def test_onebit_model_on_device(path, name, method, stages, K, image):
+    """A model trained a few steps, converted to 1 bit: through the kernels on the device it gives
+    the training model's logits on the same device bit for bit. cuDNN is off for both runs: its
+    Winograd/FFT algorithms would round the training model's float convolution of ±1 tensors,
+    while PyTorch's own GEMM convolution (no TF32) computes those integer sums exactly."""
+    torch.manual_seed(0)
+    model = build_model(name, method=method, stages=stages, K=K)
+    x = _train_a_few_steps(model, (4, 3, image, image), steps=2)
+    onebit = convert_to_onebit(model, backend="triton", path=path).to(DEVICE).eval()
+    model = model.to(DEVICE).eval()
+    x = x.to(DEVICE)
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=False):
+        expected = model(x)
+        got = onebit(x)
+    assert "backend=triton->triton" in repr(onebit)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert torch.equal(got, expected)
