@@ -164,6 +164,21 @@ def exact_reference(x, w, alpha, stride, pad):
     return dot.float() * alpha.view(1, -1, 1, 1)
 
 
+def exact_reference_ksum(x, w_rot, alpha, stride, pad, K):
+    """The K-sum form's exact result: the conv of each map's K-channel sign sum with the rotated
+    bank's signs (float64, exact), to fp32, ``· α`` — equal to the conv of the physical ±1
+    channels with the full CiF bank."""
+    N, C, H, W = x.shape
+    summed = sign(x).double().reshape(N, C // K, K, H, W).sum(dim=2)
+    prev = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        dot = F.conv2d(summed, sign(w_rot).double(), None, stride, pad).round_()
+    finally:
+        torch.backends.cudnn.benchmark = prev
+    return dot.float() * alpha.view(1, -1, 1, 1)
+
+
 def _rate(row, label, ms, macs, peak):
     row[f"{label}_ms"] = ms
     row[f"{label}_TOPS"] = 2 * macs / ms / 1e9
@@ -277,6 +292,32 @@ def run(args) -> list[dict]:
                 if ms is not None:
                     _rate(row, f"{path}_conv_f16", ms, macs, peak)
                 del xh, wm
+            K = args.ksum
+            if have_triton and K > 1 and C_in % K == 0:
+                # CBConv's K-sum form of the same physical layer (C_in = maps·K): the GEMM runs over
+                # C_in/K summed channels with the rotated bank, K× fewer multiply-adds
+                row["ksum"] = K
+                w_rot = torch.randn(C_out, C_in // K, 3, 3, generator=gen).to(device)
+                wrp = bitpack.pack_signs(w_rot)
+                ref_k = exact_reference_ksum(x, w_rot, alpha, stride, pad, K)
+                for path in ("mma", "mma_fp8"):
+                    if path not in paths:
+                        continue
+                    label = f"{path}_ksum_f16"
+
+                    def ksum_conv(path=path):
+                        return tk.packed_conv2d(xp, wrp, C_in, stride, pad, scale=alpha, path=path,
+                                                out_dtype=torch.float16, ksum=K)
+
+                    out = _try(row, label, ksum_conv)
+                    if out is None:
+                        continue
+                    row[f"{label}_exact"] = bool(torch.equal(out, ref_k.half()))
+                    del out
+                    ms = _try(row, label, lambda: timer(ksum_conv))
+                    if ms is not None:
+                        _rate(row, label, ms, macs // K, peak)  # the GEMM's actual multiply-adds
+                del w_rot, wrp, ref_k
             if have_triton:
                 row["pack_ms"] = timer(lambda: tk.pack_signs(x))
             else:
@@ -341,7 +382,7 @@ def _line(row, paths):
     for label in ("fp16", "bf16"):
         if f"torch_{label}_cl_ms" in row:
             parts.append(f"{label}-cl {row[f'torch_{label}_cl_ms']:.3f}ms")
-    for label in ("mma_f16", "mma_fp8_f16"):
+    for label in ("mma_f16", "mma_fp8_f16", "mma_ksum_f16"):
         if f"{label}_speedup_vs_fp16cl" in row:
             parts.append(f"{label} x{row[f'{label}_speedup_vs_fp16cl']:.2f} vs fp16-cl")
     return " | ".join(parts)
@@ -350,9 +391,10 @@ def _line(row, paths):
 # timed packed-kernel labels: path="mma" and "mma_fp8" with fp32 / fp16 / packed outputs and the
 # GEMM alone, then the one-kernel paths
 TIMED_LABELS = ("mma", "mma_f16", "mma_bin", "mma_conv_f16",
-                "mma_fp8", "mma_fp8_f16", "mma_fp8_bin", "mma_fp8_conv_f16", "popcount", "mma_regs")
+                "mma_fp8", "mma_fp8_f16", "mma_fp8_bin", "mma_fp8_conv_f16",
+                "mma_ksum_f16", "mma_fp8_ksum_f16", "popcount", "mma_regs")
 COLUMNS = (
-    ["layer", "batch", "C_in", "C_out", "H", "stride", "OH", "binary_MACs"]
+    ["layer", "batch", "C_in", "C_out", "H", "stride", "OH", "binary_MACs", "ksum"]
     + [f"{label}_exact" for label in TIMED_LABELS if "conv" not in label] + ["reference_exact"]
     + [f"{label}_ms" for label in TIMED_LABELS]
     + ["unpack_ms", "mma_fp8_unpack_ms", "mma_eager_ms", "mma_fp8_eager_ms", "reference_ms", "pack_ms",
@@ -397,6 +439,10 @@ def write_results(rows, out: Path, dev_name, peak_note, paths, dry, quiet=False)
         "- mma_fp8*: path='mma_fp8', the same two stages with fp8 e4m3 operands (±1/0 exact) and an fp32"
         " accumulator (Triton keeps fp8 wgmma in flight across K-steps, int8 wgmma not); fp8 dense peak = int8"
         " dense peak on H100/H200, so peak_frac uses the same peak.",
+        "- *_ksum_f16: CBConv's K-sum form of the same physical layer (C_in = maps·ksum; rotated bank over the"
+        " maps, each map's ksum channel signs summed while unpacking, fp16 output), from packed activations; exact"
+        " against the float64 conv of the sums. Its TOPS / peak_frac count the GEMM's actual multiply-adds"
+        " (binary_MACs / ksum); its speed-up is against the same physical cuDNN fp16 conv.",
         "- binary MACs = N·OH·OW·C_out·C_in·9; TOPS = 2·MACs/s; peak_frac = TOPS / int8 dense peak;"
         " cublas_i8_gemm: torch._int_mm of the same M×K×N (no im2col), a ceiling.",
         "",
@@ -421,6 +467,8 @@ def main(argv=None):
     ap.add_argument("--only-layers", default="", help="comma-separated layer names (e.g. conv4_x,conv5_x)")
     ap.add_argument("--max-shapes", type=int, default=0, help="only the first N layer shapes (0: all)")
     ap.add_argument("--paths", default="mma,mma_fp8,popcount", help="packed kernel paths: mma,mma_fp8,popcount[,mma_regs]")
+    ap.add_argument("--ksum", type=int, default=4,
+                    help="also time CBConv's K-sum form with this K (the paper's K=4); 1 = skip")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=20, help="graph replays per timing run (3 runs, median)")
     ap.add_argument("--no-graphs", action="store_true", help="time eager calls instead of CUDA graph replays")

@@ -85,7 +85,16 @@ def _check_vector(v, C_out: int, what: str, device) -> None:
         raise ValueError(f"{what} is on {v.device}, the packed tensors on {device}")
 
 
-def check_conv_args(x_packed, w_packed, in_channels, stride, padding, scale, bias, bn_scale, bn_shift):
+def check_ksum(in_channels, ksum) -> int:
+    """Validate the K-sum group size of a packed convolution; returns the filters' input maps."""
+    if not isinstance(ksum, int) or isinstance(ksum, bool) or ksum < 1:
+        raise ValueError(f"ksum must be a positive int (1, or the CBConv's K), got {ksum!r}")
+    if in_channels % ksum:
+        raise ValueError(f"ksum={ksum} must divide the {in_channels} input channels (maps x K)")
+    return in_channels // ksum
+
+
+def check_conv_args(x_packed, w_packed, in_channels, stride, padding, scale, bias, bn_scale, bn_shift, ksum=1):
     """Validate the arguments shared by the reference and the Triton packed convolutions."""
     _check_packed(x_packed, "x_packed")
     _check_packed(w_packed, "w_packed")
@@ -95,11 +104,11 @@ def check_conv_args(x_packed, w_packed, in_channels, stride, padding, scale, bia
         raise ValueError(f"w_packed must be packed (C_out, KH, KW, words), got shape {tuple(w_packed.shape)}")
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
-    W = num_words(in_channels)
-    if x_packed.shape[-1] != W or w_packed.shape[-1] != W:
+    W, WW = num_words(in_channels), num_words(check_ksum(in_channels, ksum))
+    if x_packed.shape[-1] != W or w_packed.shape[-1] != WW:
         raise ValueError(
-            f"channel count mismatch: in_channels={in_channels} needs {W} words, "
-            f"x_packed has {x_packed.shape[-1]}, w_packed has {w_packed.shape[-1]}"
+            f"channel count mismatch: in_channels={in_channels} (ksum={ksum}) needs {W} activation words and "
+            f"{WW} weight words, x_packed has {x_packed.shape[-1]}, w_packed has {w_packed.shape[-1]}"
         )
     if x_packed.device != w_packed.device:
         raise ValueError(f"x_packed on {x_packed.device} but w_packed on {w_packed.device}")
@@ -158,6 +167,7 @@ def packed_conv2d_reference(
     bn_shift: torch.Tensor | None = None,
     binarize_output: bool = False,
     out_dtype: torch.dtype = torch.float32,
+    ksum: int = 1,
     **_ignored,
 ) -> torch.Tensor:
     """Binary convolution of packed operands: ``F.conv2d`` on ±1 tensors, zero-padded (not −1).
@@ -165,11 +175,20 @@ def packed_conv2d_reference(
     Returns ``(N, C_out, OH, OW)`` in ``out_dtype``, or with ``binarize_output`` the packed signs
     of the result ``(N, OH, OW, ceil(C_out/32))``. The integer convolution is exact in float32
     (|sums| ≤ C_in·KH·KW < 2^24); the epilogue is ``apply_epilogue`` in float32.
+
+    ``ksum = K`` is CBConv's K-sum form (SPEC §2): the full CiF bank repeats each rotated filter
+    over the K channels ``c·K + k`` of input map ``c``, so ``w_packed`` may hold only the rotated
+    bank over the ``in_channels // K`` maps (``cif_pack_bank_reference(..., ksum=True)``) and the
+    activations' K channels of each map are summed first — the same integers with K× fewer
+    multiply-adds (the training layer computes it this way too).
     Extra keywords of the Triton version (``path``, ...) are accepted and ignored.
     """
-    check_conv_args(x_packed, w_packed, in_channels, stride, padding, scale, bias, bn_scale, bn_shift)
+    check_conv_args(x_packed, w_packed, in_channels, stride, padding, scale, bias, bn_scale, bn_shift, ksum)
     x = unpack_signs(x_packed, in_channels)
-    w = unpack_signs(w_packed, in_channels)
+    if ksum > 1:
+        N, _, H, W = x.shape
+        x = x.reshape(N, in_channels // ksum, ksum, H, W).sum(dim=2)
+    w = unpack_signs(w_packed, in_channels // ksum)
     y = F.conv2d(x, w, None, stride, padding)
     y = apply_epilogue(y, scale, bias, bn_scale, bn_shift)
     if binarize_output:
@@ -203,15 +222,18 @@ def _check_cif_weight(W: torch.Tensor, K: int, in_channels: int | None):
     return C_in, H
 
 
-def cif_pack_bank_reference(W: torch.Tensor, K: int, in_channels: int | None = None) -> torch.Tensor:
-    """Packed CiF bank ``(C_out*K, H, H, ceil(C_in*K/32))`` = ``pack_signs(cif_expand(sign(W), K))``.
+def cif_pack_bank_reference(W: torch.Tensor, K: int, in_channels: int | None = None, ksum: bool = False) -> torch.Tensor:
+    """Packed CiF bank ``(C_out*K, H, H, ceil(C_in*K/32))`` = ``pack_signs(cif_expand(sign(W), K))``,
+    or with ``ksum`` the K-sum bank ``(C_out*K, H, H, ceil(C_in/32))`` =
+    ``pack_signs(rotated_bank(sign(W), K))`` (the K identical input copies folded away; for
+    ``packed_conv2d_reference(..., ksum=K)``).
 
     ``W`` is the learned ``(C_out, C_in, H, H)`` float weight, or its packed signs
     ``(C_out, H, H, ceil(C_in/32))`` with ``in_channels = C_in`` (what a 1-bit model stores).
     """
     from .binarize import sign
-    from .cif import cif_expand
+    from .cif import cif_expand, rotated_bank
 
     C_in, _ = _check_cif_weight(W, K, in_channels)
     signs = unpack_signs(W, C_in) if W.dtype == torch.int32 else sign(W)
-    return pack_signs(cif_expand(signs, K))
+    return pack_signs(rotated_bank(signs, K) if ksum else cif_expand(signs, K))

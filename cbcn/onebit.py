@@ -36,7 +36,8 @@ from .layers import BinaryConv2d
 
 FORMAT = "cbcn-onebit"
 VERSION = 1
-PATHS = ("mma", "mma_fp8", "popcount")  # triton_kernels.packed_conv2d paths (ignored by the reference backend)
+PATHS = ("mma", "mma_fp8", "popcount")  # triton_kernels.packed_conv2d paths
+KSUM_PATHS = ("mma", "mma_fp8")  # paths whose operands may hold the K-sums of CBConv inputs
 
 
 class OneBitConv2d(nn.Module):
@@ -111,12 +112,24 @@ class OneBitConv2d(nn.Module):
             return None
         return self.alpha.repeat_interleave(self.K) if self.cbconv else self.alpha
 
+    @property
+    def ksum(self) -> int:
+        """K when the convolution runs in CBConv's K-sum form (SPEC §2), else 1.
+
+        The CiF bank repeats each rotated filter over the K input channels of a map, so the conv
+        of the physical channels equals the conv of their per-map sums (integers in [−K, K]) with
+        the rotated bank alone: K× fewer multiply-adds, the same integers. The int8 / fp8 GEMM
+        paths (and the reference backend with them) take that form; ``popcount`` needs signs, so it
+        convolves the full CiF bank."""
+        return self.K if self.cbconv and self.K > 1 and self.path in KSUM_PATHS else 1
+
     def weight_bank(self, ops=None) -> torch.Tensor:
-        """The packed bank actually convolved, ``(C_out, H, H, ceil(C_in/32))`` (physical channels)."""
+        """The packed bank actually convolved: ``(C_out, H, H, ceil(C_in/32))`` over physical
+        channels, or for the K-sum form the rotated bank ``(C_out, H, H, ceil(in_maps/32))``."""
         if not self.cbconv:
             return self.packed_weight
         ops = ops or get_ops(resolve_backend(self.backend, self.packed_weight.device))
-        return ops.cif_pack_bank(self.packed_weight, self.K, in_channels=self.in_maps)
+        return ops.cif_pack_bank(self.packed_weight, self.K, in_channels=self.in_maps, ksum=self.ksum > 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.physical_in_channels:
@@ -126,7 +139,7 @@ class OneBitConv2d(nn.Module):
         kwargs = {"path": self.path} if ops.name == "triton" else {}
         y = ops.packed_conv2d(
             ops.pack_signs(x), self.weight_bank(ops), self.physical_in_channels, self.stride, self.padding,
-            scale=self.scale(), bias=self.bias, out_dtype=out_dtype, **kwargs,
+            scale=self.scale(), bias=self.bias, out_dtype=out_dtype, ksum=self.ksum, **kwargs,
         )
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -136,6 +149,7 @@ class OneBitConv2d(nn.Module):
             f"{self.in_maps}, {self.out_maps}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}",
             f"method={self.method}" if self.method else "",
             f"K={self.K}, physical={self.physical_in_channels}->{self.physical_out_channels}" if self.cbconv else "",
+            f"ksum={self.ksum}" if self.ksum > 1 else "",
             f"bits={self.packed_weight_bits()}",
             f"backend={describe_backend(self.backend, self.packed_weight.device)}",
             f"path={self.path}",

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from cbcn import bitpack
 from cbcn.binarize import sign
-from cbcn.cif import cif_expand
+from cbcn.cif import cif_expand, rotated_bank
 
 
 def _rand(*shape, seed=0):
@@ -117,6 +117,28 @@ def test_cif_pack_bank_reference(K, H):
     assert torch.equal(bitpack.cif_pack_bank_reference(bitpack.pack_signs(W), K, in_channels=9), bank)
 
 
+@pytest.mark.parametrize("K", [2, 4, 8])
+@pytest.mark.parametrize("case", [(2, 5, 7, 6, 4, 1, 1), (1, 9, 6, 6, 3, 2, 1), (3, 33, 5, 7, 2, 2, 0)])
+def test_ksum_form_equals_full_cif_bank(K, case):
+    """CBConv's K-sum form (SPEC §2): conv of the physical channels with the full CiF bank ==
+    conv of each map's K-channel sum with the rotated bank alone (exact integers)."""
+    N, maps, H, W, C_out, stride, pad = case
+    x, Wl = _rand(N, maps * K, H, W, seed=K), _rand(C_out, maps, 3, 3, seed=10 + K)
+    xp = bitpack.pack_signs(x)
+    full = bitpack.cif_pack_bank_reference(Wl, K)
+    rot = bitpack.cif_pack_bank_reference(Wl, K, ksum=True)
+    assert rot.shape == (C_out * K, 3, 3, bitpack.num_words(maps))
+    assert torch.equal(rot, bitpack.pack_signs(rotated_bank(sign(Wl), K)))
+    assert torch.equal(bitpack.cif_pack_bank_reference(bitpack.pack_signs(Wl), K, in_channels=maps, ksum=True), rot)
+    scale = _rand(C_out * K, seed=3).abs()
+    expected = bitpack.packed_conv2d_reference(xp, full, maps * K, stride, pad, scale=scale)
+    assert torch.equal(expected, F.conv2d(sign(x), cif_expand(sign(Wl), K), None, stride, pad) * scale.view(1, -1, 1, 1))
+    got = bitpack.packed_conv2d_reference(xp, rot, maps * K, stride, pad, scale=scale, ksum=K)
+    assert torch.equal(got, expected)
+    assert torch.equal(bitpack.packed_conv2d_reference(xp, rot, maps * K, stride, pad, ksum=K, binarize_output=True),
+                       bitpack.packed_conv2d_reference(xp, full, maps * K, stride, pad, binarize_output=True))
+
+
 def test_errors():
     xp = bitpack.pack_signs(_rand(1, 40, 4, 4))
     wp = bitpack.pack_signs(_rand(8, 40, 3, 3))
@@ -138,6 +160,13 @@ def test_errors():
         bitpack.pack_signs(torch.zeros(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="K"):
         bitpack.cif_pack_bank_reference(_rand(2, 3, 3, 3), 3)
+    with pytest.raises(ValueError, match="ksum=3 must divide"):
+        bitpack.packed_conv2d_reference(xp, wp, 40, ksum=3)
+    with pytest.raises(ValueError, match="ksum must be a positive int"):
+        bitpack.packed_conv2d_reference(xp, wp, 40, ksum=0)
+    with pytest.raises(ValueError, match="weight words"):  # a full bank passed as a K-sum bank
+        bitpack.packed_conv2d_reference(bitpack.pack_signs(_rand(1, 128, 4, 4)), bitpack.pack_signs(_rand(8, 128, 3, 3)),
+                                        128, ksum=4)
     with pytest.raises(ValueError, match="in_channels"):
         bitpack.cif_pack_bank_reference(bitpack.pack_signs(_rand(2, 3, 3, 3)), 4)
     with pytest.raises(ValueError, match="odd"):

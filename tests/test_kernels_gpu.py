@@ -23,7 +23,7 @@ from cbcn import cif as cif_ref  # noqa: E402
 from cbcn.models import build_model  # noqa: E402
 from cbcn.onebit import convert_to_onebit  # noqa: E402
 from test_onebit import _train_a_few_steps  # noqa: E402
-from test_triton_kernels import CONV_CASES, _epilogue_args, _rand  # noqa: E402
+from test_triton_kernels import CONV_CASES, KSUM_CASES, _epilogue_args, _rand  # noqa: E402
 
 ON_CPU = os.environ.get("CBCN_GPU_TESTS_ON_CPU", "0") == "1"
 if torch.cuda.is_available():
@@ -83,6 +83,26 @@ def test_packed_conv_autotuned(path):
         ref = bitpack.packed_conv2d_reference(xp, wp, 128, 1, 1, **kw)
         out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), 128, 1, 1, path=path, **_on_device(kw))
         assert torch.equal(out.cpu(), ref), (path, sorted(kw))
+
+
+@pytest.mark.parametrize("path", ["mma", "mma_fp8"])
+def test_packed_conv_ksum_form(path):
+    """CBConv's K-sum form (the 1-bit CBCN layers' default on these paths) against the full-CiF-bank
+    reference: fixed tiles on the sweep, the autotuned launch on a ResNet-sized layer."""
+    cases = KSUM_CASES + [(2, 64, 14, 14, 64, 1, 1, 4), (2, 32, 14, 14, 64, 2, 1, 8)]
+    for i, (N, maps, H, W, C_out, s, p, K) in enumerate(cases):
+        x, Wl = _rand(N, maps * K, H, W, seed=i), _rand(C_out, maps, 3, 3, seed=40 + i)
+        xp = bitpack.pack_signs(x)
+        full = bitpack.cif_pack_bank_reference(Wl, K)
+        rot = tk.cif_pack_bank(Wl.to(DEVICE), K, ksum=True)
+        assert torch.equal(rot.cpu(), bitpack.cif_pack_bank_reference(Wl, K, ksum=True))
+        for j in (i, i + 1):
+            kw = _epilogue_args(j, C_out * K)
+            ref = bitpack.packed_conv2d_reference(xp, full, maps * K, s, p, **kw)
+            for config in ((TILES[path] if GPU else None), None):
+                out = tk.packed_conv2d(xp.to(DEVICE), rot, maps * K, s, p, path=path, ksum=K, config=config,
+                                       **_on_device(kw))
+                assert torch.equal(out.cpu(), ref), (path, cases[i], sorted(kw), config)
 
 
 def test_pack_unpack():

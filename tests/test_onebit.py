@@ -142,6 +142,24 @@ def test_forced_triton_backend_matches_on_cpu(path):
         assert torch.equal(onebit(x), logits)
 
 
+def test_cbcn_ksum_form_equals_full_bank():
+    """A CBCN 1-bit layer convolves in the K-sum form on the GEMM paths (rotated bank over the
+    learned maps) and with the full CiF bank on popcount: the same logits either way."""
+    torch.manual_seed(2)
+    model = build_model("resnet18", method="cbcn", stages=(2, 3, 4, 4), K=4)
+    x = _train_a_few_steps(model, (2, 3, 7, 7), steps=1)
+    onebit = convert_to_onebit(model, backend="reference")
+    layer = next(m for m in onebit.modules() if isinstance(m, OneBitConv2d))
+    assert layer.ksum == 4 and "ksum=4" in repr(layer)
+    assert layer.weight_bank().shape[-1] == 1 and layer.weight_bank().shape[0] == layer.out_maps * 4
+    with torch.no_grad():
+        ksum_logits = onebit(x)
+        set_backend(onebit, "reference", path="popcount")
+        assert layer.ksum == 1 and "ksum" not in repr(layer)
+        assert torch.equal(onebit(x), ksum_logits)
+        assert torch.equal(model(x), ksum_logits)
+
+
 def test_cbcn_imports_without_triton():
     code = textwrap.dedent(
         """

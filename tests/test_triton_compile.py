@@ -77,6 +77,23 @@ def test_fp8_path_keeps_wgmma_in_flight(can_compile, tile):
     assert report["registers"] <= 128, report
 
 
+@pytest.mark.parametrize("ksum,fp8", [(1, False), (1, True), (4, False), (4, True), (8, True)])
+def test_unpack_kernel_ksum_and_fp8(can_compile, ksum, fp8):
+    """The unpacking stage in each form it is launched in (``conv._unpack_halo``'s tiles): no local
+    memory; fp8 operands converted with the hardware e4m3 conversion."""
+    from triton_kernels.conv import ptxas_report
+
+    block_c = 128 if ksum == 1 else 64
+    ptx = compile_kernel("unpack_halo_kernel", num_warps=4, KSUM=ksum, FP8=fp8, BLOCK_C=block_c,
+                         BLOCK_P=max(8, 64 * 128 // (block_c * ksum))).asm["ptx"]
+    assert ("cvt.rn.satfinite.e4m3x2.f32" in ptx) == fp8
+    assert "ld.local" not in ptx and "st.local" not in ptx
+    report = ptxas_report(ptx)
+    if report is None:
+        pytest.skip("no ptxas here that accepts this PTX")
+    assert report["spill_stores"] == 0 and report["spill_loads"] == 0, report
+
+
 def test_int8_path_rebinarising_epilogue(can_compile):
     from triton_kernels.conv import compile_unpacked_conv
 

@@ -173,6 +173,45 @@ def test_unpacked_conv2d_direct():
         tk.packed_conv2d(xp, wp, 37, 1, 1, path="mma", config=dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128))
 
 
+KSUM_CASES = [  # N, maps, H, W, C_out (learned), stride, padding, K
+    (2, 5, 7, 7, 3, 1, 1, 4),
+    (1, 9, 6, 5, 4, 2, 1, 2),
+    (3, 33, 5, 5, 2, 2, 0, 8),
+    (2, 17, 3, 7, 5, 1, 0, 4),
+]
+
+
+@pytest.mark.parametrize("path", ["mma", "mma_fp8"])
+@pytest.mark.parametrize("i", range(len(KSUM_CASES)))
+def test_packed_conv_ksum_form(path, i):
+    """CBConv's K-sum form on the kernels: unpacking sums each map's K channel signs, the GEMM runs
+    over the maps with the rotated bank; equals the full-CiF-bank reference exactly."""
+    N, maps, H, W, C_out, s, p, K = KSUM_CASES[i]
+    x, Wl = _rand(N, maps * K, H, W, seed=i), _rand(C_out, maps, 3, 3, seed=40 + i)
+    xp = bitpack.pack_signs(x)
+    rot = tk.cif_pack_bank(Wl, K, ksum=True)
+    assert torch.equal(rot, bitpack.cif_pack_bank_reference(Wl, K, ksum=True))
+    full = bitpack.cif_pack_bank_reference(Wl, K)
+    for j in (i, i + 1):
+        kw = _epilogue_args(j, C_out * K)
+        ref = bitpack.packed_conv2d_reference(xp, full, maps * K, s, p, **kw)
+        assert torch.equal(tk.packed_conv2d(xp, rot, maps * K, s, p, path=path, ksum=K, **kw), ref), (path, sorted(kw))
+
+
+@pytest.mark.parametrize("K", [1, 2, 4, 8])
+def test_unpack_activations_ksum(K):
+    from triton_kernels.conv import padded_channels, unpack_activations
+
+    maps = 9
+    x = _rand(2, maps * K, 4, 5, seed=60 + K)
+    sums = sign(x).reshape(2, maps, K, 4, 5).sum(dim=2).permute(0, 2, 3, 1)  # (N, H, W, maps)
+    expect = torch.zeros(2, 6, 7, padded_channels(maps))
+    expect[:, 1:5, 1:6, :maps] = sums
+    for dtype in (torch.int8, torch.float8_e4m3fn):
+        got = unpack_activations(bitpack.pack_signs(x), maps * K, 1, dtype, ksum=K)
+        assert got.dtype == dtype and torch.equal(got.float(), expect), dtype
+
+
 def test_conv_errors():
     xp = bitpack.pack_signs(_rand(1, 40, 4, 4))
     wp = bitpack.pack_signs(_rand(8, 40, 3, 3))
@@ -186,18 +225,23 @@ def test_conv_errors():
         tk.packed_conv2d(xp, wp, 40, path="popcount", use_asm_popcount=True)
     with pytest.raises(TypeError, match="out_dtype"):
         tk.packed_conv2d(xp, wp, 40, out_dtype=torch.int32)
+    with pytest.raises(ValueError, match="K-sum form"):
+        tk.packed_conv2d(xp, bitpack.pack_signs(_rand(8, 10, 3, 3)), 40, path="popcount", ksum=4)
+    with pytest.raises(ValueError, match="must divide"):
+        tk.packed_conv2d(xp, wp, 40, ksum=3)
 
 
 # --- CiF --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("K", [1, 2, 4, 8])
-@pytest.mark.parametrize("shape", [(3, 5, 3), (2, 9, 3), (4, 3, 1), (2, 3, 5)])
+@pytest.mark.parametrize("shape", [(3, 5, 3), (2, 9, 3), (4, 3, 1), (2, 3, 5), (2, 40, 3)])
 def test_cif_pack_bank(K, shape):
     co, ci, H = shape
     W = _rand(co, ci, H, H, seed=K)
     W[0, 0, 0, 0] = 0.0
-    ref = bitpack.cif_pack_bank_reference(W, K)
-    assert torch.equal(tk.cif_pack_bank(W, K), ref)
-    assert torch.equal(tk.cif_pack_bank(bitpack.pack_signs(W), K, in_channels=ci), ref)
+    for ksum in (False, True):  # the full CiF bank, and the K-sum (rotations only) bank
+        ref = bitpack.cif_pack_bank_reference(W, K, ksum=ksum)
+        assert torch.equal(tk.cif_pack_bank(W, K, ksum=ksum), ref)
+        assert torch.equal(tk.cif_pack_bank(bitpack.pack_signs(W), K, in_channels=ci, ksum=ksum), ref)
 
 
 @pytest.mark.parametrize("K", [1, 2, 4, 8])

@@ -21,15 +21,18 @@ def _index(table: torch.Tensor, device) -> torch.Tensor:
     return table.to(device=device, dtype=torch.int32).contiguous()
 
 
-def cif_pack_bank(W: torch.Tensor, K: int, in_channels: int | None = None) -> torch.Tensor:
+def cif_pack_bank(W: torch.Tensor, K: int, in_channels: int | None = None, ksum: bool = False) -> torch.Tensor:
     """``(C_out, C_in, H, H)`` float W, or its packed signs ``(C_out, H, H, ceil(C_in/32))``
     (then ``in_channels=C_in``), to the packed bank ``(C_out*K, H, H, ceil(C_in*K/32))`` of
-    ``cif_expand(sign(W), K)`` — sign, rotation, K-fold copy and packing fused in one kernel."""
+    ``cif_expand(sign(W), K)`` — sign, rotation, K-fold copy and packing fused in one kernel.
+    With ``ksum`` the K-sum bank ``(C_out*K, H, H, ceil(C_in/32))`` of ``rotated_bank(sign(W), K)``
+    (no input copies), for ``packed_conv2d(..., ksum=K)``."""
     C_in, H = _check_cif_weight(W, K, in_channels)
     C_out = W.shape[0]
     packed_in = W.dtype == torch.int32
     HH = H * H
-    out_words = num_words(C_in * K)
+    copies = 1 if ksum else K
+    out_words = num_words(C_in * copies)
     out = torch.empty((C_out * K, H, H, out_words), dtype=torch.int32, device=W.device)
     W = W.contiguous()
     M = _index(transfer_matrix(H, K), W.device)
@@ -39,7 +42,7 @@ def cif_pack_bank(W: torch.Tensor, K: int, in_channels: int | None = None) -> to
     grid = (C_out * K, (HH + BLOCK_T - 1) // BLOCK_T, (out_words + BLOCK_W - 1) // BLOCK_W)
     k.cif_pack_bank_kernel[grid](
         W, M, out, C_in, HH, W.shape[-1] if packed_in else 0, out_words,
-        K=K, FROM_PACKED=packed_in, BLOCK_T=BLOCK_T, BLOCK_W=BLOCK_W,
+        K=K, COPIES=copies, FROM_PACKED=packed_in, BLOCK_T=BLOCK_T, BLOCK_W=BLOCK_W,
     )
     return out
 

@@ -21,10 +21,11 @@ else:
 def cif_pack_bank_kernel(
     w_ptr, m_ptr, out_ptr,
     C_in, HH, IN_WORDS, OUT_WORDS,
-    K: tl.constexpr, FROM_PACKED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_W: tl.constexpr,
+    K: tl.constexpr, COPIES: tl.constexpr, FROM_PACKED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """W ``(C_out, C_in, H, H)`` float — or its packed signs ``(C_out, H, H, IN_WORDS)`` — to the
-    packed bank ``(C_out*K, H, H, OUT_WORDS)``: one program per (bank row, block of taps × words)."""
+    packed bank ``(C_out*K, H, H, OUT_WORDS)``: one program per (bank row, block of taps × words).
+    ``COPIES`` input copies per learned map: K for the CiF bank, 1 for the K-sum bank."""
     o = tl.program_id(0)
     t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     pid_w = tl.program_id(2)
@@ -34,9 +35,9 @@ def cif_pack_bank_kernel(
     src = tl.load(m_ptr + j * HH + t, mask=t_ok, other=0)  # tap of W landing on tap t after rotation j
     words = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
     lanes = tl.arange(0, 32)
-    c = words[:, None] * 32 + lanes[None, :]  # bank input channel g*K + k, (BLOCK_W, 32)
-    ok = t_ok[:, None, None] & (c < C_in * K)[None, :, :]
-    g = (c // K)[None, :, :]
+    c = words[:, None] * 32 + lanes[None, :]  # bank input channel g*COPIES + k, (BLOCK_W, 32)
+    ok = t_ok[:, None, None] & (c < C_in * COPIES)[None, :, :]
+    g = (c // COPIES)[None, :, :]
     if FROM_PACKED:
         wd = tl.load(w_ptr + (h * HH + src[:, None, None]) * IN_WORDS + g // 32, mask=ok, other=0)
         neg = (wd >> (g % 32)) & 1

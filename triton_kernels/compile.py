@@ -45,7 +45,13 @@ KERNELS = {
         "cif_kernels",
         {"w_ptr": "*fp32", "m_ptr": "*i32", "out_ptr": "*i32", "C_in": "i32", "HH": "i32",
          "IN_WORDS": "i32", "OUT_WORDS": "i32"},
-        {"K": 4, "FROM_PACKED": False, "BLOCK_T": 16, "BLOCK_W": 1},
+        {"K": 4, "COPIES": 4, "FROM_PACKED": False, "BLOCK_T": 16, "BLOCK_W": 1},
+    ),
+    "unpack_halo_kernel": (
+        "conv_kernels",
+        {"x_ptr": "*i32", "out_ptr": "*i8", "P": "i32", "IH": "i32", "IW": "i32", "HP": "i32", "WP": "i32",
+         "XW": "i32", "C_in": "i32", "CP": "i32", "pad": "i32"},
+        {"BLOCK_P": 64, "BLOCK_C": 128, "KSUM": 1, "FP8": False},
     ),
     "cif_expand_kernel": (
         "cif_kernels",

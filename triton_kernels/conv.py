@@ -19,16 +19,15 @@ import weakref
 
 import torch
 
-from cbcn.bitpack import check_conv_args, num_words, packed_conv2d_reference  # noqa: F401
+from cbcn.bitpack import check_conv_args, check_ksum, num_words, packed_conv2d_reference  # noqa: F401
 
 from ._runtime import kernels_for, use_interpreter
 
 PATHS = ("mma", "popcount")
 EXTRA_PATHS = ("mma_regs", "mma_fp8")  # accepted too, for comparison: the first tensor-core kernel, fp8 operands
-# operand dtype of the two-stage paths, and the byte codes of +1 / -1 written by the unpacking
-# (0 is the byte 0 in both): int8 1 / -1; fp8 e4m3 0x38 / 0xB8 (as int8 56 / -72)
+# operand dtype of the two-stage paths (the paths that accept ksum > 1: their operands hold small
+# integers, not just signs)
 OPERAND_DTYPES = {"mma": torch.int8, "mma_fp8": torch.float8_e4m3fn}
-_SIGN_CODES = {torch.int8: (1, -1), torch.float8_e4m3fn: (0x38, 0xB8 - 256)}
 # fixed tiles for the interpreter: large tiles mean few (slow, Python-level) programs
 INTERPRET_TILES = {
     "mma": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64),
@@ -73,38 +72,38 @@ def _epilogue_vectors(device, *vectors) -> tuple:
     return tuple(dummy if v is None else v.detach().to(torch.float32).contiguous() for v in vectors)
 
 
-def _operand_dtype(dtype) -> torch.dtype:
-    if dtype not in _SIGN_CODES:
-        raise TypeError(f"unpacked operands are int8 or float8_e4m3fn, got {dtype}")
-    return dtype
-
-
-def _unpack_halo(packed: torch.Tensor, in_channels: int, pad: int, dtype=torch.int8) -> torch.Tensor:
+def _unpack_halo(packed: torch.Tensor, in_channels: int, pad: int, dtype=torch.int8, ksum: int = 1) -> torch.Tensor:
     """``(N, H, W, words)`` packed -> ``(N, H+2·pad, W+2·pad, CP)`` in ``dtype`` (int8 or fp8 e4m3):
-    ±1, 0 in halo / padding channels."""
-    plus, minus = _SIGN_CODES[_operand_dtype(dtype)]
+    ±1 (with ``ksum`` > 1: the sum of each group of ``ksum`` channels' signs), 0 in the halo and
+    the padding channels; ``CP`` = ``in_channels // ksum`` rounded up to 64."""
+    if dtype not in OPERAND_DTYPES.values():
+        raise TypeError(f"unpacked operands are int8 or float8_e4m3fn, got {dtype}")
     N, H, W, XW = packed.shape
-    CP = padded_channels(in_channels)
+    CP = padded_channels(check_ksum(in_channels, ksum))
     HP, WP = H + 2 * pad, W + 2 * pad
     out = torch.empty((N, HP, WP, CP), dtype=torch.int8, device=packed.device)
     P = N * HP * WP
     if P == 0:
         return out.view(dtype)
     k = kernels_for("conv_kernels", packed)
-    BLOCK_C = 128 if CP % 128 == 0 else 64
-    BLOCK_P = UNPACK_TILE["BLOCK_P"]
+    BLOCK_C = 128 if CP % 128 == 0 and ksum == 1 else 64
+    # about 8K unpacked values per program, whatever the K-sum group (registers)
+    BLOCK_P = max(8, UNPACK_TILE["BLOCK_P"] * 128 // (BLOCK_C * ksum))
     launch = {} if k.INTERPRET else dict(num_warps=4)
     grid = (_cdiv(P, BLOCK_P), CP // BLOCK_C)
     k.unpack_halo_kernel[grid](packed.contiguous(), out, P, H, W, HP, WP, XW, in_channels, CP, pad,
-                               BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, PLUS_ONE=plus, MINUS_ONE=minus, **launch)
-    return out.view(dtype)  # the same bytes, read as fp8 e4m3 codes when dtype is fp8
+                               BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, KSUM=ksum, FP8=dtype == torch.float8_e4m3fn,
+                               **launch)
+    return out.view(dtype)  # the same bytes, read as fp8 e4m3 when dtype is fp8
 
 
-def unpack_activations(x_packed: torch.Tensor, in_channels: int, padding: int, dtype=torch.int8) -> torch.Tensor:
+def unpack_activations(x_packed: torch.Tensor, in_channels: int, padding: int, dtype=torch.int8,
+                       ksum: int = 1) -> torch.Tensor:
     """Packed NHWC activations -> ``(N, H+2·padding, W+2·padding, CP)`` int8 (or fp8 e4m3) for
     ``unpacked_conv2d``: ±1 for the ``in_channels`` channels, 0 in the zero-padding halo and the
-    padding channels."""
-    return _unpack_halo(x_packed, in_channels, padding, dtype)
+    padding channels. With ``ksum = K`` (CBConv's K-sum form), channel ``c`` holds the sum of the
+    signs of channels ``c·K … c·K+K−1`` and ``CP`` covers ``in_channels // K`` maps."""
+    return _unpack_halo(x_packed, in_channels, padding, dtype, ksum)
 
 
 # (weight tensor id, dtype) -> (weakref, version, in_channels, matrix): weights are constant at inference
@@ -163,7 +162,7 @@ def unpacked_conv2d(
     C_out, KTOT = w_mat.shape
     KH, KW = kernel_size
     OH, OW = out_size
-    if KTOT != KH * KW * CP or x_halo.dtype != w_mat.dtype or x_halo.dtype not in _SIGN_CODES:
+    if KTOT != KH * KW * CP or x_halo.dtype != w_mat.dtype or x_halo.dtype not in OPERAND_DTYPES.values():
         raise ValueError(f"unpacked operands (both int8 or both float8_e4m3fn) do not match: x {tuple(x_halo.shape)} {x_halo.dtype}, "
                          f"w {tuple(w_mat.shape)} {w_mat.dtype}, kernel {KH}x{KW}")
     if (OH - 1) * stride + KH > HP or (OW - 1) * stride + KW > WP:
@@ -211,9 +210,15 @@ def packed_conv2d(
     path: str = "mma",
     config: dict | None = None,
     use_asm_popcount: bool = False,
+    ksum: int = 1,
 ) -> torch.Tensor:
     """Binary convolution of NHWC-packed activations ``(N, H, W, ceil(C_in/32))`` with packed
     weights ``(C_out, KH, KW, ceil(C_in/32))``; zero padding counts as 0 (not −1).
+
+    ``ksum = K``: CBConv's K-sum form (``cbcn.bitpack.packed_conv2d_reference``): ``w_packed`` is the
+    K-sum bank over ``C_in // K`` maps (``cif_pack_bank(..., ksum=True)``), each map's K activation
+    channels are summed while unpacking, and the GEMM runs over K× fewer channels. Paths ``mma``
+    and ``mma_fp8`` only (the sums are integers in [−K, K], not signs).
 
     Returns ``(N, C_out, OH, OW)`` (stored channels-last) in ``out_dtype``, or the packed signs
     ``(N, OH, OW, ceil(C_out/32))`` of the result with ``binarize_output``.
@@ -221,23 +226,27 @@ def packed_conv2d(
     ``"mma_regs"``, ``num_warps``, ``num_stages``) instead of autotuning; ``use_asm_popcount``
     selects inline ``popc.b32`` (GPU only).
     """
-    OH, OW = check_conv_args(x_packed, w_packed, in_channels, stride, padding, scale, bias, bn_scale, bn_shift)
+    OH, OW = check_conv_args(x_packed, w_packed, in_channels, stride, padding, scale, bias, bn_scale, bn_shift, ksum)
     if path not in PATHS + EXTRA_PATHS:
         raise ValueError(f"unknown packed-conv path {path!r}; valid: {PATHS}")
+    if ksum > 1 and path not in OPERAND_DTYPES:
+        raise ValueError(f"ksum={ksum} (the K-sum form) needs an unpacking path {tuple(OPERAND_DTYPES)}, got {path!r}")
     if out_dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
     if use_interpreter(x_packed, w_packed) and out_dtype == torch.bfloat16 and not binarize_output:
         # the interpreter (numpy) cannot store bfloat16: compute fp32, round like the GPU cast (RNE)
         return packed_conv2d(
             x_packed, w_packed, in_channels, stride, padding, scale, bias, bn_scale, bn_shift,
-            False, torch.float32, path, config, use_asm_popcount,
+            binarize_output=False, out_dtype=torch.float32, path=path, config=config,
+            use_asm_popcount=use_asm_popcount, ksum=ksum,
         ).to(torch.bfloat16)
     if use_asm_popcount and use_interpreter(x_packed, w_packed):
         raise ValueError("use_asm_popcount emits inline PTX, which the Triton interpreter cannot run")
     if path in OPERAND_DTYPES:  # "mma", "mma_fp8" (use_asm_popcount does not apply)
         dtype = OPERAND_DTYPES[path]
         return unpacked_conv2d(
-            unpack_activations(x_packed, in_channels, padding, dtype), unpack_weights(w_packed, in_channels, dtype=dtype),
+            unpack_activations(x_packed, in_channels, padding, dtype, ksum),
+            unpack_weights(w_packed, in_channels // ksum, dtype=dtype),
             tuple(w_packed.shape[1:3]), stride, (OH, OW), scale, bias, bn_scale, bn_shift,
             binarize_output, out_dtype, config,
         )

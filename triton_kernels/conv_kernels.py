@@ -209,16 +209,20 @@ def packed_conv_popcount_kernel(
 @triton.jit(do_not_specialize=["P", "IH", "IW", "HP", "WP", "XW", "C_in", "pad"])
 def unpack_halo_kernel(
     x_ptr, out_ptr, P, IH, IW, HP, WP, XW, C_in, CP, pad,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, PLUS_ONE: tl.constexpr, MINUS_ONE: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, KSUM: tl.constexpr, FP8: tl.constexpr,
 ):
-    """Packed NHWC words ``(N, IH, IW, XW)`` -> bytes ``(N, HP, WP, CP)``, ``HP = IH + 2*pad``:
-    the code of +1 / −1 (bit 0 / 1) inside the image for channels ``< C_in``, 0 in the halo and
-    the padding channels. ``PLUS_ONE`` / ``MINUS_ONE`` are the byte codes of ±1 as int8: ``1`` / ``-1``
-    for int8 operands, ``0x38`` / ``0xB8`` (as int8: 56 / −72) for fp8 e4m3 operands, whose 0 is
-    also the byte 0.
+    """Packed NHWC words ``(N, IH, IW, XW)`` -> GEMM operand bytes ``(N, HP, WP, CP)``,
+    ``HP = IH + 2*pad``: ``1 - 2*bit`` inside the image for channels ``< C_in``, 0 in the halo and
+    the padding channels.
 
-    Also unpacks weights ``(C_out, KH, KW, XW)`` (``pad = 0``) to the ``(C_out, KH*KW*CP)`` matrix.
-    ``BLOCK_C`` divides ``CP`` (a multiple of 64), so the tile needs no channel mask.
+    ``KSUM > 1`` (CBConv's K-sum form): output channel ``c`` is the sum of the KSUM signs of input
+    channels ``c*KSUM .. c*KSUM + KSUM-1`` (an integer in [-KSUM, KSUM]), so the GEMM runs over
+    ``C_in / KSUM`` maps. Bytes are int8, or with ``FP8`` the e4m3 encoding of the same integers
+    (exact for |v| ≤ 16; 0 is the byte 0 in both).
+
+    Also unpacks weights ``(C_out, KH, KW, XW)`` (``pad = 0``, ``KSUM = 1``) to the
+    ``(C_out, KH*KW*CP)`` matrix. ``BLOCK_C`` divides ``CP`` (a multiple of 64), so the tile needs
+    no channel mask.
     """
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -231,15 +235,21 @@ def unpack_halo_kernel(
     ih = hp - pad
     iw = wp - pad
     inside = p_ok & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
-    words = pid_c * (BLOCK_C // 32) + tl.arange(0, BLOCK_C // 32)
+    # the tile's BLOCK_C output channels read BLOCK_C*KSUM input channels: BLOCK_C*KSUM/32 words
+    words = pid_c * (BLOCK_C * KSUM // 32) + tl.arange(0, BLOCK_C * KSUM // 32)
     src = ((n.to(tl.int64) * IH + ih) * IW + iw) * XW
     wv = tl.load(x_ptr + src[:, None] + words[None, :], mask=inside[:, None] & (words < XW)[None, :], other=0)
     lanes = tl.arange(0, 32)
     chan = words[:, None] * 32 + lanes[None, :]
     bit = (wv[:, :, None] >> lanes[None, None, :]) & 1
     keep = inside[:, None, None] & (chan < C_in)[None, :, :]
-    v = tl.where(keep, tl.where(bit == 0, PLUS_ONE, MINUS_ONE), 0).to(tl.int8)
-    v = tl.reshape(v, (BLOCK_P, BLOCK_C))
+    v = tl.reshape(tl.where(keep, 1 - 2 * bit, 0), (BLOCK_P, BLOCK_C * KSUM))
+    if KSUM > 1:
+        v = tl.reduce(tl.reshape(v, (BLOCK_P, BLOCK_C, KSUM)), 2, _sum_combine)
+    if FP8:
+        v = v.to(tl.float32).to(tl.float8e4nv).to(tl.int8, bitcast=True)
+    else:
+        v = v.to(tl.int8)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     dst = offs_p.to(tl.int64)[:, None] * CP + offs_c[None, :]
     tl.store(out_ptr + dst, v, mask=p_ok[:, None])
