@@ -3,18 +3,20 @@
 # benchmark table. Everything it prints is also written under OUT_DIR (keep it in the repository,
 # e.g. benchmarks/results/h100-YYYY-MM-DD/).
 #
-#   bash benchmarks/device_check.sh OUT_DIR [BENCH_BUDGET_S]
+#   bash benchmarks/device_check.sh OUT_DIR [BENCH_BUDGET_S]   (BENCH_BUDGET_S per benchmark, default 150)
 #
 # 1. nvidia-smi, torch / triton versions                       -> OUT_DIR/environment.txt
 # 2. tests/test_kernels_gpu.py (every kernel and path bit-exact against the CPU reference, the
 #    1-bit models' logits equal on the GPU) and benchmarks/test_bench_gpu_conv.py (correctness
 #    only: --benchmark-disable)                                 -> OUT_DIR/pytest-gpu.txt
-# 3. benchmarks/gpu_conv_bench.py (ResNet18 shapes, batch 256 then 1; stops starting new shapes
-#    after BENCH_BUDGET_S, default 200)                         -> OUT_DIR/results.{csv,md}, bench.log
-# Expect about 5 minutes on an H100 (Triton compilation and autotuning included).
+# 3. benchmarks/gpu_conv_bench.py (ResNet18 layer shapes, batch 256 then 1; stops starting new
+#    shapes after BENCH_BUDGET_S)                               -> OUT_DIR/results.{csv,md}, bench.log
+# 4. benchmarks/gpu_model_bench.py (whole ResNet18: float vs simulated binary vs 1-bit, batch 256
+#    then 1)                                                    -> OUT_DIR/model/results.{csv,md}, model.log
+# Expect about 7 minutes on an H100 (Triton compilation and autotuning included).
 set -u -o pipefail
 OUT=${1:?usage: bash benchmarks/device_check.sh OUT_DIR [BENCH_BUDGET_S]}
-BUDGET=${2:-200}
+BUDGET=${2:-150}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 {
@@ -29,5 +31,8 @@ tests_rc=$?
 echo "[device_check] GPU tests: exit $tests_rc after $(( $(date +%s) - start )) s" | tee -a "$OUT/pytest-gpu.txt"
 python benchmarks/gpu_conv_bench.py --out "$OUT" --budget-s "$BUDGET" 2>&1 | tee "$OUT/bench.log"
 bench_rc=$?
-echo "[device_check] tests exit $tests_rc, benchmark exit $bench_rc, total $(( $(date +%s) - start )) s"
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+python benchmarks/gpu_model_bench.py --out "$OUT/model" --budget-s "$BUDGET" 2>&1 | tee "$OUT/model.log"
+model_rc=$?
+echo "[device_check] tests exit $tests_rc, layer benchmark exit $bench_rc, model benchmark exit $model_rc," \
+     "total $(( $(date +%s) - start )) s"
+exit $(( tests_rc != 0 || bench_rc != 0 || model_rc != 0 ))

@@ -7,9 +7,14 @@ network, not per layer. For each model, this script
 1. checks on the GPU that the 1-bit model (``cbcn.onebit.convert_to_onebit``, Triton kernels)
    gives the float model's logits bit for bit in eval mode (cuDNN off for both: its Winograd/FFT
    algorithms would round the float model's ±1 convolutions), and the same predictions;
-2. times one forward at batch 256 and batch 1, side by side: the float model in fp32 (cuDNN,
-   PyTorch's default TF32) and in fp16 channels-last (cuDNN), and the 1-bit model with fp32 and
-   with fp16 activations (``path="mma"``) and with fp16 activations on ``path="mma_fp8"``. Times
+2. times one forward at batch 256 and batch 1, side by side:
+   - ``float_*``: the full-precision network of the same physical widths (method ``fp``, plain
+     convolutions) in fp32 (cuDNN, PyTorch's default TF32) and fp16 channels-last — what the
+     binary network has to beat;
+   - ``sim_fp16_cl``: the binary training model itself in fp16 channels-last (signs computed in
+     float, float convolutions of ±1 tensors) — what a user without packed kernels runs;
+   - ``onebit_*``: the 1-bit model with fp32 and fp16 activations (``path="mma"``) and with fp16
+     activations on ``path="mma_fp8"``; CBCN layers in the K-sum form (``OneBitConv2d.ksum``). Times
    are GPU milliseconds of one forward replayed from a CUDA graph (median of 3 runs, as
    ``gpu_conv_bench.py``), plus the eager per-call time of the fp16 1-bit model (host overhead
    included — Python dispatch per layer is part of what a user gets);
@@ -56,7 +61,14 @@ MODELS = [
                               num_classes=1000), 224),
 ]
 DRY_MODELS = [("tiny-cbcn-K4", dict(name="resnet18", method="cbcn", K=4, stages=(2, 2, 4, 4)), 8)]
-CONTENDERS = ("float_fp32", "float_fp16_cl", "onebit_fp32", "onebit_fp16", "onebit_fp8_fp16")
+CONTENDERS = ("float_fp32", "float_fp16_cl", "sim_fp16_cl", "onebit_fp32", "onebit_fp16", "onebit_fp8_fp16")
+
+
+def float_counterpart(model):
+    """The full-precision network (method ``fp``, K = 1) with ``model``'s physical widths."""
+    width = model.factory.width
+    return build_model(model.name, method="fp", stages=tuple(m * width for m in model.stages),
+                       num_classes=model.num_classes, stem=getattr(model, "stem_kind", "cifar"))
 
 
 def _checkpoint_bytes(model, onebit) -> tuple[int, int]:
@@ -101,6 +113,7 @@ def run(args) -> list[dict]:
         name = kwargs.pop("name")
         torch.manual_seed(0)
         model = build_model(name, image_size=image, **kwargs).eval()
+        floating = float_counterpart(model).eval()
         fp32_bytes, onebit_bytes = _checkpoint_bytes(model, convert_to_onebit(model))
         for batch in batches:
             elapsed = time.time() - t_start
@@ -112,23 +125,26 @@ def run(args) -> list[dict]:
                        fp32_checkpoint_bytes=fp32_bytes, onebit_checkpoint_bytes=onebit_bytes,
                        checkpoint_ratio=fp32_bytes / onebit_bytes)
             x = torch.randn(batch, 3, image, image, generator=torch.Generator().manual_seed(batch)).to(device)
-            float32 = copy.deepcopy(model).to(device)
-            onebit32 = convert_to_onebit(float32, backend="triton", path="mma")
+            train32 = copy.deepcopy(model).to(device)
+            onebit32 = convert_to_onebit(train32, backend="triton", path="mma")
             # 1. exactness on this device (cuDNN off for both; a few images suffice)
             probe = x[: min(batch, 8)]
             with torch.no_grad(), torch.backends.cudnn.flags(enabled=False):
-                expected, got = float32(probe), onebit32(probe)
+                expected, got = train32(probe), onebit32(probe)
             row["onebit_exact"] = bool(torch.equal(got, expected))
             row["onebit_same_predictions"] = bool(torch.equal(got.argmax(1), expected.argmax(1)))
             del expected, got
             # 2. the contenders, each a no-grad forward of the whole model
+            float32 = floating.to(device)
             float16 = copy.deepcopy(float32).half().to(memory_format=torch.channels_last)
-            onebit16 = convert_to_onebit(float16, backend="triton", path="mma")
-            onebit16_fp8 = convert_to_onebit(float16, backend="triton", path="mma_fp8")
+            train16 = copy.deepcopy(train32).half().to(memory_format=torch.channels_last)
+            onebit16 = convert_to_onebit(train16, backend="triton", path="mma")
+            onebit16_fp8 = convert_to_onebit(train16, backend="triton", path="mma_fp8")
             x16 = x.half().contiguous(memory_format=torch.channels_last)
             calls = {
                 "float_fp32": lambda: float32(x),
                 "float_fp16_cl": lambda: float16(x16),
+                "sim_fp16_cl": lambda: train16(x16),
                 "onebit_fp32": lambda: onebit32(x),
                 "onebit_fp16": lambda: onebit16(x16),
                 "onebit_fp8_fp16": lambda: onebit16_fp8(x16),
@@ -152,7 +168,8 @@ def run(args) -> list[dict]:
             row["elapsed_s"] = time.time() - t_start
             rows.append(row)
             print(_line(row), flush=True)
-            del float32, float16, onebit32, onebit16, onebit16_fp8, x, x16, calls
+            floating = float32.cpu()
+            del float32, float16, train32, train16, onebit32, onebit16, onebit16_fp8, x, x16, calls
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             write_results(rows, Path(args.out), dev_name, dry, quiet=True)
@@ -203,9 +220,11 @@ def write_results(rows, out: Path, dev_name, dry, quiet=False):
         "- onebit_exact: the 1-bit model's logits equal the float model's bit for bit on this device (eval, cuDNN off"
         " for both, 8 images); onebit_same_predictions: argmax equal.",
         "- times: GPU ms of one no-grad forward, CUDA graph replay (median of 3 runs); onebit_fp16_eager_ms: eager"
-        " call, host overhead included. float_*: the training model in fp32 (TF32 default) / fp16 channels-last."
-        " onebit_*: binary convs on packed bits (path mma; fp8: path mma_fp8), the rest in fp32 / fp16; the"
-        " activations' packing and unpacking are included.",
+        " call, host overhead included. float_*: the full-precision network of the same physical widths (method"
+        " fp) in fp32 (TF32 default) / fp16 channels-last; sim_fp16_cl: the binary training model in fp16"
+        " channels-last (float convs of ±1 tensors); onebit_*: binary convs on packed bits (path mma; fp8: path"
+        " mma_fp8; CBCN in the K-sum form), the rest in fp32 / fp16; the activations' packing and unpacking are"
+        " included. speedup_vs_fp16cl: float_fp16_cl time / this time.",
         "- peak_MB: peak GPU memory allocated during one forward beyond what was allocated before it.",
         "- checkpoint bytes: torch.save of the fp32 state dict vs cbcn.onebit.save_onebit.",
         "",

@@ -37,3 +37,18 @@ def test_dry_run_writes_results(tmp_path):
     assert len(table) == 2 and "torch_fp32_ms" in table[0]
     md = (tmp_path / "results.md").read_text()
     assert "DRY RUN" in md and "tiny_a" in md
+
+
+def test_model_bench_dry_run(tmp_path):
+    """benchmarks/gpu_model_bench.py on the CPU: a tiny CBCN model, 1-bit through the kernels in the
+    interpreter, equal to the training model; every contender timed; checkpoint bytes measured."""
+    spec = importlib.util.spec_from_file_location("gpu_model_bench", ROOT / "benchmarks" / "gpu_model_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--dry-run", "--out", str(tmp_path)])
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["onebit_exact"] is True and row["onebit_same_predictions"] is True
+    assert all(row[f"{c}_ms"] > 0 for c in bench.CONTENDERS), row
+    assert row["fp32_checkpoint_bytes"] > row["onebit_checkpoint_bytes"] > 0
+    assert "DRY RUN" in (tmp_path / "results.md").read_text()
