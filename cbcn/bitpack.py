@@ -87,8 +87,8 @@ def _check_vector(v, C_out: int, what: str, device) -> None:
 
 def check_ksum(in_channels, ksum) -> int:
     """Validate the K-sum group size of a packed convolution; returns the filters' input maps."""
-    if not isinstance(ksum, int) or isinstance(ksum, bool) or ksum < 1:
-        raise ValueError(f"ksum must be a positive int (1, or the CBConv's K), got {ksum!r}")
+    if not isinstance(ksum, int) or isinstance(ksum, bool) or ksum not in (1, 2, 4, 8):
+        raise ValueError(f"ksum must be 1 or a CBConv's K in {{2, 4, 8}}, got {ksum!r}")
     if in_channels % ksum:
         raise ValueError(f"ksum={ksum} must divide the {in_channels} input channels (maps x K)")
     return in_channels // ksum

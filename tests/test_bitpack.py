@@ -160,10 +160,11 @@ def test_errors():
         bitpack.pack_signs(torch.zeros(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="K"):
         bitpack.cif_pack_bank_reference(_rand(2, 3, 3, 3), 3)
-    with pytest.raises(ValueError, match="ksum=3 must divide"):
-        bitpack.packed_conv2d_reference(xp, wp, 40, ksum=3)
-    with pytest.raises(ValueError, match="ksum must be a positive int"):
-        bitpack.packed_conv2d_reference(xp, wp, 40, ksum=0)
+    with pytest.raises(ValueError, match="ksum=8 must divide"):
+        bitpack.packed_conv2d_reference(bitpack.pack_signs(_rand(1, 36, 4, 4)), wp, 36, ksum=8)
+    for bad in (0, 3, True):
+        with pytest.raises(ValueError, match="ksum must be 1 or"):
+            bitpack.packed_conv2d_reference(xp, wp, 40, ksum=bad)
     with pytest.raises(ValueError, match="weight words"):  # a full bank passed as a K-sum bank
         bitpack.packed_conv2d_reference(bitpack.pack_signs(_rand(1, 128, 4, 4)), bitpack.pack_signs(_rand(8, 128, 3, 3)),
                                         128, ksum=4)

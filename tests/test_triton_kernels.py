@@ -227,8 +227,10 @@ def test_conv_errors():
         tk.packed_conv2d(xp, wp, 40, out_dtype=torch.int32)
     with pytest.raises(ValueError, match="K-sum form"):
         tk.packed_conv2d(xp, bitpack.pack_signs(_rand(8, 10, 3, 3)), 40, path="popcount", ksum=4)
-    with pytest.raises(ValueError, match="must divide"):
+    with pytest.raises(ValueError, match="ksum must be 1 or"):
         tk.packed_conv2d(xp, wp, 40, ksum=3)
+    with pytest.raises(ValueError, match="must divide"):
+        tk.packed_conv2d(bitpack.pack_signs(_rand(1, 36, 4, 4)), wp, 36, ksum=8)
 
 
 # --- CiF --------------------------------------------------------------------------------------
