@@ -34,6 +34,11 @@ else:
     pytest.skip("needs a CUDA device (CBCN_GPU_TESTS_ON_CPU=1 runs it in the interpreter)", allow_module_level=True)
 
 GPU = DEVICE.type == "cuda"
+if not GPU:
+    from triton_kernels._runtime import interpreter_problem
+
+    if interpreter_problem():
+        pytest.skip(interpreter_problem(), allow_module_level=True)
 # fixed tiles on the GPU (ignored in the interpreter, which has its own small tiles)
 TILES = {
     "mma": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),

@@ -131,6 +131,10 @@ def test_backend_env_and_repr(monkeypatch):
 @pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount"])
 def test_forced_triton_backend_matches_on_cpu(path):
     """backend='triton' on CPU tensors runs the kernels in the interpreter: same logits."""
+    from triton_kernels._runtime import interpreter_problem
+
+    if interpreter_problem():
+        pytest.skip(interpreter_problem())
     torch.manual_seed(1)
     model = build_model("resnet18", method="cbcn", stages=(2, 2, 4, 4), K=2)
     x = _train_a_few_steps(model, (2, 3, 7, 7), steps=2)

@@ -141,6 +141,10 @@ def test_cif_pack_bank_from_packed_signs_compiles(can_compile):
 def test_mode_independent_of_import_order(can_compile):
     """With TRITON_INTERPRET=1 set before Triton is imported, kernels still compile for the GPU
     and run in the interpreter on CPU tensors (and the reverse order is what this process does)."""
+    from triton_kernels._runtime import interpreter_problem
+
+    if interpreter_problem():
+        pytest.skip(interpreter_problem())
     code = textwrap.dedent(
         """
         import os

@@ -68,6 +68,41 @@ def load(name: str, interpret: bool) -> ModuleType:
         return module
 
 
+_PROBLEM: list = []  # [message or None] once probed
+
+
+def interpreter_problem() -> str | None:
+    """Why this Triton's interpreter cannot run the kernels here, or None (probed once, by running
+    ``pack_kernels.interpreter_probe_kernel``). Known case: Triton ≤ 3.6 with numpy ≥ 2.4, whose
+    interpreter turns a runtime loop bound into ``int`` of a 1-element array, an error since
+    numpy 2.4 (Triton 3.7 fixed it). Compiled kernels on a GPU are not concerned."""
+    with _LOCK:
+        if _PROBLEM:
+            return _PROBLEM[0]
+    import numpy
+    import torch
+
+    try:
+        out = torch.zeros(1, dtype=torch.int32)
+        load("pack_kernels", interpret=True).interpreter_probe_kernel[(1,)](out, 3)
+        problem = None if int(out[0]) == 3 else f"the probe kernel returned {int(out[0])}, not 3"
+    except Exception as exc:  # noqa: BLE001 - reported to the caller as the reason
+        problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if problem is not None:
+        problem = (f"the Triton {triton.__version__} interpreter cannot run these kernels with numpy "
+                   f"{numpy.__version__} ({problem}); Triton >= 3.7, or numpy < 2.4 with Triton <= 3.6, "
+                   "runs them (compiled kernels on a GPU are not affected)")
+    with _LOCK:
+        _PROBLEM[:] = [problem]
+    return problem
+
+
 def kernels_for(name: str, *tensors) -> ModuleType:
-    """The kernel module in the mode that suits these operands."""
-    return load(name, use_interpreter(*tensors))
+    """The kernel module in the mode that suits these operands (a clear error if the interpreter
+    is needed and cannot run them)."""
+    interpret = use_interpreter(*tensors)
+    if interpret:
+        problem = interpreter_problem()
+        if problem:
+            raise RuntimeError(problem)
+    return load(name, interpret)

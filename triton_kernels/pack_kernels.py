@@ -66,3 +66,13 @@ def unpack_signs_kernel(
     val = 1 - 2 * bit
     ptrs = out_ptr + n * stride_n + c[None, :].to(tl.int64) * stride_c + offs_p[:, None].to(tl.int64) * stride_p
     tl.store(ptrs, val.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def interpreter_probe_kernel(out_ptr, n):
+    """Stores ``n`` counted by a loop with a runtime bound, as the convolution K-loops are built;
+    ``_runtime.interpreter_problem`` runs it once to check that this Triton's interpreter can."""
+    count = tl.full((1,), 0, tl.int32)
+    for _ in range(0, n):
+        count += 1
+    tl.store(out_ptr + tl.arange(0, 1), count)
