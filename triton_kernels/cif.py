@@ -17,8 +17,18 @@ def triton_next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _index(table: torch.Tensor, device) -> torch.Tensor:
-    return table.to(device=device, dtype=torch.int32).contiguous()
+_INDEX_CACHE: dict = {}
+
+
+def _rotation_index(H: int, K: int, device, inverse: bool = False) -> torch.Tensor:
+    """``M`` (or ``P``) as int32 on ``device``, cached per (H, K, device): no host-to-device copy
+    per call (which would also break CUDA-graph capture of a model's forward)."""
+    key = (H, K, str(device), inverse)
+    index = _INDEX_CACHE.get(key)
+    if index is None:
+        table = inverse_transfer_matrix(H, K) if inverse else transfer_matrix(H, K)
+        index = _INDEX_CACHE[key] = table.to(device=device, dtype=torch.int32).contiguous()
+    return index
 
 
 def cif_pack_bank(W: torch.Tensor, K: int, in_channels: int | None = None, ksum: bool = False) -> torch.Tensor:
@@ -35,7 +45,7 @@ def cif_pack_bank(W: torch.Tensor, K: int, in_channels: int | None = None, ksum:
     out_words = num_words(C_in * copies)
     out = torch.empty((C_out * K, H, H, out_words), dtype=torch.int32, device=W.device)
     W = W.contiguous()
-    M = _index(transfer_matrix(H, K), W.device)
+    M = _rotation_index(H, K, W.device)
     k = kernels_for("cif_kernels", W)
     BLOCK_T = min(triton_next_pow2(HH), 32)
     BLOCK_W = min(triton_next_pow2(out_words), 4)
@@ -56,7 +66,7 @@ def cif_expand(W: torch.Tensor, K: int) -> torch.Tensor:
     total = C_in * K * H * H
     k = kernels_for("cif_kernels", W)
     grid = (C_out * K, (total + _BLOCK - 1) // _BLOCK)
-    k.cif_expand_kernel[grid](W, _index(transfer_matrix(H, K), W.device), out, C_in, H * H, total, K=K, BLOCK=_BLOCK)
+    k.cif_expand_kernel[grid](W, _rotation_index(H, K, W.device), out, C_in, H * H, total, K=K, BLOCK=_BLOCK)
     return out
 
 
@@ -75,7 +85,7 @@ def cif_backward(grad_G: torch.Tensor, K: int) -> torch.Tensor:
     total = C_in * H * H
     k = kernels_for("cif_kernels", grad_G)
     grid = (C_out, (total + _BLOCK - 1) // _BLOCK)
-    P = _index(inverse_transfer_matrix(H, K), grad_G.device)
+    P = _rotation_index(H, K, grad_G.device, inverse=True)
     k.cif_backward_kernel[grid](grad_G, P, out, C_in, H * H, total, K=K, BLOCK=_BLOCK)
     return out
 
