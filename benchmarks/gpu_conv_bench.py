@@ -295,7 +295,7 @@ def run(args) -> list[dict]:
             K = args.ksum
             if have_triton and K > 1 and C_in % K == 0:
                 # CBConv's K-sum form of the same physical layer (C_in = maps·K): the GEMM runs over
-                # C_in/K summed channels with the rotated bank, K× fewer multiply-adds
+                # C_in/K summed channels with the rotated bank (up to K× fewer multiply-adds)
                 row["ksum"] = K
                 w_rot = torch.randn(C_out, C_in // K, 3, 3, generator=gen).to(device)
                 wrp = bitpack.pack_signs(w_rot)
@@ -315,8 +315,8 @@ def run(args) -> list[dict]:
                     row[f"{label}_exact"] = bool(torch.equal(out, ref_k.half()))
                     del out
                     ms = _try(row, label, lambda: timer(ksum_conv))
-                    if ms is not None:
-                        _rate(row, label, ms, macs // K, peak)  # the GEMM's actual multiply-adds
+                    if ms is not None:  # the GEMM's actual multiply-adds: maps padded to a multiple of 32
+                        _rate(row, label, ms, batch * OH * OH * C_out * 9 * tkconv.padded_channels(C_in // K), peak)
                 del w_rot, wrp, ref_k
             if have_triton:
                 row["pack_ms"] = timer(lambda: tk.pack_signs(x))
@@ -442,7 +442,8 @@ def write_results(rows, out: Path, dev_name, peak_note, paths, dry, quiet=False)
         "- *_ksum_f16: CBConv's K-sum form of the same physical layer (C_in = maps·ksum; rotated bank over the"
         " maps, each map's ksum channel signs summed while unpacking, fp16 output), from packed activations; exact"
         " against the float64 conv of the sums. Its TOPS / peak_frac count the GEMM's actual multiply-adds"
-        " (binary_MACs / ksum); its speed-up is against the same physical cuDNN fp16 conv.",
+        " (binary_MACs·CP/C_in, CP = C_in/ksum rounded up to 32); its speed-up is against the same physical"
+        " cuDNN fp16 conv.",
         "- binary MACs = N·OH·OW·C_out·C_in·9; TOPS = 2·MACs/s; peak_frac = TOPS / int8 dense peak;"
         " cublas_i8_gemm: torch._int_mm of the same M×K×N (no im2col), a ceiling.",
         "",

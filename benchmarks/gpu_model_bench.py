@@ -128,12 +128,14 @@ def run(args) -> list[dict]:
             train32 = copy.deepcopy(model).to(device)
             onebit32 = convert_to_onebit(train32, backend="triton", path="mma")
             # 1. exactness on this device (cuDNN off for both; a few images suffice)
+            onebit32_fp8 = convert_to_onebit(train32, backend="triton", path="mma_fp8")
             probe = x[: min(batch, 8)]
             with torch.no_grad(), torch.backends.cudnn.flags(enabled=False):
-                expected, got = train32(probe), onebit32(probe)
+                expected, got, got_fp8 = train32(probe), onebit32(probe), onebit32_fp8(probe)
             row["onebit_exact"] = bool(torch.equal(got, expected))
+            row["onebit_fp8_exact"] = bool(torch.equal(got_fp8, expected))
             row["onebit_same_predictions"] = bool(torch.equal(got.argmax(1), expected.argmax(1)))
-            del expected, got
+            del expected, got, got_fp8, onebit32_fp8
             # 2. the contenders, each a no-grad forward of the whole model
             float32 = floating.to(device)
             float16 = copy.deepcopy(float32).half().to(memory_format=torch.channels_last)
@@ -190,7 +192,7 @@ def _line(row) -> str:
 
 
 COLUMNS = (
-    ["model", "batch", "image", "onebit_exact", "onebit_same_predictions"]
+    ["model", "batch", "image", "onebit_exact", "onebit_fp8_exact", "onebit_same_predictions"]
     + [f"{c}_ms" for c in CONTENDERS] + ["onebit_fp16_eager_ms"]
     + [f"{c}_speedup_vs_fp16cl" for c in CONTENDERS]
     + [f"{c}_images_per_s" for c in CONTENDERS]
@@ -217,8 +219,9 @@ def write_results(rows, out: Path, dev_name, dry, quiet=False):
         f"- device: {dev_name}; torch {torch.__version__}; triton "
         f"{getattr(sys.modules.get('triton'), '__version__', 'n/a')}; python {platform.python_version()}",
         f"- mode: {'DRY RUN (CPU, tiny model, interpreter: timings meaningless)' if dry else 'GPU'}",
-        "- onebit_exact: the 1-bit model's logits equal the float model's bit for bit on this device (eval, cuDNN off"
-        " for both, 8 images); onebit_same_predictions: argmax equal.",
+        "- onebit_exact / onebit_fp8_exact: the 1-bit model's logits (path mma / mma_fp8, fp32 activations) equal"
+        " the binary training model's bit for bit on this device (eval, cuDNN off for both, 8 images);"
+        " onebit_same_predictions: argmax equal.",
         "- times: GPU ms of one no-grad forward, CUDA graph replay (median of 3 runs); onebit_fp16_eager_ms: eager"
         " call, host overhead included. float_*: the full-precision network of the same physical widths (method"
         " fp) in fp32 (TF32 default) / fp16 channels-last; sim_fp16_cl: the binary training model in fp16"

@@ -5,7 +5,8 @@ binary by a ``OneBitConv2d`` that holds only packed bits, the per-map scale α a
 full-precision layers (first conv, 1×1 shortcuts, classifier, batch-norm) stay as they are. For
 circulant (CBConv) layers the module keeps the packed signs of the learned ``W`` only
 (``(out_maps, H, H, ceil(in_maps/32))``, as many bits as learned weights) and expands them on the
-fly to the packed CiF bank (``cif_pack_bank``) at every forward.
+fly at every forward (``cif_pack_bank``): to the rotated bank of the K-sum form on the GEMM paths
+(``OneBitConv2d.ksum``), to the full packed CiF bank on ``popcount``.
 
 The forward is ``packed_conv2d(pack_signs(x), bank) * α + bias`` — the integer convolution is
 exact, and the float ops after it happen in ``BinaryConv2d.forward``'s order, so the converted
@@ -118,7 +119,8 @@ class OneBitConv2d(nn.Module):
 
         The CiF bank repeats each rotated filter over the K input channels of a map, so the conv
         of the physical channels equals the conv of their per-map sums (integers in [−K, K]) with
-        the rotated bank alone: K× fewer multiply-adds, the same integers. The int8 / fp8 GEMM
+        the rotated bank alone: the same integers with up to K× fewer multiply-adds (the GEMM's
+        channels are the maps rounded up to 32). The int8 / fp8 GEMM
         paths (and the reference backend with them) take that form; ``popcount`` needs signs, so it
         convolves the full CiF bank."""
         return self.K if self.cbconv and self.K > 1 and self.path in KSUM_PATHS else 1

@@ -23,7 +23,7 @@ from cbcn import cif as cif_ref  # noqa: E402
 from cbcn.models import build_model  # noqa: E402
 from cbcn.onebit import convert_to_onebit  # noqa: E402
 from test_onebit import _train_a_few_steps  # noqa: E402
-from test_triton_kernels import CONV_CASES, KSUM_CASES, _epilogue_args, _rand  # noqa: E402
+from _conv_cases import CONV_CASES, KSUM_CASES, WORST_CASES, _epilogue_args, _rand, _worst_case  # noqa: E402
 
 ON_CPU = os.environ.get("CBCN_GPU_TESTS_ON_CPU", "0") == "1"
 if torch.cuda.is_available():
@@ -108,6 +108,19 @@ def test_packed_conv_ksum_form(path):
                 out = tk.packed_conv2d(xp.to(DEVICE), rot, maps * K, s, p, path=path, ksum=K, config=config,
                                        **_on_device(kw))
                 assert torch.equal(out.cpu(), ref), (path, cases[i], sorted(kw), config)
+
+
+@pytest.mark.parametrize("C,K,inside", WORST_CASES)
+@pytest.mark.parametrize("path", ["mma", "mma_fp8"])
+def test_largest_sums_exact(path, C, K, inside):
+    """Every product +1·−1, so each interior output is the largest |sum| the layer allows: the
+    fp8 path stays exact on the hardware (fast accumulation up to 2**13, per-K-step promotion
+    beyond), with fixed tiles and autotuned."""
+    xp, wp, ref = _worst_case(C, K, DEVICE)
+    assert ref[0, 0, 1, 1] == inside
+    for config in ((TILES[path] if GPU else None), None):
+        out = tk.packed_conv2d(xp, wp, C, 1, 1, path=path, ksum=K, config=config)
+        assert torch.equal(out.cpu(), ref), (path, C, K, config)
 
 
 def test_pack_unpack():

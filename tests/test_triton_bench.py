@@ -63,7 +63,7 @@ def test_model_bench_dry_run(tmp_path):
     rows = bench.main(["--dry-run", "--out", str(tmp_path)])
     assert len(rows) == 1
     row = rows[0]
-    assert row["onebit_exact"] is True and row["onebit_same_predictions"] is True
+    assert row["onebit_exact"] is True and row["onebit_fp8_exact"] is True and row["onebit_same_predictions"] is True
     assert all(row[f"{c}_ms"] > 0 for c in bench.CONTENDERS), row
     assert row["fp32_checkpoint_bytes"] > row["onebit_checkpoint_bytes"] > 0
     assert "DRY RUN" in (tmp_path / "results.md").read_text()

@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("triton")
 
 from triton_kernels.compile import KERNELS, compile_kernel, ptx_instructions  # noqa: E402
+from triton_kernels.conv import compile_unpacked_conv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 S8_MMA = r"wgmma\.mma_async[\w.]*\.s8|mma\.sync[\w.]*\.s8"
@@ -77,21 +78,40 @@ def test_fp8_path_keeps_wgmma_in_flight(can_compile, tile):
     assert report["registers"] <= 128, report
 
 
-@pytest.mark.parametrize("ksum,fp8", [(1, False), (1, True), (4, False), (4, True), (8, True)])
-def test_unpack_kernel_ksum_and_fp8(can_compile, ksum, fp8):
-    """The unpacking stage in each form it is launched in (``conv._unpack_halo``'s tiles): no local
-    memory; fp8 operands converted with the hardware e4m3 conversion."""
-    from triton_kernels.conv import ptxas_report
+@pytest.mark.parametrize("CP", [32, 64, 128])
+@pytest.mark.parametrize("ksum,fp8", [(1, False), (1, True), (2, False), (4, False), (4, True), (8, True)])
+def test_unpack_kernel_ksum_and_fp8(can_compile, CP, ksum, fp8):
+    """The unpacking stage with the tiles it is launched with (``conv.unpack_tile``): no local
+    memory, no spills, ≤ 128 registers; fp8 operands converted by the hardware e4m3 conversion."""
+    from triton_kernels.conv import ptxas_report, unpack_tile
 
-    block_c = 128 if ksum == 1 else 64
+    block_p, block_c = unpack_tile(CP, ksum)
     ptx = compile_kernel("unpack_halo_kernel", num_warps=4, KSUM=ksum, FP8=fp8, BLOCK_C=block_c,
-                         BLOCK_P=max(8, 64 * 128 // (block_c * ksum))).asm["ptx"]
+                         BLOCK_P=block_p).asm["ptx"]
     assert ("cvt.rn.satfinite.e4m3x2.f32" in ptx) == fp8
     assert "ld.local" not in ptx and "st.local" not in ptx
     report = ptxas_report(ptx)
     if report is None:
         pytest.skip("no ptxas here that accepts this PTX")
     assert report["spill_stores"] == 0 and report["spill_loads"] == 0, report
+    assert report["registers"] <= 128, report
+
+
+@pytest.mark.parametrize("tile", [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3),
+                                  dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+                                  dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4)])
+def test_fp8_precise_accumulation_compiles(can_compile, tile):
+    """PRECISE_FP8 (sums that may pass 2**13): the fp8 GEMM adds each K-step's wgmma result into
+    the fp32 accumulator — still pipelined (``wait_group 1``), no spills."""
+    from triton_kernels.conv import ptxas_report
+
+    ptx = compile_unpacked_conv(operand="fp8e4nv", out_type="*fp16", PRECISE_FP8=True, **tile).asm["ptx"]
+    assert ptx_instructions(ptx, r"wgmma\.mma_async[\w.]*")
+    assert "1" in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)
+    assert "ld.local" not in ptx and "st.local" not in ptx
+    report = ptxas_report(ptx)
+    if report is not None:
+        assert report["spill_stores"] == 0 and report["spill_loads"] == 0, report
 
 
 def test_int8_path_rebinarising_epilogue(can_compile):

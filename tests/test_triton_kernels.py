@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 
 import triton_kernels as tk  # noqa: E402
 from triton_kernels._runtime import interpreter_problem  # noqa: E402
+from _conv_cases import CONV_CASES, KSUM_CASES, WORST_CASES, _epilogue_args, _rand, _worst_case  # noqa: E402
 from cbcn import bitpack  # noqa: E402
 from cbcn import cif as cif_ref  # noqa: E402
 from cbcn.binarize import sign  # noqa: E402
@@ -22,11 +23,6 @@ from cbcn.binarize import sign  # noqa: E402
 
 if interpreter_problem():
     pytest.skip(interpreter_problem(), allow_module_level=True)
-
-
-def _rand(*shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g)
 
 
 # --- packing ----------------------------------------------------------------------------------
@@ -48,26 +44,6 @@ def test_pack_weights():
 
 
 # --- packed convolution -----------------------------------------------------------------------
-CONV_CASES = [  # N, C_in, H, W, C_out, k, stride, padding
-    (1, 37, 7, 7, 20, 3, 1, 1),
-    (2, 64, 5, 5, 33, 3, 2, 1),
-    (3, 5, 7, 5, 40, 3, 2, 0),
-    (2, 70, 5, 3, 64, 3, 1, 1),
-    (1, 100, 3, 3, 9, 1, 1, 0),
-    (2, 33, 9, 9, 16, 3, 2, 1),
-]
-
-
-def _epilogue_args(case_index, C_out):
-    options = [
-        {},
-        {"scale": _rand(C_out, seed=11).abs(), "bias": _rand(C_out, seed=12)},
-        {"scale": _rand(C_out, seed=13).abs(), "bn_scale": _rand(C_out, seed=14), "bn_shift": _rand(C_out, seed=15)},
-        {"scale": _rand(C_out, seed=16).abs(), "bias": _rand(C_out, seed=17), "binarize_output": True},
-    ]
-    return options[case_index % len(options)]
-
-
 @pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount"])
 @pytest.mark.parametrize("i", range(len(CONV_CASES)))
 def test_packed_conv_equals_reference(path, i):
@@ -100,9 +76,9 @@ def test_zero_padding_borders(path):
 @pytest.mark.parametrize(
     "path,config",
     [
-        ("mma", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64)),  # several M tiles, N tiles past C_out
-        ("mma", dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128)),  # one K-step per tap (CP = 128)
-        ("mma_fp8", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=64)),
+        ("mma", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32)),  # several M tiles, N tiles past C_out
+        ("mma", dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32)),  # CP = 96: three K-steps per tap
+        ("mma_fp8", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32)),
         ("mma_regs", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_W=1)),  # the first tensor-core kernel
         ("mma_regs", dict(BLOCK_M=32, BLOCK_N=64, BLOCK_W=4)),  # K-steps wider than the 3 words
     ],
@@ -122,9 +98,9 @@ def test_unpack_activations_halo():
 
     x = _rand(2, 70, 4, 5, seed=30)
     xh = unpack_activations(bitpack.pack_signs(x), 70, 2)
-    assert xh.dtype == torch.int8 and xh.shape == (2, 8, 9, padded_channels(70)) == (2, 8, 9, 128)
-    # ±1 inside (sign(0) = +1), 0 in the 2-pixel halo and in channels 70..127
-    expect = torch.zeros(2, 8, 9, 128, dtype=torch.int8)
+    assert xh.dtype == torch.int8 and xh.shape == (2, 8, 9, padded_channels(70)) == (2, 8, 9, 96)
+    # ±1 inside (sign(0) = +1), 0 in the 2-pixel halo and in channels 70..95
+    expect = torch.zeros(2, 8, 9, 96, dtype=torch.int8)
     expect[:, 2:6, 2:7, :70] = sign(x).permute(0, 2, 3, 1).to(torch.int8)
     assert torch.equal(xh, expect)
     # fp8 e4m3 operands: the same values, bytes 0x38 (+1), 0xB8 (-1), 0x00 (0)
@@ -178,14 +154,6 @@ def test_unpacked_conv2d_direct():
         tk.packed_conv2d(xp, wp, 37, 1, 1, path="mma", config=dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128))
 
 
-KSUM_CASES = [  # N, maps, H, W, C_out (learned), stride, padding, K
-    (2, 5, 7, 7, 3, 1, 1, 4),
-    (1, 9, 6, 5, 4, 2, 1, 2),
-    (3, 33, 5, 5, 2, 2, 0, 8),
-    (2, 17, 3, 7, 5, 1, 0, 4),
-]
-
-
 @pytest.mark.parametrize("path", ["mma", "mma_fp8"])
 @pytest.mark.parametrize("i", range(len(KSUM_CASES)))
 def test_packed_conv_ksum_form(path, i):
@@ -201,6 +169,16 @@ def test_packed_conv_ksum_form(path, i):
         kw = _epilogue_args(j, C_out * K)
         ref = bitpack.packed_conv2d_reference(xp, full, maps * K, s, p, **kw)
         assert torch.equal(tk.packed_conv2d(xp, rot, maps * K, s, p, path=path, ksum=K, **kw), ref), (path, sorted(kw))
+
+
+@pytest.mark.parametrize("C,K,inside", WORST_CASES)
+@pytest.mark.parametrize("path", ["mma", "mma_fp8"])
+def test_largest_sums_exact(path, C, K, inside):
+    """The largest |sum| a layer allows, on both GEMM paths (fp8 switches to per-K-step promotion
+    above 2**13; the interpreter checks the arithmetic, ``test_kernels_gpu`` the hardware)."""
+    xp, wp, ref = _worst_case(C, K, "cpu")
+    assert ref[0, 0, 1, 1] == inside
+    assert torch.equal(tk.packed_conv2d(xp, wp, C, 1, 1, path=path, ksum=K), ref)
 
 
 @pytest.mark.parametrize("K", [1, 2, 4, 8])

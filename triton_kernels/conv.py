@@ -28,15 +28,24 @@ EXTRA_PATHS = ("mma_regs", "mma_fp8")  # accepted too, for comparison: the first
 # operand dtype of the two-stage paths (the paths that accept ksum > 1: their operands hold small
 # integers, not just signs)
 OPERAND_DTYPES = {"mma": torch.int8, "mma_fp8": torch.float8_e4m3fn}
+# Hopper's fp8 wgmma accumulates with reduced precision (reported: about 14 significant bits), so
+# the fp8 GEMM keeps its fast accumulation only while every partial sum stays below 2**13 in
+# magnitude; beyond, each K-step's partial sum is promoted to fp32 (PRECISE_FP8)
+FP8_FAST_ACC_LIMIT = 2**13
 # fixed tiles for the interpreter: large tiles mean few (slow, Python-level) programs
 INTERPRET_TILES = {
-    "mma": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64),
-    "mma_fp8": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64),
+    "mma": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32),
+    "mma_fp8": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32),
     "mma_regs": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_W=2),
     "popcount": dict(BLOCK_M=64, BLOCK_N=32),
 }
-UNPACK_TILE = dict(BLOCK_P=64)  # pixels per program of unpack_halo_kernel (BLOCK_C: 128 or 64)
-CHANNEL_MULTIPLE = 64  # int8 operands: channels zero-padded to a multiple of 64 (= conv_kernels.I8_CHANNEL_MULTIPLE)
+# values unpacked per program of unpack_halo_kernel: BLOCK_P pixels x BLOCK_C channels (x ksum
+# input channels summed into each); fewer with ksum > 1, whose reduction needs more registers
+UNPACK_VALUES = {1: 8192}
+UNPACK_VALUES_KSUM = 4096
+# unpacked operands: channels zero-padded to a multiple of 32 (= conv_kernels.I8_CHANNEL_MULTIPLE);
+# 32 rather than 64 matters for CBCN's K-sum form, whose GEMM runs over the learned maps (16, 32, ...)
+CHANNEL_MULTIPLE = 32
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -44,7 +53,7 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def padded_channels(in_channels: int) -> int:
-    """``CP``: the int8 operands' channel count, ``in_channels`` rounded up to a multiple of 64."""
+    """``CP``: the unpacked operands' channel count, ``in_channels`` rounded up to a multiple of 32."""
     return _cdiv(in_channels, CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
 
 
@@ -72,10 +81,17 @@ def _epilogue_vectors(device, *vectors) -> tuple:
     return tuple(dummy if v is None else v.detach().to(torch.float32).contiguous() for v in vectors)
 
 
+def unpack_tile(CP: int, ksum: int = 1) -> tuple[int, int]:
+    """``(BLOCK_P, BLOCK_C)`` of ``unpack_halo_kernel`` for ``CP`` output channels: ``BLOCK_C``
+    divides ``CP``; ``BLOCK_P`` keeps ``BLOCK_P·BLOCK_C·ksum`` at the values-per-program budget."""
+    BLOCK_C = 128 if CP % 128 == 0 and ksum == 1 else 64 if CP % 64 == 0 else 32
+    return max(8, UNPACK_VALUES.get(ksum, UNPACK_VALUES_KSUM) // (BLOCK_C * ksum)), BLOCK_C
+
+
 def _unpack_halo(packed: torch.Tensor, in_channels: int, pad: int, dtype=torch.int8, ksum: int = 1) -> torch.Tensor:
     """``(N, H, W, words)`` packed -> ``(N, H+2·pad, W+2·pad, CP)`` in ``dtype`` (int8 or fp8 e4m3):
     ±1 (with ``ksum`` > 1: the sum of each group of ``ksum`` channels' signs), 0 in the halo and
-    the padding channels; ``CP`` = ``in_channels // ksum`` rounded up to 64."""
+    the padding channels; ``CP`` = ``in_channels // ksum`` rounded up to 32."""
     if dtype not in OPERAND_DTYPES.values():
         raise TypeError(f"unpacked operands are int8 or float8_e4m3fn, got {dtype}")
     N, H, W, XW = packed.shape
@@ -86,9 +102,7 @@ def _unpack_halo(packed: torch.Tensor, in_channels: int, pad: int, dtype=torch.i
     if P == 0:
         return out.view(dtype)
     k = kernels_for("conv_kernels", packed)
-    BLOCK_C = 128 if CP % 128 == 0 and ksum == 1 else 64
-    # about 8K unpacked values per program, whatever the K-sum group (registers)
-    BLOCK_P = max(8, UNPACK_TILE["BLOCK_P"] * 128 // (BLOCK_C * ksum))
+    BLOCK_P, BLOCK_C = unpack_tile(CP, ksum)
     launch = {} if k.INTERPRET else dict(num_warps=4)
     grid = (_cdiv(P, BLOCK_P), CP // BLOCK_C)
     k.unpack_halo_kernel[grid](packed.contiguous(), out, P, H, W, HP, WP, XW, in_channels, CP, pad,
@@ -153,11 +167,16 @@ def unpacked_conv2d(
     binarize_output: bool = False,
     out_dtype: torch.dtype = torch.float32,
     config: dict | None = None,
+    max_abs_dot: int | None = None,
 ) -> torch.Tensor:
     """The convolution of ``path="mma"`` / ``"mma_fp8"`` on unpacked operands (both int8, or both
     fp8 e4m3): ``x_halo`` from ``unpack_activations`` (the padding is its halo), ``w_mat`` from
     ``unpack_weights``; same output and epilogue as ``packed_conv2d``. Exposed so the GEMM can be
-    timed without the unpacking."""
+    timed without the unpacking.
+
+    ``max_abs_dot``: the largest |sum| the operands allow (``KH·KW·C_in`` physical channels;
+    default ``KTOT``, right for ±1 operands). Above ``FP8_FAST_ACC_LIMIT`` fp8 operands promote
+    each K-step's partial sum to fp32 (exactness on Hopper's reduced-precision fp8 accumulation)."""
     N, HP, WP, CP = x_halo.shape
     C_out, KTOT = w_mat.shape
     KH, KW = kernel_size
@@ -175,9 +194,10 @@ def unpacked_conv2d(
     k = kernels_for("conv_kernels", x_halo, w_mat)
     args = (x_halo, w_mat, *_epilogue_vectors(device, scale, bias, bn_scale, bn_shift), out,
             M, HP, WP, OH, OW, C_out, num_words(C_out), stride, CP, KTOT)
+    fp8 = x_halo.dtype == torch.float8_e4m3fn
     flags = dict(KH=KH, KW=KW, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
-                 HAS_AFFINE=bn_scale is not None, BINARIZE=bool(binarize_output),
-                 FP8=x_halo.dtype == torch.float8_e4m3fn)
+                 HAS_AFFINE=bn_scale is not None, BINARIZE=bool(binarize_output), FP8=fp8,
+                 PRECISE_FP8=fp8 and (KTOT if max_abs_dot is None else max_abs_dot) > FP8_FAST_ACC_LIMIT)
     if k.INTERPRET or config is not None:
         tile = dict(INTERPRET_TILES["mma"] if config is None else config)
         launch = {key: tile.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in tile}
@@ -217,7 +237,8 @@ def packed_conv2d(
 
     ``ksum = K``: CBConv's K-sum form (``cbcn.bitpack.packed_conv2d_reference``): ``w_packed`` is the
     K-sum bank over ``C_in // K`` maps (``cif_pack_bank(..., ksum=True)``), each map's K activation
-    channels are summed while unpacking, and the GEMM runs over K× fewer channels. Paths ``mma``
+    channels are summed while unpacking, and the GEMM runs over the maps (rounded up to 32)
+    instead of the physical channels. Paths ``mma``
     and ``mma_fp8`` only (the sums are integers in [−K, K], not signs).
 
     Returns ``(N, C_out, OH, OW)`` (stored channels-last) in ``out_dtype``, or the packed signs
@@ -248,7 +269,7 @@ def packed_conv2d(
             unpack_activations(x_packed, in_channels, padding, dtype, ksum),
             unpack_weights(w_packed, in_channels // ksum, dtype=dtype),
             tuple(w_packed.shape[1:3]), stride, (OH, OW), scale, bias, bn_scale, bn_shift,
-            binarize_output, out_dtype, config,
+            binarize_output, out_dtype, config, max_abs_dot=w_packed.shape[1] * w_packed.shape[2] * in_channels,
         )
     N, IH, IW, XW = x_packed.shape
     C_out, KH, KW, _ = w_packed.shape
@@ -314,7 +335,7 @@ def compile_unpacked_conv(target=None, num_warps: int = 8, num_stages: int = 3, 
         raise ValueError(f"operand must be 'i8' or 'fp8e4nv', got {operand!r}")
     fn = load("conv_kernels", interpret=False).unpacked_conv_kernel
     consts = dict(KH=3, KW=3, HAS_SCALE=True, HAS_BIAS=False, HAS_AFFINE=False, BINARIZE=False,
-                  BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, FP8=operand == "fp8e4nv")
+                  BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, FP8=operand == "fp8e4nv", PRECISE_FP8=False)
     consts.update(constexprs)
     sig = {"x_ptr": f"*{operand}", "w_ptr": f"*{operand}", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
            "mul_ptr": "*fp32", "add_ptr": "*fp32", "out_ptr": out_type, **{k: "i32" for k in _I8_INTS},

@@ -6,7 +6,7 @@ taps × channels. Three kernels share the epilogue:
 - ``unpacked_conv_kernel`` (``path="mma"``; ``"mma_fp8"`` with fp8 e4m3 operands): a plain int8
   implicit GEMM on operands unpacked once
   beforehand by ``unpack_halo_kernel``: activations ``(N, H+2p, W+2p, CP)`` int8 ±1 with the zero
-  padding baked in as a zero halo (and zero channels up to ``CP``, a multiple of 64), weights
+  padding baked in as a zero halo (and zero channels up to ``CP``, a multiple of 32), weights
   ``(C_out, KH*KW*CP)`` int8 (cached per weight tensor by ``conv.py``). The K-loop has no masks and
   no unpacking: per step one ``(BLOCK_M, BLOCK_K)`` activation tile (rows at a fixed per-pixel
   offset plus a per-tap scalar) and one K-major ``(BLOCK_K, BLOCK_N)`` weight tile, both copied
@@ -221,7 +221,7 @@ def unpack_halo_kernel(
     (exact for |v| ≤ 16; 0 is the byte 0 in both).
 
     Also unpacks weights ``(C_out, KH, KW, XW)`` (``pad = 0``, ``KSUM = 1``) to the
-    ``(C_out, KH*KW*CP)`` matrix. ``BLOCK_C`` divides ``CP`` (a multiple of 64), so the tile needs
+    ``(C_out, KH*KW*CP)`` matrix. ``BLOCK_C`` divides ``CP`` (a multiple of 32), so the tile needs
     no channel mask.
     """
     pid_p = tl.program_id(0)
@@ -243,19 +243,19 @@ def unpack_halo_kernel(
     chan = words[:, None] * 32 + lanes[None, :]
     bit = (wv[:, :, None] >> lanes[None, None, :]) & 1
     keep = inside[:, None, None] & (chan < C_in)[None, :, :]
-    v = tl.reshape(tl.where(keep, 1 - 2 * bit, 0), (BLOCK_P, BLOCK_C * KSUM))
+    v = tl.where(keep, 1 - 2 * bit, 0).to(tl.int8)  # (BLOCK_P, words, 32), bytes before reshaping
     if KSUM > 1:
-        v = tl.reduce(tl.reshape(v, (BLOCK_P, BLOCK_C, KSUM)), 2, _sum_combine)
+        v = tl.reduce(tl.reshape(v, (BLOCK_P, BLOCK_C, KSUM)), 2, _sum_combine)  # |sum| <= 8: int8
+    else:
+        v = tl.reshape(v, (BLOCK_P, BLOCK_C))
     if FP8:
         v = v.to(tl.float32).to(tl.float8e4nv).to(tl.int8, bitcast=True)
-    else:
-        v = v.to(tl.int8)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     dst = offs_p.to(tl.int64)[:, None] * CP + offs_c[None, :]
     tl.store(out_ptr + dst, v, mask=p_ok[:, None])
 
 
-# CP (channels padded to a multiple of 64) and KTOT = KH*KW*CP stay specialised: they are always
+# CP (channels padded to a multiple of 32) and KTOT = KH*KW*CP stay specialised: they are always
 # multiples of 16, and Triton must know it to copy 16-byte vectors (cp.async ... 16)
 # (C_out too: the output row stride, so the epilogue's stores can be vectorised)
 _NO_SPEC_I8 = ["M", "HP", "WP", "OH", "OW", "OWORDS", "stride"]
@@ -268,12 +268,17 @@ def unpacked_conv_kernel(
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr, BINARIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8: tl.constexpr,
+    PRECISE_FP8: tl.constexpr,
 ):
     """Implicit GEMM on pre-unpacked operands (zero halo, zero channel padding): int8 operands
     with an int32 accumulator, or (``FP8``) fp8 e4m3 operands with an fp32 accumulator. Both are
-    exact: ±1/0 are exact in e4m3 and every partial sum is an integer of magnitude at most
-    ``KTOT`` (≤ 9·512 here), far below 2**24. The fp8 variant exists because Triton keeps float
-    wgmma in flight across K-steps but waits for each int8 one (see the launchers' comment).
+    exact: the operands are small integers (±1/0, or K-sums in [−8, 8]), exact in e4m3, and every
+    partial sum is an integer of magnitude at most ``KH·KW·C_in`` (physical input channels).
+    Hopper's fp8 wgmma accumulates with reduced precision (reported ≈ 14 bits), so where that bound
+    exceeds 2**13 the caller sets ``PRECISE_FP8`` and each K-step's partial sum (≤ 8·BLOCK_K) is
+    promoted into the fp32 accumulator (``max_num_imprecise_acc``). The fp8 variant exists because
+    Triton keeps float wgmma in flight across K-steps but waits for each int8 one (see the
+    launchers' comment).
 
     ``x``: ``(N, HP, WP, CP)`` bytes (``HP = IH + 2*pad``), ``w``: ``(C_out, KTOT)`` bytes with
     ``KTOT = KH*KW*CP`` ordered (tap, channel). Output pixel ``(n, oh, ow)`` reads tap ``(kh, kw)``
@@ -305,7 +310,13 @@ def unpacked_conv_kernel(
         a_off = ((kh * WP + (tap - kh * KW)) * CP) + (kk - tap * csteps) * BLOCK_K
         a = tl.load(a_ptrs + tl.multiple_of(a_off, 16))
         b = tl.load(b_ptrs + kk * BLOCK_K)
-        acc = tl.dot(a, b, acc, out_dtype=acc.dtype)
+        if FP8:
+            if PRECISE_FP8:  # promote each K-step's partial sum into the fp32 accumulator
+                acc = tl.dot(a, b, acc, out_dtype=tl.float32, max_num_imprecise_acc=BLOCK_K)
+            else:
+                acc = tl.dot(a, b, acc, out_dtype=tl.float32)
+        else:
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
     # epilogue on flat rows: the output is channels-last, pixel m's channels at m*C_out
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -329,6 +340,8 @@ def unpacked_conv_kernel(
 #   128x64x64   w4 s4: 118 regs, 0 spills, 48 KiB  -> 4 CTAs/SM
 #   64x128x64   w4 s4: 152 regs, 0 spills, 48 KiB  -> 3 CTAs/SM
 #   64x64x64    w4 s4:  64 regs, 0 spills, 32 KiB  (small grids: batch 1)
+# BLOCK_K = 32, only for CP not a multiple of 64 (the K-sum form over 32, 96, ... maps), int8 and
+# fp8 alike: 128x128x32 w8 s4 113 regs; 128x64x32 w4 s4 96; 64x64x32 w4 s4 64; no spills.
 # Dropped: 128x128 w4, 128x256 w8, 256x128 w8 (207-255 regs, spills at 255). Triton issues the
 # int8 wgmma with a wait of 0 after each K-step (it keeps only float wgmma in flight across
 # iterations), so latency is hidden by 2-4 resident CTAs per SM, not within one CTA.
@@ -339,15 +352,21 @@ I8_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
 ]
-I8_CHANNEL_MULTIPLE = 64  # CP = C_in rounded up to a multiple of 64: BLOCK_K 64 always divides it
+I8_CHANNEL_MULTIPLE = 32  # CP = C_in rounded up to a multiple of 32: BLOCK_K 32 always divides it
 
 
 def _prune_i8(configs, named_args, **kwargs):
-    """Tiles whose BLOCK_K divides CP, at most one BLOCK_N past C_out, and tiles with ≥ 2 waves
-    of programs over 132 SMs if any (else the two smallest): at most 5 configs per layer shape."""
+    """Tiles whose BLOCK_K divides CP (BLOCK_K = 32 only where 64 does not), at most one BLOCK_N
+    past C_out, and tiles with ≥ 2 waves of programs over 132 SMs if any (else the two smallest):
+    at most 5 configs per layer shape."""
     CP, C_out, M = named_args["CP"], named_args["C_out"], named_args["M"]
-    ok = [c for c in configs if CP % c.kwargs["BLOCK_K"] == 0 and c.kwargs["BLOCK_N"] <= max(64, C_out)]
+    block_k = [64, 128] if CP % 64 == 0 else [32]
+    ok = [c for c in configs if c.kwargs["BLOCK_K"] in block_k and CP % c.kwargs["BLOCK_K"] == 0
+          and c.kwargs["BLOCK_N"] <= max(64, C_out)]
     big = [c for c in ok if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 64 * 64]
     programs = [((M + c.kwargs["BLOCK_M"] - 1) // c.kwargs["BLOCK_M"])
                 * ((C_out + c.kwargs["BLOCK_N"] - 1) // c.kwargs["BLOCK_N"]) for c in big]
@@ -372,7 +391,7 @@ POPCOUNT_CONFIGS = [
 ]
 _FLAGS = ["KH", "KW", "HAS_SCALE", "HAS_BIAS", "HAS_AFFINE", "BINARIZE"]
 _KEY = ["M", "C_out", "XW", "OH", "OW"] + _FLAGS
-_KEY_I8 = ["M", "C_out", "CP", "OH", "OW", "stride", "FP8"] + _FLAGS
+_KEY_I8 = ["M", "C_out", "CP", "OH", "OW", "stride", "FP8", "PRECISE_FP8"] + _FLAGS
 
 
 def _quick_bench(kernel_call, quantiles):

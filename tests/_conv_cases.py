@@ -1,0 +1,59 @@
+"""Shapes and epilogues shared by the kernel tests (``test_triton_kernels.py`` in the interpreter,
+``test_kernels_gpu.py`` on a GPU). A plain module — no skips at import — so that one file's skip
+never hides the other's tests."""
+import torch
+
+from cbcn import bitpack
+
+
+def _rand(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g)
+
+
+CONV_CASES = [  # N, C_in, H, W, C_out, k, stride, padding
+    (1, 37, 7, 7, 20, 3, 1, 1),
+    (2, 64, 5, 5, 33, 3, 2, 1),
+    (3, 5, 7, 5, 40, 3, 2, 0),
+    (2, 70, 5, 3, 64, 3, 1, 1),
+    (1, 100, 3, 3, 9, 1, 1, 0),
+    (2, 33, 9, 9, 16, 3, 2, 1),
+]
+
+KSUM_CASES = [  # N, maps, H, W, C_out (learned), stride, padding, K
+    (2, 5, 7, 7, 3, 1, 1, 4),
+    (1, 9, 6, 5, 4, 2, 1, 2),
+    (3, 33, 5, 5, 2, 2, 0, 8),
+    (2, 17, 3, 7, 5, 1, 0, 4),
+]
+
+
+def _epilogue_args(case_index, C_out):
+    """One of four epilogues (none; scale + bias; scale + fused batch-norm; scale + bias +
+    re-binarisation), by case index."""
+    options = [
+        {},
+        {"scale": _rand(C_out, seed=11).abs(), "bias": _rand(C_out, seed=12)},
+        {"scale": _rand(C_out, seed=13).abs(), "bn_scale": _rand(C_out, seed=14), "bn_shift": _rand(C_out, seed=15)},
+        {"scale": _rand(C_out, seed=16).abs(), "bias": _rand(C_out, seed=17), "binarize_output": True},
+    ]
+    return options[case_index % len(options)]
+
+
+# every product +1·−1: each interior output is −KH·KW·C_in, the largest |sum| the layer allows —
+# where Hopper's reduced-precision fp8 accumulation would lose bits if it were left unchecked
+WORST_CASES = [  # C_in (physical), K (ksum), output value expected inside
+    (512, 1, -4608),   # ResNet18 conv5: the fast fp8 accumulation (bound 4608 <= 2**13)
+    (512, 8, -4608),   # K-sum over 64 maps with sums of 8
+    (1024, 1, -9216),  # bound > 2**13: each K-step promoted to fp32 (PRECISE_FP8)
+    (2048, 4, -18432),  # ImageNet CBCN K=4 at 512 maps
+]
+
+
+def _worst_case(C, K, device):
+    x = -torch.ones(1, C, 3, 3)
+    W = torch.ones(4, C // K, 3, 3)
+    full = bitpack.cif_pack_bank_reference(W, K) if K > 1 else bitpack.pack_signs(W)
+    weights = bitpack.cif_pack_bank_reference(W, K, ksum=True) if K > 1 else full
+    ref = bitpack.packed_conv2d_reference(bitpack.pack_signs(x), full, C, 1, 1)
+    return bitpack.pack_signs(x).to(device), weights.to(device), ref
