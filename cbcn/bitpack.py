@@ -14,11 +14,37 @@ path used where no GPU or no Triton is present. It imports no Triton.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
 WORD_BITS = 32
-_SHIFTS = torch.arange(WORD_BITS, dtype=torch.int64)
+_BYTE_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)  # bit i of a byte
+_SIGN_TABLES: dict = {}  # (dtype, device) -> (256, 8) table: the ±1 of each bit of each byte value
+
+
+def _words_from_bytes(b: torch.Tensor) -> torch.Tensor:
+    """``(..., 4·W)`` uint8, little-endian per word -> ``(..., W)`` int32 (the same bits)."""
+    if sys.byteorder != "little":
+        b = b.reshape(*b.shape[:-1], -1, 4).flip(-1).reshape(b.shape)
+    return b.contiguous().view(torch.int32)
+
+
+def _bytes_from_words(words: torch.Tensor) -> torch.Tensor:
+    """``(..., W)`` int32 -> ``(..., 4·W)`` uint8, little-endian per word."""
+    b = words.contiguous().view(torch.uint8)
+    if sys.byteorder != "little":
+        b = b.reshape(*b.shape[:-1], -1, 4).flip(-1).reshape(b.shape)
+    return b
+
+
+def _sign_table(dtype: torch.dtype, device) -> torch.Tensor:
+    key = (dtype, str(device))
+    if key not in _SIGN_TABLES:
+        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+        _SIGN_TABLES[key] = (1 - 2 * bits).to(dtype=dtype, device=device)
+    return _SIGN_TABLES[key]
 
 
 def num_words(channels: int) -> int:
@@ -53,10 +79,9 @@ def pack_signs(x: torch.Tensor) -> torch.Tensor:
     neg = ~(x >= 0)  # bit set <=> sign(x) == -1 (sign(0) = +1)
     if W * WORD_BITS != C:
         neg = F.pad(neg.movedim(1, -1), (0, W * WORD_BITS - C)).movedim(-1, 1)
-    neg = neg.movedim(1, -1).reshape(*x.shape[:1], *x.shape[2:], W, WORD_BITS)
-    words = (neg.to(torch.int64) << _SHIFTS.to(x.device)).sum(dim=-1)  # in [0, 2^32)
-    words = torch.where(words >= 2**31, words - 2**32, words)  # two's complement int32
-    return words.to(torch.int32)
+    # 8 channels per byte (bit i of byte j = channel 8j + i), 4 bytes per little-endian word
+    neg = neg.movedim(1, -1).reshape(*x.shape[:1], *x.shape[2:], W * 4, 8).to(torch.uint8)
+    return _words_from_bytes((neg * _BYTE_WEIGHTS.to(x.device)).sum(dim=-1, dtype=torch.uint8))
 
 
 def unpack_signs(packed: torch.Tensor, channels: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -69,9 +94,11 @@ def unpack_signs(packed: torch.Tensor, channels: int, dtype: torch.dtype = torch
             f"channels={channels!r} does not match {packed.shape[-1]} packed words "
             f"(needs ceil(channels/32) == words)"
         )
-    bits = (packed.unsqueeze(-1) >> _SHIFTS.to(device=packed.device, dtype=torch.int32)) & 1
-    bits = bits.reshape(*packed.shape[:-1], packed.shape[-1] * WORD_BITS)[..., :channels]
-    return (1 - 2 * bits).to(dtype).movedim(-1, 1).contiguous()
+    # each byte value looked up in a (256, 8) table of ±1: one gather instead of shifts and masks
+    b = _bytes_from_words(packed)
+    signs = _sign_table(dtype, packed.device).index_select(0, b.reshape(-1).to(torch.int64))
+    signs = signs.reshape(*packed.shape[:-1], packed.shape[-1] * WORD_BITS)[..., :channels]
+    return signs.movedim(-1, 1).contiguous()
 
 
 def _check_vector(v, C_out: int, what: str, device) -> None:
