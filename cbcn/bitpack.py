@@ -20,8 +20,15 @@ import torch
 import torch.nn.functional as F
 
 WORD_BITS = 32
-_BYTE_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)  # bit i of a byte
+_BYTE_WEIGHTS: dict = {}  # device -> the uint8 weights 1, 2, ..., 128 of a byte's bits
 _SIGN_TABLES: dict = {}  # (dtype, device) -> (256, 8) table: the ±1 of each bit of each byte value
+
+
+def _byte_weights(device) -> torch.Tensor:
+    key = str(device)
+    if key not in _BYTE_WEIGHTS:  # made once per device: no host-to-device copy per call
+        _BYTE_WEIGHTS[key] = (2 ** torch.arange(8)).to(dtype=torch.uint8, device=device)
+    return _BYTE_WEIGHTS[key]
 
 
 def _words_from_bytes(b: torch.Tensor) -> torch.Tensor:
@@ -81,7 +88,7 @@ def pack_signs(x: torch.Tensor) -> torch.Tensor:
         neg = F.pad(neg.movedim(1, -1), (0, W * WORD_BITS - C)).movedim(-1, 1)
     # 8 channels per byte (bit i of byte j = channel 8j + i), 4 bytes per little-endian word
     neg = neg.movedim(1, -1).reshape(*x.shape[:1], *x.shape[2:], W * 4, 8).to(torch.uint8)
-    return _words_from_bytes((neg * _BYTE_WEIGHTS.to(x.device)).sum(dim=-1, dtype=torch.uint8))
+    return _words_from_bytes((neg * _byte_weights(x.device)).sum(dim=-1, dtype=torch.uint8))
 
 
 def unpack_signs(packed: torch.Tensor, channels: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
