@@ -409,21 +409,41 @@ COLUMNS = (
 )
 
 
-def write_results(rows, out: Path, dev_name, peak_note, paths, dry, quiet=False):
+def write_tables(out: Path, rows, columns, hidden, title, notes, key, tag, quiet=False):
+    """``results.csv`` (every column of ``columns`` some row has) and ``results.md`` (``title``, the
+    software versions, ``notes``, a table of those columns except ``hidden`` and ``*_error``, then
+    the errors, each named by the row's ``key`` and batch) under ``out``. Shared with
+    ``gpu_model_bench.py``."""
     out.mkdir(parents=True, exist_ok=True)
-    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    cols = [c for c in columns if any(c in r for r in rows)]
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    md_cols = [c for c in cols if c not in ("device", "peak_assumed", "binary_MACs", "OH", "elapsed_s")
-               and not c.endswith("_error")]
-    errors = [f"- {r['layer']} b{r['batch']} {c}: {r[c]}" for r in rows for c in cols if c.endswith("_error") and r.get(c)]
+    md_cols = [c for c in cols if c not in hidden and not c.endswith("_error")]
+    errors = [f"- {r[key]} b{r['batch']} {c}: {r[c]}" for r in rows for c in cols if c.endswith("_error") and r.get(c)]
     lines = [
-        "# Packed binary convolution vs cuDNN (ResNet18 3×3 shapes)",
+        f"# {title}",
         "",
-        f"- device: {dev_name}; torch {torch.__version__}; triton "
-        f"{getattr(sys.modules.get('triton'), '__version__', 'n/a')}; python {platform.python_version()}",
+        f"- torch {torch.__version__}; triton {getattr(sys.modules.get('triton'), '__version__', 'n/a')}; "
+        f"python {platform.python_version()}",
+        *notes,
+        "",
+        "| " + " | ".join(md_cols) + " |",
+        "|" + "---|" * len(md_cols),
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in md_cols) + " |")
+    if errors:
+        lines += ["", "## Errors", ""] + errors
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    if not quiet:
+        print(f"[{tag}] wrote {out / 'results.csv'} and {out / 'results.md'}")
+
+
+def write_results(rows, out: Path, dev_name, peak_note, paths, dry, quiet=False):
+    notes = [
+        f"- device: {dev_name}",
         f"- int8 tensor-core peak assumed: {peak_note}",
         f"- mode: {'DRY RUN (CPU, tiny shapes, interpreter/reference: timings meaningless)' if dry else 'GPU'}",
         "- *_exact: bit-identical to the exact reference: F.conv2d of the ±1 tensors in float64 (exact integers,"
@@ -446,17 +466,9 @@ def write_results(rows, out: Path, dev_name, peak_note, paths, dry, quiet=False)
         " cuDNN fp16 conv.",
         "- binary MACs = N·OH·OW·C_out·C_in·9; TOPS = 2·MACs/s; peak_frac = TOPS / int8 dense peak;"
         " cublas_i8_gemm: torch._int_mm of the same M×K×N (no im2col), a ceiling.",
-        "",
-        "| " + " | ".join(md_cols) + " |",
-        "|" + "---|" * len(md_cols),
     ]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in md_cols) + " |")
-    if errors:
-        lines += ["", "## Errors", ""] + errors
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    if not quiet:
-        print(f"[bench] wrote {out / 'results.csv'} and {out / 'results.md'}")
+    write_tables(out, rows, COLUMNS, ("device", "peak_assumed", "binary_MACs", "OH", "elapsed_s"),
+                 "Packed binary convolution vs cuDNN (ResNet18 3×3 shapes)", notes, "layer", "bench", quiet)
 
 
 def main(argv=None):

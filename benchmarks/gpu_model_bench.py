@@ -37,9 +37,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
-import platform
 import sys
 import time
 from pathlib import Path
@@ -52,7 +49,7 @@ for p in (str(HERE.parent), str(HERE)):
 import torch  # noqa: E402
 
 from cbcn.models import build_model  # noqa: E402
-from gpu_conv_bench import Timer, _fmt  # noqa: E402
+from gpu_conv_bench import Timer, write_tables  # noqa: E402
 
 # (label, build_model kwargs, image size)
 MODELS = [
@@ -203,21 +200,8 @@ COLUMNS = (
 
 
 def write_results(rows, out: Path, dev_name, dry, quiet=False):
-    out.mkdir(parents=True, exist_ok=True)
-    cols = [c for c in COLUMNS if any(c in r for r in rows)]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=cols, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    (out / "results.csv").write_text(buffer.getvalue())
-    md_cols = [c for c in cols if c not in ("device", "elapsed_s") and not c.endswith("_error")
-               and not c.endswith("_images_per_s")]
-    errors = [f"- {r['model']} b{r['batch']} {c}: {r[c]}" for r in rows for c in cols if c.endswith("_error") and r.get(c)]
-    lines = [
-        "# Whole models: 1-bit (packed kernels) vs float (cuDNN)",
-        "",
-        f"- device: {dev_name}; torch {torch.__version__}; triton "
-        f"{getattr(sys.modules.get('triton'), '__version__', 'n/a')}; python {platform.python_version()}",
+    notes = [
+        f"- device: {dev_name}",
         f"- mode: {'DRY RUN (CPU, tiny model, interpreter: timings meaningless)' if dry else 'GPU'}",
         "- onebit_exact / onebit_fp8_exact: the 1-bit model's logits (path mma / mma_fp8, fp32 activations) equal"
         " the binary training model's bit for bit on this device (eval, cuDNN off for both, 8 images);"
@@ -230,17 +214,10 @@ def write_results(rows, out: Path, dev_name, dry, quiet=False):
         " included. speedup_vs_fp16cl: float_fp16_cl time / this time.",
         "- peak_MB: peak GPU memory allocated during one forward beyond what was allocated before it.",
         "- checkpoint bytes: torch.save of the fp32 state dict vs cbcn.onebit.save_onebit.",
-        "",
-        "| " + " | ".join(md_cols) + " |",
-        "|" + "---|" * len(md_cols),
     ]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in md_cols) + " |")
-    if errors:
-        lines += ["", "## Errors", ""] + errors
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    if not quiet:
-        print(f"[model-bench] wrote {out / 'results.csv'} and {out / 'results.md'}")
+    hidden = ("device", "elapsed_s") + tuple(f"{c}_images_per_s" for c in CONTENDERS)
+    write_tables(out, rows, COLUMNS, hidden, "Whole models: 1-bit (packed kernels) vs float (cuDNN)", notes,
+                 "model", "model-bench", quiet)
 
 
 def main(argv=None):

@@ -20,6 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 S8_MMA = r"wgmma\.mma_async[\w.]*\.s8|mma\.sync[\w.]*\.s8"
 
 
+
+def _assert_fits_registers(ptx: str, max_registers: int):
+    """``ptxas -v`` (sm_90a): no spills and at most ``max_registers`` (skip if no ptxas accepts the PTX)."""
+    from triton_kernels.conv import ptxas_report
+
+    report = ptxas_report(ptx)
+    if report is None:
+        pytest.skip("no ptxas here that accepts this PTX")
+    assert report["spill_stores"] == 0 and report["spill_loads"] == 0, report
+    assert report["registers"] <= max_registers, report
+
 @pytest.fixture(scope="module")
 def can_compile():
     try:
@@ -39,7 +50,7 @@ def test_int8_path_wgmma_async_copies_no_spills(can_compile, tile):
     """path="mma": int8 wgmma fed by 16-byte cp.async copies (the operand tiles are proven aligned
     and contiguous), no FMA contraction, no local memory; ptxas -v: no spills, <= 128 registers
     (two 8-warp or four 4-warp CTAs fit an SM's 64K registers)."""
-    from triton_kernels.conv import compile_unpacked_conv, ptxas_report
+    from triton_kernels.conv import compile_unpacked_conv
 
     ptx = compile_unpacked_conv(**tile).asm["ptx"]
     found = ptx_instructions(ptx, S8_MMA)
@@ -48,11 +59,7 @@ def test_int8_path_wgmma_async_copies_no_spills(can_compile, tile):
     assert "ld.global.u8" not in ptx and "ld.global.s8" not in ptx  # no byte-wise operand loads
     assert "fma.rn.f32" not in ptx
     assert "ld.local" not in ptx and "st.local" not in ptx
-    report = ptxas_report(ptx)
-    if report is None:
-        pytest.skip("no ptxas here that accepts this PTX")
-    assert report["spill_stores"] == 0 and report["spill_loads"] == 0, report
-    assert report["registers"] <= 128, report
+    _assert_fits_registers(ptx, 128)
 
 
 @pytest.mark.parametrize("tile", [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3),
@@ -61,7 +68,7 @@ def test_fp8_path_keeps_wgmma_in_flight(can_compile, tile):
     """path="mma_fp8": fp8 e4m3 wgmma with an fp32 accumulator, and Triton waits with
     ``wgmma.wait_group 1`` inside the K-loop (one MMA group stays in flight across K-steps), while
     the int8 kernel of the same tile only ever waits with 0 — why the fp8 variant exists."""
-    from triton_kernels.conv import compile_unpacked_conv, ptxas_report
+    from triton_kernels.conv import compile_unpacked_conv
 
     ptx = compile_unpacked_conv(operand="fp8e4nv", out_type="*fp16", **tile).asm["ptx"]
     found = ptx_instructions(ptx, r"wgmma\.mma_async[\w.]*")
@@ -71,11 +78,7 @@ def test_fp8_path_keeps_wgmma_in_flight(can_compile, tile):
     assert set(re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", i8)) == {"0"}
     assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]*\], \[[^]]*\], 0x10", ptx)
     assert "fma.rn.f32" not in ptx and "ld.local" not in ptx and "st.local" not in ptx
-    report = ptxas_report(ptx)
-    if report is None:
-        pytest.skip("no ptxas here that accepts this PTX")
-    assert report["spill_stores"] == 0 and report["spill_loads"] == 0, report
-    assert report["registers"] <= 128, report
+    _assert_fits_registers(ptx, 128)
 
 
 @pytest.mark.parametrize("CP", [32, 64, 128])
@@ -83,18 +86,14 @@ def test_fp8_path_keeps_wgmma_in_flight(can_compile, tile):
 def test_unpack_kernel_ksum_and_fp8(can_compile, CP, ksum, fp8):
     """The unpacking stage with the tiles it is launched with (``conv.unpack_tile``): no local
     memory, no spills, ≤ 128 registers; fp8 operands converted by the hardware e4m3 conversion."""
-    from triton_kernels.conv import ptxas_report, unpack_tile
+    from triton_kernels.conv import unpack_tile
 
     block_p, block_c = unpack_tile(CP, ksum)
     ptx = compile_kernel("unpack_halo_kernel", num_warps=4, KSUM=ksum, FP8=fp8, BLOCK_C=block_c,
                          BLOCK_P=block_p).asm["ptx"]
     assert ("cvt.rn.satfinite.e4m3x2.f32" in ptx) == fp8
     assert "ld.local" not in ptx and "st.local" not in ptx
-    report = ptxas_report(ptx)
-    if report is None:
-        pytest.skip("no ptxas here that accepts this PTX")
-    assert report["spill_stores"] == 0 and report["spill_loads"] == 0, report
-    assert report["registers"] <= 128, report
+    _assert_fits_registers(ptx, 128)
 
 
 @pytest.mark.parametrize("tile", [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3),
@@ -103,15 +102,11 @@ def test_unpack_kernel_ksum_and_fp8(can_compile, CP, ksum, fp8):
 def test_fp8_precise_accumulation_compiles(can_compile, tile):
     """PRECISE_FP8 (sums that may pass 2**13): the fp8 GEMM adds each K-step's wgmma result into
     the fp32 accumulator — still pipelined (``wait_group 1``), no spills."""
-    from triton_kernels.conv import ptxas_report
-
     ptx = compile_unpacked_conv(operand="fp8e4nv", out_type="*fp16", PRECISE_FP8=True, **tile).asm["ptx"]
     assert ptx_instructions(ptx, r"wgmma\.mma_async[\w.]*")
     assert "1" in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)
     assert "ld.local" not in ptx and "st.local" not in ptx
-    report = ptxas_report(ptx)
-    if report is not None:
-        assert report["spill_stores"] == 0 and report["spill_loads"] == 0, report
+    _assert_fits_registers(ptx, 255)
 
 
 def test_int8_path_rebinarising_epilogue(can_compile):
