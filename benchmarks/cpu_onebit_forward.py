@@ -5,7 +5,7 @@ ResNet18 16-16-32-64 CBCN K=4 (the paper's CIFAR model, random weights), batch 6
 thread, median of 9 forwards after one warm-up, the three models timed in turn in each round with the float training
 model; all three give identical logits (checked). The 1-bit model convolves in the K-sum form on
 path "mma" (``OneBitConv2d.ksum``) and with the full bank on path "popcount"; on the CPU both run
-``cbcn.bitpack``'s reference (float ``F.conv2d`` of unpacked signs, plus packing and unpacking), so
+``cbcn.backends.reference``'s reference (float ``F.conv2d`` of unpacked signs, plus packing and unpacking), so
 this measures the K-sum form's saving in convolution work, not a packed CPU kernel.
 
 Usage: python benchmarks/cpu_onebit_forward.py

@@ -56,7 +56,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cbcn import bitpack  # noqa: E402
+from cbcn.backends import reference  # noqa: E402
 from cbcn.binarize import sign  # noqa: E402
 
 # (name, C_in, C_out, H_in, stride): ResNet18 3×3 convs (ImageNet widths)
@@ -241,9 +241,9 @@ def run(args) -> list[dict]:
             x = torch.randn(batch, C_in, H, H, generator=gen).to(device)
             w = torch.randn(C_out, C_in, 3, 3, generator=gen).to(device)
             alpha = w.abs().mean(dim=(1, 2, 3))
-            OH = bitpack.conv_output_size(H, 3, stride, pad)
+            OH = reference.conv_output_size(H, 3, stride, pad)
             macs = batch * OH * OH * C_out * C_in * 9
-            xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
+            xp, wp = reference.pack_signs(x), reference.pack_signs(w)
             ref = exact_reference(x, w, alpha, stride, pad)
             row = dict(layer=name, batch=batch, C_in=C_in, C_out=C_out, H=H, stride=stride, OH=OH,
                        binary_MACs=macs, device=dev_name, peak_assumed=peak_note)
@@ -274,7 +274,7 @@ def run(args) -> list[dict]:
                     row[f"{path}_eager_ms"] = _try(row, f"{path}_eager", lambda: timer.eager(lambda: conv(torch.float16)))
                 packed = _try(row, f"{path}_bin", lambda: conv(binarize=True))
                 if packed is not None:
-                    row[f"{path}_bin_exact"] = bool(torch.equal(packed, bitpack.pack_signs(ref)))
+                    row[f"{path}_bin_exact"] = bool(torch.equal(packed, reference.pack_signs(ref)))
                     del packed
                     ms = _try(row, f"{path}_bin", lambda: timer(lambda: conv(binarize=True)))
                     if ms is not None:
@@ -298,7 +298,7 @@ def run(args) -> list[dict]:
                 # C_in/K summed channels with the rotated bank (up to K× fewer multiply-adds)
                 row["ksum"] = K
                 w_rot = torch.randn(C_out, C_in // K, 3, 3, generator=gen).to(device)
-                wrp = bitpack.pack_signs(w_rot)
+                wrp = reference.pack_signs(w_rot)
                 ref_k = exact_reference_ksum(x, w_rot, alpha, stride, pad, K)
                 for path in ("mma", "mma_fp8"):
                     if path not in paths:
@@ -321,9 +321,9 @@ def run(args) -> list[dict]:
             if have_triton:
                 row["pack_ms"] = timer(lambda: tk.pack_signs(x))
             else:
-                row["reference_ms"] = timer(lambda: bitpack.packed_conv2d_reference(xp, wp, C_in, stride, pad, scale=alpha))
-                row["reference_exact"] = bool(torch.equal(bitpack.packed_conv2d_reference(xp, wp, C_in, stride, pad, scale=alpha), ref))
-                row["pack_ms"] = timer(lambda: bitpack.pack_signs(x))
+                row["reference_ms"] = timer(lambda: reference.packed_conv2d_reference(xp, wp, C_in, stride, pad, scale=alpha))
+                row["reference_exact"] = bool(torch.equal(reference.packed_conv2d_reference(xp, wp, C_in, stride, pad, scale=alpha), ref))
+                row["pack_ms"] = timer(lambda: reference.pack_signs(x))
             # cuDNN baselines on the same ±1 data (inputs already converted: conversion not timed)
             xs, ws = sign(x), sign(w)
             row["torch_fp32_ms"] = timer(lambda: F.conv2d(xs, ws, None, stride, pad))

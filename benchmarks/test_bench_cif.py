@@ -89,7 +89,7 @@ def test_cif_backward(benchmark, record, device, shape, K, path):
     torch.testing.assert_close(dW, expected_grad(grad, K, copies), rtol=1e-5, atol=1e-5)
 
 
-PACK_PATHS = {"reference": ("cbcn.bitpack", "cif_pack_bank_reference"), "kernel": ("triton_kernels.cif", "cif_pack_bank")}
+PACK_PATHS = {"reference": ("cbcn.backends.reference", "cif_pack_bank_reference"), "kernel": ("triton_kernels.cif", "cif_pack_bank")}
 
 
 @pytest.mark.parametrize("path", list(PACK_PATHS))
@@ -99,7 +99,7 @@ def test_cif_pack_bank(benchmark, record, device, shape, K, path):
     if path == "kernel":
         optional.require_cuda(device, "the fused CiF packing kernel")
     fn = optional.function(*PACK_PATHS[path])
-    unpack = optional.function("cbcn.bitpack", "unpack_signs")
+    unpack = optional.function("cbcn.backends.reference", "unpack_signs")
     W = _weight(shape, device)
     record("cif-pack-bank", f"{shape[0]}x{shape[1]}x{shape[2]}x{shape[2]} K={K}", shape=list(shape), K=K, path=path,
            baseline=path == "reference", items=W.numel() * K * K, unit="bits")

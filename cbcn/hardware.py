@@ -300,7 +300,7 @@ def device_description(device: torch.device) -> dict:
 def packed_inference(model: nn.Module):
     """``(packed 1-bit model on the Triton kernels, None)`` from ``cbcn.onebit``, or ``(None, reason)``."""
     try:
-        from .dispatch import triton_available
+        from .backends import triton_available
         from .onebit import convert_to_onebit
     except ImportError as e:
         return None, f"cbcn.onebit (packed 1-bit models) is not available ({e})"

@@ -13,8 +13,8 @@ exact, and the float ops after it happen in ``BinaryConv2d.forward``'s order, so
 model's logits equal the training model's in eval mode bit for bit (on the reference path; the
 kernels compute the same integers and launch without FMA fusion).
 
-Kernels or reference: chosen per call by ``cbcn.dispatch`` (``CBCN_BACKEND`` or ``backend=``);
-the choice shows in the module's repr.
+Backend (reference, CPU engine or Triton kernels): chosen per call by ``cbcn.backends``
+(``CBCN_BACKEND`` or ``backend=``); the choice shows in the module's repr.
 
 ``save_onebit`` writes a checkpoint in which the binary weights take one bit each (dense, not
 padded to words) and all other tensors are stored once, grouped by dtype; ``load_onebit`` rebuilds
@@ -31,14 +31,29 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .bitpack import num_words, pack_signs, unpack_signs
-from .dispatch import describe_backend, get_ops, requested_backend, resolve_backend
+from .backends import Ops, describe_backend, get_ops, requested_backend, resolve_backend
+from .backends.contract import num_words
+from .backends.epilogue import Epilogue
+from .backends.reference import pack_signs, unpack_signs
 from .layers import BinaryConv2d
 
 FORMAT = "cbcn-onebit"
 VERSION = 1
 PATHS = ("mma", "mma_fp8", "popcount")  # triton_kernels.packed_conv2d paths
-KSUM_PATHS = ("mma", "mma_fp8")  # paths whose operands may hold the K-sums of CBConv inputs
+_CARRIED = "_cbcn_packed_signs"  # attribute of a real activation that carries its packed signs
+
+
+def attach_packed_signs(real: torch.Tensor, packed: torch.Tensor | None) -> torch.Tensor:
+    """Let ``real`` carry its packed signs to the next binary layer, which then need not pack it
+    again (valid while ``real`` is not modified in place; any new tensor starts without)."""
+    if packed is not None:
+        setattr(real, _CARRIED, (packed, real._version))
+    return real
+
+
+def carried_packed_signs(x: torch.Tensor) -> torch.Tensor | None:
+    entry = getattr(x, _CARRIED, None)
+    return entry[0] if entry is not None and entry[1] == x._version else None
 
 
 class OneBitConv2d(nn.Module):
@@ -113,38 +128,66 @@ class OneBitConv2d(nn.Module):
             return None
         return self.alpha.repeat_interleave(self.K) if self.cbconv else self.alpha
 
-    @property
-    def ksum(self) -> int:
+    def ops(self, device=None) -> Ops:
+        """The backend's operations for tensors on ``device`` (default: this layer's)."""
+        return get_ops(resolve_backend(self.backend, device if device is not None else self.packed_weight.device))
+
+    def ksum_for(self, ops: Ops) -> int:
         """K when the convolution runs in CBConv's K-sum form (SPEC §2), else 1.
 
         The CiF bank repeats each rotated filter over the K input channels of a map, so the conv
         of the physical channels equals the conv of their per-map sums (integers in [−K, K]) with
-        the rotated bank alone: the same integers with up to K× fewer multiply-adds (the GEMM's
-        channels are the maps rounded up to 32). The int8 / fp8 GEMM
-        paths (and the reference backend with them) take that form; ``popcount`` needs signs, so it
-        convolves the full CiF bank."""
-        return self.K if self.cbconv and self.K > 1 and self.path in KSUM_PATHS else 1
+        the rotated bank alone: the same integers with up to K× fewer multiply-adds. Backends whose
+        arithmetic is on integers take that form (the int8 / fp8 GEMM paths, the reference, the
+        CPU engine's ``intmm`` path); XOR + popcount needs signs and convolves the full CiF bank."""
+        return self.K if self.cbconv and self.K > 1 and ops.prefers_ksum(self.path) else 1
 
-    def weight_bank(self, ops=None) -> torch.Tensor:
+    @property
+    def ksum(self) -> int:
+        """``ksum_for`` this layer's backend on its weights' device."""
+        return self.ksum_for(self.ops())
+
+    def weight_bank(self, ops: Ops | None = None) -> torch.Tensor:
         """The packed bank actually convolved: ``(C_out, H, H, ceil(C_in/32))`` over physical
-        channels, or for the K-sum form the rotated bank ``(C_out, H, H, ceil(in_maps/32))``."""
+        channels, or for the K-sum form the rotated bank ``(C_out, H, H, ceil(in_maps/32))``.
+        CBConv banks are expanded once and cached until the packed weight changes."""
         if not self.cbconv:
             return self.packed_weight
-        ops = ops or get_ops(resolve_backend(self.backend, self.packed_weight.device))
-        return ops.cif_pack_bank(self.packed_weight, self.K, in_channels=self.in_maps, ksum=self.ksum > 1)
+        ops = ops or self.ops()
+        ksum = self.ksum_for(ops) > 1
+        w = self.packed_weight
+        key = (ops.name, ksum, w.data_ptr(), w._version, w.device)
+        cached = self.__dict__.get("_bank_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, ops.cif_pack_bank(w, self.K, in_channels=self.in_maps, ksum=ksum))
+            self.__dict__["_bank_cache"] = cached
+        return cached[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pack_input(self, x: torch.Tensor, ops: Ops | None = None) -> torch.Tensor:
+        """The packed signs of this layer's input: carried by ``x`` when the previous fused layer
+        wrote them, else packed now."""
         if x.dim() != 4 or x.shape[1] != self.physical_in_channels:
             raise ValueError(f"1-bit conv expects input (N, {self.physical_in_channels}, H, W), got {tuple(x.shape)}")
-        ops = get_ops(resolve_backend(self.backend, x.device))
-        out_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
+        carried = carried_packed_signs(x)
+        return carried if carried is not None else (ops or self.ops(x.device)).pack_signs(x)
+
+    def run(self, x_packed: torch.Tensor, epilogue: Epilogue = Epilogue(), memory_format=torch.channels_last,
+            ops: Ops | None = None):
+        """The conv on packed input with this layer's α and bias, then ``epilogue``'s further
+        steps (batch-norm, pooling, residual, ...): ``(real, packed)`` as ``fused_conv2d``."""
+        ops = ops or self.ops(x_packed.device)
         kwargs = {"path": self.path} if ops.name == "triton" else {}
-        y = ops.packed_conv2d(
-            ops.pack_signs(x), self.weight_bank(ops), self.physical_in_channels, self.stride, self.padding,
-            scale=self.scale(), bias=self.bias, out_dtype=out_dtype, ksum=self.ksum, **kwargs,
-        )
+        epilogue = epilogue.with_(scale=self.scale(), bias=self.bias)
+        return ops.fused_conv2d(x_packed, self.weight_bank(ops), self.physical_in_channels, self.stride,
+                                self.padding, epilogue, self.ksum_for(ops), memory_format=memory_format, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ops = self.ops(x.device)
+        out_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        y, _ = self.run(self.pack_input(x, ops), Epilogue(out_dtype=out_dtype),
+                        torch.channels_last if channels_last else torch.contiguous_format, ops)
+        return y
 
     def extra_repr(self) -> str:
         parts = [
@@ -168,8 +211,10 @@ def is_packable(module: nn.Module) -> bool:
     return isinstance(module, BinaryConv2d) and module.binary_weights and module.binary_acts
 
 
-def convert_to_onebit(model: nn.Module, backend: str | None = None, path: str = "mma", inplace: bool = False) -> nn.Module:
-    """An eval-mode copy of ``model`` whose fully binary convs are ``OneBitConv2d`` (packed bits)."""
+def convert_to_onebit(model: nn.Module, backend: str | None = None, path: str = "mma", inplace: bool = False,
+                      fuse: bool = True) -> nn.Module:
+    """An eval-mode copy of ``model`` whose fully binary convs are ``OneBitConv2d`` (packed bits);
+    with ``fuse`` (default) its binary blocks then run fused (``cbcn.fused.fuse_blocks``)."""
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
@@ -182,6 +227,10 @@ def convert_to_onebit(model: nn.Module, backend: str | None = None, path: str = 
     if replaced == 0:
         raise ValueError("model has no layer with binary weights and activations to pack (fp/bwn models stay float)")
     model.onebit_layers = replaced
+    if fuse:
+        from .fused import fuse_blocks
+
+        model.fused_blocks = fuse_blocks(model)
     return model
 
 

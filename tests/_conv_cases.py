@@ -3,7 +3,7 @@
 never hides the other's tests."""
 import torch
 
-from cbcn import bitpack
+from cbcn.backends import reference
 
 
 def _rand(*shape, seed=0):
@@ -53,7 +53,7 @@ WORST_CASES = [  # C_in (physical), K (ksum), output value expected inside
 def _worst_case(C, K, device):
     x = -torch.ones(1, C, 3, 3)
     W = torch.ones(4, C // K, 3, 3)
-    full = bitpack.cif_pack_bank_reference(W, K) if K > 1 else bitpack.pack_signs(W)
-    weights = bitpack.cif_pack_bank_reference(W, K, ksum=True) if K > 1 else full
-    ref = bitpack.packed_conv2d_reference(bitpack.pack_signs(x), full, C, 1, 1)
-    return bitpack.pack_signs(x).to(device), weights.to(device), ref
+    full = reference.cif_pack_bank_reference(W, K) if K > 1 else reference.pack_signs(W)
+    weights = reference.cif_pack_bank_reference(W, K, ksum=True) if K > 1 else full
+    ref = reference.packed_conv2d_reference(reference.pack_signs(x), full, C, 1, 1)
+    return reference.pack_signs(x).to(device), weights.to(device), ref

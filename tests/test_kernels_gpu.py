@@ -2,7 +2,7 @@
 
 ``test_triton_kernels.py`` checks every kernel in the Triton interpreter; this file runs the same
 shape sweep (plus ResNet-sized channels) through the *compiled* kernels on a GPU, compares each
-result with ``cbcn.bitpack``'s reference computed on the CPU, and runs a trained model converted
+result with ``cbcn.backends.reference``'s reference computed on the CPU, and runs a trained model converted
 to 1 bit through the kernels on the GPU. Skipped without CUDA, so CI (CPU only) never runs it;
 ``benchmarks/device_check.sh`` runs it on a lent GPU. ``CBCN_GPU_TESTS_ON_CPU=1`` runs it on CPU
 tensors (kernels in the interpreter) to check this file itself on a machine without a GPU.
@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("triton")
 
 import triton_kernels as tk  # noqa: E402
-from cbcn import bitpack  # noqa: E402
+from cbcn.backends import reference  # noqa: E402
 from cbcn import cif as cif_ref  # noqa: E402
 from cbcn.models import build_model  # noqa: E402
 from cbcn.onebit import convert_to_onebit  # noqa: E402
@@ -63,16 +63,16 @@ def test_packed_conv_sweep(path):
     config = TILES[path] if GPU else None
     for i, (N, C, H, W, Co, k, s, p) in enumerate(CONV_CASES + EXTRA_CASES):
         x, w = _rand(N, C, H, W, seed=i), _rand(Co, C, k, k, seed=100 + i)
-        xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
+        xp, wp = reference.pack_signs(x), reference.pack_signs(w)
         for j in (i, i + 1):  # two epilogue variants per shape
             kw = _epilogue_args(j, Co)
-            ref = bitpack.packed_conv2d_reference(xp, wp, C, s, p, **kw)
+            ref = reference.packed_conv2d_reference(xp, wp, C, s, p, **kw)
             out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), C, s, p, path=path, config=config, **_on_device(kw))
             assert out.device.type == DEVICE.type
             assert torch.equal(out.cpu(), ref), (path, (N, C, H, W, Co, k, s, p), sorted(kw))
         for dtype in (torch.float16, torch.bfloat16):
             sc = _rand(Co, seed=200 + i).abs()
-            ref = bitpack.packed_conv2d_reference(xp, wp, C, s, p, scale=sc, out_dtype=dtype)
+            ref = reference.packed_conv2d_reference(xp, wp, C, s, p, scale=sc, out_dtype=dtype)
             out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), C, s, p, scale=sc.to(DEVICE), out_dtype=dtype,
                                    path=path, config=config)
             assert torch.equal(out.cpu(), ref), (path, dtype, (N, C, H, W, Co, k, s, p))
@@ -82,10 +82,10 @@ def test_packed_conv_sweep(path):
 def test_packed_conv_autotuned(path):
     """The default launch (autotuned tiles on the GPU) at a ResNet-sized shape, with every epilogue."""
     x, w = _rand(2, 128, 14, 14, seed=300), _rand(128, 128, 3, 3, seed=301)
-    xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
+    xp, wp = reference.pack_signs(x), reference.pack_signs(w)
     for j in range(4):
         kw = _epilogue_args(j, 128)
-        ref = bitpack.packed_conv2d_reference(xp, wp, 128, 1, 1, **kw)
+        ref = reference.packed_conv2d_reference(xp, wp, 128, 1, 1, **kw)
         out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), 128, 1, 1, path=path, **_on_device(kw))
         assert torch.equal(out.cpu(), ref), (path, sorted(kw))
 
@@ -97,13 +97,13 @@ def test_packed_conv_ksum_form(path):
     cases = KSUM_CASES + [(2, 64, 14, 14, 64, 1, 1, 4), (2, 32, 14, 14, 64, 2, 1, 8)]
     for i, (N, maps, H, W, C_out, s, p, K) in enumerate(cases):
         x, Wl = _rand(N, maps * K, H, W, seed=i), _rand(C_out, maps, 3, 3, seed=40 + i)
-        xp = bitpack.pack_signs(x)
-        full = bitpack.cif_pack_bank_reference(Wl, K)
+        xp = reference.pack_signs(x)
+        full = reference.cif_pack_bank_reference(Wl, K)
         rot = tk.cif_pack_bank(Wl.to(DEVICE), K, ksum=True)
-        assert torch.equal(rot.cpu(), bitpack.cif_pack_bank_reference(Wl, K, ksum=True))
+        assert torch.equal(rot.cpu(), reference.cif_pack_bank_reference(Wl, K, ksum=True))
         for j in (i, i + 1):
             kw = _epilogue_args(j, C_out * K)
-            ref = bitpack.packed_conv2d_reference(xp, full, maps * K, s, p, **kw)
+            ref = reference.packed_conv2d_reference(xp, full, maps * K, s, p, **kw)
             for config in ((TILES[path] if GPU else None), None):
                 out = tk.packed_conv2d(xp.to(DEVICE), rot, maps * K, s, p, path=path, ksum=K, config=config,
                                        **_on_device(kw))
@@ -128,9 +128,9 @@ def test_pack_unpack():
         x = _rand(*shape, seed=shape[1])
         x.view(-1)[:3] = torch.tensor([0.0, -0.0, float("nan")])
         p = tk.pack_signs(x.to(DEVICE))
-        assert torch.equal(p.cpu(), bitpack.pack_signs(x))
+        assert torch.equal(p.cpu(), reference.pack_signs(x))
         assert torch.equal(tk.pack_signs(x.to(DEVICE).contiguous(memory_format=torch.channels_last)).cpu(), p.cpu())
-        assert torch.equal(tk.unpack_signs(p, shape[1]).cpu(), bitpack.unpack_signs(p.cpu(), shape[1]))
+        assert torch.equal(tk.unpack_signs(p, shape[1]).cpu(), reference.unpack_signs(p.cpu(), shape[1]))
 
 
 @pytest.mark.parametrize("K", [1, 2, 4, 8])
@@ -138,9 +138,9 @@ def test_cif_kernels(K):
     for co, ci, H in [(3, 5, 3), (2, 9, 3), (4, 3, 1), (16, 40, 3)]:
         W = _rand(co, ci, H, H, seed=K + ci)
         W[0, 0, 0, 0] = 0.0
-        ref = bitpack.cif_pack_bank_reference(W, K)
+        ref = reference.cif_pack_bank_reference(W, K)
         assert torch.equal(tk.cif_pack_bank(W.to(DEVICE), K).cpu(), ref)
-        packed = bitpack.pack_signs(W).to(DEVICE)
+        packed = reference.pack_signs(W).to(DEVICE)
         assert torch.equal(tk.cif_pack_bank(packed, K, in_channels=ci).cpu(), ref)
         assert torch.equal(tk.cif_expand(W.to(DEVICE), K).cpu(), cif_ref.cif_expand(W, K))
         # dyadic gradients: every summation order is exact

@@ -12,7 +12,7 @@ import torch
 from cbcn.checkpoint import CheckpointError
 import torch.nn.functional as F
 
-from cbcn import dispatch
+from cbcn import backends
 from cbcn.layers import BinaryConv2d
 from cbcn.models import build_model
 from cbcn.onebit import (
@@ -111,18 +111,18 @@ def test_backend_env_and_repr(monkeypatch):
     model = build_model("resnet18", method="xnor", stages=(4, 4, 8, 8)).eval()
     onebit = convert_to_onebit(model)
     monkeypatch.setenv("CBCN_BACKEND", "reference")
-    assert dispatch.resolve_backend() == "reference"
+    assert backends.resolve_backend() == "reference"
     assert "backend=reference->reference (cpu)" in repr(onebit)
     monkeypatch.setenv("CBCN_BACKEND", "auto")
     expected = "triton" if torch.cuda.is_available() and dispatch.triton_available() else "reference"
-    assert dispatch.resolve_backend(device="cpu") == "reference"
-    assert dispatch.resolve_backend() == expected
+    assert backends.resolve_backend(device="cpu") == "reference"
+    assert backends.resolve_backend() == expected
     assert backend_summary(onebit)["backends"] == ["auto->reference (cpu)"]
     monkeypatch.setenv("CBCN_BACKEND", "gpu")
     with pytest.raises(ValueError, match="CBCN_BACKEND"):
-        dispatch.resolve_backend()
+        backends.resolve_backend()
     with pytest.raises(ValueError, match="backend"):
-        dispatch.resolve_backend("fast")
+        backends.resolve_backend("fast")
     with pytest.raises(ValueError, match="path"):
         set_backend(onebit, "reference", path="xor")
 
@@ -170,12 +170,12 @@ def test_cbcn_imports_without_triton():
         import sys
         sys.modules["triton"] = None  # make `import triton` fail
         import torch
-        import cbcn, cbcn.bitpack, cbcn.dispatch, cbcn.onebit
+        import cbcn, cbcn.backends, cbcn.backends.reference, cbcn.backends.cpu, cbcn.onebit
         from cbcn.models import build_model
-        assert not cbcn.dispatch.triton_available()
-        assert cbcn.dispatch.resolve_backend("auto") == "reference"
+        assert not cbcn.backends.triton_available()
+        assert cbcn.backends.resolve_backend("auto") == "reference"
         try:
-            cbcn.dispatch.resolve_backend("triton")
+            cbcn.backends.resolve_backend("triton")
         except RuntimeError as e:
             assert "Triton" in str(e)
         else:

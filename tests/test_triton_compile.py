@@ -165,14 +165,14 @@ def test_mode_independent_of_import_order(can_compile):
         import os
         os.environ["TRITON_INTERPRET"] = "1"
         import torch, triton
-        from cbcn import bitpack
+        from cbcn.backends import reference
         import triton_kernels as tk
         from triton_kernels.compile import compile_kernel
         ptx = compile_kernel("packed_conv_popcount_kernel", num_warps=4, BLOCK_M=32, BLOCK_N=32).asm["ptx"]
         assert "popc.b32" in ptx
         x, w = torch.randn(1, 37, 5, 5), torch.randn(8, 37, 3, 3)
         xp, wp = tk.pack_signs(x), tk.pack_signs(w)
-        ref = bitpack.packed_conv2d_reference(xp, wp, 37, 2, 1)
+        ref = reference.packed_conv2d_reference(xp, wp, 37, 2, 1)
         assert torch.equal(tk.packed_conv2d(xp, wp, 37, 2, 1, path="mma"), ref)
         print("OK")
         """

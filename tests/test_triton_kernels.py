@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 import triton_kernels as tk  # noqa: E402
 from triton_kernels._runtime import interpreter_problem  # noqa: E402
 from _conv_cases import CONV_CASES, KSUM_CASES, WORST_CASES, _epilogue_args, _rand, _worst_case  # noqa: E402
-from cbcn import bitpack  # noqa: E402
+from cbcn.backends import reference  # noqa: E402
 from cbcn import cif as cif_ref  # noqa: E402
 from cbcn.binarize import sign  # noqa: E402
 
@@ -31,16 +31,16 @@ def test_pack_unpack(shape):
     x = _rand(*shape, seed=shape[1])
     x.view(-1)[:3] = torch.tensor([0.0, -0.0, float("nan")])
     p = tk.pack_signs(x)
-    assert torch.equal(p, bitpack.pack_signs(x))
+    assert torch.equal(p, reference.pack_signs(x))
     assert torch.equal(tk.pack_signs(x.contiguous(memory_format=torch.channels_last)), p)
-    assert torch.equal(tk.pack_signs(x.half()), bitpack.pack_signs(x.half()))
-    assert torch.equal(tk.unpack_signs(p, shape[1]), bitpack.unpack_signs(p, shape[1]))
-    assert torch.equal(tk.unpack_signs(p, shape[1], torch.bfloat16), bitpack.unpack_signs(p, shape[1], torch.bfloat16))
+    assert torch.equal(tk.pack_signs(x.half()), reference.pack_signs(x.half()))
+    assert torch.equal(tk.unpack_signs(p, shape[1]), reference.unpack_signs(p, shape[1]))
+    assert torch.equal(tk.unpack_signs(p, shape[1], torch.bfloat16), reference.unpack_signs(p, shape[1], torch.bfloat16))
 
 
 def test_pack_weights():
     w = _rand(9, 70, 3, 3, seed=3)
-    assert torch.equal(tk.pack_signs(w), bitpack.pack_signs(w))
+    assert torch.equal(tk.pack_signs(w), reference.pack_signs(w))
 
 
 # --- packed convolution -----------------------------------------------------------------------
@@ -49,10 +49,10 @@ def test_pack_weights():
 def test_packed_conv_equals_reference(path, i):
     N, C, H, W, Co, k, s, p = CONV_CASES[i]
     x, w = _rand(N, C, H, W, seed=i), _rand(Co, C, k, k, seed=100 + i)
-    xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
+    xp, wp = reference.pack_signs(x), reference.pack_signs(w)
     for j in (i, i + 1):  # two epilogue variants per shape
         kw = _epilogue_args(j, Co)
-        ref = bitpack.packed_conv2d_reference(xp, wp, C, s, p, **kw)
+        ref = reference.packed_conv2d_reference(xp, wp, C, s, p, **kw)
         out = tk.packed_conv2d(xp, wp, C, s, p, path=path, **kw)
         assert out.shape == ref.shape and out.dtype == ref.dtype
         assert torch.equal(out, ref), (path, CONV_CASES[i], sorted(kw))
@@ -66,7 +66,7 @@ def test_packed_conv_equals_reference(path, i):
 def test_zero_padding_borders(path):
     C = 40  # two words, 24 padding bits in the second
     x, w = -torch.ones(2, C, 4, 5), torch.ones(3, C, 3, 3)
-    out = tk.packed_conv2d(bitpack.pack_signs(x), bitpack.pack_signs(w), C, 1, 1, path=path)
+    out = tk.packed_conv2d(reference.pack_signs(x), reference.pack_signs(w), C, 1, 1, path=path)
     assert out[0, 0, 0, 0] == -4 * C and out[1, 2, 3, 4] == -4 * C  # corners: 4 valid taps
     assert out[0, 0, 0, 2] == -6 * C  # edge
     assert out[0, 0, 1, 2] == -9 * C  # interior
@@ -85,11 +85,11 @@ def test_zero_padding_borders(path):
 )
 def test_mma_tiles(path, config):
     x, w = _rand(2, 70, 5, 5, seed=5), _rand(40, 70, 3, 3, seed=6)
-    xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
-    ref = bitpack.packed_conv2d_reference(xp, wp, 70, 2, 1, binarize_output=True)
+    xp, wp = reference.pack_signs(x), reference.pack_signs(w)
+    ref = reference.packed_conv2d_reference(xp, wp, 70, 2, 1, binarize_output=True)
     assert torch.equal(tk.packed_conv2d(xp, wp, 70, 2, 1, binarize_output=True, path=path, config=config), ref)
     sc = _rand(40, seed=7).abs()
-    ref = bitpack.packed_conv2d_reference(xp, wp, 70, 1, 1, scale=sc)
+    ref = reference.packed_conv2d_reference(xp, wp, 70, 1, 1, scale=sc)
     assert torch.equal(tk.packed_conv2d(xp, wp, 70, 1, 1, scale=sc, path=path, config=config), ref)
 
 
@@ -97,28 +97,28 @@ def test_unpack_activations_halo():
     from triton_kernels.conv import padded_channels, unpack_activations
 
     x = _rand(2, 70, 4, 5, seed=30)
-    xh = unpack_activations(bitpack.pack_signs(x), 70, 2)
+    xh = unpack_activations(reference.pack_signs(x), 70, 2)
     assert xh.dtype == torch.int8 and xh.shape == (2, 8, 9, padded_channels(70)) == (2, 8, 9, 96)
     # ±1 inside (sign(0) = +1), 0 in the 2-pixel halo and in channels 70..95
     expect = torch.zeros(2, 8, 9, 96, dtype=torch.int8)
     expect[:, 2:6, 2:7, :70] = sign(x).permute(0, 2, 3, 1).to(torch.int8)
     assert torch.equal(xh, expect)
     # fp8 e4m3 operands: the same values, bytes 0x38 (+1), 0xB8 (-1), 0x00 (0)
-    x8 = unpack_activations(bitpack.pack_signs(x), 70, 2, dtype=torch.float8_e4m3fn)
+    x8 = unpack_activations(reference.pack_signs(x), 70, 2, dtype=torch.float8_e4m3fn)
     assert x8.dtype == torch.float8_e4m3fn and torch.equal(x8.float(), expect.float())
     assert set(x8.view(torch.uint8).unique().tolist()) == {0x00, 0x38, 0xB8}
     with pytest.raises(TypeError, match="int8 or float8_e4m3fn"):
-        unpack_activations(bitpack.pack_signs(x), 70, 2, dtype=torch.float16)
+        unpack_activations(reference.pack_signs(x), 70, 2, dtype=torch.float16)
 
 
 def test_unpack_weights_cache():
     from triton_kernels.conv import unpack_weights
 
-    wp = bitpack.pack_signs(_rand(6, 40, 3, 3, seed=31))
+    wp = reference.pack_signs(_rand(6, 40, 3, 3, seed=31))
     wm = unpack_weights(wp, 40)
     assert wm.shape == (6, 9 * 64) and wm.dtype == torch.int8
     expect = torch.zeros(6, 3, 3, 64, dtype=torch.int8)
-    expect[..., :40] = bitpack.unpack_signs(wp, 40).permute(0, 2, 3, 1).to(torch.int8)
+    expect[..., :40] = reference.unpack_signs(wp, 40).permute(0, 2, 3, 1).to(torch.int8)
     assert torch.equal(wm, expect.reshape(6, -1))
     assert unpack_weights(wp, 40) is wm  # cached per weight tensor
     wp[0, 0, 0, 0] ^= 1  # in-place change: the cache sees the new version
@@ -135,9 +135,9 @@ def test_unpacked_conv2d_direct():
     from triton_kernels.conv import unpacked_conv2d, unpack_activations, unpack_weights
 
     x, w = _rand(2, 37, 6, 7, seed=32), _rand(20, 37, 3, 3, seed=33)
-    xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
+    xp, wp = reference.pack_signs(x), reference.pack_signs(w)
     sc, bs = _rand(20, seed=34).abs(), _rand(20, seed=35)
-    ref = bitpack.packed_conv2d_reference(xp, wp, 37, 2, 1, scale=sc, bias=bs)
+    ref = reference.packed_conv2d_reference(xp, wp, 37, 2, 1, scale=sc, bias=bs)
     out = unpacked_conv2d(unpack_activations(xp, 37, 1), unpack_weights(wp, 37), (3, 3), 2, tuple(ref.shape[2:]),
                       scale=sc, bias=bs)
     assert torch.equal(out, ref)
@@ -161,13 +161,13 @@ def test_packed_conv_ksum_form(path, i):
     over the maps with the rotated bank; equals the full-CiF-bank reference exactly."""
     N, maps, H, W, C_out, s, p, K = KSUM_CASES[i]
     x, Wl = _rand(N, maps * K, H, W, seed=i), _rand(C_out, maps, 3, 3, seed=40 + i)
-    xp = bitpack.pack_signs(x)
+    xp = reference.pack_signs(x)
     rot = tk.cif_pack_bank(Wl, K, ksum=True)
-    assert torch.equal(rot, bitpack.cif_pack_bank_reference(Wl, K, ksum=True))
-    full = bitpack.cif_pack_bank_reference(Wl, K)
+    assert torch.equal(rot, reference.cif_pack_bank_reference(Wl, K, ksum=True))
+    full = reference.cif_pack_bank_reference(Wl, K)
     for j in (i, i + 1):
         kw = _epilogue_args(j, C_out * K)
-        ref = bitpack.packed_conv2d_reference(xp, full, maps * K, s, p, **kw)
+        ref = reference.packed_conv2d_reference(xp, full, maps * K, s, p, **kw)
         assert torch.equal(tk.packed_conv2d(xp, rot, maps * K, s, p, path=path, ksum=K, **kw), ref), (path, sorted(kw))
 
 
@@ -191,13 +191,13 @@ def test_unpack_activations_ksum(K):
     expect = torch.zeros(2, 6, 7, padded_channels(maps))
     expect[:, 1:5, 1:6, :maps] = sums
     for dtype in (torch.int8, torch.float8_e4m3fn):
-        got = unpack_activations(bitpack.pack_signs(x), maps * K, 1, dtype, ksum=K)
+        got = unpack_activations(reference.pack_signs(x), maps * K, 1, dtype, ksum=K)
         assert got.dtype == dtype and torch.equal(got.float(), expect), dtype
 
 
 def test_conv_errors():
-    xp = bitpack.pack_signs(_rand(1, 40, 4, 4))
-    wp = bitpack.pack_signs(_rand(8, 40, 3, 3))
+    xp = reference.pack_signs(_rand(1, 40, 4, 4))
+    wp = reference.pack_signs(_rand(8, 40, 3, 3))
     with pytest.raises(ValueError, match="path"):
         tk.packed_conv2d(xp, wp, 40, path="xnor")
     with pytest.raises(ValueError, match="channel count mismatch"):
@@ -209,11 +209,11 @@ def test_conv_errors():
     with pytest.raises(TypeError, match="out_dtype"):
         tk.packed_conv2d(xp, wp, 40, out_dtype=torch.int32)
     with pytest.raises(ValueError, match="K-sum form"):
-        tk.packed_conv2d(xp, bitpack.pack_signs(_rand(8, 10, 3, 3)), 40, path="popcount", ksum=4)
+        tk.packed_conv2d(xp, reference.pack_signs(_rand(8, 10, 3, 3)), 40, path="popcount", ksum=4)
     with pytest.raises(ValueError, match="ksum must be 1 or"):
         tk.packed_conv2d(xp, wp, 40, ksum=3)
     with pytest.raises(ValueError, match="must divide"):
-        tk.packed_conv2d(bitpack.pack_signs(_rand(1, 36, 4, 4)), wp, 36, ksum=8)
+        tk.packed_conv2d(reference.pack_signs(_rand(1, 36, 4, 4)), wp, 36, ksum=8)
 
 
 # --- CiF --------------------------------------------------------------------------------------
@@ -224,9 +224,9 @@ def test_cif_pack_bank(K, shape):
     W = _rand(co, ci, H, H, seed=K)
     W[0, 0, 0, 0] = 0.0
     for ksum in (False, True):  # the full CiF bank, and the K-sum (rotations only) bank
-        ref = bitpack.cif_pack_bank_reference(W, K, ksum=ksum)
+        ref = reference.cif_pack_bank_reference(W, K, ksum=ksum)
         assert torch.equal(tk.cif_pack_bank(W, K, ksum=ksum), ref)
-        assert torch.equal(tk.cif_pack_bank(bitpack.pack_signs(W), K, in_channels=ci, ksum=ksum), ref)
+        assert torch.equal(tk.cif_pack_bank(reference.pack_signs(W), K, in_channels=ci, ksum=ksum), ref)
 
 
 @pytest.mark.parametrize("K", [1, 2, 4, 8])
@@ -254,7 +254,7 @@ def test_cif_errors():
     with pytest.raises(ValueError, match="K"):
         tk.cif_pack_bank(_rand(2, 3, 3, 3), 3)
     with pytest.raises(ValueError, match="in_channels"):
-        tk.cif_pack_bank(bitpack.pack_signs(_rand(2, 3, 3, 3)), 4)
+        tk.cif_pack_bank(reference.pack_signs(_rand(2, 3, 3, 3)), 4)
     with pytest.raises(TypeError):
         tk.cif_pack_bank(torch.zeros(2, 3, 3, 3, dtype=torch.int64), 4)
     with pytest.raises(ValueError, match="gradient"):
@@ -264,9 +264,9 @@ def test_cif_errors():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_packed_conv_half_outputs(dtype):
     x, w = _rand(2, 37, 5, 5, seed=21), _rand(20, 37, 3, 3, seed=22)
-    xp, wp = bitpack.pack_signs(x), bitpack.pack_signs(w)
+    xp, wp = reference.pack_signs(x), reference.pack_signs(w)
     sc = _rand(20, seed=23).abs()
-    ref = bitpack.packed_conv2d_reference(xp, wp, 37, 1, 1, scale=sc, out_dtype=dtype)
+    ref = reference.packed_conv2d_reference(xp, wp, 37, 1, 1, scale=sc, out_dtype=dtype)
     for path in ("mma", "mma_fp8", "popcount"):
         assert torch.equal(tk.packed_conv2d(xp, wp, 37, 1, 1, scale=sc, out_dtype=dtype, path=path), ref)
 
@@ -274,7 +274,7 @@ def test_packed_conv_half_outputs(dtype):
 def test_unpack_weights_cache_freed_with_weights():
     from triton_kernels import conv as tkconv
 
-    wp = bitpack.pack_signs(_rand(4, 40, 3, 3, seed=36))
+    wp = reference.pack_signs(_rand(4, 40, 3, 3, seed=36))
     tkconv.unpack_weights(wp, 40)
     tkconv.unpack_weights(wp, 40, dtype=torch.float8_e4m3fn)
     keys = [(id(wp), torch.int8), (id(wp), torch.float8_e4m3fn)]

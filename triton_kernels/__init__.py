@@ -1,6 +1,6 @@
 """Triton kernels for packed 1-bit inference and circulant filters (issue 4).
 
-Public functions mirror the pure-PyTorch reference path in ``cbcn.bitpack`` / ``cbcn.cif``
+Public functions mirror the pure-PyTorch reference backend ``cbcn.backends.reference`` / ``cbcn.cif``
 (same signatures, bit-identical results):
 
 - ``pack_signs(x)`` / ``unpack_signs(packed, channels)`` — signs packed 32 per int32 word, NHWC;
@@ -14,10 +14,10 @@ CUDA tensors run compiled (autotuned) kernels; CPU tensors run them in the Trito
 a GPU target without a GPU.
 """
 from .cif import CiFExpand, cif_backward, cif_expand, cif_expand_autograd, cif_pack_bank
-from .conv import PATHS, packed_conv2d
+from .conv import KSUM_PATHS, PATHS, packed_conv2d
 from .pack import pack_signs, unpack_signs
 
 __all__ = [
-    "pack_signs", "unpack_signs", "packed_conv2d", "PATHS",
+    "pack_signs", "unpack_signs", "packed_conv2d", "PATHS", "KSUM_PATHS",
     "cif_pack_bank", "cif_expand", "cif_backward", "cif_expand_autograd", "CiFExpand",
 ]

@@ -1,11 +1,12 @@
 """Fused CiF expansion (forward: to the packed bank in one kernel) and circulant
-back-propagation (Eq. 8) with Triton; references: ``cbcn.bitpack.cif_pack_bank_reference``,
+back-propagation (Eq. 8) with Triton; references: ``cbcn.backends.reference.cif_pack_bank_reference``,
 ``cbcn.cif.cif_expand`` and ``cbcn.cif.cif_backward``."""
 from __future__ import annotations
 
 import torch
 
-from cbcn.bitpack import _check_cif_weight, cif_pack_bank_reference, num_words  # noqa: F401
+from cbcn.backends.contract import check_cif_weight, num_words
+from cbcn.backends.reference import cif_pack_bank_reference  # noqa: F401  (the reference beside the kernel)
 from cbcn.cif import check_orientations, inverse_transfer_matrix, transfer_matrix
 
 from ._runtime import kernels_for
@@ -37,7 +38,7 @@ def cif_pack_bank(W: torch.Tensor, K: int, in_channels: int | None = None, ksum:
     ``cif_expand(sign(W), K)`` — sign, rotation, K-fold copy and packing fused in one kernel.
     With ``ksum`` the K-sum bank ``(C_out*K, H, H, ceil(C_in/32))`` of ``rotated_bank(sign(W), K)``
     (no input copies), for ``packed_conv2d(..., ksum=K)``."""
-    C_in, H = _check_cif_weight(W, K, in_channels)
+    C_in, H = check_cif_weight(W, K, in_channels)
     C_out = W.shape[0]
     packed_in = W.dtype == torch.int32
     HH = H * H
@@ -59,7 +60,7 @@ def cif_pack_bank(W: torch.Tensor, K: int, in_channels: int | None = None, ksum:
 
 def cif_expand(W: torch.Tensor, K: int) -> torch.Tensor:
     """Float CiF expansion ``(C_out, C_in, H, H) -> (C_out*K, C_in*K, H, H)`` (no autograd; see ``CiFExpand``)."""
-    C_in, H = _check_cif_weight(W, K, None)
+    C_in, H = check_cif_weight(W, K, None)
     C_out = W.shape[0]
     W = W.contiguous()
     out = torch.empty((C_out * K, C_in * K, H, H), dtype=W.dtype, device=W.device)

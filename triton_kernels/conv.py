@@ -1,5 +1,5 @@
 """Packed binary convolution with Triton; same signature and results as
-``cbcn.bitpack.packed_conv2d_reference`` (the plain reference beside it).
+``cbcn.backends.reference.packed_conv2d_reference`` (the plain reference beside it).
 
 ``path="mma"`` (default) unpacks the activations once into an int8 ±1 NHWC tensor with the zero
 padding baked in as a halo (``unpack_activations``), the weights into an int8
@@ -19,7 +19,8 @@ import weakref
 
 import torch
 
-from cbcn.bitpack import check_conv_args, check_ksum, num_words, packed_conv2d_reference  # noqa: F401
+from cbcn.backends.contract import check_conv_args, check_ksum, num_words
+from cbcn.backends.reference import packed_conv2d_reference  # noqa: F401  (the reference beside the kernels)
 
 from ._runtime import kernels_for, use_interpreter
 
@@ -28,6 +29,7 @@ EXTRA_PATHS = ("mma_regs", "mma_fp8")  # accepted too, for comparison: the first
 # operand dtype of the two-stage paths (the paths that accept ksum > 1: their operands hold small
 # integers, not just signs)
 OPERAND_DTYPES = {"mma": torch.int8, "mma_fp8": torch.float8_e4m3fn}
+KSUM_PATHS = tuple(OPERAND_DTYPES)  # the paths whose operands may hold the K-sums of CBConv inputs
 # Hopper's fp8 wgmma accumulates with reduced precision (reported: about 14 significant bits), so
 # the fp8 GEMM keeps its fast accumulation only while every partial sum stays below 2**13 in
 # magnitude; beyond, each K-step's partial sum is promoted to fp32 (PRECISE_FP8)
@@ -235,7 +237,7 @@ def packed_conv2d(
     """Binary convolution of NHWC-packed activations ``(N, H, W, ceil(C_in/32))`` with packed
     weights ``(C_out, KH, KW, ceil(C_in/32))``; zero padding counts as 0 (not −1).
 
-    ``ksum = K``: CBConv's K-sum form (``cbcn.bitpack.packed_conv2d_reference``): ``w_packed`` is the
+    ``ksum = K``: CBConv's K-sum form (``cbcn.backends.reference.packed_conv2d_reference``): ``w_packed`` is the
     K-sum bank over ``C_in // K`` maps (``cif_pack_bank(..., ksum=True)``), each map's K activation
     channels are summed while unpacking, and the GEMM runs over the maps (rounded up to 32)
     instead of the physical channels. Paths ``mma``

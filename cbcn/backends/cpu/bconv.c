@@ -1,0 +1,474 @@
+/* The CPU engine's native kernels: XNOR + popcount binary convolution over packed signs, with
+ * the layer's whole epilogue fused, and sign packing of float tensors.
+ *
+ * Packing contract (docs/CONTRACTS.md): a bit is set where the value is negative (NaN included),
+ * 32 channels per uint32 word, channel c in word c/32 at bit c%32, pixels NHWC; padding bits 0.
+ *
+ * For ±1 vectors a, b of n channels packed that way, a·b = n − 2·popcount(a XOR b); padding bits
+ * are 0 in both operands and so never count. Zero padding of the convolution (a 0, not a −1) is
+ * honoured by summing only the taps that fall inside the image: out = n_valid·C_in − 2·Σ popcounts.
+ * The sums are exact integers, as in cbcn.backends.reference.
+ *
+ * The epilogue (cbcn.backends.epilogue.Epilogue, in its fixed order):
+ *   v = sum · scale (+ bias)  ->  2×2 max-pool  ->  ReLU  ->  batch-norm  ->  + residual
+ * each step rounded separately (this file is compiled with -ffp-contract=off), except that the
+ * batch-norm is one fused multiply-add when bn_fma is set — what PyTorch's CPU batch-norm does,
+ * which the Python side checks against torch before it lets this code fuse a batch-norm.
+ * Outputs: the float result (any strides) and/or its packed signs, for the next binary layer.
+ *
+ * Plain C99. With AVX-512 (F, BW, VPOPCNTDQ) the inner loops use 16-lane popcounts; without, a
+ * portable scalar loop (__builtin_popcount) gives the same integers.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VPOPCNTDQ__)
+#include <immintrin.h>
+#define CBCN_AVX512 1
+#else
+#define CBCN_AVX512 0
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define CBCN_ABI_VERSION 4
+#define LANES 16 /* output channels per weight vector: the prepared bank is (COB, KH, KW, XW, 16) */
+#define PIX_BLOCK 8 /* output pixels sharing each weight vector load in the interior */
+
+/* The one parameter struct of a fused binary conv (mirrored by ctypes in native.py). */
+typedef struct {
+    const uint32_t *x;      /* packed input (N, H, W, XW) */
+    int64_t N, H, W, XW, C_in;
+    const uint32_t *w;      /* prepared bank (COB, KH, KW, XW, LANES); C_out padded to LANES */
+    int64_t C_out, KH, KW, stride, pad;
+    int64_t OH, OW;         /* conv output size */
+    const float *scale;     /* per output channel, or NULL */
+    const float *bias;      /* per output channel, or NULL */
+    int64_t pool;           /* 0, or 2: 2×2 max-pool, stride 2, floor (MaxPool2d(2)) */
+    int64_t relu;
+    const float *bn_mul;    /* batch-norm affine (per channel), or NULL */
+    const float *bn_add;
+    int64_t bn_fma;         /* 1: fmaf(v, mul, add); 0: v*mul, then + add */
+    const float *residual;  /* added last, shaped like the (pooled) output, or NULL */
+    int64_t rs_n, rs_c, rs_h, rs_w;
+    float *out;             /* float output (N, C_out, PH, PW) with these strides, or NULL */
+    int64_t os_n, os_c, os_h, os_w;
+    uint32_t *out_packed;   /* packed signs of the output (N, PH, PW, ceil(C_out/32)), or NULL */
+    int64_t threads;
+    const float *src;       /* instead of a conv (x, w NULL): the values of a float tensor (N, C_out, OH, OW) */
+    int64_t ss_n, ss_c, ss_h, ss_w;
+} cbcn_conv_params;
+
+int cbcn_abi_version(void) { return CBCN_ABI_VERSION; }
+int cbcn_simd(void) { return CBCN_AVX512; } /* 1: AVX-512 popcount loops compiled in */
+int cbcn_lanes(void) { return LANES; }
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* Taps kh in [lo, hi) of a window starting at input row `start` that fall inside [0, size). */
+static inline void valid_taps(int64_t start, int64_t k, int64_t size, int64_t *lo, int64_t *hi) {
+    *lo = max64(0, -start);
+    *hi = min64(k, size - start);
+    if (*hi < *lo) *hi = *lo;
+}
+
+/* Conv sums of `npix` output pixels of one output row, whose windows start at input column
+ * iw0 + p·stride, over taps kh in [kh0, kh1) and kw in [kw0, kw1) (all valid for every pixel).
+ * Writes sums[p·COP + co] = n_valid·C_in − 2·Σ popcount. */
+static void conv_pixels(const cbcn_conv_params *a, const uint32_t *x_img, int64_t ih0, int64_t iw0,
+                        int64_t npix, int64_t kh0, int64_t kh1, int64_t kw0, int64_t kw1, int32_t *sums) {
+    const int64_t XW = a->XW, KW = a->KW, KH = a->KH, W = a->W;
+    const int64_t COB = (a->C_out + LANES - 1) / LANES, COP = COB * LANES;
+    const int32_t n_valid = (int32_t)((kh1 - kh0) * (kw1 - kw0) * a->C_in);
+#if CBCN_AVX512
+    const __m512i nv = _mm512_set1_epi32(n_valid);
+    for (int64_t cob = 0; cob < COB; cob++) {
+        __m512i acc[PIX_BLOCK];
+        for (int p = 0; p < PIX_BLOCK; p++) acc[p] = _mm512_setzero_si512();
+        for (int64_t kh = kh0; kh < kh1; kh++) {
+            const uint32_t *xrow = x_img + (ih0 + kh) * W * XW;
+            for (int64_t kw = kw0; kw < kw1; kw++) {
+                const uint32_t *wp = a->w + (((cob * KH + kh) * KW + kw) * XW) * LANES;
+                const uint32_t *xp = xrow + (iw0 + kw) * XW;
+                const int64_t xstep = a->stride * XW;
+                for (int64_t wd = 0; wd < XW; wd++) {
+                    const __m512i wv = _mm512_loadu_si512((const void *)(wp + wd * LANES));
+                    if (npix == PIX_BLOCK) {
+#pragma GCC unroll 8
+                        for (int p = 0; p < PIX_BLOCK; p++) {
+                            const __m512i xv = _mm512_set1_epi32((int)xp[p * xstep + wd]);
+                            acc[p] = _mm512_add_epi32(acc[p], _mm512_popcnt_epi32(_mm512_xor_si512(xv, wv)));
+                        }
+                    } else {
+                        for (int64_t p = 0; p < npix; p++) {
+                            const __m512i xv = _mm512_set1_epi32((int)xp[p * xstep + wd]);
+                            acc[p] = _mm512_add_epi32(acc[p], _mm512_popcnt_epi32(_mm512_xor_si512(xv, wv)));
+                        }
+                    }
+                }
+            }
+        }
+        for (int64_t p = 0; p < npix; p++) {
+            const __m512i s = _mm512_sub_epi32(nv, _mm512_slli_epi32(acc[p], 1));
+            _mm512_storeu_si512((void *)(sums + p * COP + cob * LANES), s);
+        }
+    }
+#else
+    for (int64_t p = 0; p < npix; p++) {
+        int32_t *sp = sums + p * COP;
+        for (int64_t co = 0; co < COP; co++) sp[co] = 0;
+        for (int64_t kh = kh0; kh < kh1; kh++) {
+            const uint32_t *xrow = x_img + (ih0 + kh) * W * XW;
+            for (int64_t kw = kw0; kw < kw1; kw++) {
+                const uint32_t *xp = xrow + (iw0 + p * a->stride + kw) * XW;
+                for (int64_t cob = 0; cob < COB; cob++) {
+                    const uint32_t *wp = a->w + (((cob * KH + kh) * KW + kw) * XW) * LANES;
+                    for (int64_t wd = 0; wd < XW; wd++) {
+                        const uint32_t xv = xp[wd];
+                        for (int l = 0; l < LANES; l++)
+                            sp[cob * LANES + l] += __builtin_popcount(xv ^ wp[wd * LANES + l]);
+                    }
+                }
+            }
+        }
+        for (int64_t co = 0; co < COP; co++) sp[co] = n_valid - 2 * sp[co];
+    }
+#endif
+}
+
+/* Conv sums of output row oh of image n: sums (OW, COP). */
+static void conv_row(const cbcn_conv_params *a, int64_t n, int64_t oh, int32_t *sums) {
+    const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES;
+    const uint32_t *x_img = a->x + n * a->H * a->W * a->XW;
+    const int64_t ih0 = oh * a->stride - a->pad;
+    int64_t kh0, kh1;
+    valid_taps(ih0, a->KH, a->H, &kh0, &kh1);
+    /* interior columns: every kw valid, i.e. iw0 >= 0 and iw0 + KW <= W */
+    int64_t ow_lo = (a->pad + a->stride - 1) / a->stride;
+    int64_t ow_hi = a->W + a->pad - a->KW >= 0 ? (a->W + a->pad - a->KW) / a->stride + 1 : 0;
+    ow_lo = min64(ow_lo, a->OW);
+    ow_hi = max64(min64(ow_hi, a->OW), ow_lo);
+    for (int64_t ow = 0; ow < a->OW;) {
+        const int64_t iw0 = ow * a->stride - a->pad;
+        if (ow >= ow_lo && ow < ow_hi) {
+            const int64_t npix = min64(PIX_BLOCK, ow_hi - ow);
+            conv_pixels(a, x_img, ih0, iw0, npix, kh0, kh1, 0, a->KW, sums + ow * COP);
+            ow += npix;
+        } else {
+            int64_t kw0, kw1;
+            valid_taps(iw0, a->KW, a->W, &kw0, &kw1);
+            conv_pixels(a, x_img, ih0, iw0, 1, kh0, kh1, kw0, kw1, sums + ow * COP);
+            ow += 1;
+        }
+    }
+}
+
+/* Row r of the epilogue's input into buf (OW, COP): the conv sums (int32), or with a float
+ * source its values (float bits in the same 4-byte slots). */
+static void source_row(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *buf) {
+    if (!a->src) {
+        conv_row(a, n, r, buf);
+        return;
+    }
+    const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES;
+    float *f = (float *)buf;
+    const float *row = a->src + n * a->ss_n + r * a->ss_h;
+    for (int64_t c = 0; c < a->C_out; c++)
+        for (int64_t ow = 0; ow < a->OW; ow++) f[ow * COP + c] = row[c * a->ss_c + ow * a->ss_w];
+}
+
+/* scale and bias of one conv output value (separately rounded, as BinaryConv2d.forward) */
+static inline float scaled(const cbcn_conv_params *a, int32_t s, int64_t co) {
+    float v;
+    if (a->src) memcpy(&v, &s, sizeof v); else v = (float)s;
+    if (a->scale) v = v * a->scale[co];
+    if (a->bias) v = v + a->bias[co];
+    return v;
+}
+
+/* Packs the signs of v[0..C) into words (bit set iff !(v >= 0)), padding bits 0. */
+static inline void pack_row_signs(const float *v, int64_t C, uint32_t *words) {
+    const int64_t XW = (C + 31) / 32;
+    for (int64_t wd = 0; wd < XW; wd++) {
+        uint32_t bits = 0;
+        const int64_t c0 = wd * 32, c1 = min64(C, c0 + 32);
+#if CBCN_AVX512
+        if (c1 - c0 == 32) {
+            const __m512 zero = _mm512_setzero_ps();
+            const __mmask16 lo = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + c0), zero, _CMP_NGE_UQ);
+            const __mmask16 hi = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + c0 + 16), zero, _CMP_NGE_UQ);
+            words[wd] = (uint32_t)lo | ((uint32_t)hi << 16);
+            continue;
+        }
+#endif
+        for (int64_t c = c0; c < c1; c++) bits |= (uint32_t)(!(v[c] >= 0.0f)) << (c - c0);
+        words[wd] = bits;
+    }
+}
+
+/* The epilogue of one final output pixel (n, ph, pw): `v` holds its C_out scaled values (after
+ * pooling); finish the chain in place, then store the float output and the packed signs. */
+static inline void finish_pixel(const cbcn_conv_params *a, int64_t n, int64_t ph, int64_t pw, int64_t PH,
+                                int64_t PW, float *v) {
+    const int64_t C = a->C_out;
+    if (a->relu)
+        for (int64_t c = 0; c < C; c++) v[c] = v[c] < 0.0f ? 0.0f : v[c];
+    if (a->bn_mul) {
+        if (a->bn_fma)
+            for (int64_t c = 0; c < C; c++) v[c] = fmaf(v[c], a->bn_mul[c], a->bn_add[c]);
+        else
+            for (int64_t c = 0; c < C; c++) { v[c] = v[c] * a->bn_mul[c]; v[c] = v[c] + a->bn_add[c]; }
+    }
+    if (a->residual) {
+        const float *r = a->residual + n * a->rs_n + ph * a->rs_h + pw * a->rs_w;
+        if (a->rs_c == 1)
+            for (int64_t c = 0; c < C; c++) v[c] = v[c] + r[c];
+        else
+            for (int64_t c = 0; c < C; c++) v[c] = v[c] + r[c * a->rs_c];
+    }
+    if (a->out) {
+        float *o = a->out + n * a->os_n + ph * a->os_h + pw * a->os_w;
+        if (a->os_c == 1)
+            memcpy(o, v, (size_t)C * sizeof(float));
+        else
+            for (int64_t c = 0; c < C; c++) o[c * a->os_c] = v[c];
+    }
+    if (a->out_packed) {
+        const int64_t XWO = (C + 31) / 32;
+        pack_row_signs(v, C, a->out_packed + ((n * PH + ph) * PW + pw) * XWO);
+    }
+    (void)PH;
+}
+
+#if CBCN_AVX512
+/* The epilogue of 16 channels [c0, c0+16) of one conv output value vector (AVX-512): the same
+ * steps and roundings as scaled() + finish_pixel(), with masks for the channel tail. */
+static inline __m512 scaled16(const cbcn_conv_params *a, const int32_t *s, int64_t c0, __mmask16 m) {
+    const __m512i raw = _mm512_loadu_si512((const void *)(s + c0));
+    __m512 v = a->src ? _mm512_castsi512_ps(raw) : _mm512_cvtepi32_ps(raw);
+    if (a->scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, a->scale + c0));
+    if (a->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, a->bias + c0));
+    return v;
+}
+
+static inline void finish16(const cbcn_conv_params *a, __m512 v, int64_t n, int64_t ph, int64_t pw, int64_t PH,
+                            int64_t PW, int64_t c0, __mmask16 m, uint32_t *word) {
+    const __m512 zero = _mm512_setzero_ps();
+    if (a->relu) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
+    if (a->bn_mul) {
+        const __m512 mul = _mm512_maskz_loadu_ps(m, a->bn_mul + c0), add = _mm512_maskz_loadu_ps(m, a->bn_add + c0);
+        v = a->bn_fma ? _mm512_fmadd_ps(v, mul, add) : _mm512_add_ps(_mm512_mul_ps(v, mul), add);
+    }
+    if (a->residual) {
+        const float *r = a->residual + n * a->rs_n + ph * a->rs_h + pw * a->rs_w + c0 * a->rs_c;
+        __m512 rv;
+        if (a->rs_c == 1) {
+            rv = _mm512_maskz_loadu_ps(m, r);
+        } else {
+            const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                   _mm512_set1_epi32((int)a->rs_c));
+            rv = _mm512_mask_i32gather_ps(zero, m, idx, r, 4);
+        }
+        v = _mm512_add_ps(v, rv);
+    }
+    if (a->out) {
+        float *o = a->out + n * a->os_n + ph * a->os_h + pw * a->os_w + c0 * a->os_c;
+        if (a->os_c == 1) {
+            _mm512_mask_storeu_ps(o, m, v);
+        } else {
+            const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                   _mm512_set1_epi32((int)a->os_c));
+            _mm512_mask_i32scatter_ps(o, m, idx, v, 4);
+        }
+    }
+    if (a->out_packed) {
+        const uint32_t bits = (uint32_t)(_mm512_cmp_ps_mask(v, zero, _CMP_NGE_UQ) & m);
+        const int64_t XWO = (a->C_out + 31) / 32;
+        uint32_t *w = a->out_packed + ((n * PH + ph) * PW + pw) * XWO + c0 / 32;
+        if (c0 % 32 == 0) *word = bits; else *word |= bits << 16;
+        if (c0 % 32 == 16 || c0 + 16 >= a->C_out) *w = *word;
+    }
+}
+
+static void output_row_avx512(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *sums) {
+    const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES, C = a->C_out;
+    uint32_t word = 0;
+    if (!a->pool) {
+        source_row(a, n, r, sums);
+        for (int64_t ow = 0; ow < a->OW; ow++) {
+            const int32_t *s = sums + ow * COP;
+            for (int64_t c0 = 0; c0 < C; c0 += 16) {
+                const __mmask16 m = C - c0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c0)) - 1);
+                finish16(a, scaled16(a, s, c0, m), n, r, ow, a->OH, a->OW, c0, m, &word);
+            }
+        }
+        return;
+    }
+    const int64_t PH = a->OH / 2, PW = a->OW / 2;
+    source_row(a, n, 2 * r, sums);
+    source_row(a, n, 2 * r + 1, sums + a->OW * COP);
+    for (int64_t pw = 0; pw < PW; pw++) {
+        const int32_t *s00 = sums + (2 * pw) * COP, *s01 = s00 + COP;
+        const int32_t *s10 = s00 + a->OW * COP, *s11 = s10 + COP;
+        for (int64_t c0 = 0; c0 < C; c0 += 16) {
+            const __mmask16 m = C - c0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c0)) - 1);
+            __m512 v = scaled16(a, s00, c0, m);
+            v = _mm512_max_ps(scaled16(a, s01, c0, m), v);
+            v = _mm512_max_ps(scaled16(a, s10, c0, m), v);
+            v = _mm512_max_ps(scaled16(a, s11, c0, m), v);
+            finish16(a, v, n, r, pw, PH, PW, c0, m, &word);
+        }
+    }
+}
+#endif
+
+#if !CBCN_AVX512
+/* One final output row (n, r): one conv row, or two pooled into one. Buffers: sums 2·OW·COP
+ * int32, vals COP floats. */
+static void output_row(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *sums, float *vals) {
+    const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES, C = a->C_out;
+    if (!a->pool) {
+        source_row(a, n, r, sums);
+        for (int64_t ow = 0; ow < a->OW; ow++) {
+            const int32_t *s = sums + ow * COP;
+            for (int64_t c = 0; c < C; c++) vals[c] = scaled(a, s[c], c);
+            finish_pixel(a, n, r, ow, a->OH, a->OW, vals);
+        }
+        return;
+    }
+    const int64_t PH = a->OH / 2, PW = a->OW / 2;
+    source_row(a, n, 2 * r, sums);
+    source_row(a, n, 2 * r + 1, sums + a->OW * COP);
+    for (int64_t pw = 0; pw < PW; pw++) {
+        const int32_t *s00 = sums + (2 * pw) * COP, *s01 = s00 + COP;
+        const int32_t *s10 = s00 + a->OW * COP, *s11 = s10 + COP;
+        for (int64_t c = 0; c < C; c++) {
+            /* max over the window in MaxPool2d's scan order (row by row) */
+            float m = scaled(a, s00[c], c), t;
+            t = scaled(a, s01[c], c); if (t > m) m = t;
+            t = scaled(a, s10[c], c); if (t > m) m = t;
+            t = scaled(a, s11[c], c); if (t > m) m = t;
+            vals[c] = m;
+        }
+        finish_pixel(a, n, r, pw, PH, PW, vals);
+    }
+}
+
+#endif
+
+/* The fused binary convolution. Returns 0, or a negative code for bad arguments / no memory. */
+int cbcn_binary_conv(const cbcn_conv_params *a) {
+    if (!a || a->C_out < 1 || a->OH < 0 || a->OW < 0) return -1;
+    if (!a->src && (!a->x || !a->w || a->XW < 1 || a->C_in < 1 || a->stride < 1 || a->pad < 0)) return -1;
+    if (a->pool != 0 && a->pool != 2) return -1;
+    if (a->bn_mul && !a->bn_add) return -1;
+    const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES;
+    const int64_t rows = a->pool ? a->OH / 2 : a->OH;
+    const int64_t work = a->N * rows;
+    const size_t sums_bytes = (size_t)2 * a->OW * COP * sizeof(int32_t);
+    const size_t vals_bytes = (size_t)COP * sizeof(float);
+    int failed = 0;
+#ifdef _OPENMP
+    const int threads = a->threads > 1 ? (int)a->threads : 1;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+#endif
+    {
+        int32_t *sums = (int32_t *)malloc(sums_bytes);
+        float *vals = (float *)malloc(vals_bytes);
+        if (!sums || !vals) {
+            failed = 1;
+        } else {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t i = 0; i < work; i++) {
+#if CBCN_AVX512
+                output_row_avx512(a, i / rows, i % rows, sums);
+                (void)vals;
+#else
+                output_row(a, i / rows, i % rows, sums, vals);
+#endif
+            }
+        }
+        free(sums);
+        free(vals);
+    }
+    return failed ? -2 : 0;
+}
+
+/* Packs the signs of a float tensor (N, C, H, W) with any strides into (N, H, W, ceil(C/32)). */
+int cbcn_pack_signs_f32(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sn, int64_t sc,
+                        int64_t sh, int64_t sw, uint32_t *out, int64_t threads) {
+    if (!x || !out || N < 0 || C < 1 || H < 0 || W < 0) return -1;
+    const int64_t XW = (C + 31) / 32;
+    int failed = 0;
+    (void)threads;
+#ifdef _OPENMP
+    const int nt = threads > 1 ? (int)threads : 1;
+#pragma omp parallel num_threads(nt) reduction(| : failed)
+#endif
+    {
+        float *vals = sc == 1 ? NULL : (float *)malloc((size_t)C * sizeof(float));
+        if (sc != 1 && !vals) {
+            failed = 1;
+        } else if (sc == 1) { /* channels-last: each pixel's channels are contiguous */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t i = 0; i < N * H; i++) {
+                const int64_t n = i / H, h = i % H;
+                for (int64_t w = 0; w < W; w++)
+                    pack_row_signs(x + n * sn + h * sh + w * sw, C, out + ((n * H + h) * W + w) * XW);
+            }
+        } else if (sw == 1) { /* NCHW rows: 16 pixels x 32 channels per step, vectorised over pixels */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t i = 0; i < N * H; i++) {
+                const int64_t n = i / H, h = i % H;
+                uint32_t *o = out + (n * H + h) * W * XW;
+                for (int64_t wd = 0; wd < XW; wd++) {
+                    const int64_t c0 = wd * 32, c1 = min64(C, c0 + 32);
+                    int64_t w = 0;
+#if CBCN_AVX512
+                    const __m512 zero = _mm512_setzero_ps();
+                    const __m512i step = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                            _mm512_set1_epi32((int)XW));
+                    for (; w + 16 <= W; w += 16) {
+                        __m512i acc = _mm512_setzero_si512();
+                        for (int64_t c = c0; c < c1; c++) {
+                            const __mmask16 neg = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + n * sn + c * sc + h * sh + w), zero, _CMP_NGE_UQ);
+                            acc = _mm512_mask_or_epi32(acc, neg, acc, _mm512_set1_epi32((int)(1u << (c - c0))));
+                        }
+                        if (XW == 1) _mm512_storeu_si512((void *)(o + w), acc);
+                        else _mm512_i32scatter_epi32((void *)(o + w * XW + wd), step, acc, 4);
+                    }
+#endif
+                    for (; w < W; w++) {
+                        uint32_t bits = 0;
+                        for (int64_t c = c0; c < c1; c++) bits |= (uint32_t)(!(x[n * sn + c * sc + h * sh + w] >= 0.0f)) << (c - c0);
+                        o[w * XW + wd] = bits;
+                    }
+                }
+            }
+        } else {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t i = 0; i < N * H; i++) {
+                const int64_t n = i / H, h = i % H;
+                for (int64_t w = 0; w < W; w++) {
+                    for (int64_t c = 0; c < C; c++) vals[c] = x[n * sn + c * sc + h * sh + w * sw];
+                    pack_row_signs(vals, C, out + ((n * H + h) * W + w) * XW);
+                }
+            }
+        }
+        free(vals);
+    }
+    return failed ? -2 : 0;
+}

@@ -1,0 +1,167 @@
+"""Builds and loads the CPU engine's C kernels (``bconv.c``) with the machine's C compiler.
+
+Built on first use — no extra install step: ``cc`` (``$CC``), with ``-O3 -march=native`` so the
+AVX-512 popcount loops are used where the CPU has them, OpenMP where the compiler has it, and
+``-ffp-contract=off`` so that every float step rounds as the separate PyTorch ops do. The shared
+library is cached under ``$CBCN_CACHE_DIR`` (default ``~/.cache/cbcn``) in a folder named by a
+hash of the source, the compiler, its flags and the CPU, and written atomically, so concurrent
+first uses are safe and a new CPU or compiler gets its own build.
+
+Anything that fails (no compiler, a compile error, a load error) makes ``load()`` return ``None``
+with the reason in ``problem()``; the engine then takes its next path (``cbcn.backends.cpu``).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("bconv.c")
+ABI_VERSION = 4
+COMPILE_TIMEOUT_S = 120
+BASE_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno"]
+# tried in order: the first that compiles is used
+FLAG_VARIANTS = (["-march=native", "-fopenmp"], ["-march=native"], ["-mpopcnt", "-fopenmp"], ["-mpopcnt"], [])
+
+
+class ConvParams(ctypes.Structure):
+    """Mirror of ``cbcn_conv_params`` in bconv.c (the one parameter struct of a fused conv)."""
+
+    _fields_ = [
+        ("x", ctypes.c_void_p), ("N", ctypes.c_int64), ("H", ctypes.c_int64), ("W", ctypes.c_int64),
+        ("XW", ctypes.c_int64), ("C_in", ctypes.c_int64),
+        ("w", ctypes.c_void_p), ("C_out", ctypes.c_int64), ("KH", ctypes.c_int64), ("KW", ctypes.c_int64),
+        ("stride", ctypes.c_int64), ("pad", ctypes.c_int64), ("OH", ctypes.c_int64), ("OW", ctypes.c_int64),
+        ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("pool", ctypes.c_int64), ("relu", ctypes.c_int64),
+        ("bn_mul", ctypes.c_void_p), ("bn_add", ctypes.c_void_p), ("bn_fma", ctypes.c_int64),
+        ("residual", ctypes.c_void_p), ("rs_n", ctypes.c_int64), ("rs_c", ctypes.c_int64),
+        ("rs_h", ctypes.c_int64), ("rs_w", ctypes.c_int64),
+        ("out", ctypes.c_void_p), ("os_n", ctypes.c_int64), ("os_c", ctypes.c_int64),
+        ("os_h", ctypes.c_int64), ("os_w", ctypes.c_int64),
+        ("out_packed", ctypes.c_void_p), ("threads", ctypes.c_int64),
+        ("src", ctypes.c_void_p), ("ss_n", ctypes.c_int64), ("ss_c", ctypes.c_int64),
+        ("ss_h", ctypes.c_int64), ("ss_w", ctypes.c_int64),
+    ]
+
+
+class NativeLibrary:
+    """The loaded kernels: ``binary_conv(params)`` and ``pack_signs_f32(...)``."""
+
+    def __init__(self, path: Path, flags: list[str]):
+        self.path, self.flags = path, flags
+        lib = ctypes.CDLL(str(path))
+        if lib.cbcn_abi_version() != ABI_VERSION:
+            raise OSError(f"{path} has ABI {lib.cbcn_abi_version()}, this code needs {ABI_VERSION}")
+        lib.cbcn_binary_conv.argtypes = [ctypes.POINTER(ConvParams)]
+        lib.cbcn_binary_conv.restype = ctypes.c_int
+        lib.cbcn_pack_signs_f32.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 8 + [ctypes.c_void_p, ctypes.c_int64]
+        lib.cbcn_pack_signs_f32.restype = ctypes.c_int
+        self.lanes = lib.cbcn_lanes()
+        self.simd = bool(lib.cbcn_simd())
+        self.openmp = "-fopenmp" in flags
+        self._lib = lib
+
+    @property
+    def variant(self) -> str:
+        """``avx512`` (the 16-lane popcount loops) or ``scalar``."""
+        return "avx512" if self.simd else "scalar"
+
+    def binary_conv(self, params: ConvParams) -> None:
+        rc = self._lib.cbcn_binary_conv(ctypes.byref(params))
+        if rc != 0:
+            raise RuntimeError(f"native binary conv failed (code {rc}: {'bad arguments' if rc == -1 else 'out of memory'})")
+
+    def pack_signs_f32(self, ptr, N, C, H, W, strides, out_ptr, threads) -> None:
+        rc = self._lib.cbcn_pack_signs_f32(ptr, N, C, H, W, *strides, out_ptr, threads)
+        if rc != 0:
+            raise RuntimeError(f"native sign packing failed (code {rc})")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CBCN_CACHE_DIR") or Path.home() / ".cache" / "cbcn")
+
+
+def _compiler() -> str | None:
+    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _cpu_signature() -> str:
+    """The CPU model and flags, so that a ``-march=native`` build is never reused on another CPU."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compile(cc: str, flags: list[str], target: Path) -> str | None:
+    """Compile to ``target`` atomically; returns the compiler's complaint on failure."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.{os.getpid()}.", suffix=".so", dir=target.parent)
+    os.close(fd)
+    cmd = [cc, *BASE_FLAGS, *flags, "-o", tmp, str(SOURCE), "-lm"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+        if proc.returncode != 0:
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            return lines[-1] if lines else f"exit status {proc.returncode}"
+        os.replace(tmp, target)
+        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+_PROBLEM: list[str] = []
+
+
+@functools.lru_cache(maxsize=None)
+def load() -> NativeLibrary | None:
+    """The compiled kernels for this machine (built on first use), or ``None`` (see ``problem()``)."""
+    if os.environ.get("CBCN_NATIVE", "1") == "0":
+        _PROBLEM.append("disabled by CBCN_NATIVE=0")
+        return None
+    cc = _compiler()
+    if cc is None:
+        _PROBLEM.append("no C compiler found (cc, gcc, clang or $CC)")
+        return None
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        _PROBLEM.append(f"C compiler {cc} does not run: {exc}")
+        return None
+    source = SOURCE.read_bytes()
+    complaints = []
+    for flags in FLAG_VARIANTS:
+        key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(BASE_FLAGS + flags).encode(),
+                                         _cpu_signature().encode()])).hexdigest()[:16]
+        target = cache_dir() / "native" / key / "libcbcn_bconv.so"
+        if not target.exists():
+            complaint = _compile(cc, flags, target)
+            if complaint is not None:
+                complaints.append(f"{' '.join(flags) or 'plain'}: {complaint}")
+                continue
+        try:
+            return NativeLibrary(target, flags)
+        except OSError as exc:
+            complaints.append(f"{' '.join(flags) or 'plain'}: cannot load {target}: {exc}")
+    _PROBLEM.append("could not build the native kernels: " + "; ".join(complaints))
+    return None
+
+
+def problem() -> str | None:
+    """Why ``load()`` returned ``None`` (``None`` if it has not, or has not been called)."""
+    return _PROBLEM[-1] if _PROBLEM else None
