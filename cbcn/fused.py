@@ -46,13 +46,25 @@ class OneBitBasicBlock(nn.Module):
         self.conv1, self.bn1, self.conv2, self.bn2 = block.conv1, block.bn1, block.conv2, block.bn2
         self.downsample = block.downsample
         self.shortcut_kind = block.shortcut_kind
-        # set by fuse_blocks: the last block writes NCHW (the pooling after it sums in layout order)
-        # and no packed signs (no binary conv follows)
+        # set by fuse_blocks: the last block writes NCHW, the training model's layout, because the
+        # pooling after it sums in layout order; and no packed signs (no binary conv follows)
         self.output_format = torch.channels_last
         self.emit_packed = True
 
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        """The downsampling shortcut on the training model's NCHW layout: its 1x1 full-precision
+        conv rounds its float sums in layout order. The average pool before it gives the same
+        values in any layout, so it runs first, on channels-last, and only its 4x smaller output
+        is transposed."""
+        ds = self.downsample
+        if ds is None:
+            return x
+        if isinstance(ds[0], nn.AvgPool2d) and not x.is_contiguous():
+            return ds[1:](ds[0](x).contiguous())
+        return ds(x.contiguous())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = self.shortcut(x)
         ops = self.conv1.ops(x.device)
         x_packed = self.conv1.pack_input(x, ops)
         bn1, bn2 = batchnorm_eval(self.bn1), batchnorm_eval(self.bn2)
@@ -65,6 +77,20 @@ class OneBitBasicBlock(nn.Module):
         out, out_packed = self.conv2.run(y_packed, Epilogue(bn=bn2, residual=shortcut, packed=self.emit_packed),
                                          self.output_format, ops=ops)
         return attach_packed_signs(out, out_packed)
+
+
+class OneBitStem(nn.Sequential):
+    """The CIFAR stem ``[full-precision conv, BN]`` of a binary ResNet: the conv as in the training
+    model, then its batch-norm, the channels-last output and the first binary conv's packed
+    signs in one pass (``run_epilogue``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn = self[0], self[1]
+        real, packed = self.ops(x.device).run_epilogue(conv(x), Epilogue(bn=batchnorm_eval(bn), packed=True))
+        return attach_packed_signs(real, packed)
+
+    def ops(self, device):
+        return self.first_binary_conv.ops(device)
 
 
 def _is_fusable_block(block) -> bool:
@@ -115,6 +141,11 @@ def fuse_blocks(model: nn.Module) -> int:
     fused = 0
     if isinstance(model, ResNet):
         blocks = list(model.blocks)
+        stem = list(model.stem)
+        if blocks and _is_fusable_block(blocks[0]) and len(stem) == 2 and isinstance(stem[1], nn.BatchNorm2d):
+            model.stem = OneBitStem(*stem)
+            model.stem.__dict__["first_binary_conv"] = blocks[0].conv1  # not a child: no new state
+            fused += 1
         for i, block in enumerate(blocks):
             if _is_fusable_block(block):
                 new = OneBitBasicBlock(block)

@@ -30,6 +30,11 @@
 #else
 #define CBCN_AVX512 0
 #endif
+#if CBCN_AVX512 && defined(__AVX512BITALG__)
+#define CBCN_PAIRS 1 /* layers of <= 16 input channels: two output pixels per 16-bit-lane popcount */
+#else
+#define CBCN_PAIRS 0
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -38,6 +43,7 @@
 #define CBCN_ABI_VERSION 4
 #define LANES 16 /* output channels per weight vector: the prepared bank is (COB, KH, KW, XW, 16) */
 #define PIX_BLOCK 8 /* output pixels sharing each weight vector load in the interior */
+#define PAIR_BLOCK 8 /* pixel pairs sharing each weight vector load (narrow layers) */
 
 /* The one parameter struct of a fused binary conv (mirrored by ctypes in native.py). */
 typedef struct {
@@ -64,7 +70,7 @@ typedef struct {
 } cbcn_conv_params;
 
 int cbcn_abi_version(void) { return CBCN_ABI_VERSION; }
-int cbcn_simd(void) { return CBCN_AVX512; } /* 1: AVX-512 popcount loops compiled in */
+int cbcn_simd(void) { return CBCN_AVX512 + CBCN_PAIRS; } /* 1: AVX-512 popcounts; 2: and 16-bit-lane pairs */
 int cbcn_lanes(void) { return LANES; }
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -77,48 +83,52 @@ static inline void valid_taps(int64_t start, int64_t k, int64_t size, int64_t *l
     if (*hi < *lo) *hi = *lo;
 }
 
-/* Conv sums of `npix` output pixels of one output row, whose windows start at input column
- * iw0 + p·stride, over taps kh in [kh0, kh1) and kw in [kw0, kw1) (all valid for every pixel).
- * Writes sums[p·COP + co] = n_valid·C_in − 2·Σ popcount. */
-static void conv_pixels(const cbcn_conv_params *a, const uint32_t *x_img, int64_t ih0, int64_t iw0,
-                        int64_t npix, int64_t kh0, int64_t kh1, int64_t kw0, int64_t kw1, int32_t *sums) {
-    const int64_t XW = a->XW, KW = a->KW, KH = a->KH, W = a->W;
-    const int64_t COB = (a->C_out + LANES - 1) / LANES, COP = COB * LANES;
-    const int32_t n_valid = (int32_t)((kh1 - kh0) * (kw1 - kw0) * a->C_in);
 #if CBCN_AVX512
-    const __m512i nv = _mm512_set1_epi32(n_valid);
+/* conv_pixels for a compile-time pixel count NP (inlined per count, so the NP accumulators stay
+ * in registers: a loop over a run-time count would keep them in memory). */
+static inline __attribute__((always_inline)) void conv_pixels_avx512(
+    const cbcn_conv_params *a, const uint32_t *x_img, int64_t ih0, int64_t iw0, const int NP, int64_t kh0,
+    int64_t kh1, int64_t kw0, int64_t kw1, int32_t *sums) {
+    const int64_t XW = a->XW, KW = a->KW, KH = a->KH, W = a->W, xstep = a->stride * a->XW;
+    const int64_t COB = (a->C_out + LANES - 1) / LANES, COP = COB * LANES;
+    const __m512i nv = _mm512_set1_epi32((int32_t)((kh1 - kh0) * (kw1 - kw0) * a->C_in));
     for (int64_t cob = 0; cob < COB; cob++) {
         __m512i acc[PIX_BLOCK];
-        for (int p = 0; p < PIX_BLOCK; p++) acc[p] = _mm512_setzero_si512();
+        for (int p = 0; p < NP; p++) acc[p] = _mm512_setzero_si512();
         for (int64_t kh = kh0; kh < kh1; kh++) {
             const uint32_t *xrow = x_img + (ih0 + kh) * W * XW;
             for (int64_t kw = kw0; kw < kw1; kw++) {
                 const uint32_t *wp = a->w + (((cob * KH + kh) * KW + kw) * XW) * LANES;
                 const uint32_t *xp = xrow + (iw0 + kw) * XW;
-                const int64_t xstep = a->stride * XW;
                 for (int64_t wd = 0; wd < XW; wd++) {
                     const __m512i wv = _mm512_loadu_si512((const void *)(wp + wd * LANES));
-                    if (npix == PIX_BLOCK) {
-#pragma GCC unroll 8
-                        for (int p = 0; p < PIX_BLOCK; p++) {
-                            const __m512i xv = _mm512_set1_epi32((int)xp[p * xstep + wd]);
-                            acc[p] = _mm512_add_epi32(acc[p], _mm512_popcnt_epi32(_mm512_xor_si512(xv, wv)));
-                        }
-                    } else {
-                        for (int64_t p = 0; p < npix; p++) {
-                            const __m512i xv = _mm512_set1_epi32((int)xp[p * xstep + wd]);
-                            acc[p] = _mm512_add_epi32(acc[p], _mm512_popcnt_epi32(_mm512_xor_si512(xv, wv)));
-                        }
-                    }
+                    for (int p = 0; p < NP; p++)
+                        acc[p] = _mm512_add_epi32(acc[p], _mm512_popcnt_epi32(_mm512_xor_si512(_mm512_set1_epi32((int)xp[p * xstep + wd]), wv)));
                 }
             }
         }
-        for (int64_t p = 0; p < npix; p++) {
-            const __m512i s = _mm512_sub_epi32(nv, _mm512_slli_epi32(acc[p], 1));
-            _mm512_storeu_si512((void *)(sums + p * COP + cob * LANES), s);
-        }
+        for (int p = 0; p < NP; p++)
+            _mm512_storeu_si512((void *)(sums + p * COP + cob * LANES), _mm512_sub_epi32(nv, _mm512_slli_epi32(acc[p], 1)));
+    }
+}
+#endif
+
+/* Conv sums of `npix` output pixels of one output row, whose windows start at input column
+ * iw0 + p·stride, over taps kh in [kh0, kh1) and kw in [kw0, kw1) (all valid for every pixel).
+ * Writes sums[p·COP + co] = n_valid·C_in − 2·Σ popcount. */
+static void conv_pixels(const cbcn_conv_params *a, const uint32_t *x_img, int64_t ih0, int64_t iw0,
+                        int64_t npix, int64_t kh0, int64_t kh1, int64_t kw0, int64_t kw1, int32_t *sums) {
+#if CBCN_AVX512
+    switch (npix) {
+#define CBCN_NP(n) case n: conv_pixels_avx512(a, x_img, ih0, iw0, n, kh0, kh1, kw0, kw1, sums); break;
+        CBCN_NP(1) CBCN_NP(2) CBCN_NP(3) CBCN_NP(4) CBCN_NP(5) CBCN_NP(6) CBCN_NP(7) CBCN_NP(8)
+#undef CBCN_NP
+        default: break;
     }
 #else
+    const int64_t XW = a->XW, KW = a->KW, KH = a->KH, W = a->W;
+    const int64_t COB = (a->C_out + LANES - 1) / LANES, COP = COB * LANES;
+    const int32_t n_valid = (int32_t)((kh1 - kh0) * (kw1 - kw0) * a->C_in);
     for (int64_t p = 0; p < npix; p++) {
         int32_t *sp = sums + p * COP;
         for (int64_t co = 0; co < COP; co++) sp[co] = 0;
@@ -141,6 +151,50 @@ static void conv_pixels(const cbcn_conv_params *a, const uint32_t *x_img, int64_
 #endif
 }
 
+#if CBCN_PAIRS
+/* Narrow layers (C_in <= 16, one half-word of signs per pixel): the interior pixels
+ * ow0 .. ow0 + 2·npairs − 1 in pairs. Each 32-bit lane holds output channel l's 16 weight bits
+ * twice and the broadcast word the signs of the pair's two input pixels, so one 16-bit-lane
+ * popcount (BITALG) counts both pixels: half the instructions of conv_pixels. pairs[kh][j] =
+ * x[ih0+kh][j] | x[ih0+kh][j+stride] << 16, built by conv_row. */
+static inline __attribute__((always_inline)) void conv_pixel_pairs_n(
+    const cbcn_conv_params *a, const uint32_t *pairs, int64_t W, int64_t iw0, const int NP, int64_t kh0, int64_t kh1,
+    int32_t *sums) {
+    const int64_t KW = a->KW, KH = a->KH, s2 = 2 * a->stride;
+    const int64_t COB = (a->C_out + LANES - 1) / LANES, COP = COB * LANES;
+    const __m512i nv = _mm512_set1_epi32((int32_t)((kh1 - kh0) * KW * a->C_in)), lo = _mm512_set1_epi32(0xFFFF);
+    for (int64_t cob = 0; cob < COB; cob++) {
+        __m512i acc[PAIR_BLOCK];
+        for (int p = 0; p < NP; p++) acc[p] = _mm512_setzero_si512();
+        for (int64_t kh = kh0; kh < kh1; kh++) {
+            const uint32_t *prow = pairs + kh * W;
+            for (int64_t kw = 0; kw < KW; kw++) {
+                __m512i wv = _mm512_loadu_si512((const void *)(a->w + ((cob * KH + kh) * KW + kw) * LANES));
+                wv = _mm512_or_si512(wv, _mm512_slli_epi32(wv, 16));
+                const uint32_t *xp = prow + iw0 + kw;
+                for (int p = 0; p < NP; p++)
+                    acc[p] = _mm512_add_epi16(acc[p], _mm512_popcnt_epi16(_mm512_xor_si512(_mm512_set1_epi32((int)xp[p * s2]), wv)));
+            }
+        }
+        for (int p = 0; p < NP; p++) {
+            const __m512i first = _mm512_and_si512(acc[p], lo), second = _mm512_srli_epi32(acc[p], 16);
+            _mm512_storeu_si512((void *)(sums + (2 * p) * COP + cob * LANES), _mm512_sub_epi32(nv, _mm512_slli_epi32(first, 1)));
+            _mm512_storeu_si512((void *)(sums + (2 * p + 1) * COP + cob * LANES), _mm512_sub_epi32(nv, _mm512_slli_epi32(second, 1)));
+        }
+    }
+}
+
+static void conv_pixel_pairs(const cbcn_conv_params *a, const uint32_t *pairs, int64_t W, int64_t iw0,
+                             int64_t npairs, int64_t kh0, int64_t kh1, int32_t *sums) {
+    switch (npairs) {
+#define CBCN_NP(n) case n: conv_pixel_pairs_n(a, pairs, W, iw0, n, kh0, kh1, sums); break;
+        CBCN_NP(1) CBCN_NP(2) CBCN_NP(3) CBCN_NP(4) CBCN_NP(5) CBCN_NP(6) CBCN_NP(7) CBCN_NP(8)
+#undef CBCN_NP
+        default: break;
+    }
+}
+#endif
+
 /* Conv sums of output row oh of image n: sums (OW, COP). */
 static void conv_row(const cbcn_conv_params *a, int64_t n, int64_t oh, int32_t *sums) {
     const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES;
@@ -153,6 +207,31 @@ static void conv_row(const cbcn_conv_params *a, int64_t n, int64_t oh, int32_t *
     int64_t ow_hi = a->W + a->pad - a->KW >= 0 ? (a->W + a->pad - a->KW) / a->stride + 1 : 0;
     ow_lo = min64(ow_lo, a->OW);
     ow_hi = max64(min64(ow_hi, a->OW), ow_lo);
+#if CBCN_PAIRS
+    if (a->C_in <= 16 && a->XW == 1 && ow_hi - ow_lo >= 2) {
+        const int64_t W = a->W, s = a->stride;
+        uint32_t pairs[a->KH * W]; /* the kh rows' pair words (see conv_pixel_pairs) */
+        for (int64_t kh = kh0; kh < kh1; kh++) {
+            const uint32_t *xr = x_img + (ih0 + kh) * W;
+            for (int64_t j = 0; j < W; j++) pairs[kh * W + j] = xr[j] | (j + s < W ? xr[j + s] << 16 : 0u);
+        }
+        int64_t ow = ow_lo;
+        for (; ow + 2 <= ow_hi;) {
+            const int64_t np = min64(PAIR_BLOCK, (ow_hi - ow) / 2);
+            conv_pixel_pairs(a, pairs, W, ow * s - a->pad, np, kh0, kh1, sums + ow * COP);
+            ow += 2 * np;
+        }
+        if (ow < ow_hi) conv_pixels(a, x_img, ih0, ow * s - a->pad, 1, kh0, kh1, 0, a->KW, sums + ow * COP);
+        for (int64_t b = 0; b < a->OW; b++) {
+            if (b >= ow_lo && b < ow_hi) continue;
+            const int64_t iw0 = b * s - a->pad;
+            int64_t kw0, kw1;
+            valid_taps(iw0, a->KW, a->W, &kw0, &kw1);
+            conv_pixels(a, x_img, ih0, iw0, 1, kh0, kh1, kw0, kw1, sums + b * COP);
+        }
+        return;
+    }
+#endif
     for (int64_t ow = 0; ow < a->OW;) {
         const int64_t iw0 = ow * a->stride - a->pad;
         if (ow >= ow_lo && ow < ow_hi) {
@@ -168,18 +247,25 @@ static void conv_row(const cbcn_conv_params *a, int64_t n, int64_t oh, int32_t *
     }
 }
 
-/* Row r of the epilogue's input into buf (OW, COP): the conv sums (int32), or with a float
- * source its values (float bits in the same 4-byte slots). */
-static void source_row(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *buf) {
+/* Row r of the epilogue's input, as (OW, COP) 4-byte values: the conv sums (int32, computed into
+ * buf), or with a float source its values (float bits) — read in place where the source already
+ * has that layout (a staged image), else gathered into buf. */
+static const int32_t *source_row(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *buf) {
     if (!a->src) {
         conv_row(a, n, r, buf);
-        return;
+        return buf;
     }
     const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES;
-    float *f = (float *)buf;
     const float *row = a->src + n * a->ss_n + r * a->ss_h;
-    for (int64_t c = 0; c < a->C_out; c++)
-        for (int64_t ow = 0; ow < a->OW; ow++) f[ow * COP + c] = row[c * a->ss_c + ow * a->ss_w];
+    if (a->ss_c == 1 && a->ss_w == COP) return (const int32_t *)row;
+    float *f = (float *)buf;
+    if (a->ss_c == 1) {
+        for (int64_t ow = 0; ow < a->OW; ow++) memcpy(f + ow * COP, row + ow * a->ss_w, (size_t)a->C_out * sizeof(float));
+    } else {
+        for (int64_t c = 0; c < a->C_out; c++)
+            for (int64_t ow = 0; ow < a->OW; ow++) f[ow * COP + c] = row[c * a->ss_c + ow * a->ss_w];
+    }
+    return buf;
 }
 
 /* scale and bias of one conv output value (separately rounded, as BinaryConv2d.forward) */
@@ -248,82 +334,84 @@ static inline void finish_pixel(const cbcn_conv_params *a, int64_t n, int64_t ph
 #if CBCN_AVX512
 /* The epilogue of 16 channels [c0, c0+16) of one conv output value vector (AVX-512): the same
  * steps and roundings as scaled() + finish_pixel(), with masks for the channel tail. */
-static inline __m512 scaled16(const cbcn_conv_params *a, const int32_t *s, int64_t c0, __mmask16 m) {
-    const __m512i raw = _mm512_loadu_si512((const void *)(s + c0));
-    __m512 v = a->src ? _mm512_castsi512_ps(raw) : _mm512_cvtepi32_ps(raw);
-    if (a->scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, a->scale + c0));
-    if (a->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, a->bias + c0));
-    return v;
-}
-
-static inline void finish16(const cbcn_conv_params *a, __m512 v, int64_t n, int64_t ph, int64_t pw, int64_t PH,
-                            int64_t PW, int64_t c0, __mmask16 m, uint32_t *word) {
-    const __m512 zero = _mm512_setzero_ps();
-    if (a->relu) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
-    if (a->bn_mul) {
-        const __m512 mul = _mm512_maskz_loadu_ps(m, a->bn_mul + c0), add = _mm512_maskz_loadu_ps(m, a->bn_add + c0);
-        v = a->bn_fma ? _mm512_fmadd_ps(v, mul, add) : _mm512_add_ps(_mm512_mul_ps(v, mul), add);
-    }
-    if (a->residual) {
-        const float *r = a->residual + n * a->rs_n + ph * a->rs_h + pw * a->rs_w + c0 * a->rs_c;
-        __m512 rv;
-        if (a->rs_c == 1) {
-            rv = _mm512_maskz_loadu_ps(m, r);
-        } else {
-            const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                   _mm512_set1_epi32((int)a->rs_c));
-            rv = _mm512_mask_i32gather_ps(zero, m, idx, r, 4);
-        }
-        v = _mm512_add_ps(v, rv);
-    }
-    if (a->out) {
-        float *o = a->out + n * a->os_n + ph * a->os_h + pw * a->os_w + c0 * a->os_c;
-        if (a->os_c == 1) {
-            _mm512_mask_storeu_ps(o, m, v);
-        } else {
-            const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                   _mm512_set1_epi32((int)a->os_c));
-            _mm512_mask_i32scatter_ps(o, m, idx, v, 4);
-        }
-    }
-    if (a->out_packed) {
-        const uint32_t bits = (uint32_t)(_mm512_cmp_ps_mask(v, zero, _CMP_NGE_UQ) & m);
-        const int64_t XWO = (a->C_out + 31) / 32;
-        uint32_t *w = a->out_packed + ((n * PH + ph) * PW + pw) * XWO + c0 / 32;
-        if (c0 % 32 == 0) *word = bits; else *word |= bits << 16;
-        if (c0 % 32 == 16 || c0 + 16 >= a->C_out) *w = *word;
-    }
-}
-
-static void output_row_avx512(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *sums) {
+/* One final output row (n, r): one conv row, or two max-pooled into one. `sums` holds 2·OW·COP
+ * values, `vals` OW·COP floats. The source, residual and output have contiguous channels
+ * (cbcn_binary_conv stages NCHW tensors per image first: a 16-channel scatter over NCHW planes
+ * thrashes the cache). The epilogue runs as one tight pass over the row per step, each step's
+ * switch tested once per row rather than per pixel. */
+static void output_row_avx512(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *sums, float *vals) {
     const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES, C = a->C_out;
-    uint32_t word = 0;
-    if (!a->pool) {
-        source_row(a, n, r, sums);
-        for (int64_t ow = 0; ow < a->OW; ow++) {
-            const int32_t *s = sums + ow * COP;
-            for (int64_t c0 = 0; c0 < C; c0 += 16) {
-                const __mmask16 m = C - c0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c0)) - 1);
-                finish16(a, scaled16(a, s, c0, m), n, r, ow, a->OH, a->OW, c0, m, &word);
+    const int64_t PH = a->pool ? a->OH / 2 : a->OH, PW = a->pool ? a->OW / 2 : a->OW;
+    const int is_float = a->src != NULL;
+    const float *scale = a->scale, *bias = a->bias;
+    const int32_t *row0 = source_row(a, n, a->pool ? 2 * r : r, sums);
+    const int32_t *row1 = a->pool ? source_row(a, n, 2 * r + 1, sums + a->OW * COP) : NULL;
+    const __m512 zero = _mm512_setzero_ps();
+    /* per-channel vectors, masked past C (COP <= 16·LANES... loaded once per chunk below) */
+#define CBCN_MASK(c0) (C - (c0) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - (c0))) - 1))
+#define CBCN_VALUE(ptr, c0, m) ({ \
+        const __m512i raw_ = _mm512_loadu_si512((const void *)((ptr) + (c0))); \
+        __m512 v_ = is_float ? _mm512_castsi512_ps(raw_) : _mm512_cvtepi32_ps(raw_); \
+        if (scale) v_ = _mm512_mul_ps(v_, _mm512_maskz_loadu_ps((m), scale + (c0))); \
+        if (bias) v_ = _mm512_add_ps(v_, _mm512_maskz_loadu_ps((m), bias + (c0))); \
+        v_; })
+    /* 1. scale, bias and the max-pool */
+    for (int64_t c0 = 0; c0 < COP; c0 += 16) {
+        const __mmask16 m = CBCN_MASK(c0);
+        if (!a->pool) {
+            for (int64_t w = 0; w < PW; w++) _mm512_storeu_ps(vals + w * COP + c0, CBCN_VALUE(row0 + w * COP, c0, m));
+        } else {
+            for (int64_t w = 0; w < PW; w++) {
+                const int32_t *s00 = row0 + (2 * w) * COP, *s10 = row1 + (2 * w) * COP;
+                __m512 v = CBCN_VALUE(s00, c0, m);
+                v = _mm512_max_ps(CBCN_VALUE(s00 + COP, c0, m), v);
+                v = _mm512_max_ps(CBCN_VALUE(s10, c0, m), v);
+                v = _mm512_max_ps(CBCN_VALUE(s10 + COP, c0, m), v);
+                _mm512_storeu_ps(vals + w * COP + c0, v);
             }
         }
-        return;
     }
-    const int64_t PH = a->OH / 2, PW = a->OW / 2;
-    source_row(a, n, 2 * r, sums);
-    source_row(a, n, 2 * r + 1, sums + a->OW * COP);
-    for (int64_t pw = 0; pw < PW; pw++) {
-        const int32_t *s00 = sums + (2 * pw) * COP, *s01 = s00 + COP;
-        const int32_t *s10 = s00 + a->OW * COP, *s11 = s10 + COP;
-        for (int64_t c0 = 0; c0 < C; c0 += 16) {
-            const __mmask16 m = C - c0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c0)) - 1);
-            __m512 v = scaled16(a, s00, c0, m);
-            v = _mm512_max_ps(scaled16(a, s01, c0, m), v);
-            v = _mm512_max_ps(scaled16(a, s10, c0, m), v);
-            v = _mm512_max_ps(scaled16(a, s11, c0, m), v);
-            finish16(a, v, n, r, pw, PH, PW, c0, m, &word);
+    /* 2. ReLU, batch-norm, residual */
+    if (a->relu || a->bn_mul || a->residual) {
+        const float *res_row = a->residual ? a->residual + n * a->rs_n + r * a->rs_h : NULL;
+        for (int64_t c0 = 0; c0 < COP; c0 += 16) {
+            const __mmask16 m = CBCN_MASK(c0);
+            const __m512 mul = a->bn_mul ? _mm512_maskz_loadu_ps(m, a->bn_mul + c0) : zero;
+            const __m512 add = a->bn_mul ? _mm512_maskz_loadu_ps(m, a->bn_add + c0) : zero;
+            for (int64_t w = 0; w < PW; w++) {
+                __m512 v = _mm512_loadu_ps(vals + w * COP + c0);
+                if (a->relu) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
+                if (a->bn_mul) v = a->bn_fma ? _mm512_fmadd_ps(v, mul, add) : _mm512_add_ps(_mm512_mul_ps(v, mul), add);
+                if (res_row) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res_row + w * a->rs_w + c0));
+                _mm512_storeu_ps(vals + w * COP + c0, v);
+            }
         }
     }
+    /* 3. the float output */
+    if (a->out) {
+        float *out_row = a->out + n * a->os_n + r * a->os_h;
+        if (a->os_w == COP) {
+            memcpy(out_row, vals, (size_t)(PW * COP) * sizeof(float));
+        } else {
+            for (int64_t w = 0; w < PW; w++)
+                for (int64_t c0 = 0; c0 < C; c0 += 16) _mm512_mask_storeu_ps(out_row + w * a->os_w + c0, CBCN_MASK(c0), _mm512_loadu_ps(vals + w * COP + c0));
+        }
+    }
+    /* 4. the packed signs */
+    if (a->out_packed) {
+        const int64_t XWO = (C + 31) / 32;
+        uint32_t *prow = a->out_packed + (n * PH + r) * PW * XWO;
+        for (int64_t w = 0; w < PW; w++)
+            for (int64_t wd = 0; wd < XWO; wd++) {
+                const int64_t c0 = 32 * wd;
+                uint32_t bits = (uint32_t)(_mm512_cmp_ps_mask(_mm512_loadu_ps(vals + w * COP + c0), zero, _CMP_NGE_UQ) & CBCN_MASK(c0));
+                if (c0 + 16 < C)
+                    bits |= (uint32_t)(_mm512_cmp_ps_mask(_mm512_loadu_ps(vals + w * COP + c0 + 16), zero, _CMP_NGE_UQ) & CBCN_MASK(c0 + 16)) << 16;
+                prow[w * XWO + wd] = bits;
+            }
+    }
+#undef CBCN_VALUE
+#undef CBCN_MASK
 }
 #endif
 
@@ -333,20 +421,19 @@ static void output_row_avx512(const cbcn_conv_params *a, int64_t n, int64_t r, i
 static void output_row(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *sums, float *vals) {
     const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES, C = a->C_out;
     if (!a->pool) {
-        source_row(a, n, r, sums);
+        const int32_t *row = source_row(a, n, r, sums);
         for (int64_t ow = 0; ow < a->OW; ow++) {
-            const int32_t *s = sums + ow * COP;
+            const int32_t *s = row + ow * COP;
             for (int64_t c = 0; c < C; c++) vals[c] = scaled(a, s[c], c);
             finish_pixel(a, n, r, ow, a->OH, a->OW, vals);
         }
         return;
     }
     const int64_t PH = a->OH / 2, PW = a->OW / 2;
-    source_row(a, n, 2 * r, sums);
-    source_row(a, n, 2 * r + 1, sums + a->OW * COP);
+    const int32_t *row0 = source_row(a, n, 2 * r, sums), *row1 = source_row(a, n, 2 * r + 1, sums + a->OW * COP);
     for (int64_t pw = 0; pw < PW; pw++) {
-        const int32_t *s00 = sums + (2 * pw) * COP, *s01 = s00 + COP;
-        const int32_t *s10 = s00 + a->OW * COP, *s11 = s10 + COP;
+        const int32_t *s00 = row0 + (2 * pw) * COP, *s01 = s00 + COP;
+        const int32_t *s10 = row1 + (2 * pw) * COP, *s11 = s10 + COP;
         for (int64_t c = 0; c < C; c++) {
             /* max over the window in MaxPool2d's scan order (row by row) */
             float m = scaled(a, s00[c], c), t;
@@ -362,6 +449,83 @@ static void output_row(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t 
 #endif
 
 /* The fused binary convolution. Returns 0, or a negative code for bad arguments / no memory. */
+static void output_row_any(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *sums, float *vals) {
+#if CBCN_AVX512
+    output_row_avx512(a, n, r, sums, vals);
+#else
+    output_row(a, n, r, sums, vals);
+#endif
+}
+
+/* Copies plane-major (N, C, H, W)-strided image n into a pixel-major (H·W, COP) buffer, or back:
+ * NCHW planes are read / written one plane at a time, in contiguous runs. */
+#if CBCN_AVX512
+/* In-register transpose of a 16x16 float tile (rows r[0..15] become its columns). */
+static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512d a0 = _mm512_castps_pd(t[4 * i]), a1 = _mm512_castps_pd(t[4 * i + 1]);
+        __m512d a2 = _mm512_castps_pd(t[4 * i + 2]), a3 = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+    }
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++) {
+            t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
+            t[8 * i + j + 4] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0xdd);
+        }
+    for (int j = 0; j < 8; j++) {
+        r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+    }
+}
+#endif
+
+static void stage_image(float *staged, const float *t, int64_t n, int64_t C, int64_t H, int64_t W, int64_t COP,
+                        int64_t sn, int64_t sc, int64_t sh, int64_t sw, int to_staged) {
+    const int64_t P = H * W;
+    int64_t p0 = 0;
+#if CBCN_AVX512
+    if (sw == 1 && sh == W) { /* contiguous planes: 16 pixels x 16 channels per in-register transpose */
+        __m512 r[16];
+        const int64_t P16 = P - P % 16;
+        /* channel blocks outside: 16 sequential streams through 16 planes, which the prefetchers
+         * follow (pixel blocks outside would interleave all C planes at once) */
+        for (int64_t c0 = 0; c0 < C; c0 += 16)
+            for (p0 = 0; p0 < P16; p0 += 16) {
+                const int64_t nc = min64(16, C - c0);
+                const float *plane = t + n * sn + c0 * sc + p0;
+                if (to_staged) {
+                    for (int i = 0; i < 16; i++) r[i] = i < nc ? _mm512_loadu_ps(plane + i * sc) : _mm512_setzero_ps();
+                    transpose16(r);
+                    for (int j = 0; j < 16; j++) _mm512_storeu_ps(staged + (p0 + j) * COP + c0, r[j]);
+                } else {
+                    for (int j = 0; j < 16; j++) r[j] = _mm512_loadu_ps(staged + (p0 + j) * COP + c0);
+                    transpose16(r);
+                    for (int i = 0; i < nc; i++) _mm512_storeu_ps((float *)plane + i * sc, r[i]);
+                }
+            }
+        p0 = P16;
+    }
+#endif
+    for (int64_t c = 0; c < C; c++) { /* the rest (or everything without AVX-512), element by element */
+        float *plane = (float *)t + n * sn + c * sc;
+        for (int64_t p = p0; p < P; p++) {
+            float *e = plane + (p / W) * sh + (p % W) * sw;
+            if (to_staged) staged[p * COP + c] = *e; else *e = staged[p * COP + c];
+        }
+    }
+}
+
+/* The fused binary convolution. Returns 0, or a negative code for bad arguments / no memory.
+ * Work is split by output rows; where the source, the residual or the output has non-contiguous
+ * channels (NCHW), by images instead, each staged pixel-major through a buffer of its own. */
 int cbcn_binary_conv(const cbcn_conv_params *a) {
     if (!a || a->C_out < 1 || a->OH < 0 || a->OW < 0) return -1;
     if (!a->src && (!a->x || !a->w || a->XW < 1 || a->C_in < 1 || a->stride < 1 || a->pad < 0)) return -1;
@@ -369,9 +533,14 @@ int cbcn_binary_conv(const cbcn_conv_params *a) {
     if (a->bn_mul && !a->bn_add) return -1;
     const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES;
     const int64_t rows = a->pool ? a->OH / 2 : a->OH;
-    const int64_t work = a->N * rows;
+    const int64_t PH = rows, PW = a->pool ? a->OW / 2 : a->OW;
+    const int stage_src = a->src && a->ss_c != 1, stage_res = a->residual && a->rs_c != 1;
+    const int stage_out = a->out && a->os_c != 1, by_image = stage_src || stage_res || stage_out;
+    const int64_t work = by_image ? a->N : a->N * rows;
     const size_t sums_bytes = (size_t)2 * a->OW * COP * sizeof(int32_t);
-    const size_t vals_bytes = (size_t)COP * sizeof(float);
+    const size_t vals_bytes = (size_t)2 * a->OW * COP * sizeof(float);
+    const size_t src_bytes = stage_src ? (size_t)a->OH * a->OW * COP * sizeof(float) : 1;
+    const size_t img_bytes = (stage_res || stage_out) ? (size_t)PH * PW * COP * sizeof(float) : 1;
     int failed = 0;
 #ifdef _OPENMP
     const int threads = a->threads > 1 ? (int)a->threads : 1;
@@ -380,23 +549,43 @@ int cbcn_binary_conv(const cbcn_conv_params *a) {
     {
         int32_t *sums = (int32_t *)malloc(sums_bytes);
         float *vals = (float *)malloc(vals_bytes);
-        if (!sums || !vals) {
+        float *src_img = (float *)malloc(src_bytes), *res_img = (float *)malloc(img_bytes);
+        float *out_img = (float *)malloc(img_bytes);
+        if (!sums || !vals || !src_img || !res_img || !out_img) {
             failed = 1;
         } else {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
             for (int64_t i = 0; i < work; i++) {
-#if CBCN_AVX512
-                output_row_avx512(a, i / rows, i % rows, sums);
-                (void)vals;
-#else
-                output_row(a, i / rows, i % rows, sums, vals);
-#endif
+                if (!by_image) {
+                    output_row_any(a, i / rows, i % rows, sums, vals);
+                    continue;
+                }
+                cbcn_conv_params b = *a; /* image i, with its staged buffers in place of NCHW tensors */
+                if (stage_src) {
+                    stage_image(src_img, a->src, i, a->C_out, a->OH, a->OW, COP, a->ss_n, a->ss_c, a->ss_h, a->ss_w, 1);
+                    b.src = src_img - i * a->OH * a->OW * COP;
+                    b.ss_n = a->OH * a->OW * COP; b.ss_c = 1; b.ss_h = a->OW * COP; b.ss_w = COP;
+                }
+                if (stage_res) {
+                    stage_image(res_img, a->residual, i, a->C_out, PH, PW, COP, a->rs_n, a->rs_c, a->rs_h, a->rs_w, 1);
+                    b.residual = res_img - i * PH * PW * COP;
+                    b.rs_n = PH * PW * COP; b.rs_c = 1; b.rs_h = PW * COP; b.rs_w = COP;
+                }
+                if (stage_out) {
+                    b.out = out_img - i * PH * PW * COP;
+                    b.os_n = PH * PW * COP; b.os_c = 1; b.os_h = PW * COP; b.os_w = COP;
+                }
+                for (int64_t r = 0; r < rows; r++) output_row_any(&b, i, r, sums, vals);
+                if (stage_out) stage_image(out_img, a->out, i, a->C_out, PH, PW, COP, a->os_n, a->os_c, a->os_h, a->os_w, 0);
             }
         }
         free(sums);
         free(vals);
+        free(src_img);
+        free(res_img);
+        free(out_img);
     }
     return failed ? -2 : 0;
 }

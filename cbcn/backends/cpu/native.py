@@ -63,14 +63,16 @@ class NativeLibrary:
         lib.cbcn_pack_signs_f32.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 8 + [ctypes.c_void_p, ctypes.c_int64]
         lib.cbcn_pack_signs_f32.restype = ctypes.c_int
         self.lanes = lib.cbcn_lanes()
-        self.simd = bool(lib.cbcn_simd())
+        self._simd = lib.cbcn_simd()
+        self.simd = self._simd > 0
         self.openmp = "-fopenmp" in flags
         self._lib = lib
 
     @property
     def variant(self) -> str:
-        """``avx512`` (the 16-lane popcount loops) or ``scalar``."""
-        return "avx512" if self.simd else "scalar"
+        """``avx512`` (16-lane popcount loops), ``avx512+bitalg`` (and two pixels per 16-bit-lane
+        popcount for layers of <= 16 input channels) or ``scalar``."""
+        return {0: "scalar", 1: "avx512", 2: "avx512+bitalg"}[self._simd]
 
     def binary_conv(self, params: ConvParams) -> None:
         rc = self._lib.cbcn_binary_conv(ctypes.byref(params))
