@@ -57,6 +57,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from cbcn.backends import reference  # noqa: E402
+from cbcn.backends.contract import conv_output_size  # noqa: E402
 from cbcn.binarize import sign  # noqa: E402
 
 # (name, C_in, C_out, H_in, stride): ResNet18 3×3 convs (ImageNet widths)
@@ -241,7 +242,7 @@ def run(args) -> list[dict]:
             x = torch.randn(batch, C_in, H, H, generator=gen).to(device)
             w = torch.randn(C_out, C_in, 3, 3, generator=gen).to(device)
             alpha = w.abs().mean(dim=(1, 2, 3))
-            OH = reference.conv_output_size(H, 3, stride, pad)
+            OH = conv_output_size(H, 3, stride, pad)
             macs = batch * OH * OH * C_out * C_in * 9
             xp, wp = reference.pack_signs(x), reference.pack_signs(w)
             ref = exact_reference(x, w, alpha, stride, pad)

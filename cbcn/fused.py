@@ -38,14 +38,15 @@ def batchnorm_eval(bn: nn.BatchNorm2d) -> BatchNormEval:
     return cached
 
 
-class OneBitBasicBlock(nn.Module):
-    """A binary ``BasicBlock`` whose two convs each run with their batch-norm and residual fused."""
+class OneBitBasicBlock(BasicBlock):
+    """A binary ``BasicBlock`` whose two convs each run with their batch-norm and residual fused
+    (float32 activations; other dtypes run the block unfused, as ``BasicBlock.forward``)."""
 
     def __init__(self, block: BasicBlock):
-        super().__init__()
+        nn.Module.__init__(self)
+        self.full_precision, self.shortcut_kind = block.full_precision, block.shortcut_kind
         self.conv1, self.bn1, self.conv2, self.bn2 = block.conv1, block.bn1, block.conv2, block.bn2
         self.downsample = block.downsample
-        self.shortcut_kind = block.shortcut_kind
         # set by fuse_blocks: the last block writes NCHW, the training model's layout, because the
         # pooling after it sums in layout order; and no packed signs (no binary conv follows)
         self.output_format = torch.channels_last
@@ -64,6 +65,8 @@ class OneBitBasicBlock(nn.Module):
         return ds(x.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            return super().forward(x)
         identity = self.shortcut(x)
         ops = self.conv1.ops(x.device)
         x_packed = self.conv1.pack_input(x, ops)
@@ -82,9 +85,11 @@ class OneBitBasicBlock(nn.Module):
 class OneBitStem(nn.Sequential):
     """The CIFAR stem ``[full-precision conv, BN]`` of a binary ResNet: the conv as in the training
     model, then its batch-norm, the channels-last output and the first binary conv's packed
-    signs in one pass (``run_epilogue``)."""
+    signs in one pass (``run_epilogue``; float32 only, other dtypes unfused)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            return super().forward(x)
         conv, bn = self[0], self[1]
         real, packed = self.ops(x.device).run_epilogue(conv(x), Epilogue(bn=batchnorm_eval(bn), packed=True))
         return attach_packed_signs(real, packed)
@@ -116,9 +121,12 @@ def _is_maxpool2(pool: nn.MaxPool2d) -> bool:
 
 
 class OneBitLeNetUnits(nn.Sequential):
-    """LeNet's units with each binary conv fused to its pool, ReLU and the next unit's BN."""
+    """LeNet's units with each binary conv fused to its pool, ReLU and the next unit's BN
+    (float32 activations; other dtypes run them unfused)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            return super().forward(x)
         units = list(self)
         first, conv = units[0], units[1][1]
         ops = conv.ops(x.device)

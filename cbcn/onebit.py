@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from .backends import Ops, describe_backend, get_ops, requested_backend, resolve_backend
-from .backends.contract import num_words
+from .backends.contract import num_words, tensor_version
 from .backends.epilogue import Epilogue
 from .backends.reference import pack_signs, unpack_signs
 from .layers import BinaryConv2d
@@ -47,13 +47,13 @@ def attach_packed_signs(real: torch.Tensor, packed: torch.Tensor | None) -> torc
     """Let ``real`` carry its packed signs to the next binary layer, which then need not pack it
     again (valid while ``real`` is not modified in place; any new tensor starts without)."""
     if packed is not None:
-        setattr(real, _CARRIED, (packed, real._version))
+        setattr(real, _CARRIED, (packed, tensor_version(real)))
     return real
 
 
 def carried_packed_signs(x: torch.Tensor) -> torch.Tensor | None:
     entry = getattr(x, _CARRIED, None)
-    return entry[0] if entry is not None and entry[1] == x._version else None
+    return entry[0] if entry is not None and entry[1] == tensor_version(x) else None
 
 
 class OneBitConv2d(nn.Module):
@@ -156,7 +156,7 @@ class OneBitConv2d(nn.Module):
         ops = ops or self.ops()
         ksum = self.ksum_for(ops) > 1
         w = self.packed_weight
-        key = (ops.name, ksum, w.data_ptr(), w._version, w.device)
+        key = (ops.name, ksum, w.data_ptr(), tensor_version(w), w.device)
         cached = self.__dict__.get("_bank_cache")
         if cached is None or cached[0] != key:
             cached = (key, ops.cif_pack_bank(w, self.K, in_channels=self.in_maps, ksum=ksum))

@@ -13,6 +13,7 @@ from cbcn.checkpoint import CheckpointError
 import torch.nn.functional as F
 
 from cbcn import backends
+from cbcn.backends import cpu as cpu_engine
 from cbcn.layers import BinaryConv2d
 from cbcn.models import build_model
 from cbcn.onebit import (
@@ -114,10 +115,11 @@ def test_backend_env_and_repr(monkeypatch):
     assert backends.resolve_backend() == "reference"
     assert "backend=reference->reference (cpu)" in repr(onebit)
     monkeypatch.setenv("CBCN_BACKEND", "auto")
-    expected = "triton" if torch.cuda.is_available() and dispatch.triton_available() else "reference"
-    assert backends.resolve_backend(device="cpu") == "reference"
+    expected = "triton" if torch.cuda.is_available() and backends.triton_available() else "cpu"
+    assert backends.resolve_backend(device="cpu") == "cpu"  # the CPU engine for CPU tensors
     assert backends.resolve_backend() == expected
-    assert backend_summary(onebit)["backends"] == ["auto->reference (cpu)"]
+    assert backend_summary(onebit)["backends"] == [f"auto->cpu[{cpu_engine.describe()}] (cpu)"]
+    assert f"backend=auto->cpu[{cpu_engine.describe()}] (cpu)" in repr(onebit)
     monkeypatch.setenv("CBCN_BACKEND", "gpu")
     with pytest.raises(ValueError, match="CBCN_BACKEND"):
         backends.resolve_backend()
@@ -147,8 +149,9 @@ def test_forced_triton_backend_matches_on_cpu(path):
 
 
 def test_cbcn_ksum_form_equals_full_bank():
-    """A CBCN 1-bit layer convolves in the K-sum form on the GEMM paths (rotated bank over the
-    learned maps) and with the full CiF bank on popcount: the same logits either way."""
+    """A CBCN 1-bit layer convolves in the K-sum form on the GEMM paths and the reference (rotated
+    bank over the learned maps) and with the full CiF bank on popcount paths (the Triton
+    ``popcount`` path, the CPU engine's native kernels): the same logits either way."""
     torch.manual_seed(2)
     model = build_model("resnet18", method="cbcn", stages=(2, 3, 4, 4), K=4)
     x = _train_a_few_steps(model, (2, 3, 7, 7), steps=1)
@@ -162,6 +165,9 @@ def test_cbcn_ksum_form_equals_full_bank():
         assert layer.ksum == 1 and "ksum" not in repr(layer)
         assert torch.equal(onebit(x), ksum_logits)
         assert torch.equal(model(x), ksum_logits)
+        set_backend(onebit, "cpu", path="mma")
+        assert layer.ksum == (1 if cpu_engine.engine_path() == "native" else 4)
+        assert torch.equal(onebit(x), ksum_logits)
 
 
 def test_cbcn_imports_without_triton():
@@ -173,7 +179,7 @@ def test_cbcn_imports_without_triton():
         import cbcn, cbcn.backends, cbcn.backends.reference, cbcn.backends.cpu, cbcn.onebit
         from cbcn.models import build_model
         assert not cbcn.backends.triton_available()
-        assert cbcn.backends.resolve_backend("auto") == "reference"
+        assert cbcn.backends.resolve_backend("auto", device="cpu") == "cpu"
         try:
             cbcn.backends.resolve_backend("triton")
         except RuntimeError as e:

@@ -28,6 +28,12 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def tensor_version(t: torch.Tensor) -> int:
+    """``t._version``, the in-place-modification counter that keys the caches of derived data
+    (banks, prepared weights, carried packed signs); inference-mode tensors have none (-1)."""
+    return -1 if t.is_inference() else t._version
+
+
 def check_packed(t: torch.Tensor, what: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")

@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .contract import check_vector, tensor_version
+
 POOLS = (0, 2)  # no pooling, or MaxPool2d(2)
 
 
@@ -62,7 +64,7 @@ class BatchNormEval:
         ``bias − mean · mul`` is kept: ``mul = bn(1)`` with mean and bias 0, ``add = bn(0)``.
         Cached until one of the statistics changes."""
         tensors = [t for t in (self.running_mean, self.running_var, self.weight, self.bias) if t is not None]
-        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        key = tuple((t.data_ptr(), tensor_version(t)) for t in tensors)
         if self._affine.get("key") != key:
             with torch.no_grad():
                 C, dev = self.num_features, self.running_mean.device
@@ -107,8 +109,6 @@ class Epilogue:
 
     def check(self, C_out: int, device) -> None:
         """Per-channel vectors of length ``C_out`` on ``device``."""
-        from .contract import check_vector
-
         check_vector(self.scale, C_out, "scale", device)
         check_vector(self.bias, C_out, "bias", device)
         if self.affine is not None:

@@ -25,7 +25,7 @@ import weakref
 import torch
 
 from .. import reference
-from ..contract import check_conv_args, num_words
+from ..contract import check_conv_args, num_words, tensor_version
 from ..epilogue import Epilogue, legacy_epilogue
 from . import intmm, native
 
@@ -119,7 +119,7 @@ def prepared_weights(w_packed: torch.Tensor, in_channels: int, ksum: int = 1, la
     channels are 0. Cached until ``w_packed`` changes or dies."""
     key = id(w_packed)
     entry = _PREPARED.get(key)
-    stamp = (w_packed.data_ptr(), w_packed._version, in_channels, ksum, lanes)
+    stamp = (w_packed.data_ptr(), tensor_version(w_packed), in_channels, ksum, lanes)
     if entry is not None and entry[0] == stamp:
         return entry[1]
     bank = _full_bank(w_packed, in_channels, ksum) if ksum > 1 else w_packed
@@ -143,6 +143,11 @@ def fused_batchnorm_mode() -> int | None:
     native kernel both ways against ``F.batch_norm`` on random layers."""
     if native.load() is None:
         return None
+    with torch.inference_mode(False), torch.no_grad():
+        return _find_batchnorm_mode()
+
+
+def _find_batchnorm_mode() -> int | None:
     g = torch.Generator().manual_seed(1234)
     shapes = [(2, 37, 5, 7, 3), (3, 20, 1, 1, 1), (1, 64, 6, 6, 3), (2, 16, 9, 4, 3)]  # N, C, H, W, k
     for mode in (1, 0):

@@ -40,7 +40,7 @@
 #include <omp.h>
 #endif
 
-#define CBCN_ABI_VERSION 4
+#define CBCN_ABI_VERSION 7
 #define LANES 16 /* output channels per weight vector: the prepared bank is (COB, KH, KW, XW, 16) */
 #define PIX_BLOCK 8 /* output pixels sharing each weight vector load in the interior */
 #define PAIR_BLOCK 8 /* pixel pairs sharing each weight vector load (narrow layers) */
@@ -67,6 +67,14 @@ typedef struct {
     int64_t threads;
     const float *src;       /* instead of a conv (x, w NULL): the values of a float tensor (N, C_out, OH, OW) */
     int64_t ss_n, ss_c, ss_h, ss_w;
+    /* set by cbcn_binary_conv (callers leave them 0): the zero-haloed input and the weight sums */
+    const uint32_t *xh;     /* (N, HP, WP, XW), HP = H + 2·pad, WP = W + 2·pad */
+    int64_t HP, WP;
+    const int32_t *wsum;    /* (COB, KH, KW, LANES): Σ_c of each tap's ±1 weights */
+    const uint32_t *pairs;  /* narrow layers: (N, HP, WP) words x[j] | x[j + stride] << 16, or NULL */
+    const int32_t *row_class, *col_class; /* border class of each output row / column (0: inside) */
+    const int32_t *corr;    /* (row classes, col classes, COP): the padding correction of each class */
+    int64_t n_col_classes;
 } cbcn_conv_params;
 
 int cbcn_abi_version(void) { return CBCN_ABI_VERSION; }
@@ -76,28 +84,20 @@ int cbcn_lanes(void) { return LANES; }
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-/* Taps kh in [lo, hi) of a window starting at input row `start` that fall inside [0, size). */
-static inline void valid_taps(int64_t start, int64_t k, int64_t size, int64_t *lo, int64_t *hi) {
-    *lo = max64(0, -start);
-    *hi = min64(k, size - start);
-    if (*hi < *lo) *hi = *lo;
-}
-
 #if CBCN_AVX512
 /* conv_pixels for a compile-time pixel count NP (inlined per count, so the NP accumulators stay
  * in registers: a loop over a run-time count would keep them in memory). */
 static inline __attribute__((always_inline)) void conv_pixels_avx512(
-    const cbcn_conv_params *a, const uint32_t *x_img, int64_t ih0, int64_t iw0, const int NP, int64_t kh0,
-    int64_t kh1, int64_t kw0, int64_t kw1, int32_t *sums) {
-    const int64_t XW = a->XW, KW = a->KW, KH = a->KH, W = a->W, xstep = a->stride * a->XW;
+    const cbcn_conv_params *a, const uint32_t *x_img, int64_t ih0, int64_t iw0, const int NP, int32_t *sums) {
+    const int64_t XW = a->XW, KW = a->KW, KH = a->KH, WP = a->WP, xstep = a->stride * a->XW;
     const int64_t COB = (a->C_out + LANES - 1) / LANES, COP = COB * LANES;
-    const __m512i nv = _mm512_set1_epi32((int32_t)((kh1 - kh0) * (kw1 - kw0) * a->C_in));
+    const __m512i nv = _mm512_set1_epi32((int32_t)(KH * KW * a->C_in));
     for (int64_t cob = 0; cob < COB; cob++) {
         __m512i acc[PIX_BLOCK];
         for (int p = 0; p < NP; p++) acc[p] = _mm512_setzero_si512();
-        for (int64_t kh = kh0; kh < kh1; kh++) {
-            const uint32_t *xrow = x_img + (ih0 + kh) * W * XW;
-            for (int64_t kw = kw0; kw < kw1; kw++) {
+        for (int64_t kh = 0; kh < KH; kh++) {
+            const uint32_t *xrow = x_img + (ih0 + kh) * WP * XW;
+            for (int64_t kw = 0; kw < KW; kw++) {
                 const uint32_t *wp = a->w + (((cob * KH + kh) * KW + kw) * XW) * LANES;
                 const uint32_t *xp = xrow + (iw0 + kw) * XW;
                 for (int64_t wd = 0; wd < XW; wd++) {
@@ -113,28 +113,28 @@ static inline __attribute__((always_inline)) void conv_pixels_avx512(
 }
 #endif
 
-/* Conv sums of `npix` output pixels of one output row, whose windows start at input column
- * iw0 + p·stride, over taps kh in [kh0, kh1) and kw in [kw0, kw1) (all valid for every pixel).
- * Writes sums[p·COP + co] = n_valid·C_in − 2·Σ popcount. */
-static void conv_pixels(const cbcn_conv_params *a, const uint32_t *x_img, int64_t ih0, int64_t iw0,
-                        int64_t npix, int64_t kh0, int64_t kh1, int64_t kw0, int64_t kw1, int32_t *sums) {
+/* Conv sums of `npix` output pixels of one output row over the zero-haloed input (halo bits 0,
+ * i.e. +1; conv_row corrects the border pixels), whose windows start at haloed row ih0 and
+ * column iw0 + p·stride: sums[p·COP + co] = KH·KW·C_in − 2·Σ popcount. */
+static void conv_pixels(const cbcn_conv_params *a, const uint32_t *x_img, int64_t ih0, int64_t iw0, int64_t npix,
+                        int32_t *sums) {
 #if CBCN_AVX512
     switch (npix) {
-#define CBCN_NP(n) case n: conv_pixels_avx512(a, x_img, ih0, iw0, n, kh0, kh1, kw0, kw1, sums); break;
+#define CBCN_NP(n) case n: conv_pixels_avx512(a, x_img, ih0, iw0, n, sums); break;
         CBCN_NP(1) CBCN_NP(2) CBCN_NP(3) CBCN_NP(4) CBCN_NP(5) CBCN_NP(6) CBCN_NP(7) CBCN_NP(8)
 #undef CBCN_NP
         default: break;
     }
 #else
-    const int64_t XW = a->XW, KW = a->KW, KH = a->KH, W = a->W;
+    const int64_t XW = a->XW, KW = a->KW, KH = a->KH, WP = a->WP;
     const int64_t COB = (a->C_out + LANES - 1) / LANES, COP = COB * LANES;
-    const int32_t n_valid = (int32_t)((kh1 - kh0) * (kw1 - kw0) * a->C_in);
+    const int32_t n_all = (int32_t)(KH * KW * a->C_in);
     for (int64_t p = 0; p < npix; p++) {
         int32_t *sp = sums + p * COP;
         for (int64_t co = 0; co < COP; co++) sp[co] = 0;
-        for (int64_t kh = kh0; kh < kh1; kh++) {
-            const uint32_t *xrow = x_img + (ih0 + kh) * W * XW;
-            for (int64_t kw = kw0; kw < kw1; kw++) {
+        for (int64_t kh = 0; kh < KH; kh++) {
+            const uint32_t *xrow = x_img + (ih0 + kh) * WP * XW;
+            for (int64_t kw = 0; kw < KW; kw++) {
                 const uint32_t *xp = xrow + (iw0 + p * a->stride + kw) * XW;
                 for (int64_t cob = 0; cob < COB; cob++) {
                     const uint32_t *wp = a->w + (((cob * KH + kh) * KW + kw) * XW) * LANES;
@@ -146,28 +146,26 @@ static void conv_pixels(const cbcn_conv_params *a, const uint32_t *x_img, int64_
                 }
             }
         }
-        for (int64_t co = 0; co < COP; co++) sp[co] = n_valid - 2 * sp[co];
+        for (int64_t co = 0; co < COP; co++) sp[co] = n_all - 2 * sp[co];
     }
 #endif
 }
 
 #if CBCN_PAIRS
-/* Narrow layers (C_in <= 16, one half-word of signs per pixel): the interior pixels
- * ow0 .. ow0 + 2·npairs − 1 in pairs. Each 32-bit lane holds output channel l's 16 weight bits
- * twice and the broadcast word the signs of the pair's two input pixels, so one 16-bit-lane
- * popcount (BITALG) counts both pixels: half the instructions of conv_pixels. pairs[kh][j] =
- * x[ih0+kh][j] | x[ih0+kh][j+stride] << 16, built by conv_row. */
+/* Narrow layers (C_in <= 16, one half-word of signs per pixel): output pixels in pairs. Each
+ * 32-bit lane holds output channel l's 16 weight bits twice and the broadcast word the signs of
+ * the pair's two input pixels, so one 16-bit-lane popcount (BITALG) counts both pixels: half the
+ * instructions of conv_pixels. `pairs` points at the window's first haloed row of pair words. */
 static inline __attribute__((always_inline)) void conv_pixel_pairs_n(
-    const cbcn_conv_params *a, const uint32_t *pairs, int64_t W, int64_t iw0, const int NP, int64_t kh0, int64_t kh1,
-    int32_t *sums) {
-    const int64_t KW = a->KW, KH = a->KH, s2 = 2 * a->stride;
+    const cbcn_conv_params *a, const uint32_t *pairs, int64_t iw0, const int NP, int32_t *sums) {
+    const int64_t KW = a->KW, KH = a->KH, WP = a->WP, s2 = 2 * a->stride;
     const int64_t COB = (a->C_out + LANES - 1) / LANES, COP = COB * LANES;
-    const __m512i nv = _mm512_set1_epi32((int32_t)((kh1 - kh0) * KW * a->C_in)), lo = _mm512_set1_epi32(0xFFFF);
+    const __m512i nv = _mm512_set1_epi32((int32_t)(KH * KW * a->C_in)), lo = _mm512_set1_epi32(0xFFFF);
     for (int64_t cob = 0; cob < COB; cob++) {
         __m512i acc[PAIR_BLOCK];
         for (int p = 0; p < NP; p++) acc[p] = _mm512_setzero_si512();
-        for (int64_t kh = kh0; kh < kh1; kh++) {
-            const uint32_t *prow = pairs + kh * W;
+        for (int64_t kh = 0; kh < KH; kh++) {
+            const uint32_t *prow = pairs + kh * WP;
             for (int64_t kw = 0; kw < KW; kw++) {
                 __m512i wv = _mm512_loadu_si512((const void *)(a->w + ((cob * KH + kh) * KW + kw) * LANES));
                 wv = _mm512_or_si512(wv, _mm512_slli_epi32(wv, 16));
@@ -184,10 +182,10 @@ static inline __attribute__((always_inline)) void conv_pixel_pairs_n(
     }
 }
 
-static void conv_pixel_pairs(const cbcn_conv_params *a, const uint32_t *pairs, int64_t W, int64_t iw0,
-                             int64_t npairs, int64_t kh0, int64_t kh1, int32_t *sums) {
+static void conv_pixel_pairs(const cbcn_conv_params *a, const uint32_t *pairs, int64_t iw0, int64_t npairs,
+                             int32_t *sums) {
     switch (npairs) {
-#define CBCN_NP(n) case n: conv_pixel_pairs_n(a, pairs, W, iw0, n, kh0, kh1, sums); break;
+#define CBCN_NP(n) case n: conv_pixel_pairs_n(a, pairs, iw0, n, sums); break;
         CBCN_NP(1) CBCN_NP(2) CBCN_NP(3) CBCN_NP(4) CBCN_NP(5) CBCN_NP(6) CBCN_NP(7) CBCN_NP(8)
 #undef CBCN_NP
         default: break;
@@ -195,56 +193,44 @@ static void conv_pixel_pairs(const cbcn_conv_params *a, const uint32_t *pairs, i
 }
 #endif
 
-/* Conv sums of output row oh of image n: sums (OW, COP). */
-static void conv_row(const cbcn_conv_params *a, int64_t n, int64_t oh, int32_t *sums) {
+/* Zero padding: the halo counted each of its taps as +1 (bits 0), adding the tap's weight sum
+ * Σ_c w[co][c][kh][kw]; subtract, per border pixel, the sum over its taps outside the image. Those
+ * sums depend only on which taps are out, so cbcn_binary_conv tabulates them per class of rows
+ * and columns (top / bottom / left / right edges, corners): corr[row class][col class][COP]. */
+static void correct_border(const cbcn_conv_params *a, int64_t oh, int64_t ow0, int64_t ow1, int32_t *sums) {
     const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES;
-    const uint32_t *x_img = a->x + n * a->H * a->W * a->XW;
-    const int64_t ih0 = oh * a->stride - a->pad;
-    int64_t kh0, kh1;
-    valid_taps(ih0, a->KH, a->H, &kh0, &kh1);
-    /* interior columns: every kw valid, i.e. iw0 >= 0 and iw0 + KW <= W */
-    int64_t ow_lo = (a->pad + a->stride - 1) / a->stride;
-    int64_t ow_hi = a->W + a->pad - a->KW >= 0 ? (a->W + a->pad - a->KW) / a->stride + 1 : 0;
-    ow_lo = min64(ow_lo, a->OW);
-    ow_hi = max64(min64(ow_hi, a->OW), ow_lo);
+    const int32_t rc = a->row_class[oh];
+    for (int64_t ow = ow0; ow < ow1; ow++) {
+        const int32_t cc = a->col_class[ow];
+        if (rc == 0 && cc == 0) continue;
+        const int32_t *corr = a->corr + ((int64_t)rc * a->n_col_classes + cc) * COP;
+        int32_t *sp = sums + ow * COP;
+        for (int64_t i = 0; i < COP; i++) sp[i] -= corr[i];
+    }
+}
+
+/* Conv sums of output row oh of image n: sums (OW, COP), from the zero-haloed input. */
+static void conv_row(const cbcn_conv_params *a, int64_t n, int64_t oh, int32_t *sums) {
+    const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES, s = a->stride, WP = a->WP, OW = a->OW;
+    const uint32_t *x_img = a->xh + n * a->HP * WP * a->XW;
+    const int64_t ih0 = oh * s;
+    int64_t ow = 0;
 #if CBCN_PAIRS
-    if (a->C_in <= 16 && a->XW == 1 && ow_hi - ow_lo >= 2) {
-        const int64_t W = a->W, s = a->stride;
-        uint32_t pairs[a->KH * W]; /* the kh rows' pair words (see conv_pixel_pairs) */
-        for (int64_t kh = kh0; kh < kh1; kh++) {
-            const uint32_t *xr = x_img + (ih0 + kh) * W;
-            for (int64_t j = 0; j < W; j++) pairs[kh * W + j] = xr[j] | (j + s < W ? xr[j + s] << 16 : 0u);
-        }
-        int64_t ow = ow_lo;
-        for (; ow + 2 <= ow_hi;) {
-            const int64_t np = min64(PAIR_BLOCK, (ow_hi - ow) / 2);
-            conv_pixel_pairs(a, pairs, W, ow * s - a->pad, np, kh0, kh1, sums + ow * COP);
+    if (a->pairs && OW >= 2) {
+        const uint32_t *pairs = a->pairs + (n * a->HP + ih0) * WP; /* rows ih0 .. ih0+KH-1 */
+        for (; ow + 2 <= OW;) {
+            const int64_t np = min64(PAIR_BLOCK, (OW - ow) / 2);
+            conv_pixel_pairs(a, pairs, ow * s, np, sums + ow * COP);
             ow += 2 * np;
         }
-        if (ow < ow_hi) conv_pixels(a, x_img, ih0, ow * s - a->pad, 1, kh0, kh1, 0, a->KW, sums + ow * COP);
-        for (int64_t b = 0; b < a->OW; b++) {
-            if (b >= ow_lo && b < ow_hi) continue;
-            const int64_t iw0 = b * s - a->pad;
-            int64_t kw0, kw1;
-            valid_taps(iw0, a->KW, a->W, &kw0, &kw1);
-            conv_pixels(a, x_img, ih0, iw0, 1, kh0, kh1, kw0, kw1, sums + b * COP);
-        }
-        return;
     }
 #endif
-    for (int64_t ow = 0; ow < a->OW;) {
-        const int64_t iw0 = ow * a->stride - a->pad;
-        if (ow >= ow_lo && ow < ow_hi) {
-            const int64_t npix = min64(PIX_BLOCK, ow_hi - ow);
-            conv_pixels(a, x_img, ih0, iw0, npix, kh0, kh1, 0, a->KW, sums + ow * COP);
-            ow += npix;
-        } else {
-            int64_t kw0, kw1;
-            valid_taps(iw0, a->KW, a->W, &kw0, &kw1);
-            conv_pixels(a, x_img, ih0, iw0, 1, kh0, kh1, kw0, kw1, sums + ow * COP);
-            ow += 1;
-        }
+    for (; ow < OW;) {
+        const int64_t np = min64(PIX_BLOCK, OW - ow);
+        conv_pixels(a, x_img, ih0, ow * s, np, sums + ow * COP);
+        ow += np;
     }
+    if (a->pad) correct_border(a, oh, 0, OW, sums);
 }
 
 /* Row r of the epilogue's input, as (OW, COP) 4-byte values: the conv sums (int32, computed into
@@ -449,6 +435,64 @@ static void output_row(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t 
 #endif
 
 /* The fused binary convolution. Returns 0, or a negative code for bad arguments / no memory. */
+typedef struct { int32_t *row_class, *col_class, *corr; } border_classes;
+
+static void free_border_tables(border_classes *b) {
+    free(b->row_class);
+    free(b->col_class);
+    free(b->corr);
+}
+
+/* Class of each output row (or column): 0 where the whole window is inside, else 1 + the index of
+ * its valid tap range [lo, hi) among the distinct ranges seen; ranges[2·i], ranges[2·i+1]. */
+static int64_t classify(int64_t n_out, int64_t stride, int64_t pad, int64_t k, int64_t size, int32_t *cls,
+                        int64_t *ranges) {
+    int64_t n = 1;
+    ranges[0] = 0;
+    ranges[1] = k;
+    for (int64_t o = 0; o < n_out; o++) {
+        const int64_t start = o * stride - pad;
+        const int64_t lo = max64(0, -start), hi = max64(lo, min64(k, size - start));
+        int64_t c = 0;
+        while (c < n && !(ranges[2 * c] == lo && ranges[2 * c + 1] == hi)) c++;
+        if (c == n) { ranges[2 * n] = lo; ranges[2 * n + 1] = hi; n++; }
+        cls[o] = (int32_t)c;
+    }
+    return n;
+}
+
+/* The padding correction tables of correct_border, from job->wsum. Returns 0 when out of memory. */
+static int border_tables(cbcn_conv_params *job, border_classes *b) {
+    const int64_t KH = job->KH, KW = job->KW, COB = (job->C_out + LANES - 1) / LANES, COP = COB * LANES;
+    int64_t *rr = (int64_t *)malloc((size_t)(2 * (job->OH + 1)) * sizeof(int64_t));
+    int64_t *cr = (int64_t *)malloc((size_t)(2 * (job->OW + 1)) * sizeof(int64_t));
+    b->row_class = (int32_t *)malloc((size_t)(job->OH + 1) * sizeof(int32_t));
+    b->col_class = (int32_t *)malloc((size_t)(job->OW + 1) * sizeof(int32_t));
+    if (!rr || !cr || !b->row_class || !b->col_class) { free(rr); free(cr); return 0; }
+    const int64_t nr = classify(job->OH, job->stride, job->pad, KH, job->H, b->row_class, rr);
+    const int64_t nc = classify(job->OW, job->stride, job->pad, KW, job->W, b->col_class, cr);
+    b->corr = (int32_t *)calloc((size_t)(nr * nc * COP), sizeof(int32_t));
+    if (!b->corr) { free(rr); free(cr); return 0; }
+    for (int64_t ri = 0; ri < nr; ri++)
+        for (int64_t ci = 0; ci < nc; ci++) {
+            int32_t *corr = b->corr + (ri * nc + ci) * COP;
+            for (int64_t kh = 0; kh < KH; kh++)
+                for (int64_t kw = 0; kw < KW; kw++) {
+                    if (kh >= rr[2 * ri] && kh < rr[2 * ri + 1] && kw >= cr[2 * ci] && kw < cr[2 * ci + 1]) continue;
+                    for (int64_t cob = 0; cob < COB; cob++)
+                        for (int l = 0; l < LANES; l++)
+                            corr[cob * LANES + l] += job->wsum[((cob * KH + kh) * KW + kw) * LANES + l];
+                }
+        }
+    free(rr);
+    free(cr);
+    job->row_class = b->row_class;
+    job->col_class = b->col_class;
+    job->corr = b->corr;
+    job->n_col_classes = nc;
+    return 1;
+}
+
 static void output_row_any(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *sums, float *vals) {
 #if CBCN_AVX512
     output_row_avx512(a, n, r, sums, vals);
@@ -534,6 +578,52 @@ int cbcn_binary_conv(const cbcn_conv_params *a) {
     const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES;
     const int64_t rows = a->pool ? a->OH / 2 : a->OH;
     const int64_t PH = rows, PW = a->pool ? a->OW / 2 : a->OW;
+    cbcn_conv_params job = *a; /* with the halo and the weight sums */
+    uint32_t *halo = NULL, *pairs = NULL;
+    border_classes classes = {NULL, NULL, NULL};
+    int32_t *wsum = NULL;
+    if (!a->src) {
+        const int64_t HP = a->H + 2 * a->pad, WP = a->W + 2 * a->pad, XW = a->XW, COB = COP / LANES;
+        job.HP = HP;
+        job.WP = WP;
+        if (a->pad == 0) {
+            job.xh = a->x;
+        } else {
+            halo = (uint32_t *)calloc((size_t)(a->N * HP * WP * XW), sizeof(uint32_t));
+            if (!halo) return -2;
+            for (int64_t n = 0; n < a->N; n++)
+                for (int64_t h = 0; h < a->H; h++)
+                    memcpy(halo + ((n * HP + h + a->pad) * WP + a->pad) * XW, a->x + (n * a->H + h) * a->W * XW,
+                           (size_t)(a->W * XW) * sizeof(uint32_t));
+            job.xh = halo;
+        }
+        wsum = (int32_t *)malloc((size_t)(COB * a->KH * a->KW * LANES) * sizeof(int32_t));
+        if (!wsum) { free(halo); return -2; }
+        for (int64_t t = 0; t < COB * a->KH * a->KW; t++)
+            for (int l = 0; l < LANES; l++) {
+                int32_t bits = 0;
+                for (int64_t wd = 0; wd < XW; wd++) bits += __builtin_popcount(a->w[(t * XW + wd) * LANES + l]);
+                wsum[t * LANES + l] = (int32_t)a->C_in - 2 * bits;
+            }
+        job.wsum = wsum;
+        if (a->pad > 0 && !border_tables(&job, &classes)) { free(halo); free(wsum); return -2; }
+#if CBCN_PAIRS
+        if (a->C_in <= 16 && XW == 1) { /* the pair words of every haloed row, once per call */
+            const int64_t st = a->stride, total = a->N * HP * WP;
+            pairs = (uint32_t *)malloc((size_t)total * sizeof(uint32_t));
+            if (!pairs) { free(halo); free(wsum); free_border_tables(&classes); return -2; }
+            for (int64_t row = 0; row < a->N * HP; row++) {
+                const uint32_t *xr = job.xh + row * WP;
+                uint32_t *pr = pairs + row * WP;
+                int64_t j = 0;
+                for (; j + st < WP; j++) pr[j] = xr[j] | (xr[j + st] << 16);
+                for (; j < WP; j++) pr[j] = xr[j];
+            }
+            job.pairs = pairs;
+        }
+#endif
+    }
+    a = &job;
     const int stage_src = a->src && a->ss_c != 1, stage_res = a->residual && a->rs_c != 1;
     const int stage_out = a->out && a->os_c != 1, by_image = stage_src || stage_res || stage_out;
     const int64_t work = by_image ? a->N : a->N * rows;
@@ -587,6 +677,10 @@ int cbcn_binary_conv(const cbcn_conv_params *a) {
         free(res_img);
         free(out_img);
     }
+    free(halo);
+    free(wsum);
+    free(pairs);
+    free_border_tables(&classes);
     return failed ? -2 : 0;
 }
 
@@ -660,4 +754,39 @@ int cbcn_pack_signs_f32(const float *x, int64_t N, int64_t C, int64_t H, int64_t
         free(vals);
     }
     return failed ? -2 : 0;
+}
+
+/* This machine's peak for the kernel's arithmetic: `iters` rounds of the inner loop's own
+ * instruction mix (a broadcast load, XOR, popcount, add) on 8 independent accumulators, from a
+ * tiny L1-resident buffer. Returns the binary multiply-accumulates done (bits compared), for the
+ * caller to divide by the time taken. */
+int64_t cbcn_popcount_peak(int64_t iters) {
+    uint32_t buf[64];
+    for (int i = 0; i < 64; i++) buf[i] = (uint32_t)i * 0x9e3779b9u;
+#if CBCN_AVX512
+    __m512i acc[8];
+    const __m512i w = _mm512_set1_epi32((int)0x5a5a5a5a);
+    for (int i = 0; i < 8; i++) acc[i] = _mm512_setzero_si512();
+    for (int64_t it = 0; it < iters; it++) {
+        const uint32_t *xp = buf + (it & 7) * 8;
+        for (int i = 0; i < 8; i++)
+            acc[i] = _mm512_add_epi32(acc[i], _mm512_popcnt_epi32(_mm512_xor_si512(_mm512_set1_epi32((int)xp[i]), w)));
+    }
+    int32_t sink[16];
+    __m512i total = acc[0];
+    for (int i = 1; i < 8; i++) total = _mm512_add_epi32(total, acc[i]);
+    _mm512_storeu_si512((void *)sink, total);
+    volatile int32_t keep = sink[0];
+    (void)keep;
+    return iters * 8 * 512;
+#else
+    uint32_t acc[8] = {0};
+    for (int64_t it = 0; it < iters; it++) {
+        const uint32_t *xp = buf + (it & 7) * 8;
+        for (int i = 0; i < 8; i++) acc[i] += (uint32_t)__builtin_popcount(xp[i] ^ 0x5a5a5a5au);
+    }
+    volatile uint32_t keep = acc[0] + acc[7];
+    (void)keep;
+    return iters * 8 * 32;
+#endif
 }

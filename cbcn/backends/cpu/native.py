@@ -9,6 +9,7 @@ first uses are safe and a new CPU or compiler gets its own build.
 
 Anything that fails (no compiler, a compile error, a load error) makes ``load()`` return ``None``
 with the reason in ``problem()``; the engine then takes its next path (``cbcn.backends.cpu``).
+``CBCN_NATIVE=0`` skips the native kernels; ``CBCN_NATIVE_FLAGS`` sets the compiler flags.
 """
 from __future__ import annotations
 
@@ -23,11 +24,17 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("bconv.c")
-ABI_VERSION = 4
+ABI_VERSION = 7
 COMPILE_TIMEOUT_S = 120
 BASE_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno"]
-# tried in order: the first that compiles is used
+# tried in order: the first that compiles is used ($CBCN_NATIVE_FLAGS replaces them, e.g.
+# "-mpopcnt" for the portable scalar kernels on an AVX-512 machine, as the tests do)
 FLAG_VARIANTS = (["-march=native", "-fopenmp"], ["-march=native"], ["-mpopcnt", "-fopenmp"], ["-mpopcnt"], [])
+
+
+def flag_variants() -> tuple[list[str], ...]:
+    forced = os.environ.get("CBCN_NATIVE_FLAGS")
+    return (forced.split(),) if forced is not None else FLAG_VARIANTS
 
 
 class ConvParams(ctypes.Structure):
@@ -47,6 +54,10 @@ class ConvParams(ctypes.Structure):
         ("out_packed", ctypes.c_void_p), ("threads", ctypes.c_int64),
         ("src", ctypes.c_void_p), ("ss_n", ctypes.c_int64), ("ss_c", ctypes.c_int64),
         ("ss_h", ctypes.c_int64), ("ss_w", ctypes.c_int64),
+        # filled in by the kernel itself (the zero-haloed input and the weight sums): left 0 here
+        ("xh", ctypes.c_void_p), ("HP", ctypes.c_int64), ("WP", ctypes.c_int64), ("wsum", ctypes.c_void_p),
+        ("pairs", ctypes.c_void_p), ("row_class", ctypes.c_void_p), ("col_class", ctypes.c_void_p),
+        ("corr", ctypes.c_void_p), ("n_col_classes", ctypes.c_int64),
     ]
 
 
@@ -62,6 +73,8 @@ class NativeLibrary:
         lib.cbcn_binary_conv.restype = ctypes.c_int
         lib.cbcn_pack_signs_f32.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 8 + [ctypes.c_void_p, ctypes.c_int64]
         lib.cbcn_pack_signs_f32.restype = ctypes.c_int
+        lib.cbcn_popcount_peak.argtypes = [ctypes.c_int64]
+        lib.cbcn_popcount_peak.restype = ctypes.c_int64
         self.lanes = lib.cbcn_lanes()
         self._simd = lib.cbcn_simd()
         self.simd = self._simd > 0
@@ -78,6 +91,20 @@ class NativeLibrary:
         rc = self._lib.cbcn_binary_conv(ctypes.byref(params))
         if rc != 0:
             raise RuntimeError(f"native binary conv failed (code {rc}: {'bad arguments' if rc == -1 else 'out of memory'})")
+
+    def popcount_peak_gmacs(self, seconds: float = 0.2) -> float:
+        """This machine's peak binary GMAC/s for the kernel's XOR + popcount arithmetic on one
+        thread (register-only chains, no memory traffic): the ceiling the per-layer tables use."""
+        import time
+
+        iters = 1 << 16
+        while True:
+            t0 = time.perf_counter()
+            macs = self._lib.cbcn_popcount_peak(iters)
+            dt = time.perf_counter() - t0
+            if dt >= seconds:
+                return macs / dt / 1e9
+            iters *= 2
 
     def pack_signs_f32(self, ptr, N, C, H, W, strides, out_ptr, threads) -> None:
         rc = self._lib.cbcn_pack_signs_f32(ptr, N, C, H, W, *strides, out_ptr, threads)
@@ -147,7 +174,7 @@ def load() -> NativeLibrary | None:
         return None
     source = SOURCE.read_bytes()
     complaints = []
-    for flags in FLAG_VARIANTS:
+    for flags in flag_variants():
         key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(BASE_FLAGS + flags).encode(),
                                          _cpu_signature().encode()])).hexdigest()[:16]
         target = cache_dir() / "native" / key / "libcbcn_bconv.so"
