@@ -17,6 +17,12 @@ Conventions (also printed in the reports, ``CONVENTIONS``):
 - OPs = FLOPs + BOPs / 64, as the field counts (Bi-Real Net, Liu et al. 2018; a 64-bit word
   does 64 binary operations per instruction). The field often counts FLOPs as MACs: ``macs_real``
   is recorded too, so its number is ``macs_real + bops/64``.
+- Speed: the model, its 1-bit version (``convert_to_onebit`` on the device's default backend:
+  the CPU engine or the Triton kernels) and the float model of the same physical widths
+  (method fp, random weights, channels-last) are timed side by side, interleaved; the 1-bit
+  model's speed-ups are ratios of those medians.
+- Energy: NVML's counter on NVIDIA GPUs, RAPL's package counters on CPUs (``cbcn.rapl``; the
+  whole package, other processes included), over a timed window.
 - Bytes: fp32 = 4 bytes per parameter and float buffer; 1-bit = binary weights at 1 bit (packed
   per layer to whole bytes) plus their per-map α in fp32, everything else fp32. Measured on-disk
   sizes too (``cbcn.onebit``'s 1-bit checkpoint vs ``torch.save`` of the fp32 state dict) for
@@ -44,8 +50,12 @@ CONVENTIONS = (
     "1-bit bytes: binary weights at 1 bit plus per-map α in fp32, the rest fp32 (binary weights with "
     "real activations, as in BWN, counted at 1 bit too); *_checkpoint_bytes: files on disk (torch.save "
     "of the fp32 state dict; cbcn.onebit's packed 1-bit checkpoint). Latency: median "
-    "of timed forward passes after warm-up (CUDA events on a GPU). Energy: NVML total-energy "
-    "counter over a timed window, divided by the images processed in it."
+    "of timed forward passes after warm-up (CUDA events on a GPU); the model, its 1-bit version "
+    "(packed_*: the CPU engine on a CPU, the Triton kernels on a GPU) and the float model of the same "
+    "physical widths (float_physical_*: method fp, channels-last) timed in turn in every round, the "
+    "speed-ups being ratios of their medians. Energy: NVML's total-energy counter on a GPU, RAPL's package "
+    "counters on a CPU (the whole package, other processes included), over a timed window, divided by "
+    "the images processed in it."
 )
 
 
@@ -176,41 +186,65 @@ def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, repe
                max_seconds: float) -> list[float]:
     """Seconds per call of ``fn``: ``warmup`` untimed calls, then up to ``repeats`` timed calls
     (at least 3, stopping early once ``max_seconds`` are spent). CUDA: events + synchronize."""
+    return interleaved_times({"fn": fn}, device, warmup, repeats, max_seconds)["fn"]
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int,
+                      max_seconds: float) -> dict[str, list[float]]:
+    """Seconds per call of each function, all timed in turn in every round (drift on a shared
+    machine hits them alike, so their ratios hold): ``warmup`` untimed rounds, then up to
+    ``repeats`` timed rounds (at least 3, stopping once ``max_seconds`` are spent). CUDA:
+    events + synchronize."""
     for _ in range(warmup):
-        fn()
+        for fn in fns.values():
+            fn()
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
-    times: list[float] = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
-    while len(times) < max(repeats, 1):
-        if cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1000.0)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        if len(times) >= 3 and time.perf_counter() - start > max_seconds:
+    rounds = 0
+    while rounds < max(repeats, 1):
+        for name, fn in fns.items():
+            if cuda:
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn()
+                b.record()
+                b.synchronize()
+                times[name].append(a.elapsed_time(b) / 1000.0)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        rounds += 1
+        if rounds >= 3 and time.perf_counter() - start > max_seconds:
             break
     return times
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch: int,
                     settings: HardwareSettings) -> dict:
-    device = _model_device(model)
+    return measure_side_by_side({"model": (model, torch.contiguous_format)}, input_shape, batch, settings)["model"]
+
+
+def measure_side_by_side(models: dict[str, tuple[nn.Module, torch.memory_format]], input_shape: tuple[int, ...],
+                         batch: int, settings: HardwareSettings) -> dict[str, dict]:
+    """Latency of several models on the same input (each in its memory format), interleaved."""
+    device = _model_device(next(iter(models.values()))[0])
     x = torch.randn((batch, *input_shape), device=device)
+    inputs = {name: x.contiguous(memory_format=fmt) for name, (_, fmt) in models.items()}
+    fns = {name: (lambda m=m, xi=inputs[name]: m(xi)) for name, (m, _) in models.items()}
     with torch.inference_mode():
-        times = time_calls(lambda: model(x), device, settings.warmup, settings.repeats, settings.max_seconds)
-    med = statistics.median(times)
-    return {"median_s": med, "runs": len(times), "min_s": min(times), "images_per_s": batch / med}
+        times = interleaved_times(fns, device, settings.warmup, settings.repeats, settings.max_seconds)
+    out = {}
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        out[name] = {"median_s": med, "runs": len(ts), "min_s": min(ts), "images_per_s": batch / med}
+    return out
 
 
-# --- energy (NVML) ---------------------------------------------------------------------------
+# --- energy (NVML on NVIDIA GPUs, RAPL on CPUs) -----------------------------------------------
 def load_nvml():
     """``(pynvml module, None)`` after ``nvmlInit``, or ``(None, reason)``."""
     try:
@@ -235,21 +269,41 @@ def nvml_handle(nvml, device: torch.device):
         return nvml.nvmlDeviceGetHandleByIndex(index)
 
 
-def measure_energy(run: Callable[[], object], images_per_call: int, nvml, handle,
-                   min_window_s: float = 2.0, clock: Callable[[], float] = time.perf_counter,
-                   sync: Callable[[], None] = lambda: None, max_calls: int = 1_000_000) -> dict:
-    """Energy per image and mean power from NVML's total-energy counter (mJ since driver load).
+class NvmlCounter:
+    """Joules from NVML's total-energy counter of one GPU (mJ since the driver loaded)."""
+
+    name = "nvmlDeviceGetTotalEnergyConsumption"
+    hint = "it needs a Volta or newer GPU"
+
+    def __init__(self, nvml, handle):
+        self.nvml, self.handle = nvml, handle
+
+    def read_j(self) -> float:
+        return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1000.0
+
+    def extra(self) -> dict:
+        try:
+            return {"power_limit_w": self.nvml.nvmlDeviceGetEnforcedPowerLimit(self.handle) / 1000.0}
+        except Exception:
+            return {}
+
+
+def measure_energy(run: Callable[[], object], images_per_call: int, counter, min_window_s: float = 2.0,
+                   clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] = lambda: None,
+                   max_calls: int = 1_000_000) -> dict:
+    """Energy per image and mean power from an energy counter (``NvmlCounter``,
+    ``cbcn.rapl.RaplCounter``: ``read_j()`` joules, ``extra()`` fields).
 
     ``run`` processes ``images_per_call`` images; it is repeated until ``min_window_s`` have
-    passed (the counter updates every few tens of ms, so short windows are noise) and the counter
-    has moved. ``sync`` waits for queued GPU work before each counter read.
+    passed (the counters update every few ms to tens of ms, so short windows are noise) and the
+    counter has moved. ``sync`` waits for queued GPU work before each counter read.
     """
     try:
         sync()
-        e0, t0 = nvml.nvmlDeviceGetTotalEnergyConsumption(handle), clock()
+        e0, t0 = counter.read_j(), clock()
     except Exception as e:
-        return {"unavailable": f"nvmlDeviceGetTotalEnergyConsumption failed ({type(e).__name__}: {e}); "
-                               "it needs a Volta or newer GPU"}
+        hint = getattr(counter, "hint", None)
+        return {"unavailable": f"{counter.name} failed ({type(e).__name__}: {e})" + (f"; {hint}" if hint else "")}
     calls = 0
     while True:
         run()
@@ -258,20 +312,17 @@ def measure_energy(run: Callable[[], object], images_per_call: int, nvml, handle
             sync()
             t1 = clock()
             if t1 - t0 >= min_window_s or calls >= max_calls:
-                e1 = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+                e1 = counter.read_j()
                 if e1 > e0 or calls >= max_calls:
                     break
     window = t1 - t0
-    energy_j = (e1 - e0) / 1000.0
+    energy_j = e1 - e0
     images = calls * images_per_call
     if energy_j <= 0:
-        return {"unavailable": f"NVML energy counter did not advance in {window:.2f} s"}
+        return {"unavailable": f"{counter.name} did not advance in {window:.2f} s"}
     out = {"energy_j": energy_j, "window_s": window, "images": images,
            "energy_per_image_j": energy_j / images, "power_w": energy_j / window if window > 0 else None}
-    try:
-        out["power_limit_w"] = nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0
-    except Exception:
-        pass
+    out.update(counter.extra())
     return out
 
 
@@ -298,20 +349,37 @@ def device_description(device: torch.device) -> dict:
 
 # --- the whole profile -----------------------------------------------------------------------
 def packed_inference(model: nn.Module):
-    """``(packed 1-bit model on the Triton kernels, None)`` from ``cbcn.onebit``, or ``(None, reason)``."""
+    """``(1-bit model, None)`` from ``cbcn.onebit`` on the device's default backend (the CPU
+    engine for CPU tensors, the Triton kernels for CUDA tensors), or ``(None, reason)``."""
+    from .backends import describe_backend
+    from .onebit import convert_to_onebit
+
+    device = _model_device(model)
     try:
-        from .backends import triton_available
-        from .onebit import convert_to_onebit
-    except ImportError as e:
-        return None, f"cbcn.onebit (packed 1-bit models) is not available ({e})"
-    if not triton_available():
-        return None, "Triton (or triton_kernels) is not importable, so there are no packed kernels to time"
-    try:
-        return convert_to_onebit(model, backend="triton"), None
+        return convert_to_onebit(model), None
     except ValueError as e:       # fp / bwn models have no fully binary layer
         return None, str(e)
     except Exception as e:
-        return None, f"packed conversion failed ({type(e).__name__}: {e})"
+        return None, f"1-bit conversion failed on {describe_backend(None, device)} ({type(e).__name__}: {e})"
+
+
+def float_twin(model: nn.Module):
+    """``(model, None)``: the float model (method fp) of ``model``'s physical widths, random
+    weights, channels-last, eval mode — what a binary model's speed is compared with; or
+    ``(None, reason)``."""
+    from .models import build_model
+    from .onebit import model_build_kwargs
+
+    try:
+        kwargs = model_build_kwargs(model)
+    except ValueError as e:
+        return None, str(e)
+    if kwargs["method"] == "fp":
+        return None, "the model is itself full precision"
+    width = model.factory.width
+    twin = {k: kwargs[k] for k in ("num_classes", "in_channels", "stem", "image_size") if k in kwargs}
+    twin_model = build_model(kwargs["name"], method="fp", stages=tuple(s * width for s in kwargs["stages"]), **twin)
+    return twin_model.to(_model_device(model)).eval().to(memory_format=torch.channels_last), None
 
 
 def checkpoint_bytes(model: nn.Module) -> dict:
@@ -364,76 +432,111 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...],
             import gc
             gc.collect()
             torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
             prof.set("memory_before_bytes", torch.cuda.memory_allocated(device))
-        lat1 = measure_latency(model, input_shape, 1, settings)
-        latb = measure_latency(model, input_shape, settings.throughput_batch, settings)
+        # the 1-bit model and the float model of the same physical widths, timed side by side
+        packed, packed_reason = packed_inference(model)
+        twin, twin_reason = float_twin(model)
+        contenders = {"model": (model, torch.contiguous_format)}
+        if packed is not None:
+            contenders["packed"] = (packed, torch.contiguous_format)
+            from .backends import describe_backend
+
+            prof.set("packed_backend", describe_backend(None, device))
+            probe = torch.randn((2, *input_shape), device=device)
+            with torch.inference_mode():
+                prof.set("packed_logits_equal", bool(torch.equal(packed(probe), model(probe))))
+        else:
+            for k in ("packed_backend", "packed_logits_equal"):
+                prof.na(k, packed_reason)
+        if twin is not None:
+            contenders["float_physical"] = (twin, torch.channels_last)
+        lat = {}
+        for batch in (1, settings.throughput_batch):
+            try:
+                lat[batch] = measure_side_by_side(contenders, input_shape, batch, settings)
+            except Exception as e:  # a kernel failure must not lose the rest of the profile
+                if "packed" not in contenders:
+                    raise
+                packed_reason = f"1-bit forward failed ({type(e).__name__}: {str(e)[:200]})"
+                contenders.pop("packed")
+                packed = None
+                lat[batch] = measure_side_by_side(contenders, input_shape, batch, settings)
+        lat1, latb = lat[1]["model"], lat[settings.throughput_batch]["model"]
         prof.set("latency_b1_s", lat1["median_s"])
         prof.set("latency_b1_runs", lat1["runs"])
         prof.set("latency_batch_s", latb["median_s"])
         prof.set("throughput_images_per_s", latb["images_per_s"])
-        if device.type == "cuda":
+        for name, prefix, reason in (("packed", "packed", packed_reason), ("float_physical", "float_physical", twin_reason)):
+            if name in lat[1]:
+                prof.set(f"{prefix}_latency_b1_s", lat[1][name]["median_s"])
+                prof.set(f"{prefix}_throughput_images_per_s", lat[settings.throughput_batch][name]["images_per_s"])
+            else:
+                prof.na(f"{prefix}_latency_b1_s", reason)
+                prof.na(f"{prefix}_throughput_images_per_s", reason)
+        speedups = (("onebit_speedup_vs_float_physical", "float_physical"), ("onebit_speedup_vs_training", "model"))
+        for key, other in speedups:
+            for batch, suffix in ((settings.throughput_batch, "batch"), (1, "b1")):
+                if "packed" in lat[batch] and other in lat[batch]:
+                    prof.set(f"{key}_{suffix}", lat[batch][other]["median_s"] / lat[batch]["packed"]["median_s"])
+                else:
+                    prof.na(f"{key}_{suffix}", packed_reason if "packed" not in lat[batch] else twin_reason)
+        if device.type == "cuda":  # the model's own forward at the throughput batch
+            x = torch.randn((settings.throughput_batch, *input_shape), device=device)
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            with torch.inference_mode():
+                model(x)
+            torch.cuda.synchronize(device)
             prof.set("peak_memory_bytes", torch.cuda.max_memory_allocated(device))
+            del x
         else:
-            prof.na("peak_memory_bytes", "PyTorch has no per-model peak-memory counter on CPU "
-                    "(process peak RSS is in process_max_rss_bytes)")
+            prof.na("peak_memory_bytes", "PyTorch has no per-model peak-memory counter on CPU (process peak RSS "
+                    "is in process_max_rss_bytes; benchmarks/cpu_engine_bench.py --memory measures each model "
+                    "in a fresh process)")
         prof.set("process_max_rss_bytes", _max_rss_bytes())
 
-        # packed 1-bit kernels: GPU only (Triton)
-        if device.type != "cuda":
-            reason = f"packed Triton kernels need a CUDA GPU (model on {device.type})"
-            prof.na("packed_latency_b1_s", reason)
-            prof.na("packed_throughput_images_per_s", reason)
-        else:
-            packed, reason = packed_inference(model)
-            if packed is None:
-                prof.na("packed_latency_b1_s", reason)
-                prof.na("packed_throughput_images_per_s", reason)
-            else:
-                try:
-                    p1 = measure_latency(packed, input_shape, 1, settings)
-                    pb = measure_latency(packed, input_shape, settings.throughput_batch, settings)
-                    prof.set("packed_latency_b1_s", p1["median_s"])
-                    prof.set("packed_throughput_images_per_s", pb["images_per_s"])
-                except Exception as e:  # a kernel failure must not lose the rest of the profile
-                    reason = f"packed 1-bit forward failed ({type(e).__name__}: {str(e)[:200]})"
-                    prof.na("packed_latency_b1_s", reason)
-                    prof.na("packed_throughput_images_per_s", reason)
-                del packed
-
-        # energy: NVML on NVIDIA GPUs only
-        energy_fields = ("energy_per_image_j", "power_w")
-        nvml, why = nvml_loader()
+        # energy: NVML on NVIDIA GPUs, RAPL on CPUs; for the model and its 1-bit version
+        nvml, why = (None, None) if device.type != "cuda" else nvml_loader()
         try:
-            if device.type != "cuda":
-                reason = f"no NVIDIA GPU in use (model on {device.type}); " + (why or "NVML needs a CUDA device")
-                e = {"unavailable": reason}
-            elif nvml is None:
-                e = {"unavailable": why}
+            if device.type == "cuda":
+                counter = NvmlCounter(nvml, nvml_handle(nvml, device)) if nvml is not None else None
+                sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
             else:
-                x = torch.randn((settings.throughput_batch, *input_shape), device=device)
-                handle = nvml_handle(nvml, device)
+                from .rapl import rapl_counter
 
-                def run():
-                    with torch.inference_mode():
-                        model(x)
+                counter, why = rapl_counter()
+                sync = lambda: None  # noqa: E731
+            for name, prefix in (("model", ""), ("packed", "packed_")):
+                if name not in contenders:
+                    e = {"unavailable": packed_reason}
+                elif counter is None:
+                    e = {"unavailable": why}
+                else:
+                    net = contenders[name][0]
+                    x = torch.randn((settings.throughput_batch, *input_shape), device=device)
 
-                e = measure_energy(run, settings.throughput_batch, nvml, handle, settings.energy_window_s,
-                                   sync=lambda: torch.cuda.synchronize(device))
+                    def run(net=net, x=x):
+                        with torch.inference_mode():
+                            net(x)
+
+                    e = measure_energy(run, settings.throughput_batch, counter, settings.energy_window_s, sync=sync)
+                if "unavailable" in e:
+                    prof.na(f"{prefix}energy_per_image_j", e["unavailable"])
+                    prof.na(f"{prefix}power_w", e["unavailable"])
+                else:
+                    prof.set(f"{prefix}energy_per_image_j", e["energy_per_image_j"])
+                    prof.set(f"{prefix}power_w", e["power_w"])
+                    prof.set(f"{prefix}energy_window_s", e["window_s"])
+                    if "energy_counter" in e:
+                        prof.set("energy_counter", e["energy_counter"])
+                        prof.set("energy_scope", e["energy_scope"])
         finally:
             if nvml is not None:
                 try:
                     nvml.nvmlShutdown()
                 except Exception:
                     pass
-        if "unavailable" in e:
-            for f in energy_fields:
-                prof.na(f, e["unavailable"])
-        else:
-            prof.set("energy_per_image_j", e["energy_per_image_j"])
-            prof.set("power_w", e["power_w"])
-            prof.set("energy_window_s", e["window_s"])
-            prof.set("energy_images", e["images"])
+        del packed, twin
     finally:
         model.train(was_training)
     prof.set("settings", asdict(settings))

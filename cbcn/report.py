@@ -59,11 +59,14 @@ def _hw_value(hw: dict, key: str):
     return hw.get(key)
 
 
+SPEED_FIELDS = ("device_name", "torch_threads", "latency_b1_ms", "throughput_images_per_s", "packed_backend",
+                "packed_latency_b1_ms", "packed_throughput_images_per_s", "float_physical_throughput_images_per_s",
+                "onebit_speedup_vs_float_physical_batch", "onebit_speedup_vs_float_physical_b1",
+                "onebit_speedup_vs_training_batch", "packed_logits_equal", "peak_memory_bytes",
+                "energy_per_image_mj", "packed_energy_per_image_mj", "power_w")
 HARDWARE_FIELDS = ("learned_parameters", "maps", "physical_channels", "fp32_bytes", "onebit_bytes", "compression",
                    "fp32_checkpoint_bytes", "onebit_checkpoint_bytes",
-                   "flops", "bops", "ops", "macs_real", "latency_b1_ms", "throughput_images_per_s",
-                   "packed_latency_b1_ms", "packed_throughput_images_per_s", "peak_memory_bytes",
-                   "energy_per_image_mj", "power_w", "device_name", "torch_threads")
+                   "flops", "bops", "ops", "macs_real") + SPEED_FIELDS
 
 
 def hardware_row(hw: dict) -> dict:
@@ -74,10 +77,13 @@ def hardware_row(hw: dict) -> dict:
     for k in ("fp32_bytes", "onebit_bytes", "compression", "fp32_checkpoint_bytes", "onebit_checkpoint_bytes",
               "flops", "bops", "ops", "macs_real",
               "throughput_images_per_s", "packed_throughput_images_per_s", "peak_memory_bytes", "power_w",
-              "device_name", "torch_threads"):
+              "device_name", "torch_threads", "packed_backend", "float_physical_throughput_images_per_s",
+              "onebit_speedup_vs_float_physical_batch", "onebit_speedup_vs_float_physical_b1",
+              "onebit_speedup_vs_training_batch", "packed_logits_equal"):
         row[k] = _hw_value(hw, k)
     for src, dst, factor in (("latency_b1_s", "latency_b1_ms", 1e3), ("packed_latency_b1_s", "packed_latency_b1_ms", 1e3),
-                             ("energy_per_image_j", "energy_per_image_mj", 1e3)):
+                             ("energy_per_image_j", "energy_per_image_mj", 1e3),
+                             ("packed_energy_per_image_j", "packed_energy_per_image_mj", 1e3)):
         v = _hw_value(hw, src)
         row[dst] = v * factor if isinstance(v, (int, float)) else v
     return row
@@ -410,12 +416,12 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) 
     size = [c for c in ("learned_parameters", "maps", "physical_channels", "fp32_bytes", "onebit_bytes",
                         "compression", "fp32_checkpoint_bytes", "onebit_checkpoint_bytes", "flops", "bops", "ops",
                         "macs_real") if c in hw_short]
-    speed = [c for c in ("device_name", "torch_threads", "latency_b1_ms", "throughput_images_per_s",
-                         "packed_latency_b1_ms", "packed_throughput_images_per_s", "peak_memory_bytes",
-                         "energy_per_image_mj", "power_w") if c in hw_short]
+    speed = [c for c in SPEED_FIELDS if c in hw_short]
     S.append(("p", "**Size and operations** (per image)"))
     S.append(("table", hw_short[ident + size], "hardware.csv"))
-    S.append(("p", "**Speed, memory and energy**"))
+    S.append(("p", "**Speed, memory and energy**: the trained model; its 1-bit version (`packed_*`, on the "
+                   "backend named); the float model of the same physical widths (`float_physical_*`); the "
+                   "1-bit model's speed-ups over both (ratios of interleaved medians)."))
     S.append(("table", hw_short[ident + speed], "hardware.csv"))
     if notes:
         S.append(("ol", [f"unavailable: {r}" for r in notes]))

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cbcn.hardware import (HardwareSettings, count_operations, load_nvml, measure_energy, model_bytes,
-                           profile_model, time_calls)
+from cbcn import rapl
+from cbcn.hardware import (HardwareSettings, NvmlCounter, count_operations, load_nvml, measure_energy,
+                           model_bytes, profile_model, time_calls)
 from cbcn.layers import BinaryConv2d
 from cbcn.models import build_model
 
@@ -97,7 +98,7 @@ def test_energy_from_nvml_counter_with_fakes():
         nvml.energy_mj += 250
         now[0] += 0.0625
 
-    e = measure_energy(run, 8, nvml, "handle0", min_window_s=1.0, clock=lambda: now[0])
+    e = measure_energy(run, 8, NvmlCounter(nvml, "handle0"), min_window_s=1.0, clock=lambda: now[0])
     calls = e["images"] // 8
     assert calls == 16 and e["window_s"] == 1.0                     # checked every 4 calls, stops at >= 1 s
     assert e["energy_j"] == pytest.approx(0.25 * calls)
@@ -107,19 +108,25 @@ def test_energy_from_nvml_counter_with_fakes():
 
 
 def test_energy_unsupported_counter_is_unavailable():
-    e = measure_energy(lambda: None, 8, FakeNVML(supported=False), "handle0", min_window_s=0.0)
+    e = measure_energy(lambda: None, 8, NvmlCounter(FakeNVML(supported=False), "handle0"), min_window_s=0.0)
     assert e["unavailable"].startswith("nvmlDeviceGetTotalEnergyConsumption failed")
 
 
-def test_profile_on_cpu_reports_unavailable_with_reasons():
+def test_profile_on_cpu_reports_unavailable_with_reasons(monkeypatch, tmp_path):
     m = build_model("lenet", "xnor", stages=(2, 2, 4, 4), in_channels=1)
-    fake = FakeNVML()
-    prof = profile_model(m, (1, 32, 32), FAST, nvml_loader=lambda: (fake, None))
-    assert fake.shutdown                                              # NVML released even when unused
-    for k in ("energy_per_image_j", "power_w"):
-        assert prof[k] is None and "no NVIDIA GPU in use (model on cpu)" in prof["unavailable"][k]
+    monkeypatch.setattr(rapl, "POWERCAP", tmp_path / "no-powercap")
+    monkeypatch.setattr(rapl.rapl_counter, "__defaults__", (tmp_path / "no-powercap",))
+    prof = profile_model(m, (1, 32, 32), FAST, nvml_loader=lambda: pytest.fail("NVML loaded for a CPU model"))
+    for k in ("energy_per_image_j", "power_w", "packed_energy_per_image_j"):
+        assert prof[k] is None and "no RAPL energy counters" in prof["unavailable"][k]
     assert prof["peak_memory_bytes"] is None and "CPU" in prof["unavailable"]["peak_memory_bytes"]
-    assert "CUDA GPU" in prof["unavailable"]["packed_latency_b1_s"]
+    # the 1-bit model on the CPU engine, and the float model of the same widths, side by side
+    assert prof["packed_latency_b1_s"] > 0 and prof["packed_throughput_images_per_s"] > 0
+    assert prof["packed_backend"].startswith("auto->cpu[") and prof["packed_logits_equal"] is True
+    assert prof["float_physical_throughput_images_per_s"] > 0
+    assert prof["onebit_speedup_vs_float_physical_batch"] == pytest.approx(
+        prof["packed_throughput_images_per_s"] / prof["float_physical_throughput_images_per_s"], rel=1e-9)
+    assert prof["onebit_speedup_vs_training_b1"] > 0
     assert prof["latency_b1_s"] > 0 and prof["throughput_images_per_s"] > 0
     assert prof["bops"] > 0 and prof["onebit_bytes"] < prof["fp32_bytes"]
     assert prof["model"]["stages_physical_channels"] == "2-2-4-4" and prof["device"] == "cpu"
@@ -133,5 +140,70 @@ def test_nvml_absent_gives_reason():
         pytest.skip("NVML is present on this machine")
     assert why and ("NVML" in why or "pynvml" in why)
     prof = profile_model(build_model("lenet", "fp", stages=(2, 2, 4, 4), in_channels=1), (1, 32, 32), FAST)
-    assert prof["energy_per_image_j"] is None
-    assert why in prof["unavailable"]["energy_per_image_j"]
+    # a CPU model's energy comes from RAPL, which this machine may or may not expose
+    assert prof["energy_per_image_j"] is not None or "RAPL" in prof["unavailable"]["energy_per_image_j"]
+    assert "full precision" in prof["unavailable"]["float_physical_latency_b1_s"]
+    assert "no layer with binary weights" in prof["unavailable"]["packed_latency_b1_s"]
+
+
+def _fake_powercap(root, packages=((1_000_000, 2**32),), subzone=True):
+    """A /sys/class/powercap tree: package zones intel-rapl:N with energy_uj and its range."""
+    for i, (energy, wrap) in enumerate(packages):
+        zone = root / f"intel-rapl:{i}"
+        zone.mkdir(parents=True)
+        (zone / "name").write_text(f"package-{i}\n")
+        (zone / "energy_uj").write_text(f"{energy}\n")
+        (zone / "max_energy_range_uj").write_text(f"{wrap}\n")
+        if subzone:  # core / uncore subzones are inside the package's count: ignored
+            sub = root / f"intel-rapl:{i}:0"
+            sub.mkdir()
+            (sub / "name").write_text("core\n")
+            (sub / "energy_uj").write_text("5\n")
+            (sub / "max_energy_range_uj").write_text(f"{wrap}\n")
+    return root
+
+
+def _add_uj(root, zone, delta, wrap):
+    f = root / f"intel-rapl:{zone}" / "energy_uj"
+    f.write_text(f"{(int(f.read_text()) + delta) % wrap}\n")
+
+
+def test_rapl_counter_sums_packages_and_survives_wraparound(tmp_path):
+    root = _fake_powercap(tmp_path / "powercap", packages=((1_000, 10_000_000), (9_999_000, 10_000_000)))
+    counter, why = rapl.rapl_counter(root)
+    assert why is None and len(counter.zones) == 2 and "package-0" in counter.extra()["energy_counter"]
+    assert counter.read_j() == 0.0
+    _add_uj(root, 0, 500_000, 10_000_000)
+    _add_uj(root, 1, 2_000, 10_000_000)  # wraps around: 9_999_000 + 2_000 -> 1_000
+    assert counter.read_j() == pytest.approx(0.502)
+
+
+def test_rapl_energy_per_image_with_a_fake_tree(tmp_path):
+    root = _fake_powercap(tmp_path / "powercap")
+    counter, _ = rapl.rapl_counter(root)
+    now = [0.0]
+
+    def run():  # each call: 8 images, 2 J, 1/8 s
+        _add_uj(root, 0, 2_000_000, 2**32)
+        now[0] += 0.125
+
+    e = measure_energy(run, 8, counter, min_window_s=1.0, clock=lambda: now[0])
+    assert e["energy_per_image_j"] == pytest.approx(0.25) and e["power_w"] == pytest.approx(16.0)
+    assert "whole CPU package" in e["energy_scope"]
+
+
+def test_rapl_unavailable_reasons(tmp_path, monkeypatch):
+    assert "does not exist" in rapl.rapl_counter(tmp_path / "none")[1]
+    (tmp_path / "empty").mkdir()
+    assert "no package-level RAPL zone" in rapl.rapl_counter(tmp_path / "empty")[1]
+    root = _fake_powercap(tmp_path / "powercap")
+    real_read = rapl.RaplCounter._read
+
+    def root_only(path):
+        if path.name == "energy_uj":
+            raise PermissionError(13, "Permission denied")
+        return real_read(path)
+
+    monkeypatch.setattr(rapl.RaplCounter, "_read", staticmethod(root_only))
+    counter, why = rapl.rapl_counter(root)
+    assert counter is None and "root-only" in why and "CVE-2020-8694" in why
