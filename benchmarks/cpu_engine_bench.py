@@ -207,7 +207,7 @@ def float_layer(layer: OneBitConv2d, epilogue, x_packed: torch.Tensor):
 
     def run():
         y = conv(x)
-        if epilogue.pool:
+        if epilogue.pool == "max2":
             y = F.relu(F.max_pool2d(y, 2)) if epilogue.relu else F.max_pool2d(y, 2)
         if bn is not None:
             y = bn(y)
@@ -248,7 +248,7 @@ def per_layer(case: ModelCase, repeats: int, batch: int = 64) -> list[dict]:
         OH = (H + 2 * layer.padding - layer.kernel_size) // layer.stride + 1
         OW = (W + 2 * layer.padding - layer.kernel_size) // layer.stride + 1
         macs = N * OH * OW * layer.physical_out_channels * layer.physical_in_channels * layer.kernel_size ** 2
-        fused = [s for s, on in (("bn", epilogue.bn is not None), ("pool+relu", epilogue.pool), ("residual",
+        fused = [s for s, on in (("bn", epilogue.bn is not None), ("pool+relu", epilogue.pool == "max2"), ("residual",
                  epilogue.residual is not None), ("packed out", epilogue.packed), ("real out", epilogue.real)) if on]
         med = interleaved_medians({
             "float": float_layer(layer, epilogue, x_packed),

@@ -77,7 +77,7 @@ def _layer_inputs(case: LayerCase):
     final = out // 2 if case.pool else out
     residual = torch.randn(BATCH, case.C_out, final, final, generator=g).contiguous(memory_format=torch.channels_last)
     ep = Epilogue(scale=torch.rand(case.C_out, generator=g), bn=BatchNormEval.from_module(bn), packed=True,
-                  pool=2 if case.pool else 0, relu=case.pool, residual=residual if case.residual else None)
+                  pool="max2" if case.pool else "", relu=case.pool, residual=residual if case.residual else None)
     return x, w, bn, ep
 
 

@@ -60,6 +60,9 @@ class OneBitBasicBlock(BasicBlock):
         ds = self.downsample
         if ds is None:
             return x
+        if _is_avgpool2(ds[0]) and x.dtype == torch.float32:  # the pooling, NHWC in, NCHW out, one pass
+            pooled, _ = self.conv1.ops(x.device).run_epilogue(x, Epilogue(pool="avg2"), torch.contiguous_format)
+            return ds[1:](pooled)
         if isinstance(ds[0], nn.AvgPool2d) and not x.is_contiguous():
             return ds[1:](ds[0](x).contiguous())
         return ds(x.contiguous())
@@ -114,6 +117,13 @@ def _lenet_unit_fusable_first(unit) -> bool:
         isinstance(unit[2], nn.ReLU) and _is_maxpool2(unit[1])
 
 
+def _is_avgpool2(pool) -> bool:
+    """``AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)``: the shortcut's pooling (SPEC §4)."""
+    return isinstance(pool, nn.AvgPool2d) and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2)) \
+        and pool.padding in (0, (0, 0)) and pool.ceil_mode and not pool.count_include_pad \
+        and pool.divisor_override is None
+
+
 def _is_maxpool2(pool: nn.MaxPool2d) -> bool:
     """``MaxPool2d(2)``: the pooling the epilogue fuses."""
     return pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0)) \
@@ -131,14 +141,14 @@ class OneBitLeNetUnits(nn.Sequential):
         first, conv = units[0], units[1][1]
         ops = conv.ops(x.device)
         if _lenet_unit_fusable_first(first):  # its pool and ReLU, the next BN and the packing in one pass
-            ep = Epilogue(pool=2, relu=True, bn=batchnorm_eval(units[1][0]), real=False, packed=True)
+            ep = Epilogue(pool="max2", relu=True, bn=batchnorm_eval(units[1][0]), real=False, packed=True)
             _, packed = ops.run_epilogue(first[0](x), ep)
         else:
             packed = conv.pack_input(units[1][0](first(x)), ops)
         for i in range(1, len(units)):
             conv = units[i][1]
             nxt = units[i + 1] if i + 1 < len(units) else None
-            ep = Epilogue(pool=2, relu=True, bn=batchnorm_eval(nxt[0]) if nxt is not None else None,
+            ep = Epilogue(pool="max2", relu=True, bn=batchnorm_eval(nxt[0]) if nxt is not None else None,
                           real=nxt is None, packed=nxt is not None)
             h, packed = conv.run(packed, ep, torch.contiguous_format)
         return h

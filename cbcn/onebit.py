@@ -123,10 +123,17 @@ class OneBitConv2d(nn.Module):
         return new.to(layer.weight.device)
 
     def scale(self) -> torch.Tensor | None:
-        """α per physical output channel (as ``BinaryConv2d.scale``)."""
-        if self.alpha is None:
-            return None
-        return self.alpha.repeat_interleave(self.K) if self.cbconv else self.alpha
+        """α per physical output channel (as ``BinaryConv2d.scale``; for CBConv layers repeated
+        over the K orientations once, and cached until α changes)."""
+        if self.alpha is None or not self.cbconv:
+            return self.alpha
+        a = self.alpha
+        key = (a.data_ptr(), tensor_version(a), a.device, a.dtype)
+        cached = self.__dict__.get("_scale_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, a.repeat_interleave(self.K))
+            self.__dict__["_scale_cache"] = cached
+        return cached[1]
 
     def ops(self, device=None) -> Ops:
         """The backend's operations for tensors on ``device`` (default: this layer's)."""
@@ -177,7 +184,9 @@ class OneBitConv2d(nn.Module):
         steps (batch-norm, pooling, residual, ...): ``(real, packed)`` as ``fused_conv2d``."""
         ops = ops or self.ops(x_packed.device)
         kwargs = {"path": self.path} if ops.name == "triton" else {}
-        epilogue = epilogue.with_(scale=self.scale(), bias=self.bias)
+        ep = epilogue
+        epilogue = Epilogue(self.scale(), self.bias, ep.pool, ep.relu, ep.bn, ep.affine, ep.residual, ep.real,
+                            ep.packed, ep.out_dtype)
         return ops.fused_conv2d(x_packed, self.weight_bank(ops), self.physical_in_channels, self.stride,
                                 self.padding, epilogue, self.ksum_for(ops), memory_format=memory_format, **kwargs)
 

@@ -53,8 +53,10 @@ def random_case(rng: random.Random, g: torch.Generator):
         bn.running_var.uniform_(0.05, 3.0, generator=g)
         bn.weight.normal_(generator=g)
         bn.bias.normal_(generator=g)
-    pool = 2 if OH >= 2 and OW >= 2 and rng.random() < 0.3 else 0
-    PH, PW = (OH // 2, OW // 2) if pool else (OH, OW)
+    pool = rng.choice(["max2", "avg2"]) if OH >= 2 and OW >= 2 and rng.random() < 0.4 else ""
+    if pool == "" and rng.random() < 0.1:
+        pool = "avg2"  # also on outputs smaller than 2x2 (ceil mode: one-element windows)
+    PH, PW = Epilogue(pool=pool).output_size(OH, OW)
     residual = _rand(N, C_out, PH, PW, g=g)
     if rng.random() < 0.5:
         residual = residual.contiguous(memory_format=torch.channels_last)
@@ -149,7 +151,7 @@ def test_run_epilogue_on_float_tensors(layout):
     with torch.no_grad():
         bn.running_mean.normal_(generator=g)
         bn.running_var.uniform_(0.1, 2, generator=g)
-    for shape, pool in (((3, 40, 9, 8), 2), ((2, 40, 5, 5), 0), ((1, 40, 32, 32), 2)):
+    for shape, pool in (((3, 40, 9, 8), "max2"), ((2, 40, 5, 5), ""), ((1, 40, 32, 32), "max2"), ((2, 40, 7, 5), "avg2")):
         x = _rand(*shape, g=g)
         if layout == "nhwc":
             x = x.contiguous(memory_format=torch.channels_last)

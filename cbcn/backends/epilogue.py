@@ -6,7 +6,9 @@ for the 1-bit model's logits to equal the training model's bit for bit. ``Epilog
 steps as data, in the one order every backend applies them:
 
     v = sums · scale  (+ bias)       α ⊙ conv + b  (paper Eq. 4; ``BinaryConv2d.forward``)
-    v = maxpool2x2(v)                LeNet units (conv → max-pool → ReLU)
+    v = pool(v)                      "max2": MaxPool2d(2), LeNet units (conv → max-pool → ReLU);
+                                     "avg2": AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
+                                     the ResNet downsampling shortcut's pooling
     v = relu(v)
     v = batchnorm(v)                 an eval ``BatchNorm2d`` (``bn``), exactly as PyTorch computes it,
                                      or a folded affine ``v · mul`` then ``+ add`` (``affine``)
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 
 from .contract import check_vector, tensor_version
 
-POOLS = (0, 2)  # no pooling, or MaxPool2d(2)
+POOLS = ("", "max2", "avg2")  # none; MaxPool2d(2) (floor); AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,7 +89,7 @@ class Epilogue:
 
     scale: torch.Tensor | None = None
     bias: torch.Tensor | None = None
-    pool: int = 0
+    pool: str = ""
     relu: bool = False
     bn: BatchNormEval | None = None
     affine: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -98,7 +100,7 @@ class Epilogue:
 
     def __post_init__(self):
         if self.pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS} (none, or a 2x2 max-pool), got {self.pool!r}")
+            raise ValueError(f"pool must be one of {POOLS} (none, a 2x2 max-pool, a 2x2 average pool), got {self.pool!r}")
         if self.bn is not None and self.affine is not None:
             raise ValueError("give the batch-norm once: bn (exact) or affine (folded), not both")
         if not (self.real or self.packed):
@@ -118,8 +120,12 @@ class Epilogue:
             raise ValueError(f"batch-norm has {self.bn.num_features} channels, the conv {C_out}")
 
     def output_size(self, OH: int, OW: int) -> tuple[int, int]:
-        """Spatial size after the optional pooling (floor, as ``MaxPool2d(2)``)."""
-        return (OH // 2, OW // 2) if self.pool else (OH, OW)
+        """Spatial size after the optional pooling (max2: floor, as ``MaxPool2d(2)``; avg2: ceil)."""
+        if self.pool == "max2":
+            return OH // 2, OW // 2
+        if self.pool == "avg2":
+            return -(-OH // 2), -(-OW // 2)
+        return OH, OW
 
     def apply(self, y: torch.Tensor) -> torch.Tensor:
         """The reference transform of the conv sums ``y`` (float32, NCHW), each step a PyTorch op."""
@@ -127,8 +133,10 @@ class Epilogue:
             y = y * self.scale.to(y.dtype).view(1, -1, 1, 1)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
-        if self.pool:
-            y = F.max_pool2d(y, self.pool)
+        if self.pool == "max2":
+            y = F.max_pool2d(y, 2)
+        elif self.pool == "avg2":
+            y = F.avg_pool2d(y, 2, 2, ceil_mode=True, count_include_pad=False)
         if self.relu:
             y = F.relu(y)
         if self.bn is not None:

@@ -30,6 +30,7 @@ from ..epilogue import Epilogue, legacy_epilogue
 from . import intmm, native
 
 PATHS = ("native", "intmm", "reference")
+POOL_CODES = {"": 0, "max2": 2, "avg2": 3}  # Epilogue.pool -> bconv.c's pool field
 ENV_VAR = "CBCN_CPU_PATH"
 
 unpack_signs = reference.unpack_signs
@@ -187,7 +188,7 @@ def _native(lib, ep: Epilogue, memory_format, bn_mode: int | None, conv=None, sr
         OH, OW = (H + 2 * padding - KH) // stride + 1, (W + 2 * padding - KW) // stride + 1
     else:
         N, C_out, OH, OW = src.shape
-    if ep.pool and (OH < 2 or OW < 2):
+    if ep.pool == "max2" and (OH < 2 or OW < 2):
         raise ValueError(f"a 2x2 max-pool needs an input of at least 2x2, got {OH}x{OW}")
     PH, PW = ep.output_size(OH, OW)
     fuse_bn = ep.bn is None or bn_mode is not None
@@ -212,7 +213,7 @@ def _native(lib, ep: Epilogue, memory_format, bn_mode: int | None, conv=None, sr
     packed = torch.empty((N, PH, PW, num_words(C_out)), dtype=torch.int32) if want_packed else None
     vectors = [None if v is None else v.detach().float().contiguous() for v in (ep.scale, ep.bias)]
     p = native.ConvParams(
-        N=N, C_out=C_out, OH=OH, OW=OW, scale=_ptr(vectors[0]), bias=_ptr(vectors[1]), pool=ep.pool,
+        N=N, C_out=C_out, OH=OH, OW=OW, scale=_ptr(vectors[0]), bias=_ptr(vectors[1]), pool=POOL_CODES[ep.pool],
         relu=int(ep.relu), bn_mul=_ptr(bn_mul), bn_add=_ptr(bn_add), bn_fma=fma, residual=_ptr(residual),
         out=_ptr(real), out_packed=_ptr(packed), threads=_threads(),
     )

@@ -10,7 +10,7 @@
  * The sums are exact integers, as in cbcn.backends.reference.
  *
  * The epilogue (cbcn.backends.epilogue.Epilogue, in its fixed order):
- *   v = sum · scale (+ bias)  ->  2×2 max-pool  ->  ReLU  ->  batch-norm  ->  + residual
+ *   v = sum · scale (+ bias)  ->  2×2 max- or average pool  ->  ReLU  ->  batch-norm  ->  + residual
  * each step rounded separately (this file is compiled with -ffp-contract=off), except that the
  * batch-norm is one fused multiply-add when bn_fma is set — what PyTorch's CPU batch-norm does,
  * which the Python side checks against torch before it lets this code fuse a batch-norm.
@@ -54,7 +54,7 @@ typedef struct {
     int64_t OH, OW;         /* conv output size */
     const float *scale;     /* per output channel, or NULL */
     const float *bias;      /* per output channel, or NULL */
-    int64_t pool;           /* 0, or 2: 2×2 max-pool, stride 2, floor (MaxPool2d(2)) */
+    int64_t pool;           /* 0; 2: MaxPool2d(2) (floor); 3: AvgPool2d(2, 2, ceil_mode, no padding counted) */
     int64_t relu;
     const float *bn_mul;    /* batch-norm affine (per channel), or NULL */
     const float *bn_add;
@@ -81,7 +81,29 @@ int cbcn_abi_version(void) { return CBCN_ABI_VERSION; }
 int cbcn_simd(void) { return CBCN_AVX512 + CBCN_PAIRS; } /* 1: AVX-512 popcounts; 2: and 16-bit-lane pairs */
 int cbcn_lanes(void) { return LANES; }
 
+/* Per-thread scratch buffers kept between calls: a fresh malloc of a few hundred KB per layer is
+ * an mmap and a page fault per 4 KB on every call (glibc's default), which costs as much as a
+ * small layer's arithmetic. Slot i of the calling thread grows as needed and is never freed
+ * (a few MB at most per thread). Contents are not preserved between uses. */
+enum { SCRATCH_HALO, SCRATCH_PAIRS, SCRATCH_WSUM, SCRATCH_SUMS, SCRATCH_VALS, SCRATCH_SRC, SCRATCH_RES, SCRATCH_OUT,
+       SCRATCH_SLOTS };
+static __thread void *scratch_ptr[SCRATCH_SLOTS];
+static __thread size_t scratch_size[SCRATCH_SLOTS];
+
+static void *scratch(int slot, size_t bytes) {
+    if (bytes == 0) bytes = 1;
+    if (scratch_size[slot] < bytes) {
+        void *p = realloc(scratch_ptr[slot], bytes);
+        if (!p) return NULL;
+        scratch_ptr[slot] = p;
+        scratch_size[slot] = bytes;
+    }
+    return scratch_ptr[slot];
+}
+
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+/* Output size along one axis after the epilogue's pooling (see `pool`). */
+static inline int64_t pooled_size(int64_t n, int64_t pool) { return pool == 2 ? n / 2 : pool == 3 ? (n + 1) / 2 : n; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 #if CBCN_AVX512
@@ -320,18 +342,19 @@ static inline void finish_pixel(const cbcn_conv_params *a, int64_t n, int64_t ph
 #if CBCN_AVX512
 /* The epilogue of 16 channels [c0, c0+16) of one conv output value vector (AVX-512): the same
  * steps and roundings as scaled() + finish_pixel(), with masks for the channel tail. */
-/* One final output row (n, r): one conv row, or two max-pooled into one. `sums` holds 2·OW·COP
+/* One final output row (n, r): one conv row, or two pooled into one. `sums` holds 2·OW·COP
  * values, `vals` OW·COP floats. The source, residual and output have contiguous channels
  * (cbcn_binary_conv stages NCHW tensors per image first: a 16-channel scatter over NCHW planes
  * thrashes the cache). The epilogue runs as one tight pass over the row per step, each step's
  * switch tested once per row rather than per pixel. */
 static void output_row_avx512(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *sums, float *vals) {
     const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES, C = a->C_out;
-    const int64_t PH = a->pool ? a->OH / 2 : a->OH, PW = a->pool ? a->OW / 2 : a->OW;
+    const int64_t PH = pooled_size(a->OH, a->pool), PW = pooled_size(a->OW, a->pool);
     const int is_float = a->src != NULL;
     const float *scale = a->scale, *bias = a->bias;
+    const int two_rows = a->pool && 2 * r + 1 < a->OH; /* avg2's last window may have one row */
     const int32_t *row0 = source_row(a, n, a->pool ? 2 * r : r, sums);
-    const int32_t *row1 = a->pool ? source_row(a, n, 2 * r + 1, sums + a->OW * COP) : NULL;
+    const int32_t *row1 = two_rows ? source_row(a, n, 2 * r + 1, sums + a->OW * COP) : NULL;
     const __m512 zero = _mm512_setzero_ps();
     /* per-channel vectors, masked past C (COP <= 16·LANES... loaded once per chunk below) */
 #define CBCN_MASK(c0) (C - (c0) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - (c0))) - 1))
@@ -341,18 +364,32 @@ static void output_row_avx512(const cbcn_conv_params *a, int64_t n, int64_t r, i
         if (scale) v_ = _mm512_mul_ps(v_, _mm512_maskz_loadu_ps((m), scale + (c0))); \
         if (bias) v_ = _mm512_add_ps(v_, _mm512_maskz_loadu_ps((m), bias + (c0))); \
         v_; })
-    /* 1. scale, bias and the max-pool */
+    /* 1. scale, bias and the pooling */
     for (int64_t c0 = 0; c0 < COP; c0 += 16) {
         const __mmask16 m = CBCN_MASK(c0);
         if (!a->pool) {
             for (int64_t w = 0; w < PW; w++) _mm512_storeu_ps(vals + w * COP + c0, CBCN_VALUE(row0 + w * COP, c0, m));
-        } else {
+        } else if (a->pool == 2) {
             for (int64_t w = 0; w < PW; w++) {
                 const int32_t *s00 = row0 + (2 * w) * COP, *s10 = row1 + (2 * w) * COP;
                 __m512 v = CBCN_VALUE(s00, c0, m);
                 v = _mm512_max_ps(CBCN_VALUE(s00 + COP, c0, m), v);
                 v = _mm512_max_ps(CBCN_VALUE(s10, c0, m), v);
                 v = _mm512_max_ps(CBCN_VALUE(s10 + COP, c0, m), v);
+                _mm512_storeu_ps(vals + w * COP + c0, v);
+            }
+        } else { /* average: the window's sum in row-major order over the elements inside, / count */
+            for (int64_t w = 0; w < PW; w++) {
+                const int two_cols = 2 * w + 1 < a->OW;
+                const int32_t *s00 = row0 + (2 * w) * COP;
+                __m512 v = CBCN_VALUE(s00, c0, m);
+                if (two_cols) v = _mm512_add_ps(v, CBCN_VALUE(s00 + COP, c0, m));
+                if (two_rows) {
+                    const int32_t *s10 = row1 + (2 * w) * COP;
+                    v = _mm512_add_ps(v, CBCN_VALUE(s10, c0, m));
+                    if (two_cols) v = _mm512_add_ps(v, CBCN_VALUE(s10 + COP, c0, m));
+                }
+                v = _mm512_div_ps(v, _mm512_set1_ps((float)((1 + two_rows) * (1 + two_cols))));
                 _mm512_storeu_ps(vals + w * COP + c0, v);
             }
         }
@@ -406,6 +443,7 @@ static void output_row_avx512(const cbcn_conv_params *a, int64_t n, int64_t r, i
  * int32, vals COP floats. */
 static void output_row(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *sums, float *vals) {
     const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES, C = a->C_out;
+    const int64_t PH = pooled_size(a->OH, a->pool), PW = pooled_size(a->OW, a->pool);
     if (!a->pool) {
         const int32_t *row = source_row(a, n, r, sums);
         for (int64_t ow = 0; ow < a->OW; ow++) {
@@ -415,23 +453,31 @@ static void output_row(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t 
         }
         return;
     }
-    const int64_t PH = a->OH / 2, PW = a->OW / 2;
-    const int32_t *row0 = source_row(a, n, 2 * r, sums), *row1 = source_row(a, n, 2 * r + 1, sums + a->OW * COP);
+    const int two_rows = 2 * r + 1 < a->OH;
+    const int32_t *row0 = source_row(a, n, 2 * r, sums);
+    const int32_t *row1 = two_rows ? source_row(a, n, 2 * r + 1, sums + a->OW * COP) : NULL;
     for (int64_t pw = 0; pw < PW; pw++) {
-        const int32_t *s00 = row0 + (2 * pw) * COP, *s01 = s00 + COP;
-        const int32_t *s10 = row1 + (2 * pw) * COP, *s11 = s10 + COP;
+        const int two_cols = 2 * pw + 1 < a->OW;
+        const int32_t *s00 = row0 + (2 * pw) * COP, *s10 = two_rows ? row1 + (2 * pw) * COP : NULL;
         for (int64_t c = 0; c < C; c++) {
-            /* max over the window in MaxPool2d's scan order (row by row) */
-            float m = scaled(a, s00[c], c), t;
-            t = scaled(a, s01[c], c); if (t > m) m = t;
-            t = scaled(a, s10[c], c); if (t > m) m = t;
-            t = scaled(a, s11[c], c); if (t > m) m = t;
-            vals[c] = m;
+            float v = scaled(a, s00[c], c), t;
+            if (a->pool == 2) { /* max over the window in MaxPool2d's scan order (row by row) */
+                t = scaled(a, s00[COP + c], c); if (t > v) v = t;
+                t = scaled(a, s10[c], c); if (t > v) v = t;
+                t = scaled(a, s10[COP + c], c); if (t > v) v = t;
+            } else { /* AvgPool2d: the sum in row-major order over the elements inside, / count */
+                if (two_cols) v = v + scaled(a, s00[COP + c], c);
+                if (two_rows) {
+                    v = v + scaled(a, s10[c], c);
+                    if (two_cols) v = v + scaled(a, s10[COP + c], c);
+                }
+                v = v / (float)((1 + two_rows) * (1 + two_cols));
+            }
+            vals[c] = v;
         }
         finish_pixel(a, n, r, pw, PH, PW, vals);
     }
 }
-
 #endif
 
 /* The fused binary convolution. Returns 0, or a negative code for bad arguments / no memory. */
@@ -573,13 +619,14 @@ static void stage_image(float *staged, const float *t, int64_t n, int64_t C, int
 int cbcn_binary_conv(const cbcn_conv_params *a) {
     if (!a || a->C_out < 1 || a->OH < 0 || a->OW < 0) return -1;
     if (!a->src && (!a->x || !a->w || a->XW < 1 || a->C_in < 1 || a->stride < 1 || a->pad < 0)) return -1;
-    if (a->pool != 0 && a->pool != 2) return -1;
+    if (a->pool != 0 && a->pool != 2 && a->pool != 3) return -1;
     if (a->bn_mul && !a->bn_add) return -1;
     const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES;
-    const int64_t rows = a->pool ? a->OH / 2 : a->OH;
-    const int64_t PH = rows, PW = a->pool ? a->OW / 2 : a->OW;
+    const int64_t rows = pooled_size(a->OH, a->pool);
+    const int64_t PH = rows, PW = pooled_size(a->OW, a->pool);
     cbcn_conv_params job = *a; /* with the halo and the weight sums */
     uint32_t *halo = NULL, *pairs = NULL;
+    (void)pairs; /* used by the BITALG build only */
     border_classes classes = {NULL, NULL, NULL};
     int32_t *wsum = NULL;
     if (!a->src) {
@@ -589,16 +636,24 @@ int cbcn_binary_conv(const cbcn_conv_params *a) {
         if (a->pad == 0) {
             job.xh = a->x;
         } else {
-            halo = (uint32_t *)calloc((size_t)(a->N * HP * WP * XW), sizeof(uint32_t));
+            halo = (uint32_t *)scratch(SCRATCH_HALO, (size_t)(a->N * HP * WP * XW) * sizeof(uint32_t));
             if (!halo) return -2;
-            for (int64_t n = 0; n < a->N; n++)
-                for (int64_t h = 0; h < a->H; h++)
-                    memcpy(halo + ((n * HP + h + a->pad) * WP + a->pad) * XW, a->x + (n * a->H + h) * a->W * XW,
-                           (size_t)(a->W * XW) * sizeof(uint32_t));
+            const size_t row_words = (size_t)(WP * XW), pad_words = (size_t)(a->pad * XW);
+            for (int64_t n = 0; n < a->N; n++) {
+                uint32_t *img = halo + n * HP * WP * XW;
+                memset(img, 0, (size_t)a->pad * row_words * sizeof(uint32_t)); /* the top and bottom rows */
+                memset(img + (HP - a->pad) * row_words, 0, (size_t)a->pad * row_words * sizeof(uint32_t));
+                for (int64_t h = 0; h < a->H; h++) {
+                    uint32_t *row = img + (h + a->pad) * row_words;
+                    memset(row, 0, pad_words * sizeof(uint32_t)); /* the left and right columns */
+                    memcpy(row + pad_words, a->x + (n * a->H + h) * a->W * XW, (size_t)(a->W * XW) * sizeof(uint32_t));
+                    memset(row + pad_words + a->W * XW, 0, pad_words * sizeof(uint32_t));
+                }
+            }
             job.xh = halo;
         }
-        wsum = (int32_t *)malloc((size_t)(COB * a->KH * a->KW * LANES) * sizeof(int32_t));
-        if (!wsum) { free(halo); return -2; }
+        wsum = (int32_t *)scratch(SCRATCH_WSUM, (size_t)(COB * a->KH * a->KW * LANES) * sizeof(int32_t));
+        if (!wsum) return -2;
         for (int64_t t = 0; t < COB * a->KH * a->KW; t++)
             for (int l = 0; l < LANES; l++) {
                 int32_t bits = 0;
@@ -606,12 +661,12 @@ int cbcn_binary_conv(const cbcn_conv_params *a) {
                 wsum[t * LANES + l] = (int32_t)a->C_in - 2 * bits;
             }
         job.wsum = wsum;
-        if (a->pad > 0 && !border_tables(&job, &classes)) { free(halo); free(wsum); return -2; }
+        if (a->pad > 0 && !border_tables(&job, &classes)) return -2;
 #if CBCN_PAIRS
         if (a->C_in <= 16 && XW == 1) { /* the pair words of every haloed row, once per call */
             const int64_t st = a->stride, total = a->N * HP * WP;
-            pairs = (uint32_t *)malloc((size_t)total * sizeof(uint32_t));
-            if (!pairs) { free(halo); free(wsum); free_border_tables(&classes); return -2; }
+            pairs = (uint32_t *)scratch(SCRATCH_PAIRS, (size_t)total * sizeof(uint32_t));
+            if (!pairs) { free_border_tables(&classes); return -2; }
             for (int64_t row = 0; row < a->N * HP; row++) {
                 const uint32_t *xr = job.xh + row * WP;
                 uint32_t *pr = pairs + row * WP;
@@ -637,10 +692,10 @@ int cbcn_binary_conv(const cbcn_conv_params *a) {
 #pragma omp parallel num_threads(threads) reduction(| : failed)
 #endif
     {
-        int32_t *sums = (int32_t *)malloc(sums_bytes);
-        float *vals = (float *)malloc(vals_bytes);
-        float *src_img = (float *)malloc(src_bytes), *res_img = (float *)malloc(img_bytes);
-        float *out_img = (float *)malloc(img_bytes);
+        int32_t *sums = (int32_t *)scratch(SCRATCH_SUMS, sums_bytes);
+        float *vals = (float *)scratch(SCRATCH_VALS, vals_bytes);
+        float *src_img = (float *)scratch(SCRATCH_SRC, src_bytes), *res_img = (float *)scratch(SCRATCH_RES, img_bytes);
+        float *out_img = (float *)scratch(SCRATCH_OUT, img_bytes);
         if (!sums || !vals || !src_img || !res_img || !out_img) {
             failed = 1;
         } else {
@@ -671,15 +726,7 @@ int cbcn_binary_conv(const cbcn_conv_params *a) {
                 if (stage_out) stage_image(out_img, a->out, i, a->C_out, PH, PW, COP, a->os_n, a->os_c, a->os_h, a->os_w, 0);
             }
         }
-        free(sums);
-        free(vals);
-        free(src_img);
-        free(res_img);
-        free(out_img);
     }
-    free(halo);
-    free(wsum);
-    free(pairs);
     free_border_tables(&classes);
     return failed ? -2 : 0;
 }
