@@ -110,17 +110,23 @@ def timer_for(threads: int):
     return (time.process_time, "process CPU time") if threads == 1 else (time.perf_counter, "wall clock")
 
 
-def interleaved_medians(fns: dict, repeats: int, clock) -> dict:
-    """Median seconds per call of each function, all timed in turn in every round."""
+def interleaved_medians(fns: dict, repeats: int, clock, seed: int = 0) -> dict:
+    """Median seconds per call of each function, all timed in turn in every round, in an order
+    shuffled per round (seeded): each contender starts after a different one, so no contender
+    always inherits the caches another left behind."""
+    import random
+
+    order, rng = list(fns), random.Random(seed)
     times = {name: [] for name in fns}
     with torch.inference_mode():
         for fn in fns.values():
             fn()
             fn()  # warm-up: caches, first-use builds, allocator
         for _ in range(repeats):
-            for name, fn in fns.items():
+            rng.shuffle(order)
+            for name in order:
                 t0 = clock()
-                fn()
+                fns[name]()
                 times[name].append(clock() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
