@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backends.epilogue import Epilogue
 from .binarize import binarize, get_surrogate
 from .cif import check_kernel_size, check_orientations, cif_expand, rotated_bank
 from .methods import MethodSpec, get_method
@@ -134,12 +135,12 @@ class BinaryConv2d(nn.Module):
                 x = x.reshape(n, self.in_maps, self.K, h, wd).sum(dim=2)
             w = rotated_bank(w, self.K)
         out = F.conv2d(x, w, None, self.stride, self.padding)
-        alpha = self.scale()
-        if alpha is not None:
-            out = out * alpha.view(1, -1, 1, 1)
-        if self.bias is not None:
-            out = out + self.bias.view(1, -1, 1, 1)
-        return out
+        return self.output_transform().apply(out)
+
+    def output_transform(self) -> Epilogue:
+        """``α ⊙ conv + bias`` (Eq. 4) as the one output transform every 1-bit backend applies
+        after its integer sums (``cbcn.backends.epilogue``), so the two cannot drift apart."""
+        return Epilogue(scale=self.scale(), bias=self.bias)
 
     def extra_repr(self) -> str:
         parts = [
@@ -168,9 +169,4 @@ def reference_forward(layer: BinaryConv2d, x: torch.Tensor) -> torch.Tensor:
     """
     xb = binarize(x, layer.act_surrogate) if layer.binary_acts else x
     out = F.conv2d(xb, layer.effective_weight(), None, layer.stride, layer.padding)
-    alpha = layer.scale()
-    if alpha is not None:
-        out = out * alpha.view(1, -1, 1, 1)
-    if layer.bias is not None:
-        out = out + layer.bias.view(1, -1, 1, 1)
-    return out
+    return layer.output_transform().apply(out)
