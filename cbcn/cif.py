@@ -79,7 +79,10 @@ def _bank_gather_index(H: int, K: int, device: torch.device) -> torch.Tensor:
     key = (H, K, str(device))
     index = _GATHER_INDEX.get(key)
     if index is None:
-        index = _GATHER_INDEX[key] = transfer_matrix(H, K).reshape(-1).to(device)
+        # a normal tensor even when first asked for under inference_mode (e.g. a model profiled
+        # before it is trained): an inference tensor could not be saved for a later backward
+        with torch.inference_mode(False):
+            index = _GATHER_INDEX[key] = transfer_matrix(H, K).reshape(-1).to(device)
     return index
 
 

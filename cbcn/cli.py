@@ -17,7 +17,7 @@ import sys
 import textwrap
 
 #: modules that contribute subcommands via ``add_subcommands(subparsers)``
-SUBCOMMAND_MODULES = ["cbcn.reproduce"]
+SUBCOMMAND_MODULES = ["cbcn.reproduce", "cbcn.summary"]
 
 METHOD_CHOICES = ("fp", "bnn", "bwn", "xnor", "bireal", "cbcn")
 SURROGATE_CHOICES = ("ste", "approx", "gauss")
@@ -100,17 +100,8 @@ def _dataset_epilog() -> str:
     return "\n".join(lines)
 
 
-def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "train", help="train a model with a recipe profile", formatter_class=_Formatter,
-        description=textwrap.dedent("""\
-            Train one model on one data set with SGD (momentum 0.9, weight decay 1e-4) following a
-            recipe profile, evaluating on the test split after every epoch. Writes to --output:
-            last.pt (checkpoint, atomic, every epoch), history.csv/json (per-epoch loss and error),
-            result.json (final metrics, data description, profile) and train.log. Under torchrun
-            the run is data-parallel (NCCL on GPUs, gloo on CPU) with the global batch split across
-            processes."""),
-        epilog=_dataset_epilog())
+def add_model_arguments(p: argparse.ArgumentParser):
+    """The options that say which model to build (``cbcn train``, ``cbcn summary``); returns their group."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default="lenet", choices=_choices("model"), metavar="NAME",
                    help="backbone: %(choices)s (default: %(default)s)")
@@ -129,6 +120,21 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="ablation: gradient of sign() for activations (default: the method's)")
     g.add_argument("--weight-surrogate", choices=_choices("surrogate"), default=None,
                    help="ablation: gradient of sign() for weights (default: the method's)")
+    return g
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train", help="train a model with a recipe profile", formatter_class=_Formatter,
+        description=textwrap.dedent("""\
+            Train one model on one data set with SGD (momentum 0.9, weight decay 1e-4) following a
+            recipe profile, evaluating on the test split after every epoch. Writes to --output:
+            last.pt (checkpoint, atomic, every epoch), history.csv/json (per-epoch loss and error),
+            result.json (final metrics, data description, profile) and train.log. Under torchrun
+            the run is data-parallel (NCCL on GPUs, gloo on CPU) with the global batch split across
+            processes."""),
+        epilog=_dataset_epilog())
+    g = add_model_arguments(p)
     g.add_argument("--dropout", type=float, default=None, metavar="P",
                    help="override the dropout probability of the backbone's dropout layers")
     g.add_argument("--sync-bn", action="store_true",

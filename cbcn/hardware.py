@@ -24,7 +24,8 @@ Conventions (also printed in the reports, ``CONVENTIONS``):
 - Energy: NVML's counter on NVIDIA GPUs, RAPL's package counters on CPUs (``cbcn.rapl``; the
   whole package, other processes included), over a timed window.
 - Bytes: fp32 = 4 bytes per parameter and float buffer; 1-bit = binary weights at 1 bit (packed
-  per layer to whole bytes) plus their per-map α in fp32, everything else fp32. Measured on-disk
+  densely across layers, as the 1-bit checkpoint stores them) plus their per-map α in fp32,
+  everything else fp32. Measured on-disk
   sizes too (``cbcn.onebit``'s 1-bit checkpoint vs ``torch.save`` of the fp32 state dict) for
   models with fully binary layers.
 """
@@ -92,52 +93,94 @@ class _Profile:
         return {**self.values, "unavailable": dict(self.missing)}
 
 
-# --- operation counts ------------------------------------------------------------------------
+# --- operation counts and bytes, per layer and in total --------------------------------------
 def _binary_conv_class():
-    try:
-        from .layers import BinaryConv2d
-        return BinaryConv2d
-    except ImportError:  # pragma: no cover - the core is part of the package
-        return None
+    from .layers import BinaryConv2d
+    return BinaryConv2d
 
 
-def count_operations(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
-    """MACs / FLOPs / BOPs / OPs of one forward pass of a single image of ``input_shape`` (C, H, W).
+def _holds_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False)) or \
+        any(b.is_floating_point() for b in module.buffers(recurse=False))
 
-    Runs one forward pass with hooks on CPU copies of nothing: the model runs where it is.
+
+def _layer_record(name: str, module: nn.Module) -> dict:
+    """What a layer is and what it stores (see ``layer_costs`` for the fields)."""
+    BinaryConv2d = _binary_conv_class()
+    params = sum(p.numel() for p in module.parameters(recurse=False))
+    floats = sum(b.numel() for b in module.buffers(recurse=False) if b.is_floating_point())
+    r = {"name": name, "type": type(module).__name__, "input_precision": "", "weight_precision": "",
+         "in_maps": None, "out_maps": None, "in_channels": None, "out_channels": None, "K": 1,
+         "output_shape": None, "calls": 0, "macs": 0, "binary": False, "macs_ksum": 0,
+         "binary_weights": 0, "fp32_values": params + floats, "onebit_values": params + floats}
+    if isinstance(module, BinaryConv2d):
+        r.update(input_precision="1-bit" if module.binary_acts else "fp32",
+                 weight_precision="1-bit" if module.binary_weights else "fp32",
+                 in_maps=module.in_maps, out_maps=module.out_maps, in_channels=module.physical_in_channels,
+                 out_channels=module.physical_out_channels, K=module.K if module.cbconv else 1,
+                 binary=bool(module.binary_weights and module.binary_acts))
+        if module.binary_weights:
+            r["binary_weights"] = module.weight.numel()
+            r["onebit_values"] -= module.weight.numel()
+            if module.scaled:
+                r["onebit_values"] += module.out_maps  # α per learned output map, fp32
+    elif isinstance(module, nn.Conv2d):
+        r.update(input_precision="fp32", weight_precision="fp32", in_channels=module.in_channels,
+                 out_channels=module.out_channels)
+    elif isinstance(module, nn.Linear):
+        r.update(input_precision="fp32", weight_precision="fp32", in_channels=module.in_features,
+                 out_channels=module.out_features)
+    return r
+
+
+def layer_records(model: nn.Module) -> list[dict]:
+    """``layer_costs`` without the forward pass: every layer's kind and stored values."""
+    BinaryConv2d = _binary_conv_class()
+    return [_layer_record(n, m) for n, m in model.named_modules()
+            if isinstance(m, (BinaryConv2d, nn.Conv2d, nn.Linear)) or _holds_state(m)]
+
+
+def layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
+    """One record per module that holds parameters or does counted operations, in module order:
+    what it is, its output shape, MACs per image (binary or real), its parameters and bytes.
+
+    The single source of the hardware profile's counts and sizes (``count_operations``,
+    ``model_bytes``) and of ``cbcn summary``'s rows. One forward pass of one image of
+    ``input_shape`` (C, H, W) with hooks, where the model is. A module called twice counts twice.
+    Fields: ``name``, ``type``, ``input_precision`` / ``weight_precision`` ("1-bit", "fp32" or
+    "" for layers without weights), ``in_maps``/``out_maps`` (learned maps of BinaryConv2d) and
+    ``in_channels``/``out_channels`` (physical), ``K`` (circulant orientations, 1 otherwise),
+    ``output_shape`` (C, H, W), ``calls``, ``macs``, ``binary`` (weights and activations binary: the
+    MACs are BOPs), ``macs_ksum`` (a CBConv's MACs in the K-sum form, 1/K of them; the others'
+    MACs), ``binary_weights`` (weights stored at 1 bit), ``fp32_values`` (parameters + float
+    buffers), ``onebit_values`` (the 32-bit values a 1-bit model keeps: everything but the binary
+    weights, plus α per learned map).
     """
     BinaryConv2d = _binary_conv_class()
-    counts = {"macs_real": 0, "macs_binary": 0, "layers_binary": 0, "layers_real": 0}
-    handles = []
+    modules = dict(model.named_modules())
+    records = {r["name"]: r for r in layer_records(model)}
 
-    def conv_hook(module, inputs, output):
-        if BinaryConv2d is not None and isinstance(module, BinaryConv2d):
-            cin, k = module.physical_in_channels, module.kernel_size
-            kk = k * k if isinstance(k, int) else k[0] * k[1]
-            binary = bool(module.binary_weights and module.binary_acts)
-        else:  # nn.Conv2d
-            cin = module.in_channels // module.groups
-            kk = module.kernel_size[0] * module.kernel_size[1]
-            binary = False
-        macs = output[0].numel() * cin * kk   # per image: output elements × fan-in
-        _add(macs, binary)
+    def hook(name):
+        def fn(module, inputs, output):
+            r = records[name]
+            r["calls"] += 1
+            r["output_shape"] = list(output.shape[1:])
+            if isinstance(module, BinaryConv2d):
+                kk = module.kernel_size ** 2
+                macs = output[0].numel() * module.physical_in_channels * kk  # per image: outputs × fan-in
+                ksum = output[0].numel() * module.in_maps * kk if module.cbconv else macs
+            elif isinstance(module, nn.Conv2d):
+                macs = ksum = output[0].numel() * (module.in_channels // module.groups) * \
+                    module.kernel_size[0] * module.kernel_size[1]
+            elif isinstance(module, nn.Linear):
+                macs = ksum = output[0].numel() * module.in_features
+            else:
+                macs = ksum = 0
+            r["macs"] += macs
+            r["macs_ksum"] += ksum
+        return fn
 
-    def linear_hook(module, inputs, output):
-        _add(output[0].numel() * module.in_features, False)
-
-    def _add(macs, binary):
-        if binary:
-            counts["macs_binary"] += macs
-            counts["layers_binary"] += 1
-        else:
-            counts["macs_real"] += macs
-            counts["layers_real"] += 1
-
-    for m in model.modules():
-        if BinaryConv2d is not None and isinstance(m, BinaryConv2d) or isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
+    handles = [modules[name].register_forward_hook(hook(name)) for name in records]
     was_training = model.training
     try:
         model.eval()
@@ -148,34 +191,45 @@ def count_operations(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
         for h in handles:
             h.remove()
         model.train(was_training)
-    flops = 2 * counts["macs_real"]
-    bops = counts["macs_binary"]
-    return {"macs_real": counts["macs_real"], "flops": flops, "bops": bops, "ops": flops + bops / 64,
-            "ops_field_macs": counts["macs_real"] + bops / 64,
-            "binary_layers_counted": counts["layers_binary"], "real_layers_counted": counts["layers_real"]}
+    return list(records.values())
 
 
-# --- sizes -----------------------------------------------------------------------------------
+def count_operations(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
+    """MACs / FLOPs / BOPs / OPs of one forward pass of a single image of ``input_shape`` (C, H, W):
+    the sums of ``layer_costs``."""
+    return operation_totals(layer_costs(model, input_shape))
+
+
+def operation_totals(layers: list[dict]) -> dict:
+    """The profile's operation counts from ``layer_costs`` records (see CONVENTIONS)."""
+    counted = [r for r in layers if r["macs"]]
+    macs_real = sum(r["macs"] for r in counted if not r["binary"])
+    bops = sum(r["macs"] for r in counted if r["binary"])
+    flops = 2 * macs_real
+    return {"macs_real": macs_real, "flops": flops, "bops": bops, "ops": flops + bops / 64,
+            "ops_field_macs": macs_real + bops / 64,
+            "binary_layers_counted": sum(r["calls"] for r in counted if r["binary"]),
+            "real_layers_counted": sum(r["calls"] for r in counted if not r["binary"])}
+
+
+def byte_totals(layers: list[dict]) -> dict:
+    """Model size as fp32 and as deployed 1-bit from layer records (see the module docstring):
+    the binary weights at one bit each, packed densely as the 1-bit checkpoint stores them, every
+    other value (α included) fp32."""
+    fp32_values = sum(r["fp32_values"] for r in layers)
+    binary = sum(r["binary_weights"] for r in layers)
+    onebit = math.ceil(binary / 8) + 4 * sum(r["onebit_values"] for r in layers)
+    return {"fp32_bytes": 4 * fp32_values, "onebit_bytes": onebit, "binary_weights": binary,
+            "compression": 4 * fp32_values / onebit if onebit else None}
+
+
 def model_bytes(model: nn.Module) -> dict:
-    """Model size as fp32 and as deployed 1-bit (see module docstring for what counts)."""
-    BinaryConv2d = _binary_conv_class()
+    """Model size as fp32 and as deployed 1-bit (``byte_totals`` of ``layer_records``)."""
     n_params = sum(p.numel() for p in model.parameters())
     n_buffers = sum(b.numel() for b in model.buffers() if b.is_floating_point())
-    fp32 = 4 * (n_params + n_buffers)
-    binary_weights, onebit_binary, alpha = 0, 0, 0
-    if BinaryConv2d is not None:
-        for m in model.modules():
-            if isinstance(m, BinaryConv2d) and m.binary_weights:
-                binary_weights += m.weight.numel()
-                onebit_binary += math.ceil(m.weight.numel() / 8)
-                if getattr(m, "scaled", False):
-                    alpha += 4 * m.weight.shape[0]   # α stored per learned output map
-    onebit = onebit_binary + alpha + 4 * (n_params + n_buffers - binary_weights)
-    return {"parameters": n_params, "float_buffers": n_buffers, "binary_weights": binary_weights,
-            "fp32_bytes": fp32, "onebit_bytes": onebit, "compression": fp32 / onebit if onebit else None}
+    return {"parameters": n_params, "float_buffers": n_buffers, **byte_totals(layer_records(model))}
 
 
-# --- timing ----------------------------------------------------------------------------------
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device

@@ -425,6 +425,15 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) 
     S.append(("table", hw_short[ident + speed], "hardware.csv"))
     if notes:
         S.append(("ol", [f"unavailable: {r}" for r in notes]))
+    from .summary import CONVENTIONS as SUMMARY_CONVENTIONS, record_summaries
+
+    summaries = record_summaries(results.records)
+    if summaries:
+        S.append(("h2", "Per-layer summary of every trained model"))
+        S.append(("p", "Each model's layers (`cbcn summary`, from the hardware profile's counting code; open a "
+                       "model to see its table). " + SUMMARY_CONVENTIONS))
+        for summary in summaries:
+            S.append(("details", summary))
     S.append(("h2", "Plots"))
     for fig in figures:
         if fig.path is not None:
@@ -458,6 +467,11 @@ def _render_markdown(sections, rdir: Path) -> str:
         elif kind == "img":
             _, title, path, caption = item
             out.append(f"**{title}**\n\n![{title}]({Path(path).relative_to(rdir).as_posix()})\n\n{caption}\n")
+        elif kind == "details":
+            summary = item[1]
+            out.append(f"<details><summary>{html.escape(summary.title)}</summary>\n\n"
+                       + summary.table().to_markdown(index=False, floatfmt=",.3f", intfmt=",") + "\n\n"
+                       + "\n".join(f"- {s}" for s in summary.totals_lines()) + "\n\n</details>\n")
     return "\n".join(out)
 
 
@@ -493,5 +507,11 @@ def _render_html(sections) -> str:
             data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
             body.append(f"<figure><figcaption><b>{html.escape(t)}</b> — {_md_inline(caption)}</figcaption>"
                         f"<img alt='{html.escape(t)}' src='data:image/png;base64,{data}'></figure>")
+        elif kind == "details":
+            summary = item[1]
+            body.append(f"<details><summary>{html.escape(summary.title)}</summary>"
+                        + to_html_table(summary.table())
+                        + "<ul>" + "".join(f"<li>{_md_inline(s)}</li>" for s in summary.totals_lines()) + "</ul>"
+                        + "</details>")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

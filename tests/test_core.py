@@ -364,3 +364,26 @@ def test_center_loss_value_and_wen_update():
     before = loss_fn.centers.clone()
     loss_fn(fd, y)
     assert torch.equal(loss_fn.centers, before)  # no update in eval mode
+
+
+def test_training_after_inference_mode_first_use():
+    """Caches first filled under ``torch.inference_mode`` (a model profiled or summarised before it
+    is trained) must not hand inference tensors to a later backward."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import torch
+        from cbcn.models import build_model
+        from cbcn.onebit import convert_to_onebit
+        model = build_model("resnet18", method="cbcn", stages=(2, 2, 4, 4), K=4)
+        with torch.inference_mode():
+            model.eval()(torch.randn(1, 3, 8, 8))
+            convert_to_onebit(model)(torch.randn(1, 3, 8, 8))
+        model.train()
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+        print("OK")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-2000:]

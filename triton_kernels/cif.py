@@ -28,7 +28,8 @@ def _rotation_index(H: int, K: int, device, inverse: bool = False) -> torch.Tens
     index = _INDEX_CACHE.get(key)
     if index is None:
         table = inverse_transfer_matrix(H, K) if inverse else transfer_matrix(H, K)
-        index = _INDEX_CACHE[key] = table.to(device=device, dtype=torch.int32).contiguous()
+        with torch.inference_mode(False):  # a normal tensor, whatever mode asks first
+            index = _INDEX_CACHE[key] = table.to(device=device, dtype=torch.int32).contiguous()
     return index
 
 

@@ -25,7 +25,8 @@ _SIGN_TABLES: dict = {}  # (dtype, device) -> (256, 8) table: the ±1 of each bi
 def _byte_weights(device) -> torch.Tensor:
     key = str(device)
     if key not in _BYTE_WEIGHTS:  # made once per device: no host-to-device copy per call
-        _BYTE_WEIGHTS[key] = (2 ** torch.arange(8)).to(dtype=torch.uint8, device=device)
+        with torch.inference_mode(False):  # a normal tensor, whatever mode asks first
+            _BYTE_WEIGHTS[key] = (2 ** torch.arange(8)).to(dtype=torch.uint8, device=device)
     return _BYTE_WEIGHTS[key]
 
 
@@ -47,8 +48,9 @@ def _bytes_from_words(words: torch.Tensor) -> torch.Tensor:
 def _sign_table(dtype: torch.dtype, device) -> torch.Tensor:
     key = (dtype, str(device))
     if key not in _SIGN_TABLES:
-        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
-        _SIGN_TABLES[key] = (1 - 2 * bits).to(dtype=dtype, device=device)
+        with torch.inference_mode(False):  # a normal tensor, whatever mode asks first
+            bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+            _SIGN_TABLES[key] = (1 - 2 * bits).to(dtype=dtype, device=device)
     return _SIGN_TABLES[key]
 
 

@@ -21,8 +21,9 @@ _INT8_SIGNS: dict = {}  # (256, 8) int8 table: the ±1 of each bit of each byte 
 
 def _sign_table_int8() -> torch.Tensor:
     if "t" not in _INT8_SIGNS:
-        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
-        _INT8_SIGNS["t"] = (1 - 2 * bits).to(torch.int8)
+        with torch.inference_mode(False):  # a normal tensor, whatever mode asks first
+            bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+            _INT8_SIGNS["t"] = (1 - 2 * bits).to(torch.int8)
     return _INT8_SIGNS["t"]
 
 
