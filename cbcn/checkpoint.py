@@ -20,31 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .fileio import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported for callers)
+
 FORMAT = "cbcn-checkpoint"
 FORMAT_VERSION = 1
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, of another format/version, or from another run."""
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -69,10 +52,19 @@ def read_torch_file(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-        why = next((s for s in lines if "WeightsUnpickler error" in s), lines[0] if lines else "")
-        raise CheckpointError(f"cannot read {what} {path}: the file is corrupt, truncated, not a torch "
-                              f"checkpoint, or holds more than plain data ({type(e).__name__}: {why})") from e
+        text = " ".join(str(e).split())
+        if "Unsupported global:" in text:  # a torch file with Python objects cbcn never writes
+            found = text.split("Unsupported global:", 1)[-1].split(" was not", 1)[0].strip()
+            raise CheckpointError(f"{path} is not a valid cbcn {what}: it is a torch file holding Python objects "
+                                  f"cbcn never writes ({found})") from None
+        # torch's own words, without its advice (allow-listing globals, filing issues)
+        if "WeightsUnpickler error:" in text:
+            reason = "unpickling: " + text.split("WeightsUnpickler error:", 1)[1].strip().split(" Check the")[0]
+        else:
+            reason = text.split(". ")[0]
+        reason = reason[:160]
+        raise CheckpointError(f"{path} is not a valid cbcn {what}: the file is truncated or corrupt, or not a torch "
+                              f"file ({type(e).__name__}: {reason})") from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -330,10 +330,27 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DatasetError
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader went away (`cbcn list | head`): stop quietly, like a SIGPIPE
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter's final flush must not fail
+        except OSError:
+            pass
+        return 141
     except (CLIError, DatasetError, CheckpointError, ValueError) as e:
         if os.environ.get("CBCN_DEBUG"):
             raise
         print(f"cbcn: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:  # training diverged (the message says where)
+        if os.environ.get("CBCN_DEBUG"):
+            raise
+        print(f"cbcn: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the file system: permissions, a full disk, a missing folder
+        if os.environ.get("CBCN_DEBUG"):
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"cbcn: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cbcn: interrupted (the last completed epoch's checkpoint is intact; use --resume)",

@@ -31,15 +31,35 @@ class DistInfo:
         return self.rank == 0
 
 
+class DeviceError(ValueError):
+    """A device that does not exist here or is not a device at all (the message says which)."""
+
+
 def resolve_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
-    """'auto' -> this rank's GPU if CUDA is available, else CPU; 'cuda' uses cuda:LOCAL_RANK."""
+    """'auto' -> this rank's GPU if CUDA is available, else CPU; 'cuda' uses cuda:LOCAL_RANK;
+    'cpu', 'cuda:N' and 'mps' as asked, when present."""
+    pref = str(pref).strip().lower()
     if pref == "auto":
         pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if pref == "cuda":
+    try:
+        device = torch.device(pref)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {pref!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but CUDA is not available; use --device cpu")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(pref)
+            raise DeviceError(f"device {pref!r} requested but CUDA is not available here; use --device cpu "
+                              "(or auto)")
+        count = torch.cuda.device_count()
+        if device.index is None:
+            return torch.device("cuda", local_rank % count)
+        if device.index >= count:
+            raise DeviceError(f"device {pref!r} requested but this machine has {count} CUDA device(s)")
+        return device
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError("device 'mps' requested but Apple's Metal backend is not available here")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {pref!r} is not supported by cbcn; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def init_distributed(device_pref: str = "auto") -> tuple[DistInfo, torch.device]:

@@ -384,7 +384,7 @@ def save_onebit(model: nn.Module, path: str | os.PathLike, build_kwargs: dict | 
         "state": encode_state(model),
         "extra": extra or {},
     }
-    from .checkpoint import atomic_write_bytes
+    from .fileio import atomic_write_bytes
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .experiments import BY_ID
+from .fileio import atomic_path
 
 T3_COLUMNS = ("ConvComp", "S", "S+C", "S+G", "S+C+G")
 T3_ROWS = (("XNOR", 1, "t3-xnor"), ("CBCN K=2", 2, "t3-cbcn-k2"), ("CBCN K=4", 4, "t3-cbcn-k4"),
@@ -38,9 +39,8 @@ def _new(figsize=(7.0, 4.2)):
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
+    with atomic_path(path, fsync=False) as tmp:  # a unique temporary name: concurrent reports cannot collide
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -146,7 +146,8 @@ def table3(results, pdir: Path) -> list[Figure]:
     return out
 
 
-COSTS = (("onebit_bytes", "1-bit model size (bytes)", "log", "bytes"),
+COSTS = (("onebit_bytes", "deployed model size (bytes): binary models packed to 1 bit, float models in fp32",
+          "log", "bytes"),
          ("latency_b1_ms", "latency at batch 1 (ms)", "log", "latency"),
          ("energy_per_image_mj", "energy per image (mJ)", "log", "energy"))
 
@@ -156,7 +157,7 @@ def cost(results, pdir: Path) -> list[Figure]:
     f = results.frame
     out = []
     for col, xlabel, scale, slug in COSTS:
-        title = f"Accuracy vs {xlabel.split(' (')[0]}"
+        title = f"Accuracy vs {xlabel.split(' (')[0].split(':')[0]}"
         if f.empty or col not in f:
             out.append(Figure(title, None, "no measured results in the store yet"))
             continue
@@ -167,12 +168,18 @@ def cost(results, pdir: Path) -> list[Figure]:
             reasons = sorted({str(v) for v in rows[col] if isinstance(v, str)})
             out.append(Figure(title, None, "; ".join(reasons) or "no measured values"))
             continue
-        fig, ax = _new()
+        fig, ax = _new((9.0, 5.4))
+        n = 0
         for i, ((profile, method), g) in enumerate(ok.groupby(["profile", "method"], sort=True)):
             ax.scatter(g[col].astype(float), g["accuracy_pct"].astype(float), color=f"C{i % 10}",
-                       label=f"{method} ({profile})", s=24)
-            for _, r in g.iterrows():
-                ax.annotate(r["experiment_id"], (float(r[col]), float(r["accuracy_pct"])), fontsize=5, alpha=0.6)
+                       label=f"{method} ({profile})", s=28)
+            for _, r in g.sort_values(col).iterrows():
+                # a short label (stages and data set; the legend says the method), staggered so that
+                # neighbours do not print over each other
+                label = f"{r['stages']} {r['dataset']}" if r.get("stages") else str(r["experiment_id"])
+                ax.annotate(label, (float(r[col]), float(r["accuracy_pct"])), fontsize=7, color=f"C{i % 10}",
+                            textcoords="offset points", xytext=(5, (n % 4) * 7 - 10))
+                n += 1
         ax.set_xscale(scale)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy (%) (Table 2: 100 − error; Table 5: top-1)")

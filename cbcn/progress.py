@@ -24,6 +24,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stdout
         if mode == "auto":
             mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "lines"
+        self.enabled = enabled
         self.mode = mode if enabled else "none"
         self.log_every = log_every
         self._bar_open = False
@@ -43,6 +44,20 @@ class Progress:
             self._log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + text + "\n")
             self._log.flush()
         if self.mode != "none":
+            self._write_line(text)
+
+    def detail(self, text: str) -> None:
+        """A line for the log file only (long descriptions the console would drown in)."""
+        if self._log is not None:
+            self._log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + text + "\n")
+            self._log.flush()
+
+    def result(self, text: str) -> None:
+        """A line shown even with mode 'none' (the run's outcome), and logged."""
+        if self._log is not None:
+            self._log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + text + "\n")
+            self._log.flush()
+        if self.enabled:
             self._write_line(text)
 
     def batch(self, epoch: int, epochs: int, i: int, n: int, loss: float, error: float,

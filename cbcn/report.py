@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .experiments import (BY_ID, CLAIMS, EXPERIMENTS, INCONSISTENCIES, TABLE_METRICS, TABLE_TITLES, accuracy_of)
+from .fileio import atomic_path, atomic_write_text
 from .hardware import CONVENTIONS
 from .store import ResultStore, StoreProblem, parse_key
 
@@ -287,8 +288,45 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+HTML_TABLE_WIDTH_PX = 1300  # what fits a 1400-px window beside the page margins
+_CHAR_PX, _CELL_PAD_PX = 7.2, 14  # 13-px table text
+
+
+def _column_px(df: pd.DataFrame, col) -> float:
+    longest = max([len(str(col))] + [len(str(v)) for v in df[col].tolist()])
+    return longest * _CHAR_PX + _CELL_PAD_PX
+
+
+def split_columns(df: pd.DataFrame, width_px: float = HTML_TABLE_WIDTH_PX) -> list[pd.DataFrame]:
+    """``df`` as one or more tables that each fit ``width_px``, every part repeating the first
+    (identifying) column, so that no column is cut off at the right of a 1400-px window."""
+    if df.shape[1] <= 1:
+        return [df]
+    key, rest = df.columns[0], list(df.columns[1:])
+    parts, current, used = [], [], _column_px(df, key)
+    for col in rest:
+        w = _column_px(df, col)
+        if current and used + w > width_px:
+            parts.append(df[[key, *current]])
+            current, used = [], _column_px(df, key)
+        current.append(col)
+        used += w
+    parts.append(df[[key, *current]])
+    return parts
+
+
 def to_html_table(df: pd.DataFrame) -> str:
-    return display(df).to_html(index=False, escape=True, border=0, classes="t")
+    """HTML tables that fit a 1400-px window (wide ones split by columns, ``split_columns``; a box
+    that scrolls if one column alone is wider); cells that say a claim does not hold are marked
+    (coloured by the stylesheet)."""
+    shown = display(df)
+    out = []
+    for part in split_columns(shown):
+        table = part.to_html(index=False, escape=True, border=0, classes="t")
+        table = table.replace("<td>does NOT hold", "<td class='fail'>does NOT hold").replace(
+            "<td>holds", "<td class='ok'>holds")
+        out.append(f"<div class='scroll'>{table}</div>")
+    return "\n".join(out)
 
 
 @dataclass
@@ -300,9 +338,12 @@ class ReportFiles:
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:110em}table.t{border-collapse:collapse;
-font-size:13px;margin:1em 0}table.t th,table.t td{border:1px solid #ccc;padding:2px 6px;text-align:left}
-table.t th{background:#eee}img{max-width:46em;display:block;margin:1em 0}.warn{color:#a00}
-code{background:#f4f4f4}"""
+font-size:13px;margin:1em 0}table.t th,table.t td{border:1px solid #ccc;padding:2px 6px;text-align:left;
+white-space:nowrap}table.t th{background:#eee}div.scroll{overflow-x:auto;max-width:100%}
+td.fail{background:#fbe3e3;color:#a00;font-weight:bold}td.ok{color:#060}
+img{max-width:100%;width:60em;display:block;margin:1em 0}.warn{color:#a00}code{background:#f4f4f4}
+.summary{border:1px solid #ccc;background:#fafafa;padding:.5em 1em}details{margin:.4em 0}
+summary{cursor:pointer;font-weight:bold}"""
 
 
 def build_report(out: str | os.PathLike, report_dir: str | os.PathLike | None = None) -> ReportFiles:
@@ -337,16 +378,13 @@ def build_report(out: str | os.PathLike, report_dir: str | os.PathLike | None = 
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=False) as tmp:
+        df.to_csv(tmp, index=False)
     return path
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _profile_lines(results: Results) -> list[str]:
@@ -359,6 +397,46 @@ def _profile_lines(results: Results) -> list[str]:
     return lines
 
 
+def _rows_text(ids: list[str], n_rows: int) -> str:
+    return "every row" if len(ids) == n_rows else "rows " + ", ".join(f"`{i}`" for i in ids)
+
+
+def _data_text(description) -> str:
+    """A run's data description with its train and test halves said once where they repeat."""
+    text = str(description or "unknown data")
+    if text.startswith("train: ") and " | test: " in text:
+        train, test = text[len("train: "):].split(" | test: ", 1)
+        common = train.split(" (")[0].replace(" train", "")
+        if test.split(" (")[0].replace(" test", "") == common:
+            return f"{train} | test split of the same source ({test.split(';')[0][:120]})"
+    return text
+
+
+def _summary_lines(tables, claims) -> list[str]:
+    """The report at a glance: rows measured and not, claims that hold, fail or cannot be checked."""
+    rows = pd.concat([df.assign(table=t) for t, df in tables.items()], ignore_index=True)
+    measured = rows[rows["status"] == "measured"]
+    lines = [f"**{measured['id'].nunique()} of {rows['id'].nunique()} table rows measured** "
+             f"({len(measured)} row × profile results); "
+             + ", ".join(f"Table {t}: {int((df['status'] == 'measured').sum())}/{df['id'].nunique()}"
+                         for t, df in tables.items())]
+    not_run = rows[rows["status"] != "measured"]
+    if len(not_run):
+        kinds = not_run["status"].str.split(":").str[0].value_counts()
+        lines.append("not measured: " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
+    if len(claims):
+        verdicts = claims["measured"]
+        hold = int((verdicts == "holds").sum())
+        fail = int(verdicts.str.startswith("does NOT hold").sum())
+        open_ = len(claims) - hold - fail
+        lines.append(f"the paper's claims, measured: **{hold} hold**, "
+                     + (f"**{fail} do NOT hold**" if fail else "0 fail") + f", {open_} cannot be checked yet")
+        for _, c in claims[verdicts.str.startswith("does NOT hold")].iterrows():
+            lines.append(f"does NOT hold ({c['profile']}): {c['claim']} — paper margin {c['paper margin']}, "
+                         f"measured margin {c['measured margin']}")
+    return lines
+
+
 def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) -> list[tuple]:
     """The report as (kind, payload) items shared by the Markdown and HTML renderers."""
     S: list[tuple] = [("h1", "cbcn reproduction report — Circulant Binary Convolutional Networks (CVPR 2019)")]
@@ -368,6 +446,7 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) 
     S.append(("p", f"Store: `{out.resolve()}` — {len(results.records)} finished runs, "
                    f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}. Code revisions: {', '.join(revs) or '—'}. "
                    f"Devices: {', '.join(devices) or '—'}."))
+    S.append(("summary", _summary_lines(tables, claims)))
     if results.profiles:
         S.append(("p", "Profiles (every number below names the profile that produced it; only `paper` "
                        "runs the paper's recipes, the others are shortened and not comparable with the paper):"))
@@ -378,16 +457,19 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) 
     if results.problems:
         S.append(("h2", "Unreadable records"))
         S.append(("warn", "These result files could not be read and were skipped (they are left untouched; "
-                          "fix or delete them, or rerun those experiments with --force, which moves them aside):"))
+                          "fix or delete them, or rerun those experiments with --repair, which moves them aside):"))
         S.append(("ul", [p.error for p in results.problems]))
     for t, df in tables.items():
         S.append(("h2", TABLE_TITLES[t]))
         S.append(("p", "`diff` = measured − paper (percentage points). Quoted rows are numbers the paper took "
                        "from other papers."))
         S.append(("table", df.drop(columns=["notes"]), f"table{t}.csv"))
-        notes = sorted({(r["id"], r["notes"]) for _, r in df.iterrows() if r["notes"]})
-        if notes:
-            S.append(("ul", [f"`{i}`: {n}" for i, n in notes]))
+        by_note: dict[str, list[str]] = {}
+        for _, r in df.iterrows():
+            if r["notes"] and r["id"] not in by_note.setdefault(r["notes"], []):
+                by_note[r["notes"]].append(r["id"])
+        if by_note:  # each note once, with the rows it concerns
+            S.append(("ul", [f"{n} ({_rows_text(ids, len(df['id'].unique()))})" for n, ids in by_note.items()]))
     S.append(("h2", "The paper's claims, checked"))
     S.append(("p", "A claim is that one cell beats another (lower error, higher accuracy, top-1 for Table 5). "
                    "`paper margin` is the paper's advantage, `measured margin` ours (percentage points)."))
@@ -442,7 +524,11 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) 
             S.append(("p", f"**{fig.title}**: {fig.caption}"))
     S.append(("h2", "Data"))
     if len(f):
-        S.append(("ul", [f"`{r.experiment_id}` ({r.profile}, seed {r.seed}): {r.data}" for r in f.itertuples()]))
+        by_data: dict[str, list[str]] = {}
+        for r in f.itertuples():
+            by_data.setdefault(_data_text(r.data), []).append(f"`{r.experiment_id}` ({r.profile}, seed {r.seed})")
+        S.append(("ul", [f"{d} — {len(runs)} run{'s' if len(runs) > 1 else ''}: {', '.join(runs)}"
+                         for d, runs in by_data.items()]))
     S.append(("p", "Full records (curves, configs, versions, machine) are in the store's `results/*.json`; "
                    "all runs in one table: `results.csv`."))
     return S
@@ -467,6 +553,8 @@ def _render_markdown(sections, rdir: Path) -> str:
         elif kind == "img":
             _, title, path, caption = item
             out.append(f"**{title}**\n\n![{title}]({Path(path).relative_to(rdir).as_posix()})\n\n{caption}\n")
+        elif kind == "summary":
+            out.append("\n".join(f"> {line}  " for line in item[1]) + "\n")
         elif kind == "details":
             summary = item[1]
             out.append(f"<details><summary>{html.escape(summary.title)}</summary>\n\n"
@@ -507,6 +595,10 @@ def _render_html(sections) -> str:
             data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
             body.append(f"<figure><figcaption><b>{html.escape(t)}</b> — {_md_inline(caption)}</figcaption>"
                         f"<img alt='{html.escape(t)}' src='data:image/png;base64,{data}'></figure>")
+        elif kind == "summary":
+            body.append("<div class='summary'>" + "".join(
+                f"<p class='warn'>{_md_inline(x)}</p>" if x.startswith("does NOT hold") else f"<p>{_md_inline(x)}</p>"
+                for x in item[1]) + "</div>")
         elif kind == "details":
             summary = item[1]
             body.append(f"<details><summary>{html.escape(summary.title)}</summary>"

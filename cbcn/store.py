@@ -14,17 +14,18 @@ reader never sees half a record.
 
 A record that cannot be read (bad JSON, missing fields, another schema version) is never
 dropped silently nor overwritten: ``scan`` returns it as a ``StoreProblem`` that the sweep and
-the report show; ``quarantine`` moves it aside only when the user asks (``--force``).
+the report show; ``quarantine`` moves it aside only when the user asks (``--repair``).
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .fileio import atomic_write_text
 
 #: bump when a record's meaning changes; readers refuse other versions
 SCHEMA_VERSION = 1
@@ -54,22 +55,8 @@ def parse_key(key: str) -> tuple[str, str, int]:
 
 
 def atomic_write_json(path: Path, data: dict) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync it, then ``os.replace`` it in."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=False, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write JSON atomically (``cbcn.fileio``): a reader never sees half a record."""
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False, default=_json_default) + "\n")
 
 
 def _json_default(o):
@@ -177,7 +164,7 @@ class ResultStore:
             if p.name.startswith(".") or not p.is_file():
                 continue  # temporary files of writes in progress (or killed)
             if ".json.bad-" in p.name:
-                problems.append(StoreProblem(str(p), f"{p}: an unreadable record moved aside by --force; "
+                problems.append(StoreProblem(str(p), f"{p}: an unreadable record moved aside (--repair); "
                                                      f"inspect and delete it", "quarantined"))
                 continue
             if p.suffix != ".json":
@@ -197,6 +184,18 @@ class ResultStore:
         dest = p.with_name(f"{p.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}")
         os.replace(p, dest)
         return dest
+
+    def record_by_key(self, key: str) -> dict | None:
+        """The readable record of ``<experiment>__<profile>__seed<n>``, else None."""
+        state, found = self.state(*parse_key(key))
+        return found if state == "finished" else None
+
+    def claim(self, experiment_id: str, profile: str, seed: int):
+        """``(Claim, None)`` if this process may now train the run, or ``(None, holder)`` if another
+        running process has claimed it (``cbcn.claims``)."""
+        from .claims import try_claim
+
+        return try_claim(self.results_dir / ".claims", record_key(experiment_id, profile, seed))
 
     # --- statuses of runs without a record ---
     def write_status(self, experiment_id: str, profile: str, seed: int, status: str, reason: str) -> None:
@@ -231,9 +230,10 @@ class ResultStore:
         if not src.results_dir.is_dir():
             raise StoreError(f"nothing to merge: {src.results_dir} does not exist (is {other} a cbcn --out folder?)")
         records, problems = src.scan()
+        problems = [p for p in problems if p.kind != "quarantined"]  # moved aside already: not records
         if problems:
-            raise StoreError(f"{src.results_dir} has unreadable records; fix them before merging:\n  "
-                             + "\n  ".join(p.error for p in problems))
+            raise StoreError(f"{src.results_dir} has unreadable records; fix them before merging (or rerun "
+                             f"its sweep with --repair):\n  " + "\n  ".join(p.error for p in problems))
         copied, conflicts = [], []
         for r in records:
             key = record_key(r["experiment_id"], r["profile"], r["seed"])

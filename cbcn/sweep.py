@@ -66,6 +66,7 @@ class SweepSummary:
     not_runnable: dict[str, str] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)  # unreadable records left in place
     failed: dict[str, str] = field(default_factory=dict)
+    claimed_elsewhere: dict[str, str] = field(default_factory=dict)  # another running sweep trains them
 
     @property
     def ok(self) -> bool:
@@ -73,32 +74,42 @@ class SweepSummary:
 
     def lines(self) -> list[str]:
         out = [f"{len(self.selected)} selected: {len(self.finished)} run now, {len(self.skipped_done)} already "
-               f"done, {len(self.unavailable)} unavailable, {len(self.not_runnable)} not runnable, "
-               f"{len(self.problems)} unreadable records, {len(self.failed)} failed"]
-        for title, d in (("unreadable records (left untouched; fix or delete them, or rerun with --force to "
-                          "move them aside)", self.problems), ("failed", self.failed)):
+               f"done, {len(self.claimed_elsewhere)} run by another sweep, {len(self.unavailable)} unavailable, "
+               f"{len(self.not_runnable)} not runnable, {len(self.problems)} unreadable records, "
+               f"{len(self.failed)} failed"]
+        for title, d in (("unreadable records (left untouched; fix or delete them, or rerun with --repair to "
+                          "move them aside and rerun only them)", self.problems), ("failed", self.failed),
+                         ("run by another sweep (it stores their records)", self.claimed_elsewhere)):
             if d:
                 out.append(title + ":")
                 out += [f"  {k}: {v}" for k, v in d.items()]
         return out
 
 
-def dataset_status(name: str, root: str | None, cache: dict) -> str | None:
-    """None if ``name`` can be loaded from ``root``, else why not (cached per sweep)."""
-    key = (name, root)
+def dataset_status(name: str, root: str | None, cache: dict, download: bool = False) -> str | None:
+    """None if both splits of ``name`` load from ``root``, else why not, saying whether the data is
+    missing or corrupt (cached per sweep). ``download`` fetches what is missing first."""
+    key = (name, root, download)
     if key not in cache:
-        from .data import DatasetError, load_dataset
-        try:
-            load_dataset(name, root=root, train=False, max_samples=1)
-            cache[key] = None
-        except (DatasetError, OSError, ValueError) as e:
-            where = f"under {root}" if root else "(no --data-root given)"
-            cache[key] = f"dataset {name} not found {where}: {e}"
+        from .data import DatasetCorrupt, DatasetError, DatasetNotFound, load_dataset
+        where = f"under {root}" if root else "(no --data-root given)"
+        cache[key] = None
+        for train in (True, False):  # a corrupt training file must not wait for training to show
+            try:
+                load_dataset(name, root=root, train=train, max_samples=1, download=download and train)
+            except DatasetCorrupt as e:
+                cache[key] = f"dataset {name} is corrupt {where}: {e}"
+            except DatasetNotFound as e:
+                cache[key] = f"dataset {name} not found {where}: {e}"
+            except (DatasetError, OSError, ValueError) as e:
+                cache[key] = f"dataset {name} cannot be loaded {where}: {e}"
+            if cache[key]:
+                break
     return cache[key]
 
 
 def _config_for(exp: Experiment, profile: Profile, data_root: str | None, seed: int, device: str,
-                out: Path, resume: bool, progress: str):
+                out: Path, resume: bool, progress: str, download: bool = False):
     from .train import TrainConfig
     switches = {k: v for k, v in exp.switches.items() if k in ("cbconv", "shortcut", "act_surrogate", "weight_surrogate")}
     run_dir = out / "runs" / record_key(exp.id, profile.name, seed)
@@ -107,7 +118,8 @@ def _config_for(exp: Experiment, profile: Profile, data_root: str | None, seed: 
         stages=tuple(profile.stages_for(exp)), data_root=data_root, seed=seed, device=device,
         center_loss=exp.center_loss is not None,
         center_lambda=exp.center_loss if exp.center_loss is not None else 0.01,
-        output_dir=str(run_dir), resume=resume, overwrite=not resume, progress=progress, **switches)
+        output_dir=str(run_dir), resume=resume, overwrite=not resume, progress=progress, download=download,
+        **switches)
 
 
 def _input_shape(dataset: str) -> tuple[int, int, int]:
@@ -125,13 +137,13 @@ def metrics_from(final: dict) -> dict:
 
 
 def run_experiment(exp: Experiment, profile: Profile, *, data_root: str | None, seed: int, device: str,
-                   out: Path, resume: bool = True, progress: str = "lines") -> dict:
+                   out: Path, resume: bool = True, progress: str = "lines", download: bool = False) -> dict:
     """Train and profile one experiment; return its store record (not yet written)."""
     from .hardware import profile_model
     from .provenance import git_revision, machine, package_versions
     from .train import train
     started = time.time()
-    config = _config_for(exp, profile, data_root, seed, device, out, resume, progress)
+    config = _config_for(exp, profile, data_root, seed, device, out, resume, progress, download)
     ckpt = Path(config.output_dir) / "last.pt"
     if resume and not ckpt.exists():
         config.resume = False
@@ -174,13 +186,18 @@ def reuse_record(source: dict, exp: Experiment) -> dict:
 
 
 def run_sweep(experiments: Sequence[Experiment], profile: str | Profile = "quick", out: str | os.PathLike = "runs",
-              *, data_root: str | None = None, seed: int = 0, force: bool = False, shard: Shard | None = None,
-              device: str = "auto", strict_data: bool = False, log: Callable[[str], None] = print,
-              train_progress: str = "lines") -> SweepSummary:
-    """Run every selected experiment that has no record yet (all of them with ``force``).
+              *, data_root: str | None = None, seed: int = 0, force: bool = False, repair: bool = False,
+              shard: Shard | None = None, device: str = "auto", strict_data: bool = False,
+              log: Callable[[str], None] = print, train_progress: str = "lines",
+              download: bool = False) -> SweepSummary:
+    """Run every selected experiment that has no record yet.
 
-    ``strict_data``: a missing dataset is an error before anything runs (the user selected those
-    rows explicitly) instead of an "unavailable" status.
+    ``repair``: unreadable records are moved aside (``<name>.json.bad-<time>``) and only those
+    experiments rerun; ``force``: every selected experiment is trained again, finished ones
+    included (and unreadable records moved aside). ``strict_data``: a missing dataset is an error
+    before anything runs (the user selected those rows explicitly) instead of an "unavailable"
+    status. Every experiment is claimed (``ResultStore.claim``) before it trains, so sweeps
+    sharing a store never train one twice.
     """
     profile = get_profile(profile) if isinstance(profile, str) else profile
     out = Path(out)
@@ -201,22 +218,23 @@ def run_sweep(experiments: Sequence[Experiment], profile: str | Profile = "quick
     if strict_data:
         missing = {}
         for e in runnable:
-            why = dataset_status(e.dataset, data_root, data_cache)
+            why = dataset_status(e.dataset, data_root, data_cache, download)
             if why:
                 missing.setdefault(why, []).append(e.id)
         if missing:
             raise SweepError("the selected experiments need data that is not here:\n  " + "\n  ".join(
                 f"{why} (needed by {len(ids)}: {', '.join(ids[:4])}{' ...' if len(ids) > 4 else ''})"
                 for why, ids in missing.items())
-                + "\npass --data-root DIR, narrow the selection (e.g. --dataset mnist), or add "
-                  "--skip-unavailable to record them as unavailable and go on")
+                + "\npass --data-root DIR (or --download for MNIST/CIFAR), narrow the selection (e.g. "
+                  "--dataset mnist), or add --skip-unavailable to record them as unavailable and go on")
 
     done_now: dict[tuple, dict] = {}
     log(f"cbcn reproduce: profile {profile.name} ({profile.description}); seed {seed}; "
         f"{len(mine)} experiments" + (f" (shard {shard} of {len(experiments)})" if shard else "")
         + f"; store {store.results_dir}")
+    clock = SweepClock(len(mine))
     for i, exp in enumerate(mine, 1):
-        tag = f"[{i}/{len(mine)}] {exp.id}"
+        tag = f"[{i}/{len(mine)} | {clock.progress(i)}] {exp.id}"
         if not exp.runnable:
             summary.not_runnable[exp.id] = exp.not_runnable_reason
             if is_main:
@@ -226,42 +244,41 @@ def run_sweep(experiments: Sequence[Experiment], profile: str | Profile = "quick
         state, found = store.state(exp.id, profile.name, seed)
         if state == "finished" and not force:
             summary.skipped_done.append(exp.id)
+            clock.skipped()
             log(f"{tag}: already done ({store.path(exp.id, profile.name, seed).name}); skipped")
             continue
-        if state == "problem":
-            if not force:
-                summary.problems[exp.id] = found.error
-                log(f"{tag}: UNREADABLE RECORD, not rerun: {found.error}")
-                continue
-            if is_main:
-                moved = store.quarantine(exp.id, profile.name, seed)
-                log(f"{tag}: unreadable record moved aside to {moved.name} (--force): {found.error}")
-        why = dataset_status(exp.dataset, data_root, data_cache)
+        if state == "problem" and not (repair or force):
+            summary.problems[exp.id] = found.error
+            clock.skipped()
+            log(f"{tag}: UNREADABLE RECORD, not rerun: {found.error}")
+            continue
+        why = dataset_status(exp.dataset, data_root, data_cache, download)
         if why:
             summary.unavailable[exp.id] = why
             if is_main:
                 store.write_status(exp.id, profile.name, seed, "unavailable", why)
             log(f"{tag}: unavailable: {why}")
             continue
-        key = exp.config_key(profile.stages_for(exp))
-        twin = done_now.get(key)
-        if twin is None and not force:
-            twin = _find_twin(store, exp, profile, seed)
+        claim, holder = store.claim(exp.id, profile.name, seed) if is_main else (None, None)
+        if is_main and claim is None:
+            summary.claimed_elsewhere[exp.id] = str(holder)
+            clock.skipped()
+            log(f"{tag}: being run by another sweep, {holder}; skipped (it will store the record)")
+            continue
         try:
-            if twin is not None:
-                record = reuse_record(twin, exp)
-                log(f"{tag}: same run as {record['reused_from'].split('__')[0]} (identical configuration); "
-                    f"its result reused")
-            else:
-                stages = "-".join(map(str, profile.stages_for(exp)))
-                log(f"{tag}: training {exp.model} {stages} {exp.method} K={exp.K} on {exp.dataset} "
-                    f"({profile.name} profile)")
-                record = run_experiment(exp, profile, data_root=data_root, seed=seed, device=device, out=out,
-                                        resume=not force, progress=train_progress)
-            if is_main:
-                path = store.write(record)
-            else:
-                path = store.path(exp.id, profile.name, seed)
+            state, found = store.state(exp.id, profile.name, seed)  # again, now that it is ours
+            if state == "finished" and not force:
+                summary.skipped_done.append(exp.id)
+                clock.skipped()
+                log(f"{tag}: finished by another sweep meanwhile; skipped")
+                continue
+            if state == "problem" and is_main:
+                moved = store.quarantine(exp.id, profile.name, seed)
+                log(f"{tag}: unreadable record moved aside to {moved.name} ({'--repair' if repair else '--force'}); "
+                    f"rerunning it: {found.error}")
+            record, path = _run_one(exp, profile, store, seed, force, done_now, tag, log, is_main, out,
+                                    data_root=data_root, device=device, progress=train_progress,
+                                    download=download)
         except KeyboardInterrupt:
             log(f"{tag}: interrupted; finished experiments are stored, rerun the same command to continue")
             raise
@@ -275,8 +292,13 @@ def run_sweep(experiments: Sequence[Experiment], profile: str | Profile = "quick
             log(f"{tag}: FAILED: {msg}")
             if os.environ.get("CBCN_DEBUG"):
                 traceback.print_exc()
+            clock.finished()
             continue
-        done_now[key] = record
+        finally:
+            if claim is not None:
+                claim.release()
+        clock.finished()
+        done_now[exp.config_key(profile.stages_for(exp))] = record
         summary.finished.append(exp.id)
         m = record["metrics"]
         metric = "top1" if exp.table == 5 else exp.metric
@@ -285,6 +307,59 @@ def run_sweep(experiments: Sequence[Experiment], profile: str | Profile = "quick
     for line in summary.lines():
         log(line)
     return summary
+
+
+def _run_one(exp, profile, store, seed, force, done_now, tag, log, is_main, out, **run_args):
+    """Train ``exp`` (or reuse an identical run's result) and store its record: ``(record, path)``."""
+    key = exp.config_key(profile.stages_for(exp))
+    twin = done_now.get(key)
+    if twin is None and not force:
+        twin = _find_twin(store, exp, profile, seed)
+    if twin is not None:
+        record = reuse_record(twin, exp)
+        log(f"{tag}: same run as {record['reused_from'].split('__')[0]} (identical configuration); its result reused")
+    else:
+        stages = "-".join(map(str, profile.stages_for(exp)))
+        log(f"{tag}: training {exp.model} {stages} {exp.method} K={exp.K} on {exp.dataset} ({profile.name} profile)")
+        record = run_experiment(exp, profile, seed=seed, out=out, resume=not force, **run_args)
+    path = store.write(record) if is_main else store.path(exp.id, profile.name, seed)
+    return record, path
+
+
+class SweepClock:
+    """Elapsed time and a rough time left for the sweep's progress lines (from the experiments
+    that ran so far; stored and skipped ones cost nothing)."""
+
+    def __init__(self, total: int):
+        self.total, self.start = total, time.time()
+        self.ran, self.skips, self.last = 0, 0, time.time()
+        self.run_seconds = 0.0
+
+    def skipped(self) -> None:
+        self.skips += 1
+        self.last = time.time()
+
+    def finished(self) -> None:
+        now = time.time()
+        self.ran += 1
+        self.run_seconds += now - self.last
+        self.last = now
+
+    def progress(self, i: int) -> str:
+        self.last = time.time()
+        elapsed = _clock(time.time() - self.start)
+        if not self.ran:
+            return f"{elapsed} elapsed"
+        left = (self.total - i + 1) * self.run_seconds / self.ran
+        return f"{elapsed} elapsed, ~{_clock(left, coarse=True)} left"
+
+
+def _clock(seconds: float, coarse: bool = False) -> str:
+    if coarse:
+        return f"{max(1, round(seconds / 60))} min" if seconds >= 60 else f"{max(1, round(seconds))} s"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def _find_twin(store: ResultStore, exp: Experiment, profile: Profile, seed: int) -> dict | None:

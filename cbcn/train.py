@@ -174,14 +174,21 @@ def validate_config(c: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(c, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
+    for name in ("lr", "lr_gamma", "momentum", "weight_decay", "center_lambda", "center_alpha"):
+        value = getattr(c, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
     if c.lr <= 0 or c.lr_gamma <= 0 or (c.lr_step is not None and c.lr_step < 1):
         raise ValueError(f"need lr > 0, lr_gamma > 0 and lr_step >= 1 or None (got {c.lr}, {c.lr_gamma}, {c.lr_step})")
+    if not 0 <= c.momentum < 1 or c.weight_decay < 0:
+        raise ValueError(f"need 0 <= momentum < 1 and weight_decay >= 0 (got {c.momentum}, {c.weight_decay})")
     if c.dropout is not None and not 0 <= c.dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {c.dropout}")
     if c.sync_bn and c.device == "cpu":
         raise ValueError("sync_bn needs GPUs (PyTorch's SyncBatchNorm does not run on CPU)")
     if c.stop_after_epoch is not None and c.stop_after_epoch < 1:
         raise ValueError(f"stop_after_epoch must be >= 1, got {c.stop_after_epoch}")
+    build_model_for(c)  # method, K, stages and switches that cannot make a model fail here, before any file
 
 
 # --- pieces -----------------------------------------------------------------------------------
@@ -360,6 +367,12 @@ def _train(config: TrainConfig, dinfo: DistInfo, device: torch.device, t_start: 
         progress.close()
 
 
+def _data_origin(ds) -> str:
+    """Where the images come from, in a few words (the full description goes to the log)."""
+    text = str(getattr(ds, "description", ""))
+    return text.split(" (")[0].split(";")[0][:100]
+
+
 def _run(config: TrainConfig, dinfo: DistInfo, device: torch.device, t_start: float, progress: Progress,
          resume_path: Path | None, out: Path | None) -> TrainResult:
     from .recipes import describe_recipe
@@ -380,7 +393,8 @@ def _run(config: TrainConfig, dinfo: DistInfo, device: torch.device, t_start: fl
     train_ds = load_dataset(config.dataset, train=True, max_samples=config.max_train_samples, **ds_args)
     test_ds = load_dataset(config.dataset, train=False, max_samples=config.max_test_samples, **ds_args)
     data_description = f"train: {train_ds.description} | test: {test_ds.description}"
-    recipe_text = describe_recipe(config.profile, config.model, config.dataset)
+    recipe_text = describe_recipe(config.profile, config.model, config.dataset) + \
+        f" (this run: {len(train_ds)} training, {len(test_ds)} test images)"
 
     seed_everything(config.seed)
     model = build_model_for(config).to(device)
@@ -401,6 +415,22 @@ def _run(config: TrainConfig, dinfo: DistInfo, device: torch.device, t_start: fl
         torch.manual_seed(config.seed + 1_000_003 * dinfo.rank)  # own augmentation/dropout stream per rank
 
     start_epoch, history = 0, []
+    if dinfo.is_main:  # the run's header, before anything it does (resuming included)
+        progress.log(f"cbcn train: {config.model} {config.method} K={config.K} stages={config.stages or 'default'} "
+                     f"on {config.dataset}, device {device}" + (f", {dinfo.world_size} ranks ({dinfo.backend})"
+                                                              if dinfo.enabled else ""))
+        progress.log(f"data: {config.dataset}, {len(train_ds)} training and {len(test_ds)} test images "
+                     f"({_data_origin(train_ds)})")
+        progress.detail(f"data (full description): {data_description}")
+        progress.log(f"recipe: {recipe_text}; run: epochs {config.epochs}, batch {config.batch_size}, seed {config.seed}"
+                     + (f", center loss lambda {config.center_lambda}" if center is not None else ""))
+        progress.log(f"model: {model_desc.get('learned_parameters', model_desc.get('parameters')):,} learned "
+                     f"parameters ({model_desc.get('binary_weight_parameters', 0):,} binary), stages "
+                     f"{model_desc.get('stages_maps', '?')} (physical channels "
+                     f"{model_desc.get('stages_physical_channels', '?')})")
+        progress.detail(f"model (full description): {json.dumps(model_desc)}")
+        if out is not None:
+            atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=1))
     if resume_path is not None:
         ckpt = load_checkpoint(resume_path, map_location="cpu")
         bad = config_mismatches(ckpt["config"], config.to_dict(), IDENTITY_FIELDS)
@@ -435,17 +465,6 @@ def _run(config: TrainConfig, dinfo: DistInfo, device: torch.device, t_start: fl
                                  seed=config.seed, drop_last=False)
     loader = DataLoader(train_ds, batch_size=rank_batch, sampler=sampler, num_workers=config.num_workers,
                         pin_memory=device.type == "cuda", drop_last=False)
-    if dinfo.is_main:
-        progress.log(f"cbcn train: {config.model} {config.method} K={config.K} stages={config.stages or 'default'} "
-                     f"on {config.dataset}, device {device}" + (f", {dinfo.world_size} ranks ({dinfo.backend})"
-                                                              if dinfo.enabled else ""))
-        progress.log(f"data: {data_description}")
-        progress.log(f"recipe: {recipe_text}; run: epochs {config.epochs}, batch {config.batch_size}, seed {config.seed}"
-                     + (f", center loss lambda {config.center_lambda}" if center is not None else ""))
-        progress.log(f"model: {json.dumps(model_desc)}")
-        if out is not None:
-            atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=1))
-
     stopped = False
     ckpt_path = None
     n_batches = len(loader)
@@ -526,7 +545,8 @@ def _run(config: TrainConfig, dinfo: DistInfo, device: torch.device, t_start: fl
                           num_workers=config.num_workers)
     last = history[-1] if history else {}
     final = dict(test_error=final_eval["error"], top1=final_eval["top1"], top5=final_eval.get("top5"),
-                 test_loss=final_eval["loss"], n_test=final_eval["n"], train_error=last.get("train_error"),
+                 test_loss=final_eval["loss"], n_test=final_eval["n"], n_train=len(train_ds),
+                 train_error=last.get("train_error"),
                  train_loss=last.get("train_loss"), epochs=len(history), profile=config.profile,
                  dataset=config.dataset)
     result = TrainResult(model=model, history=history, final=final, data_description=data_description,
@@ -534,7 +554,7 @@ def _run(config: TrainConfig, dinfo: DistInfo, device: torch.device, t_start: fl
                          recipe_description=recipe_text, checkpoint=ckpt_path, stopped_early=stopped)
     if out is not None and dinfo.is_main:
         atomic_write_text(out / "result.json", json.dumps(result.summary(), indent=1, default=str))
-    progress.log(f"final: test error {final['test_error']:.2f}% top-1 {final['top1']:.2f}% "
+    progress.result(f"final: test error {final['test_error']:.2f}% top-1 {final['top1']:.2f}% "
                  f"top-5 {final['top5']:.2f}% ({final['n_test']} test images, {len(history)} epochs, "
                  f"{result.wall_time_s:.1f}s)" + (" [stopped early]" if stopped else ""))
     return result

@@ -19,10 +19,16 @@ from cbcn.data.transforms import random_crop_flip
 SHARED = Path(os.environ.get("CBCN_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 MNIST_DIR = SHARED / "mnist"
 CIFAR_DIR = SHARED / "cifar10-subset"
-needs_mnist = pytest.mark.skipif(not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                                 reason=f"real MNIST not found at {MNIST_DIR} (set CBCN_SHARED_DATA)")
-needs_cifar = pytest.mark.skipif(not (CIFAR_DIR / "cifar-10-batches-py" / "data_batch_1").is_file(),
-                                 reason=f"real CIFAR-10 subset not found at {CIFAR_DIR} (set CBCN_SHARED_DATA)")
+needs_mnist = pytest.mark.skipif(
+    not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="needs the official MNIST files (train-/t10k-images/labels idx .gz, as published by Yann LeCun) in a "
+           f"folder 'mnist' under $CBCN_SHARED_DATA (looked in {MNIST_DIR}); e.g. `cbcn train --download "
+           "--data-root DIR` fetches them, then set CBCN_SHARED_DATA=DIR")
+needs_cifar = pytest.mark.skipif(
+    not (CIFAR_DIR / "cifar-10-batches-py" / "data_batch_1").is_file(),
+    reason="needs CIFAR-10 in its python-pickle format (cifar-10-batches-py/ with data_batch_1 and test_batch) "
+           f"in a folder 'cifar10-subset' under $CBCN_SHARED_DATA (looked in {CIFAR_DIR}); a download of the "
+           "official archive, unpacked there, will do")
 
 MNIST_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 

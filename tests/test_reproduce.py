@@ -158,6 +158,7 @@ def test_smoke_profile_over_tables_2_to_5(data_root, tmp_path, capsys):
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
     html = (rdir / "report.html").read_text()
+    assert html.count("<details><summary>") >= 4  # a collapsible per-layer summary per trained model
     assert html.count("data:image/png;base64,") == len(pngs)
     on_cpu = by_id["t5-imagenet-resnet18-cbcn"]["hardware"]["device"] == "cpu"
     assert ("unavailable: no RAPL" if on_cpu and not Path("/sys/class/powercap").is_dir() else "unavailable: ") in html
@@ -206,7 +207,7 @@ def fake_training(monkeypatch):
     """``run_experiment`` returns a record at once; ``calls`` lists the experiments trained."""
     calls = []
 
-    def fake(exp, profile, *, data_root, seed, device, out, resume=True, progress="lines"):
+    def fake(exp, profile, *, data_root, seed, device, out, resume=True, progress="lines", download=False):
         calls.append(exp.id)
         if exp.id == "t3-xnor-sc":
             raise RuntimeError("simulated crash")
@@ -217,12 +218,12 @@ def fake_training(monkeypatch):
 
     monkeypatch.setattr(sweep, "run_experiment", fake)
     monkeypatch.setattr(sweep, "dataset_status",
-                        lambda name, root, cache: None if name.startswith("mnist") or name == "cifar10" and root
+                        lambda name, root, cache, download=False: None if name.startswith("mnist") or name == "cifar10" and root
                         else f"dataset {name} not found under {root}")
     return calls
 
 
-def test_corrupt_record_is_reported_and_skipped_then_force_moves_it_aside(tmp_path, fake_training, capsys):
+def test_corrupt_record_is_reported_then_repair_reruns_only_it_and_force_everything(tmp_path, fake_training, capsys):
     out = tmp_path / "runs"
     store = ResultStore(out)
     bad = store.path("t2-mnist-lenet-5-10-20-40-xnor", "smoke", 0)
@@ -235,12 +236,22 @@ def test_corrupt_record_is_reported_and_skipped_then_force_moves_it_aside(tmp_pa
     assert "t2-mnist-lenet-5-10-20-40-xnor: UNREADABLE RECORD, not rerun" in log and "not valid JSON" in log
     assert fake_training == ["t2-mnist-lenet-5-10-20-40-fp", "t2-mnist-lenet-5-10-20-40-cbcn"]
     assert bad.read_text().endswith('"experim')                        # untouched
-    assert main(args + ["--force"]) == 0
+    del fake_training[:]
+    assert main(args + ["--repair"]) == 0                               # only the unreadable one reruns
     log = capsys.readouterr().out
-    assert "unreadable record moved aside" in log
+    assert "unreadable record moved aside" in log and "(--repair)" in log
+    assert fake_training == ["t2-mnist-lenet-5-10-20-40-xnor"]
     assert read_record(bad)["experiment_id"] == "t2-mnist-lenet-5-10-20-40-xnor"
     moved = [p for p in bad.parent.iterdir() if ".json.bad-" in p.name]
     assert len(moved) == 1 and moved[0].read_text().endswith('"experim')
+    # the moved-aside file does not stop a merge of this store into another
+    assert main(["report", "--out", str(tmp_path / "merged"), "--merge", str(out)]) == 0
+    assert len(list((tmp_path / "merged" / "results").glob("*.json"))) == 3
+    capsys.readouterr()
+    del fake_training[:]
+    assert main(args + ["--force"]) == 0                                # an explicit request to retrain all
+    assert fake_training == ["t2-mnist-lenet-5-10-20-40-fp", "t2-mnist-lenet-5-10-20-40-xnor",
+                             "t2-mnist-lenet-5-10-20-40-cbcn"]
 
 
 def test_unavailable_data_failures_and_reuse(tmp_path, fake_training, capsys):

@@ -102,7 +102,7 @@ def test_resume_refuses_other_run_and_corrupt_files(tmp_path):
     ck = tmp_path / "last.pt"
     data = ck.read_bytes()
     ck.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt, truncated"):
+    with pytest.raises(CheckpointError, match="not a valid cbcn checkpoint: the file is truncated or corrupt"):
         train(cfg(method="fp", epochs=2, output_dir=str(tmp_path), resume=True))
     torch.save({"weights": torch.zeros(2)}, ck)
     with pytest.raises(CheckpointError, match="not a cbcn training checkpoint"):

@@ -20,6 +20,15 @@ class DatasetError(RuntimeError):
     """A data set could not be found, read, downloaded or verified; the message says which and why."""
 
 
+class DatasetNotFound(DatasetError):
+    """The data set's files or folders are not where they were looked for."""
+
+
+class DatasetCorrupt(DatasetError):
+    """The data set's files are there but unreadable: truncated, not in the published format, or
+    with the wrong shapes, labels or counts."""
+
+
 class TensorImageDataset(Dataset):
     """uint8 images ``N×C×H×W`` and int64 labels, returned as normalised float tensors.
 

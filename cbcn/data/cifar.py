@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DatasetError, TensorImageDataset, select_subset
+from .base import DatasetCorrupt, DatasetError, DatasetNotFound, TensorImageDataset, select_subset
 
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -49,7 +49,7 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             return pickle.load(f, encoding="bytes")
     except (pickle.UnpicklingError, EOFError, ValueError, OSError) as e:
-        raise DatasetError(f"{path}: not a readable CIFAR python pickle ({e})") from e
+        raise DatasetCorrupt(f"{path}: not a readable CIFAR python pickle ({e})") from e
 
 
 def load_cifar(variant: str, root: str | os.PathLike, train: bool, max_samples: int | None = None,
@@ -64,27 +64,27 @@ def load_cifar(variant: str, root: str | os.PathLike, train: bool, max_samples: 
     root = Path(root).expanduser()
     d = find_cifar_dir(root, variant)
     if d is None:
-        raise DatasetError(f"{variant}: no '{lay['folder']}' folder with the official python pickles under "
+        raise DatasetNotFound(f"{variant}: no '{lay['folder']}' folder with the official python pickles under "
                            f"{root}; pass the folder that holds it, or download=True (--download)")
     wanted = lay["train"] if train else lay["test"]
     present = [f for f in wanted if (d / f).is_file()]
     if not present:
-        raise DatasetError(f"{variant}: none of {wanted} found in {d}")
+        raise DatasetNotFound(f"{variant}: none of {wanted} found in {d}")
     xs, ys = [], []
     for f in present:
         entry = _unpickle(d / f)
         if b"data" not in entry or lay["label_key"] not in entry:
-            raise DatasetError(f"{d / f}: missing keys b'data'/{lay['label_key']!r}; keys are {list(entry)}")
+            raise DatasetCorrupt(f"{d / f}: missing keys b'data'/{lay['label_key']!r}; keys are {list(entry)}")
         data = np.asarray(entry[b"data"], dtype=np.uint8)
         labels = np.asarray(entry[lay["label_key"]], dtype=np.int64)
         if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-            raise DatasetError(f"{d / f}: expected N×3072 pixels and N labels, read {data.shape} and {labels.shape}")
+            raise DatasetCorrupt(f"{d / f}: expected N×3072 pixels and N labels, read {data.shape} and {labels.shape}")
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(labels)
     x = torch.from_numpy(np.concatenate(xs))
     y = torch.from_numpy(np.concatenate(ys))
     if y.min() < 0 or y.max() >= lay["classes"]:
-        raise DatasetError(f"{variant}: labels outside 0..{lay['classes'] - 1} (read {int(y.min())}..{int(y.max())})")
+        raise DatasetCorrupt(f"{variant}: labels outside 0..{lay['classes'] - 1} (read {int(y.min())}..{int(y.max())})")
     expected = lay["sizes"][0 if train else 1]
     partial = len(present) < len(wanted) or x.shape[0] != expected
     if partial and subset is False:

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..fileio import atomic_path
 from .base import DatasetError
 from .mnist import MNIST_FILES, find_mnist_file
 
@@ -32,17 +33,11 @@ CIFAR_ARCHIVES = {
 
 def fetch(url: str, dest: Path, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``dest`` atomically (tmp + os.replace)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
-    try:
+    with atomic_path(dest) as tmp:
         req = urllib.request.Request(url, headers={"User-Agent": "cbcn-downloader"})
         with urllib.request.urlopen(req, timeout=timeout) as r, open(tmp, "wb") as f:
             while chunk := r.read(1 << 20):
                 f.write(chunk)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dest
 
 

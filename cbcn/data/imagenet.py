@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .base import DatasetError, select_subset
+from .base import DatasetCorrupt, DatasetError, DatasetNotFound, select_subset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,13 +70,13 @@ class ImageFolderDataset(Dataset):
         base = root / "imagenet" if not (root / "train").is_dir() and (root / "imagenet").is_dir() else root
         split_dir = base / ("train" if train else "val")
         if not split_dir.is_dir():
-            raise DatasetError(f"{name}: no '{split_dir.name}' folder under {base}; expected the ImageFolder "
+            raise DatasetNotFound(f"{name}: no '{split_dir.name}' folder under {base}; expected the ImageFolder "
                                f"layout {base}/train/<class>/*.JPEG and {base}/val/<class>/*.JPEG "
                                f"(ImageNet cannot be downloaded automatically: it needs registration "
                                f"at https://image-net.org)")
         classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
         if not classes:
-            raise DatasetError(f"{split_dir} holds no class folders; the validation images must be sorted "
+            raise DatasetNotFound(f"{split_dir} holds no class folders; the validation images must be sorted "
                                f"into one folder per class (e.g. with the usual valprep.sh script)")
         samples = []
         for label, c in enumerate(classes):
@@ -84,7 +84,7 @@ class ImageFolderDataset(Dataset):
                 if p.suffix.lower() in IMAGE_EXTENSIONS:
                     samples.append((str(p), label))
         if not samples:
-            raise DatasetError(f"{split_dir}: class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DatasetNotFound(f"{split_dir}: class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
         n_all = len(samples)
         sel = select_subset(n_all, max_samples, f"{name}:{'train' if train else 'val'}")
         if sel is not None:
@@ -114,7 +114,7 @@ class ImageFolderDataset(Dataset):
             with Image.open(path) as im:
                 img = im.convert("RGB")
         except OSError as e:
-            raise DatasetError(f"cannot read image {path}: {e}") from e
+            raise DatasetCorrupt(f"cannot read image {path}: {e}") from e
         s = self.image_size
         if self.train:
             left, top, w, h = random_resized_crop_box(*img.size)

