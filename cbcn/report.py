@@ -105,6 +105,7 @@ def load_results(out: str | os.PathLike) -> Results:
                "dataset": e.get("dataset"), "profile": r["profile"], "seed": r["seed"],
                "error": m.get("error"), "accuracy": m.get("accuracy"), "top1": m.get("top1"), "top5": m.get("top5"),
                "train_error": m.get("train_error"), "epochs": m.get("epochs"), "n_test": m.get("n_test"),
+               "n_train": m.get("n_train"),
                "accuracy_pct": accuracy_of(exp, m) if exp else m.get("accuracy"),
                "reused_from": r.get("reused_from"), "data": (r.get("data") or {}).get("description"),
                "git_revision": (r.get("git") or {}).get("revision"), "finished": r.get("finished"),
@@ -392,8 +393,14 @@ def _profile_lines(results: Results) -> list[str]:
     lines = []
     for p in results.profiles:
         d = PROFILES[p].description if p in PROFILES else "unknown profile"
-        n = int((results.frame["profile"] == p).sum()) if len(results.frame) else 0
-        lines.append(f"`{p}`: {n} finished runs — {d}")
+        runs = results.frame[results.frame["profile"] == p] if len(results.frame) else results.frame
+        used = ""
+        if "n_train" in runs and runs["n_train"].notna().any():  # what the runs actually trained on
+            counts = sorted({int(v) for v in runs["n_train"].dropna()})
+            tests = sorted({int(v) for v in runs["n_test"].dropna()}) if "n_test" in runs else []
+            used = (f"; these runs used {' / '.join(f'{c:,}' for c in counts)} training and "
+                    f"{' / '.join(f'{c:,}' for c in tests)} test images")
+        lines.append(f"`{p}`: {len(runs)} finished runs — {d}{used}")
     return lines
 
 

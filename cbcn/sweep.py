@@ -132,8 +132,9 @@ def metrics_from(final: dict) -> dict:
     """The metrics a report compares with the paper (percent): error, accuracy, top1, top5."""
     m = {"error": final.get("test_error"), "accuracy": final.get("top1"), "top1": final.get("top1"),
          "top5": final.get("top5"), "test_loss": final.get("test_loss"), "train_error": final.get("train_error"),
-         "n_test": final.get("n_test"), "epochs": final.get("epochs")}
-    return {k: (float(v) if isinstance(v, (int, float)) and k not in ("n_test", "epochs") else v) for k, v in m.items()}
+         "n_test": final.get("n_test"), "n_train": final.get("n_train"), "epochs": final.get("epochs")}
+    return {k: (float(v) if isinstance(v, (int, float)) and k not in ("n_test", "n_train", "epochs") else v)
+            for k, v in m.items()}
 
 
 def run_experiment(exp: Experiment, profile: Profile, *, data_root: str | None, seed: int, device: str,
