@@ -111,3 +111,15 @@ def test_console_script_is_declared():
     from pathlib import Path
     meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert meta["project"]["scripts"]["cbcn"] == "cbcn.cli:main"
+
+
+def test_packages_the_code_needs_are_main_dependencies():
+    """The README's main command installs cbcn without its test extras: what the package itself
+    calls (pandas' to_markdown needs tabulate) must be a main dependency, not only a test one."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    deps = " ".join(tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"])
+    uses_markdown = any("to_markdown(" in p.read_text() for p in (root / "cbcn").rglob("*.py"))
+    assert not uses_markdown or "tabulate" in deps
