@@ -107,8 +107,9 @@ def test_subcommand_hook(tmp_path, monkeypatch, capsys):
 
 
 def test_console_script_is_declared():
-    import tomllib
     from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert meta["project"]["scripts"]["cbcn"] == "cbcn.cli:main"
 
@@ -116,8 +117,9 @@ def test_console_script_is_declared():
 def test_packages_the_code_needs_are_main_dependencies():
     """The README's main command installs cbcn without its test extras: what the package itself
     calls (pandas' to_markdown needs tabulate) must be a main dependency, not only a test one."""
-    import tomllib
     from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
     root = Path(__file__).resolve().parents[1]
     deps = " ".join(tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"])
