@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -57,6 +56,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from cbcn import provenance  # noqa: E402
 from cbcn.backends import cpu as cpu_engine  # noqa: E402
+from cbcn.fileio import atomic_write_text  # noqa: E402
 from cbcn.models import build_model  # noqa: E402
 from cbcn.onebit import OneBitConv2d, convert_to_onebit  # noqa: E402
 
@@ -362,12 +362,6 @@ def markdown_tables(results: dict) -> str:
     return "\n".join(parts)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json and results.md")
@@ -411,8 +405,8 @@ def main(argv=None) -> int:
     print(text)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(args.out / "results.json", json.dumps(results, indent=1, default=str))
-        write_atomic(args.out / "results.md", text)
+        atomic_write_text(args.out / "results.json", json.dumps(results, indent=1, default=str))
+        atomic_write_text(args.out / "results.md", text)
         print(f"[bench] wrote {args.out / 'results.json'} and {args.out / 'results.md'}")
     return 0
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .markdown import markdown_table
+
 STATS = ("min", "q1", "median", "q3", "mean", "stddev", "iqr", "max")  # seconds in the JSON, ms in the table
 TABLE_COLUMNS = ["group", "case", "median_ms", "iqr_ms", "min_ms", "rounds", "x_baseline", "throughput", "loadavg_1m"]
 
@@ -138,10 +140,8 @@ def _fmt(value) -> str:
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (no ``tabulate`` needed)."""
-    cells = [[_fmt(v).replace("|", "\\|") for v in row] for row in df.itertuples(index=False)]
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+    """A benchmark table in Markdown, numbers to 3 significant digits."""
+    return markdown_table(df, _fmt)
 
 
 def markdown_report(df: pd.DataFrame) -> str:

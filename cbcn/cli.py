@@ -1,55 +1,39 @@
-"""The ``cbcn`` command line: ``cbcn train``, ``cbcn eval``, and subcommands added by other modules.
+"""The ``cbcn`` command line: ``cbcn train``, ``cbcn eval``, and the subcommands of other modules.
 
-Extension hook: every module named in ``SUBCOMMAND_MODULES`` exposes
-``add_subcommands(subparsers)``; it adds its parsers with ``subparsers.add_parser(...)`` and
-sets ``func`` (``parser.set_defaults(func=handler)``), a callable taking the parsed namespace and
-returning an exit code. A listed module that does not exist yet is skipped (only when the
-ModuleNotFoundError names that exact module, so real import errors inside it still surface).
+``cbcn.reproduce`` (reproduce, list, report) and ``cbcn.summary`` each expose
+``add_subcommands(subparsers)``: it adds their parsers and sets ``func``
+(``parser.set_defaults(func=handler)``), a callable taking the parsed namespace and returning an
+exit code. User errors are ``cbcn.errors.CLIError``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 import textwrap
 
-#: modules that contribute subcommands via ``add_subcommands(subparsers)``
-SUBCOMMAND_MODULES = ["cbcn.reproduce", "cbcn.summary"]
-
-METHOD_CHOICES = ("fp", "bnn", "bwn", "xnor", "bireal", "cbcn")
-SURROGATE_CHOICES = ("ste", "approx", "gauss")
-
-
-class CLIError(Exception):
-    """A user error to print as ``cbcn: error: ...`` with exit status 2."""
-
+from .errors import CLIError
 
 def _choices(kind: str) -> tuple[str, ...]:
-    """Valid names from the registries (falling back to the documented ones while a module is
-    being written)."""
-    try:
-        if kind == "dataset":
-            from .data import DATASETS
-            return tuple(DATASETS)
-        if kind == "method":
-            from .methods import METHODS
-            return tuple(METHODS)
-        if kind == "surrogate":
-            from .binarize import SURROGATES
-            return tuple(SURROGATES)
-        if kind == "model":
-            from .train import model_names
-            return model_names()
-        if kind == "profile":
-            from .recipes import PROFILES
-            return PROFILES
-    except ImportError:
-        pass
-    return {"method": METHOD_CHOICES, "surrogate": SURROGATE_CHOICES,
-            "model": ("lenet", "resnet18", "wrn22", "wrn40")}[kind]
+    """Valid names, read from the registry that owns them."""
+    if kind == "dataset":
+        from .data import DATASETS
+        return tuple(DATASETS)
+    if kind == "method":
+        from .methods import METHODS
+        return tuple(METHODS)
+    if kind == "surrogate":
+        from .binarize import SURROGATES
+        return tuple(SURROGATES)
+    if kind == "model":
+        from .models import MODELS
+        return tuple(MODELS)
+    if kind == "profile":
+        from .recipes import PROFILES
+        return tuple(PROFILES)
+    raise KeyError(kind)
 
 
 def parse_stages(text: str) -> tuple[int, ...]:
@@ -238,13 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:
-                continue
-            raise
+    from . import reproduce, summary
+    for module in (reproduce, summary):
         module.add_subcommands(subparsers)
     return parser
 
@@ -280,10 +259,11 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import DistInfo
     from .train import train
     config = config_from_args(args)
     result = train(config)
-    if args.json and int(os.environ.get("RANK", "0")) == 0:
+    if args.json and DistInfo.from_env().is_main:
         print(json.dumps(result.summary(), indent=1, default=str))
     return 0
 

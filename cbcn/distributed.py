@@ -30,6 +30,13 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @classmethod
+    def from_env(cls) -> "DistInfo":
+        """What torchrun's RANK/WORLD_SIZE/LOCAL_RANK say, without joining the process group: the
+        one place code outside the training loop (CLI output, the report) asks "am I rank 0"."""
+        return cls(rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                   local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
 
 class DeviceError(ValueError):
     """A device that does not exist here or is not a device at all (the message says which)."""
@@ -64,10 +71,10 @@ def resolve_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
 
 def init_distributed(device_pref: str = "auto") -> tuple[DistInfo, torch.device]:
     """Join the process group if launched by torchrun with WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    env = DistInfo.from_env()
+    local_rank = env.local_rank
     device = resolve_device(device_pref, local_rank)
-    if world <= 1:
+    if not env.enabled:
         return DistInfo(), device
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":

@@ -443,10 +443,7 @@ def checkpoint_bytes(model: nn.Module) -> dict:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     out = {"fp32_checkpoint_bytes": buf.tell()}
-    try:
-        from .onebit import checkpoint_size_report
-    except ImportError as e:
-        return {**out, "unavailable": f"cbcn.onebit is not available ({e})"}
+    from .onebit import checkpoint_size_report
     try:
         out["onebit_checkpoint_bytes"] = checkpoint_size_report(model)["onebit_checkpoint_bytes"]
     except ValueError as e:       # nothing to pack (fp, bwn)

@@ -12,6 +12,9 @@ from dataclasses import dataclass, replace
 
 SHORTCUTS = ("standard", "double")
 
+#: the Table 3 ablation switches, in ``MethodSpec.with_switches`` order: the one list of their names
+SWITCHES = ("cbconv", "shortcut", "act_surrogate", "weight_surrogate")
+
 
 @dataclass(frozen=True)
 class MethodSpec:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from .experiments import (BY_ID, CLAIMS, EXPERIMENTS, INCONSISTENCIES, TABLE_METRICS, TABLE_TITLES, accuracy_of)
 from .fileio import atomic_path, atomic_write_text
+from .markdown import markdown_table
 from .hardware import CONVENTIONS
 from .store import ResultStore, StoreProblem, parse_key
 
@@ -281,12 +282,8 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (no dependency on ``tabulate``)."""
-    d = display(df)
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
-    lines = ["| " + " | ".join(esc(c) for c in d.columns) + " |", "|" + "---|" * len(d.columns)]
-    lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in d.itertuples(index=False)]
-    return "\n".join(lines)
+    """A report table in Markdown, numbers rounded as in ``display``."""
+    return markdown_table(display(df))
 
 
 HTML_TABLE_WIDTH_PX = 1300  # what fits a 1400-px window beside the page margins

@@ -5,7 +5,7 @@ profiles every model's hardware cost, stores one record per experiment under ``r
 and writes the report to ``runs/report/report.html`` (plus Markdown, CSV and plots). Rerunning
 the command finishes only what is missing. ``cbcn report`` rebuilds the report from the store.
 
-Plugged into ``cbcn.cli`` through its ``SUBCOMMAND_MODULES`` hook (``add_subcommands``).
+Added to ``cbcn.cli`` by ``add_subcommands``; user errors are ``cbcn.errors.CLIError``.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 import textwrap
+
+from .errors import CLIError
 
 EXAMPLES = """\
 examples:
@@ -133,22 +135,13 @@ def _terminated(signum, frame):
     raise Terminated()
 
 
-class ReproduceError(ValueError):
-    """A user error: printed by ``cbcn.cli.main`` as ``cbcn: error: ...`` with exit status 2.
-    (A ValueError, so that ``python -m cbcn.cli``, where ``cbcn.cli`` is ``__main__``, catches it too.)"""
-
-
-def _cli_error(msg: str) -> ReproduceError:
-    return ReproduceError(msg)
-
-
 def cmd_list(args) -> int:
     import pandas as pd
     from .store import ResultStore
     try:
         exps, _ = _selected(args)
     except ValueError as e:
-        raise _cli_error(str(e)) from None
+        raise CLIError(str(e)) from None
     store = ResultStore(args.out)
     show_state = store.results_dir.is_dir()
     statuses = {}
@@ -180,15 +173,16 @@ def cmd_list(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
+    from .distributed import DistInfo
     from .report import build_report
     from .sweep import Shard, SweepError, run_sweep
     try:
         exps, explicit = _selected(args)
         shard = Shard.parse(args.shard) if args.shard else None
     except ValueError as e:
-        raise _cli_error(str(e)) from None
+        raise CLIError(str(e)) from None
     if not exps:
-        raise _cli_error("no experiment matches the selection; `cbcn list` shows them")
+        raise CLIError("no experiment matches the selection; `cbcn list` shows them")
     log = lambda line: print(line, flush=True)
     previous = signal.signal(signal.SIGTERM, _terminated)  # batch schedulers send SIGTERM before SIGKILL
     try:
@@ -197,7 +191,7 @@ def cmd_reproduce(args) -> int:
                             strict_data=explicit and not args.skip_unavailable, log=log,
                             train_progress=args.train_progress, download=args.download)
     except SweepError as e:
-        raise _cli_error(str(e)) from None
+        raise CLIError(str(e)) from None
     except KeyboardInterrupt as e:
         from .store import ResultStore
 
@@ -210,7 +204,7 @@ def cmd_reproduce(args) -> int:
         return 143 if isinstance(e, Terminated) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if not args.no_report and int(os.environ.get("RANK", "0")) == 0:
+    if not args.no_report and DistInfo.from_env().is_main:
         files = build_report(args.out)
         print(f"report: {files.html} (also {files.markdown.name}, {len(files.csv)} CSV files and "
               f"{len(files.plots)} plots in {files.html.parent})", flush=True)
@@ -233,7 +227,7 @@ def cmd_report(args) -> int:
         try:
             copied, conflicts = store.merge_from(other)
         except StoreError as e:
-            raise _cli_error(str(e)) from None
+            raise CLIError(str(e)) from None
         print(f"merged {len(copied)} records from {other}"
               + (f"; {len(conflicts)} CONFLICTS, kept as they were (a different record is already in {args.out}):"
                  if conflicts else ""))

@@ -23,6 +23,7 @@ import pandas as pd
 import torch.nn as nn
 
 from .hardware import byte_totals, layer_costs, operation_totals
+from .methods import SWITCHES
 
 CONVENTIONS = (
     "One row per layer that stores values or does counted operations (pooling, activations and "
@@ -289,7 +290,7 @@ def summary_of_options(args) -> Summary:
 
     dataset = args.dataset or ("mnist" if args.model == "lenet" else "cifar10")
     info = dataset_info(dataset)
-    switches = {k: getattr(args, k) for k in ("cbconv", "shortcut", "act_surrogate", "weight_surrogate")
+    switches = {k: getattr(args, k) for k in SWITCHES
                 if getattr(args, k, None) is not None}
     model = build_model(args.model, method=args.method, stages=args.stages, K=args.K, num_classes=info.num_classes,
                         in_channels=info.in_channels, stem="imagenet" if info.family == "imagenet" else "cifar",

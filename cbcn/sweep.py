@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .distributed import DistInfo
 from .experiments import Experiment
+from .methods import SWITCHES
 from .profiles import Profile, get_profile
 from .store import SCHEMA_VERSION, RECORD_KIND, ResultStore, record_key
 
@@ -111,7 +113,7 @@ def dataset_status(name: str, root: str | None, cache: dict, download: bool = Fa
 def _config_for(exp: Experiment, profile: Profile, data_root: str | None, seed: int, device: str,
                 out: Path, resume: bool, progress: str, download: bool = False):
     from .train import TrainConfig
-    switches = {k: v for k, v in exp.switches.items() if k in ("cbconv", "shortcut", "act_surrogate", "weight_surrogate")}
+    switches = {k: v for k, v in exp.switches.items() if k in SWITCHES}
     run_dir = out / "runs" / record_key(exp.id, profile.name, seed)
     return TrainConfig.from_recipe(
         profile.name, exp.model, exp.dataset, method=exp.method, K=exp.K,
@@ -203,7 +205,7 @@ def run_sweep(experiments: Sequence[Experiment], profile: str | Profile = "quick
     profile = get_profile(profile) if isinstance(profile, str) else profile
     out = Path(out)
     store = ResultStore(out)
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    is_main = DistInfo.from_env().is_main
     mine = shard_experiments(experiments, shard, profile)
     summary = SweepSummary(selected=[e.id for e in mine])
     data_cache: dict = {}

@@ -33,9 +33,9 @@ from .checkpoint import (CheckpointError, atomic_write_text, config_mismatches, 
 from .data import dataset_info, load_dataset
 from .distributed import (DistInfo, all_reduce_mean_, all_reduce_sum, barrier, cleanup,
                           gather_objects, init_distributed)
+from .methods import SWITCHES
 from .progress import Progress
 
-MODEL_NAMES = ("lenet", "resnet18", "wrn22", "wrn40")
 CHECKPOINT_NAME = "last.pt"
 
 
@@ -114,10 +114,9 @@ class TrainConfig:
 
 #: fields that must be equal to resume a checkpoint (others — epochs, paths, device, display —
 #: may change, e.g. to extend a run or move the data)
-IDENTITY_FIELDS = ("model", "method", "stages", "K", "cbconv", "shortcut", "act_surrogate",
-                   "weight_surrogate", "dropout", "freeze_bn", "dataset", "subset", "max_train_samples",
-                   "max_test_samples", "data_seed", "batch_size", "lr", "momentum", "weight_decay",
-                   "lr_step", "lr_gamma", "center_loss", "center_lambda", "center_alpha", "seed")
+IDENTITY_FIELDS = ("model", "method", "stages", "K", *SWITCHES, "dropout", "freeze_bn", "dataset", "subset",
+                   "max_train_samples", "max_test_samples", "data_seed", "batch_size", "lr", "momentum",
+                   "weight_decay", "lr_step", "lr_gamma", "center_loss", "center_lambda", "center_alpha", "seed")
 
 
 @dataclass
@@ -144,14 +143,8 @@ class TrainResult:
 # --- validation -------------------------------------------------------------------------------
 
 def model_names() -> tuple[str, ...]:
-    try:
-        from . import models
-        names = getattr(models, "MODELS", None) or getattr(models, "BACKBONES", None)
-        if names:
-            return tuple(names)
-    except ImportError:
-        pass
-    return MODEL_NAMES
+    from .models import MODELS
+    return tuple(MODELS)
 
 
 def method_names() -> tuple[str, ...]:
@@ -210,7 +203,7 @@ def build_model_for(config: TrainConfig) -> nn.Module:
     """The model of a config, via the core's ``build_model``."""
     from .models import build_model
     info = dataset_info(config.dataset)
-    switches = {k: getattr(config, k) for k in ("cbconv", "shortcut", "act_surrogate", "weight_surrogate")
+    switches = {k: getattr(config, k) for k in SWITCHES
                 if getattr(config, k) is not None}
     model = build_model(config.model, method=config.method,
                         stages=tuple(config.stages) if config.stages else None, K=config.K,
@@ -224,12 +217,8 @@ def build_model_for(config: TrainConfig) -> nn.Module:
 
 
 def describe(model: nn.Module) -> dict[str, Any]:
-    try:
-        from .models import describe_model
-        d = describe_model(model)
-    except (ImportError, AttributeError):
-        d = {}
-    d = dict(d) if isinstance(d, dict) else {"description": str(d)}
+    from .models import describe_model
+    d = dict(describe_model(model))
     d.setdefault("parameters", sum(p.numel() for p in model.parameters()))
     return json.loads(json.dumps(d, default=str))
 

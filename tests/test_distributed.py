@@ -51,3 +51,15 @@ def test_torchrun_two_ranks_equals_one_process(tmp_path):
     assert run.stdout.count("cbcn train:") == 1 and "2 ranks (gloo)" in run.stdout
     assert (ddp / "train.log").read_text().count("cbcn train:") == 1
     assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
+
+
+def test_rank_outside_training_comes_from_torchrun_variables(monkeypatch):
+    from cbcn.distributed import DistInfo
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    assert DistInfo.from_env() == DistInfo() and DistInfo.from_env().is_main
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    info = DistInfo.from_env()
+    assert (info.rank, info.world_size, info.local_rank, info.enabled, info.is_main) == (3, 4, 1, True, False)

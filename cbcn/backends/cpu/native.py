@@ -20,8 +20,9 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
+
+from ...fileio import atomic_path
 
 SOURCE = Path(__file__).with_name("bconv.c")
 ABI_VERSION = 7
@@ -134,24 +135,24 @@ def _cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
+class _CompileFailed(Exception):
+    """The compiler's complaint; raised inside ``atomic_path`` so the target is left untouched."""
+
+
 def _compile(cc: str, flags: list[str], target: Path) -> str | None:
-    """Compile to ``target`` atomically; returns the compiler's complaint on failure."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.{os.getpid()}.", suffix=".so", dir=target.parent)
-    os.close(fd)
-    cmd = [cc, *BASE_FLAGS, *flags, "-o", tmp, str(SOURCE), "-lm"]
+    """Compile to ``target`` atomically (``cbcn.fileio``); returns the compiler's complaint on failure."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
-        if proc.returncode != 0:
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            return lines[-1] if lines else f"exit status {proc.returncode}"
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            cmd = [cc, *BASE_FLAGS, *flags, "-o", str(tmp), str(SOURCE), "-lm"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+            if proc.returncode != 0:
+                lines = (proc.stderr or proc.stdout).strip().splitlines()
+                raise _CompileFailed(lines[-1] if lines else f"exit status {proc.returncode}")
         return None
+    except _CompileFailed as exc:
+        return str(exc)
     except (OSError, subprocess.SubprocessError) as exc:
         return str(exc)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 _PROBLEM: list[str] = []
