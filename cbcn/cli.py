@@ -31,7 +31,7 @@ def _choices(kind: str) -> tuple[str, ...]:
         from .models import MODELS
         return tuple(MODELS)
     if kind == "profile":
-        from .recipes import PROFILES
+        from .profiles import PROFILES
         return tuple(PROFILES)
     raise KeyError(kind)
 
@@ -236,9 +236,9 @@ _RECIPE_FIELDS = ("epochs", "batch_size", "eval_batch_size", "lr", "momentum", "
 
 def config_from_args(args: argparse.Namespace):
     """Recipe of the profile, overridden by every recipe option the user set."""
-    from .recipes import recipe
+    from .profiles import get_profile
     from .train import TrainConfig
-    fields = recipe(args.profile, args.model, args.dataset)
+    fields = get_profile(args.profile).recipe(args.dataset)
     for k in _RECIPE_FIELDS:
         v = getattr(args, k)
         if v is not None:

@@ -116,7 +116,7 @@ def _config_for(exp: Experiment, profile: Profile, data_root: str | None, seed: 
     switches = {k: v for k, v in exp.switches.items() if k in SWITCHES}
     run_dir = out / "runs" / record_key(exp.id, profile.name, seed)
     return TrainConfig.from_recipe(
-        profile.name, exp.model, exp.dataset, method=exp.method, K=exp.K,
+        profile, exp.model, exp.dataset, method=exp.method, K=exp.K,
         stages=tuple(profile.stages_for(exp)), data_root=data_root, seed=seed, device=device,
         center_loss=exp.center_loss is not None,
         center_lambda=exp.center_loss if exp.center_loss is not None else 0.01,

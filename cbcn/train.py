@@ -34,6 +34,7 @@ from .data import dataset_info, load_dataset
 from .distributed import (DistInfo, all_reduce_mean_, all_reduce_sum, barrier, cleanup,
                           gather_objects, init_distributed)
 from .methods import SWITCHES
+from .profiles import PROFILES, Profile, get_profile
 from .progress import Progress
 
 CHECKPOINT_NAME = "last.pt"
@@ -63,7 +64,7 @@ class TrainConfig:
     max_train_samples: int | None = None
     max_test_samples: int | None = None
     data_seed: int = 0                      # rotation angles of -rot data sets (not the training order)
-    # optimisation (cbcn.recipes)
+    # optimisation (the profile's recipe, cbcn.profiles)
     profile: str = "quick"
     epochs: int = 2
     batch_size: int = 128                   # global batch: divided among torchrun ranks
@@ -93,10 +94,11 @@ class TrainConfig:
     log_every: int = 0                      # batches between progress lines (0: ~10 per epoch)
 
     @classmethod
-    def from_recipe(cls, profile: str = "quick", model: str = "lenet", dataset: str = "mnist",
+    def from_recipe(cls, profile: str | Profile = "quick", model: str = "lenet", dataset: str = "mnist",
                     **overrides) -> "TrainConfig":
-        from .recipes import recipe
-        return cls(**{**recipe(profile, model, dataset), "model": model, "dataset": dataset, **overrides})
+        """The profile's recipe for ``dataset`` (``cbcn.profiles``), then ``overrides``."""
+        fields = get_profile(profile).recipe(dataset)
+        return cls(**{**fields, "model": model, "dataset": dataset, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -155,9 +157,8 @@ def method_names() -> tuple[str, ...]:
 def validate_config(c: TrainConfig) -> None:
     """Raise ValueError naming the valid choices for any unknown name or impossible number."""
     from .data import DATASETS
-    from .recipes import PROFILES
     checks = [("model", c.model, model_names()), ("method", c.method, method_names()),
-              ("dataset", c.dataset, tuple(DATASETS)), ("profile", c.profile, PROFILES),
+              ("dataset", c.dataset, tuple(DATASETS)), ("profile", c.profile, tuple(PROFILES)),
               ("progress", c.progress, ("auto", "bar", "lines", "none"))]
     for what, value, valid in checks:
         if value not in valid:
@@ -364,7 +365,6 @@ def _data_origin(ds) -> str:
 
 def _run(config: TrainConfig, dinfo: DistInfo, device: torch.device, t_start: float, progress: Progress,
          resume_path: Path | None, out: Path | None) -> TrainResult:
-    from .recipes import describe_recipe
     if device.type == "cpu" and config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
     if config.batch_size % dinfo.world_size:
@@ -382,7 +382,7 @@ def _run(config: TrainConfig, dinfo: DistInfo, device: torch.device, t_start: fl
     train_ds = load_dataset(config.dataset, train=True, max_samples=config.max_train_samples, **ds_args)
     test_ds = load_dataset(config.dataset, train=False, max_samples=config.max_test_samples, **ds_args)
     data_description = f"train: {train_ds.description} | test: {test_ds.description}"
-    recipe_text = describe_recipe(config.profile, config.model, config.dataset) + \
+    recipe_text = get_profile(config.profile).describe_recipe(config.dataset) + \
         f" (this run: {len(train_ds)} training, {len(test_ds)} test images)"
 
     seed_everything(config.seed)

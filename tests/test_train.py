@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from cbcn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cbcn.progress import Progress
-from cbcn.recipes import describe_recipe, recipe
+from cbcn.profiles import get_profile
 from cbcn.train import TrainConfig, evaluate, load_trained_model, lr_at, train
 
 TINY = dict(model="lenet", stages=(2, 4, 4, 8), dataset="mnist", max_train_samples=96, max_test_samples=48,
@@ -146,16 +146,20 @@ def test_unknown_names_list_choices():
 
 
 def test_recipes_follow_the_paper():
-    r = recipe("paper", "lenet", "mnist-rot")
+    paper = get_profile("paper")
+    r = paper.recipe("mnist-rot")
     assert (r["epochs"], r["lr"], r["lr_step"], r["momentum"], r["weight_decay"]) == (50, 0.01, None, 0.9, 1e-4)
-    r = recipe("paper", "resnet18", "cifar100")
+    r = paper.recipe("cifar100")
     assert (r["epochs"], r["lr_step"], r["lr_gamma"]) == (200, 60, 0.1)
-    r = recipe("paper", "resnet18", "imagenet")
-    assert (r["epochs"], r["lr_step"]) == (70, 20)
-    assert recipe("smoke", "lenet", "mnist")["epochs"] == 1
-    assert "paper's recipe" in describe_recipe("paper", "wrn40", "cifar10")
+    r = paper.recipe("imagenet")
+    assert (r["epochs"], r["lr_step"], r["batch_size"]) == (70, 20, 256)
+    smoke = get_profile("smoke")
+    assert smoke.recipe("mnist")["epochs"] == 1 and smoke.recipe("mnist")["profile"] == "smoke"
+    assert smoke.stages == (2, 2, 4, 4) and smoke.cpu_threads == 1  # model and data shrink in one place
+    assert "paper's recipe" in paper.describe_recipe("cifar10")
     with pytest.raises(ValueError, match="valid choices: paper, quick, smoke"):
-        recipe("long", "lenet", "mnist")
+        get_profile("long")
+    assert TrainConfig.from_recipe(smoke, "lenet", "mnist") == TrainConfig.from_recipe("smoke", "lenet", "mnist")
     c = TrainConfig.from_recipe("paper", "resnet18", "cifar10")
     assert [lr_at(c, e) for e in (0, 59, 60, 120, 199)] == pytest.approx([0.01, 0.01, 0.001, 1e-4, 1e-5])
 
