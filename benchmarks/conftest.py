@@ -45,7 +45,7 @@ def pytest_collection_modifyitems(config, items):
     """Time the benchmarks in this folder with ``settings.bench_timer_name()``'s clock (a
     ``@pytest.mark.benchmark(timer=...)`` of a test's own wins)."""
     here = Path(__file__).resolve().parent
-    timer = settings.TIMERS[settings.bench_timer_name()]
+    timer = settings.bench_clock()
     for item in items:
         if here in Path(item.path).resolve().parents and "benchmark" in getattr(item, "fixturenames", ()):
             if item.get_closest_marker("benchmark") is None:

@@ -38,11 +38,9 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import platform
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,6 +55,8 @@ import torch.nn.functional as F  # noqa: E402
 from cbcn import provenance  # noqa: E402
 from cbcn.backends import cpu as cpu_engine  # noqa: E402
 from cbcn.fileio import atomic_write_text  # noqa: E402
+from cbcn.machine import host_description  # noqa: E402
+from cbcn.measure import default_clock, interleaved_times, time_calls  # noqa: E402
 from cbcn.models import build_model  # noqa: E402
 from cbcn.onebit import OneBitConv2d, convert_to_onebit  # noqa: E402
 
@@ -94,6 +94,7 @@ CASES = {
     "lenet": ModelCase("lenet", "lenet", "cbcn", (10, 20, 40, 80), 4, 1),
 }
 IMAGE = 32
+CLOCK_NAMES = {"cpu": "process CPU time", "wall": "wall clock"}
 
 
 def keep_freed_memory() -> str:
@@ -106,28 +107,11 @@ def keep_freed_memory() -> str:
         return "not glibc: allocator left as is"
 
 
-def timer_for(threads: int):
-    return (time.process_time, "process CPU time") if threads == 1 else (time.perf_counter, "wall clock")
-
-
-def interleaved_medians(fns: dict, repeats: int, clock, seed: int = 0) -> dict:
-    """Median seconds per call of each function, all timed in turn in every round, in an order
-    shuffled per round (seeded): each contender starts after a different one, so no contender
-    always inherits the caches another left behind."""
-    import random
-
-    order, rng = list(fns), random.Random(seed)
-    times = {name: [] for name in fns}
+def interleaved_medians(fns: dict, repeats: int, clock: str) -> dict:
+    """Median seconds per call of each function, timed interleaved in shuffled orders
+    (``cbcn.measure.interleaved_times``, two warm-up rounds: caches, first-use builds, allocator)."""
     with torch.inference_mode():
-        for fn in fns.values():
-            fn()
-            fn()  # warm-up: caches, first-use builds, allocator
-        for _ in range(repeats):
-            rng.shuffle(order)
-            for name in order:
-                t0 = clock()
-                fns[name]()
-                times[name].append(clock() - t0)
+        times = interleaved_times(fns, rounds=repeats, warmup=2, clock=clock)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -154,7 +138,7 @@ def whole_models(case: ModelCase, threads_list, batches, repeats, with_reference
     rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
-        clock, clock_name = timer_for(threads)
+        clock = default_clock(torch.device("cpu"), threads)
         for batch in batches:
             fns = {}
             for name, (model, fmt) in models.items():
@@ -166,7 +150,7 @@ def whole_models(case: ModelCase, threads_list, batches, repeats, with_reference
                 rows.append({
                     "model": case.label, "threads": threads, "batch": batch, "contender": name,
                     "ms": seconds * 1e3, "images_per_s": batch / seconds,
-                    "speedup_of_1bit": seconds / onebit, "timer": clock_name, "repeats": repeats,
+                    "speedup_of_1bit": seconds / onebit, "timer": CLOCK_NAMES[clock], "repeats": repeats,
                     "logits_equal": exact,
                 })
             print(f"[bench] {case.label:32s} t={threads} b={batch:3d} " + " | ".join(
@@ -228,21 +212,13 @@ def fp32_peak_gmacs(threads: int) -> float:
     """This machine's fp32 GEMM rate (a large matmul) on ``threads`` threads, GMAC/s."""
     torch.set_num_threads(threads)
     a, b = torch.randn(2048, 1024), torch.randn(1024, 1024)
-    clock, _ = timer_for(threads)
-    best = min(_timed(lambda: a @ b, clock) for _ in range(5))
+    best = min(time_calls(lambda: a @ b, rounds=5, clock=default_clock(torch.device("cpu"), threads)))
     return 2048 * 1024 * 1024 / best / 1e9
-
-
-def _timed(fn, clock) -> float:
-    fn()
-    t0 = clock()
-    fn()
-    return clock() - t0
 
 
 def per_layer(case: ModelCase, repeats: int, batch: int = 64) -> list[dict]:
     torch.set_num_threads(1)
-    clock, clock_name = timer_for(1)
+    clock = default_clock(torch.device("cpu"), 1)
     model = convert_to_onebit(case.build(), backend="cpu")
     x = torch.randn(batch, case.in_channels, IMAGE, IMAGE, generator=torch.Generator().manual_seed(1))
     lib = cpu_engine.native.load()
@@ -270,7 +246,7 @@ def per_layer(case: ModelCase, repeats: int, batch: int = 64) -> list[dict]:
             "float_fraction_of_fp32_peak": float_gmacs / peak_fp32,
             "onebit_binary_gmacs": binary_gmacs,
             "onebit_fraction_of_popcount_peak": binary_gmacs / peak_binary if peak_binary else None,
-            "onebit_path": cpu_engine.describe(), "batch": batch, "threads": 1, "timer": clock_name,
+            "onebit_path": cpu_engine.describe(), "batch": batch, "threads": 1, "timer": CLOCK_NAMES[clock],
         })
         print(f"[layer] {case.label:32s} {name:18s} {rows[-1]['shape']:22s} float {med['float'] * 1e3:7.3f} ms "
               f"| 1-bit {med['1-bit'] * 1e3:7.3f} ms | {rows[-1]['speedup']:5.2f}x | "
@@ -383,7 +359,7 @@ def main(argv=None) -> int:
         return 2
     allocator = keep_freed_memory()
     results = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": provenance.machine(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": host_description(),
         "versions": provenance.package_versions(), "code": provenance.git_revision(),
         "engine_path": cpu_engine.describe(), "allocator": allocator, "args": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")},

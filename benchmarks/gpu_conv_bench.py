@@ -22,9 +22,10 @@ stride-2 ones) at batch 256 (the target, timed first) and batch 1, this script
 4. writes ``results.csv`` and ``results.md`` to ``--out`` (after every shape, so a cut-off run
    keeps what it measured).
 
-What the times include: GPU time of one call, measured by replaying a CUDA graph of the call
-(so Python/launch overhead is excluded for every contender alike); ``mma_eager_ms`` is the
-eager per-call time of the fp16-output call, host overhead included. Packed-path times start
+What the times include: GPU time of one call, the median of a CUDA graph of back-to-back calls
+replayed (``triton.testing.do_bench_cudagraph`` through ``cbcn.measure.kernel_time_ms``, so
+Python/launch overhead is excluded for every contender alike); ``mma_eager_ms`` is the eager
+per-call time of the fp16-output call (``do_bench``), host overhead included. Packed-path times start
 from packed activations and include their unpacking to int8 (not the packing of float input,
 ``pack_ms``); the int8 weight matrix is unpacked once and cached (inference weights are
 constant). cuDNN times start from fp16/bf16/fp32 tensors (their conversion is not timed) and
@@ -41,24 +42,27 @@ Usage (device machine):  python benchmarks/gpu_conv_bench.py --out benchmarks/re
 from __future__ import annotations
 
 import argparse
-import csv
+import math
 import platform
-import statistics
 import sys
 import time
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from cbcn.backends import reference  # noqa: E402
 from cbcn.backends.contract import conv_output_size  # noqa: E402
 from cbcn.binarize import sign  # noqa: E402
+from cbcn.fileio import atomic_write_text  # noqa: E402
+from cbcn.markdown import markdown_table  # noqa: E402
+from cbcn.measure import kernel_time_ms  # noqa: E402
 
 # (name, C_in, C_out, H_in, stride): ResNet18 3×3 convs (ImageNet widths)
 RESNET18_SHAPES = [
@@ -86,71 +90,6 @@ def int8_peak(device_name: str) -> tuple[float | None, str]:
             return INT8_PEAK_TOPS["H100 NVL"], "H100 NVL dense int8 1671 TOPS"
         return INT8_PEAK_TOPS["H100 SXM"], "H100 SXM dense int8 1979 TOPS"
     return None, f"unknown int8 peak for {device_name!r}: fraction of peak not reported"
-
-
-@dataclass
-class Timer:
-    device: torch.device
-    warmup: int
-    reps: int
-    graphs: bool = True
-
-    def eager(self, fn) -> float:
-        """Median milliseconds of one eager ``fn()`` call (events around each call: host overhead
-        shows when it exceeds the GPU time; perf_counter on the CPU)."""
-        for _ in range(self.warmup):
-            fn()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(self.reps):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            return statistics.median(times)
-        times = []
-        for _ in range(self.reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-
-    def __call__(self, fn) -> float:
-        """GPU milliseconds of one ``fn()``: a CUDA graph of the call replayed ``reps`` times back to
-        back between two events, median of 3 such runs (eager timing if capture fails / on CPU)."""
-        if self.device.type != "cuda" or not self.graphs:
-            return self.eager(fn)
-        try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(max(1, self.warmup)):
-                    fn()
-            torch.cuda.current_stream().wait_stream(stream)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                fn()
-        except Exception as exc:  # noqa: BLE001 - fall back, say so
-            print(f"[bench] CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:120]}); timing eagerly")
-            torch.cuda.synchronize()
-            return self.eager(fn)
-        graph.replay()
-        torch.cuda.synchronize()
-        runs = []
-        for _ in range(3):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(self.reps):
-                graph.replay()
-            end.record()
-            end.synchronize()
-            runs.append(start.elapsed_time(end) / self.reps)
-        del graph
-        return statistics.median(runs)
 
 
 def exact_reference(x, w, alpha, stride, pad):
@@ -226,8 +165,7 @@ def run(args) -> list[dict]:
     peak, peak_note = (None, "dry run: no peak") if dry else int8_peak(dev_name)
     print(f"[bench] device: {dev_name}; torch {torch.__version__}; "
           f"triton {getattr(sys.modules.get('triton'), '__version__', 'n/a')}; peak: {peak_note}", flush=True)
-    warmup, reps = (1, 2) if dry else (args.warmup, args.reps)
-    timer = Timer(device, warmup, reps, graphs=not args.no_graphs)
+    timer = gpu_timer(device, args.rep_ms, graph=not args.no_graphs)
     t_start = time.time()
     rows = []
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -361,7 +299,7 @@ def run(args) -> list[dict]:
 
 
 def _fmt(v, digits=3):
-    if v is None or v == "":
+    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, float):
         return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.4g}"
@@ -410,17 +348,24 @@ COLUMNS = (
 )
 
 
+def gpu_timer(device: torch.device, rep_ms: float, graph: bool = True):
+    """``timer(fn)``: median ms of one call (``cbcn.measure.kernel_time_ms``: a replayed CUDA graph,
+    or eager calls without ``graph``); ``timer.eager(fn)``: eager calls, host overhead included.
+    Shared with ``gpu_model_bench.py``."""
+    timer = partial(kernel_time_ms, device=device, graph=graph, rep_ms=rep_ms)
+    timer.eager = partial(kernel_time_ms, device=device, graph=False, rep_ms=rep_ms)
+    return timer
+
+
 def write_tables(out: Path, rows, columns, hidden, title, notes, key, tag, quiet=False):
     """``results.csv`` (every column of ``columns`` some row has) and ``results.md`` (``title``, the
     software versions, ``notes``, a table of those columns except ``hidden`` and ``*_error``, then
-    the errors, each named by the row's ``key`` and batch) under ``out``. Shared with
-    ``gpu_model_bench.py``."""
+    the errors, each named by the row's ``key`` and batch) under ``out``, each written atomically.
+    Shared with ``gpu_model_bench.py``."""
     out.mkdir(parents=True, exist_ok=True)
     cols = [c for c in columns if any(c in r for r in rows)]
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    table = pd.DataFrame(rows).reindex(columns=cols)
+    atomic_write_text(out / "results.csv", table.to_csv(index=False))
     md_cols = [c for c in cols if c not in hidden and not c.endswith("_error")]
     errors = [f"- {r[key]} b{r['batch']} {c}: {r[c]}" for r in rows for c in cols if c.endswith("_error") and r.get(c)]
     lines = [
@@ -430,14 +375,11 @@ def write_tables(out: Path, rows, columns, hidden, title, notes, key, tag, quiet
         f"python {platform.python_version()}",
         *notes,
         "",
-        "| " + " | ".join(md_cols) + " |",
-        "|" + "---|" * len(md_cols),
+        markdown_table(table[md_cols], _fmt),
     ]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in md_cols) + " |")
     if errors:
         lines += ["", "## Errors", ""] + errors
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     if not quiet:
         print(f"[{tag}] wrote {out / 'results.csv'} and {out / 'results.md'}")
 
@@ -450,8 +392,8 @@ def write_results(rows, out: Path, dev_name, peak_note, paths, dry, quiet=False)
         "- *_exact: bit-identical to the exact reference: F.conv2d of the ±1 tensors in float64 (exact integers,"
         " rounded), to fp32, times α in fp32 (the kernels' epilogue order); fp16 / packed outputs compared with"
         " that result rounded to fp16 / re-binarised. (An fp32 cuDNN reference is not exact: Winograd/FFT.)",
-        "- times: GPU ms of one call, CUDA graph replay (launch/Python overhead excluded for all); mma_eager_ms ="
-        " eager fp16-output call incl. host overhead.",
+        "- times: GPU ms of one call, median of CUDA graph replays (triton.testing.do_bench_cudagraph; launch/Python"
+        " overhead excluded for all); mma_eager_ms = eager fp16-output call incl. host overhead (do_bench).",
         "- mma_f16 / mma_bin / mma: path='mma' from packed activations to fp16 / packed 1-bit / fp32 output,"
         " *including* the activation unpack (unpack_ms: packed -> int8 NHWC with zero halo); int8 weights unpacked"
         " once and cached. mma_conv_f16: the int8 implicit GEMM alone (fp16 out). pack_ms (float -> packed) not"
@@ -483,8 +425,8 @@ def main(argv=None):
     ap.add_argument("--paths", default="mma,mma_fp8,popcount", help="packed kernel paths: mma,mma_fp8,popcount[,mma_regs]")
     ap.add_argument("--ksum", type=int, default=4,
                     help="also time CBConv's K-sum form with this K (the paper's K=4); 1 = skip")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--reps", type=int, default=20, help="graph replays per timing run (3 runs, median)")
+    ap.add_argument("--rep-ms", type=float, default=20.0,
+                    help="milliseconds of calls per timing (triton.testing.do_bench_cudagraph / do_bench's rep)")
     ap.add_argument("--no-graphs", action="store_true", help="time eager calls instead of CUDA graph replays")
     ap.add_argument("--no-cublas", action="store_true", help="skip the cuBLAS int8 GEMM ceiling")
     ap.add_argument("--budget-s", type=float, default=200.0, help="stop starting new shapes after this many seconds")

@@ -15,8 +15,8 @@ network, not per layer. For each model, this script
      float, float convolutions of ±1 tensors) — what a user without packed kernels runs;
    - ``onebit_*``: the 1-bit model with fp32 and fp16 activations (``path="mma"``) and with fp16
      activations on ``path="mma_fp8"``; CBCN layers in the K-sum form (``OneBitConv2d.ksum``). Times
-   are GPU milliseconds of one forward replayed from a CUDA graph (median of 3 runs, as
-   ``gpu_conv_bench.py``), plus the eager per-call time of the fp16 1-bit model (host overhead
+   are GPU milliseconds of one forward, the median of CUDA graph replays
+   (``triton.testing.do_bench_cudagraph``, as ``gpu_conv_bench.py``), plus the eager per-call time of the fp16 1-bit model (host overhead
    included — Python dispatch per layer is part of what a user gets);
 3. records peak GPU memory of one forward and the checkpoint bytes (fp32 state dict vs the 1-bit
    checkpoint of ``cbcn.onebit.save_onebit``).
@@ -48,8 +48,11 @@ for p in (str(HERE.parent), str(HERE)):
 
 import torch  # noqa: E402
 
+from cbcn.hardware import float_twin  # noqa: E402
+from cbcn.measure import cuda_peak_memory  # noqa: E402
 from cbcn.models import build_model  # noqa: E402
-from gpu_conv_bench import Timer, write_tables  # noqa: E402
+from cbcn.onebit import checkpoint_size_report, convert_to_onebit  # noqa: E402
+from gpu_conv_bench import gpu_timer, write_tables  # noqa: E402
 
 # (label, build_model kwargs, image size)
 MODELS = [
@@ -61,34 +64,20 @@ DRY_MODELS = [("tiny-cbcn-K4", dict(name="resnet18", method="cbcn", K=4, stages=
 CONTENDERS = ("float_fp32", "float_fp16_cl", "sim_fp16_cl", "onebit_fp32", "onebit_fp16", "onebit_fp8_fp16")
 
 
-def float_counterpart(model):
-    """The full-precision network (method ``fp``, K = 1) with ``model``'s physical widths."""
-    width = model.factory.width
-    return build_model(model.name, method="fp", stages=tuple(m * width for m in model.stages),
-                       num_classes=model.num_classes, stem=getattr(model, "stem_kind", "cifar"))
-
-
 def _checkpoint_bytes(model, onebit) -> tuple[int, int]:
-    from cbcn.onebit import checkpoint_size_report
-
     report = checkpoint_size_report(model.cpu(), onebit.cpu() if onebit is not None else None)
     return report["fp32_checkpoint_bytes"], report["onebit_checkpoint_bytes"]
 
 
-def _peak_bytes(fn, device) -> int | None:
+def _peak_mb(fn, device) -> float | None:
+    """Peak GPU memory of one ``fn()`` beyond what was allocated before it, MiB (``cbcn.measure``)."""
     if device.type != "cuda":
         return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated(device) - before
+    before, peak = cuda_peak_memory(fn, device)
+    return (peak - before) / 2**20
 
 
 def run(args) -> list[dict]:
-    from cbcn.onebit import convert_to_onebit
-
     dry = args.dry_run
     device = torch.device("cpu" if dry else "cuda")
     if not dry and not torch.cuda.is_available():
@@ -102,7 +91,7 @@ def run(args) -> list[dict]:
     dev_name = "cpu (dry run)" if dry else torch.cuda.get_device_name(device)
     print(f"[model-bench] device: {dev_name}; torch {torch.__version__}; "
           f"triton {getattr(sys.modules.get('triton'), '__version__', 'n/a')}", flush=True)
-    timer = Timer(device, *((1, 1) if dry else (args.warmup, args.reps)), graphs=not args.no_graphs)
+    timer = gpu_timer(device, args.rep_ms, graph=not args.no_graphs)
     t_start = time.time()
     rows = []
     for label, kwargs, image in models:
@@ -110,7 +99,8 @@ def run(args) -> list[dict]:
         name = kwargs.pop("name")
         torch.manual_seed(0)
         model = build_model(name, image_size=image, **kwargs).eval()
-        floating = float_counterpart(model).eval()
+        floating, _ = float_twin(model)
+        floating = floating.to(memory_format=torch.contiguous_format)  # fp32 NCHW: PyTorch's default
         fp32_bytes, onebit_bytes = _checkpoint_bytes(model, convert_to_onebit(model))
         for batch in batches:
             elapsed = time.time() - t_start
@@ -152,8 +142,7 @@ def run(args) -> list[dict]:
                 for contender, fn in calls.items():
                     try:
                         row[f"{contender}_ms"] = timer(fn)
-                        row[f"{contender}_peak_MB"] = (lambda b: None if b is None else b / 2**20)(
-                            _peak_bytes(fn, device))
+                        row[f"{contender}_peak_MB"] = _peak_mb(fn, device)
                     except Exception as exc:  # noqa: BLE001 - report, go on with the rest
                         row[f"{contender}_error"] = f"{type(exc).__name__}: {exc}"[:300]
                         print(f"[model-bench] {label} b{batch} {contender}: {row[f'{contender}_error']}", flush=True)
@@ -206,8 +195,8 @@ def write_results(rows, out: Path, dev_name, dry, quiet=False):
         "- onebit_exact / onebit_fp8_exact: the 1-bit model's logits (path mma / mma_fp8, fp32 activations) equal"
         " the binary training model's bit for bit on this device (eval, cuDNN off for both, 8 images);"
         " onebit_same_predictions: argmax equal.",
-        "- times: GPU ms of one no-grad forward, CUDA graph replay (median of 3 runs); onebit_fp16_eager_ms: eager"
-        " call, host overhead included. float_*: the full-precision network of the same physical widths (method"
+        "- times: GPU ms of one no-grad forward, median of CUDA graph replays (triton.testing.do_bench_cudagraph);"
+        " onebit_fp16_eager_ms: eager call (do_bench), host overhead included. float_*: the full-precision network of the same physical widths (method"
         " fp) in fp32 (TF32 default) / fp16 channels-last; sim_fp16_cl: the binary training model in fp16"
         " channels-last (float convs of ±1 tensors); onebit_*: binary convs on packed bits (path mma; fp8: path"
         " mma_fp8; CBCN in the K-sum form), the rest in fp32 / fp16; the activations' packing and unpacking are"
@@ -226,8 +215,8 @@ def main(argv=None):
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny model, kernels in the interpreter (tests)")
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 256,1; dry run 2)")
     ap.add_argument("--only-models", default="", help=f"comma-separated labels of {[m[0] for m in MODELS]}")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--reps", type=int, default=10, help="graph replays per timing run (3 runs, median)")
+    ap.add_argument("--rep-ms", type=float, default=20.0,
+                    help="milliseconds of calls per timing (triton.testing.do_bench_cudagraph / do_bench's rep)")
     ap.add_argument("--no-graphs", action="store_true", help="time eager calls instead of CUDA graph replays")
     ap.add_argument("--budget-s", type=float, default=240.0, help="stop starting new rows after this many seconds")
     return run(ap.parse_args(argv))

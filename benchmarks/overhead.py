@@ -21,6 +21,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +31,8 @@ import workloads  # noqa: E402
 from cbcn.binarize import sign  # noqa: E402
 from cbcn.cif import cif_expand, rotated_bank  # noqa: E402
 from cbcn.layers import BinaryConv2d  # noqa: E402
+from cbcn.markdown import markdown_table  # noqa: E402
+from cbcn.measure import interleaved_times  # noqa: E402
 
 TARGET_CIF_SHARE = 0.05
 TARGET_LAYER_RATIO = 1.1
@@ -37,27 +40,10 @@ TARGET_LAYER_RATIO = 1.1
 LATER_CIFAR_STAGES = [("cifar-resnet18 stage3", 32, 8), ("cifar-resnet18 stage4", 64, 4)]
 
 
-def interleaved(fns: dict, rounds: int, device, min_round_s: float = 0.02) -> dict[str, list[float]]:
-    """Seconds per call of each function, ``rounds`` samples each, the functions alternating within
-    every round (so that load from other jobs hits them alike). Each sample loops enough calls to
-    last about ``min_round_s``. Clock: ``settings.bench_timer_name()`` (CPU time for one thread)."""
-    clock = settings.TIMERS[settings.bench_timer_name()]
-    fns = {name: settings.synchronized(fn, device) for name, fn in fns.items()}
-    loops = {}
-    for name, fn in fns.items():
-        fn()  # warm-up
-        t0 = clock()
-        fn()
-        loops[name] = max(1, int(min_round_s / max(clock() - t0, 1e-7)))
-    samples = {name: [] for name in fns}
-    order = list(fns)
-    for r in range(rounds):
-        for name in order[r % len(order):] + order[: r % len(order)]:
-            t0 = clock()
-            for _ in range(loops[name]):
-                fns[name]()
-            samples[name].append((clock() - t0) / loops[name])
-    return samples
+def interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """``rounds`` samples of each function's seconds per call, interleaved (``cbcn.measure``), each
+    sample about 20 ms long, on ``settings.bench_timer_name()``'s clock (CPU time for one thread)."""
+    return interleaved_times(fns, rounds=rounds, clock=settings.bench_timer_name(), min_sample_s=0.02)
 
 
 def median_ratio(a: list[float], b: list[float]) -> float:
@@ -83,7 +69,7 @@ def cif_share(batch: int, K: int, rounds: int, device) -> dict:
     def full_cif():  # a layer without the K-sum identity would expand the full bank
         return torch.autograd.grad([cif_expand(w, K) for w in weights], weights, full_grads)
 
-    s = interleaved({"step": step, "layer_cif": layer_cif, "full_cif": full_cif}, rounds, device)
+    s = interleaved({"step": step, "layer_cif": layer_cif, "full_cif": full_cif}, rounds)
     return {
         "batch": batch,
         "circulant convs": len(convs),
@@ -105,7 +91,7 @@ def layer_ratio(shape: workloads.ConvShape, K: int, rounds: int, device) -> dict
     for mode in ("train", "no_grad"):  # train: the input carries autograd history, as inside a network
         x = workloads.layer_input(conv, shape, device, requires_grad=mode == "train")
         with torch.enable_grad() if mode == "train" else torch.no_grad():
-            s = interleaved({"cbcn": lambda: layer(x), "conv": lambda: conv(x)}, rounds, device)
+            s = interleaved({"cbcn": lambda: layer(x), "conv": lambda: conv(x)}, rounds)
         ratio = median_ratio(s["cbcn"], s["conv"])
         row.update({f"{mode}: cbcn ms": ms(s["cbcn"]), f"{mode}: conv2d ms": ms(s["conv"]), f"{mode}: ratio": f"{ratio:.2f}"})
     ratio = float(row["train: ratio"])
@@ -132,15 +118,12 @@ def layer_breakdown(shape: workloads.ConvShape, K: int, rounds: int, device) -> 
         "alpha*out": lambda: out * alpha,
     }
     with torch.no_grad():
-        s = interleaved(pieces, rounds, device)
+        s = interleaved(pieces, rounds)
     return {"layer": shape.name, **{k: ms(v) for k, v in s.items()}}
 
 
 def markdown(rows: list[dict]) -> str:
-    cols = list(rows[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(pd.DataFrame(rows).fillna(""))
 
 
 def main(argv=None) -> int:

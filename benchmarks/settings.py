@@ -1,14 +1,16 @@
 """How a benchmark run is set up — size, device, threads, clock — and what a saved run records
-about it. Everything is read from environment variables (docs/BENCHMARKS.md), so that pytest,
+about it (the machine as ``cbcn.machine`` describes it). Everything is read from environment variables (docs/BENCHMARKS.md), so that pytest,
 tox and ``benchmarks/overhead.py`` agree.
 """
 from __future__ import annotations
 
 import os
-import platform
-import time
 
 import torch
+
+from cbcn.machine import device_description, host_description
+from cbcn.measure import CLOCKS, default_clock
+from cbcn.provenance import package_versions
 
 SIZES = ("small", "paper")
 
@@ -40,58 +42,28 @@ def bench_threads() -> int:
     return _DEFAULT_THREADS if value == "all" else int(value)
 
 
-TIMERS = {"cpu": time.process_time, "wall": time.perf_counter}
-
-
 def bench_timer_name() -> str:
-    """``CBCN_BENCH_TIMER`` (``cpu`` or ``wall``), else ``cpu`` for one thread on the CPU, else ``wall``.
-
-    Process CPU time does not count the time a job spends descheduled while others use the cores:
-    on the shared 2-core machine, reruns of unchanged code spread 0.4x-2.4x in wall-clock ``min``
-    but 0.9x-1.05x (10th-90th percentile) in CPU time. It is wrong for GPU work and for several
-    threads (it adds their times up), hence ``wall`` there.
-    """
-    name = os.environ.get("CBCN_BENCH_TIMER") or (
-        "cpu" if bench_device().type == "cpu" and bench_threads() == 1 else "wall"
-    )
-    if name not in TIMERS:
-        raise ValueError(f"CBCN_BENCH_TIMER must be one of {sorted(TIMERS)}, got {name!r}")
+    """``CBCN_BENCH_TIMER`` (``cpu`` or ``wall``), else ``cbcn.measure.default_clock``: process CPU
+    time for one thread on the CPU, where it ignores the time the job spends descheduled on a
+    shared machine, else the wall clock that synchronises the GPU (``cbcn.measure``)."""
+    name = os.environ.get("CBCN_BENCH_TIMER") or default_clock(bench_device(), bench_threads())
+    if name not in CLOCKS:
+        raise ValueError(f"CBCN_BENCH_TIMER must be one of {sorted(CLOCKS)}, got {name!r}")
     return name
 
 
+def bench_clock():
+    """The clock of ``bench_timer_name()`` (``cbcn.measure.CLOCKS``)."""
+    return CLOCKS[bench_timer_name()]
+
+
 def environment(device: torch.device | None = None) -> dict:
-    """What a saved run needs beside pytest-benchmark's own machine info to be interpreted."""
+    """What a saved run needs beside pytest-benchmark's own machine info to be interpreted: the
+    benchmark settings, the machine (``cbcn.machine``) and the software versions."""
     device = device or bench_device()
-    info = {
-        "bench_size": bench_size(),
-        "device": str(device),
-        "torch": torch.__version__,
-        "torch_threads": bench_threads(),
-        "timer": bench_timer_name(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-    }
+    info = {"bench_size": bench_size(), "timer": bench_timer_name(), **host_description(),
+            **device_description(device), "torch_threads": bench_threads(),
+            "torch": torch.__version__, "triton": package_versions().get("triton")}
     if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
     return info
-
-
-def synchronized(fn, device: torch.device):
-    """``fn`` followed by a device synchronisation, so that wall-clock timers see the GPU work."""
-    if device.type != "cuda":
-        return fn
-
-    def run(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        torch.cuda.synchronize(device)
-        return out
-
-    return run

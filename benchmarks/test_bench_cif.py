@@ -56,7 +56,7 @@ def test_cif_expand(benchmark, record, device, shape, K, path):
     W = _weight(shape, device)
     record("cif-expand", f"{shape[0]}x{shape[1]}x{shape[2]}x{shape[2]} K={K}", shape=list(shape), K=K, path=path,
            baseline=path == "reference", items=W.numel() * K * (K if full else 1), unit="weights")
-    G = benchmark(settings.synchronized(fn, device), W, K)
+    G = benchmark(fn, W, K)
     expected = expected_bank(W, K)
     assert torch.equal(G, expected if full else expected[:, ::K])
 
@@ -85,7 +85,7 @@ def test_cif_backward(benchmark, record, device, shape, K, path):
         fn = lambda: kernel(grad, K)  # noqa: E731
     record("cif-backward", f"{C_out}x{C_in}x{H}x{H} K={K}", shape=list(shape), K=K, path=path,
            baseline=path == "autograd", items=grad.numel(), unit="weights")
-    dW = benchmark(settings.synchronized(fn, device))
+    dW = benchmark(fn)
     torch.testing.assert_close(dW, expected_grad(grad, K, copies), rtol=1e-5, atol=1e-5)
 
 
@@ -103,5 +103,5 @@ def test_cif_pack_bank(benchmark, record, device, shape, K, path):
     W = _weight(shape, device)
     record("cif-pack-bank", f"{shape[0]}x{shape[1]}x{shape[2]}x{shape[2]} K={K}", shape=list(shape), K=K, path=path,
            baseline=path == "reference", items=W.numel() * K * K, unit="bits")
-    packed = benchmark(settings.synchronized(fn, device), W, K)
+    packed = benchmark(fn, W, K)
     assert torch.equal(unpack(packed, shape[1] * K), sign(expected_bank(W, K)))

@@ -62,7 +62,6 @@ def test_gpu_conv(benchmark, record, device, tf32_restored, shape, path):
         xd = x.to(spec["dtype"]).contiguous(memory_format=torch.channels_last)
         wd = w.to(spec["dtype"]).contiguous(memory_format=torch.channels_last)
         fn = lambda: F.conv2d(xd, wd, None, 1, 1)  # noqa: E731
-    fn = settings.synchronized(fn, device)
     fn()  # warm-up outside the timer: Triton autotuning, cuDNN algorithm choice
     out = benchmark(fn)
     if "kernel" in spec:

@@ -43,11 +43,11 @@ def test_layer(benchmark, record, device, shape, method, K, backward):
         baseline=method == "conv2d" and K == 1,
     )
     if not backward:
-        out = benchmark(settings.synchronized(layer, device), x)
+        out = benchmark(layer, x)
         _close(out, workloads.reference_output(layer, x))
         return
     grad_out = torch.randn_like(layer(x))
-    out, dx, dw = benchmark(settings.synchronized(workloads.forward_backward, device), layer, x, grad_out)
+    out, dx, dw = benchmark(workloads.forward_backward, layer, x, grad_out)
     ref = workloads.forward_backward(layer, x, grad_out, fn=lambda x: workloads.reference_output(layer, x))
     for actual, expected in zip((out, dx, dw), ref):
         _close(actual, expected)

@@ -1,13 +1,10 @@
-"""Where a number came from: code revision, package versions, machine.
+"""Where a number came from: code revision and package versions (the machine: ``cbcn.machine``).
 
 Why: a stored result is only comparable with another when both say which code, which library
 versions and which machine produced them. Collected once per sweep (cheap, no network).
 """
 from __future__ import annotations
 
-import os
-import platform
-import socket
 import subprocess
 import sys
 from functools import lru_cache
@@ -64,10 +61,3 @@ def package_versions() -> dict:
     out["torch"] = torch.__version__
     out["torch_cuda"] = torch.version.cuda
     return out
-
-
-@lru_cache(maxsize=1)
-def machine() -> dict:
-    from .hardware import cpu_name
-    return {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu": cpu_name(),
-            "cpu_count": os.cpu_count()}

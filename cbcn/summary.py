@@ -6,7 +6,7 @@ binary and 32-bit values it stores, its bytes in the 1-bit checkpoint, its binar
 (BOPs) and real multiply-accumulates, then the totals: the fp32 and 1-bit sizes, their ratio,
 and how much of the 1-bit bytes the non-binary parts take (what limits the ratio).
 
-The rows are ``cbcn.hardware.layer_costs`` records — the hardware profile's own counting code —
+The rows are ``cbcn.cost.layer_costs`` records — the hardware profile's own counting code —
 so they add up to the profile's totals (tested for every method). A model comes from the same
 options as ``cbcn train``, from a training checkpoint, or from a 1-bit checkpoint.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch.nn as nn
 
-from .hardware import byte_totals, layer_costs, operation_totals
+from .cost import byte_totals, layer_costs, operation_totals
 from .methods import SWITCHES
 
 CONVENTIONS = (

@@ -143,7 +143,8 @@ def run_experiment(exp: Experiment, profile: Profile, *, data_root: str | None, 
                    out: Path, resume: bool = True, progress: str = "lines", download: bool = False) -> dict:
     """Train and profile one experiment; return its store record (not yet written)."""
     from .hardware import profile_model
-    from .provenance import git_revision, machine, package_versions
+    from .machine import host_description
+    from .provenance import git_revision, package_versions
     from .train import train
     started = time.time()
     config = _config_for(exp, profile, data_root, seed, device, out, resume, progress, download)
@@ -169,7 +170,7 @@ def run_experiment(exp: Experiment, profile: Profile, *, data_root: str | None, 
         "checkpoint": result.checkpoint,
         "git": git_revision(),
         "versions": package_versions(),
-        "machine": machine(),
+        "machine": host_description(),
         "device": {k: hw.get(k) for k in ("device", "device_name", "torch_threads")},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -1,13 +1,18 @@
-"""Hardware profile: operation counts and sizes by hand, timing, and the NVML energy path with fakes."""
+"""Hardware profile: operation counts and sizes by hand and against torch's FLOP counter, timing,
+the machine description, and the NVML / RAPL energy paths with fakes."""
 import math
 
 import pytest
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from cbcn import rapl
-from cbcn.hardware import (HardwareSettings, NvmlCounter, count_operations, load_nvml, measure_energy,
-                           model_bytes, profile_model, time_calls)
+from cbcn import energy
+from cbcn.cost import count_operations, layer_costs, model_bytes
+from cbcn.energy import NvmlCounter, load_nvml, measure_energy
+from cbcn.hardware import HardwareSettings, profile_model
+from cbcn.machine import device_description, host_description
+from cbcn.measure import interleaved_times, time_calls
 from cbcn.layers import BinaryConv2d
 from cbcn.models import build_model
 
@@ -63,10 +68,61 @@ def test_model_bytes():
     assert b["compression"] == pytest.approx(b["fp32_bytes"] / b["onebit_bytes"])
 
 
+@pytest.mark.parametrize("kwargs, shape", [
+    (dict(name="lenet", method="fp", stages=(5, 10, 20, 40), in_channels=1, image_size=32), (1, 32, 32)),
+    (dict(name="lenet", method="xnor", stages=(5, 10, 20, 40), in_channels=1, image_size=32), (1, 32, 32)),
+    (dict(name="lenet", method="cbcn", K=4, stages=(5, 10, 20, 40), in_channels=1, image_size=32), (1, 32, 32)),
+    (dict(name="resnet18", method="fp", stages=(4, 4, 8, 8)), (3, 32, 32)),
+    (dict(name="resnet18", method="bireal", stages=(4, 4, 8, 8)), (3, 32, 32)),
+    (dict(name="resnet18", method="cbcn", K=2, stages=(4, 4, 8, 8)), (3, 32, 32)),
+])
+def test_macs_agree_with_torch_flop_counter(kwargs, shape):
+    """torch's FlopCounterMode counts 2 FLOPs per multiply-accumulate of every conv and matmul the
+    forward runs: that is 2 × our MACs, where a circulant layer runs in the K-sum form, so its
+    ``macs_ksum`` (our ``macs`` count it at the physical width, CBConv's definition, K× more)."""
+    kwargs = dict(kwargs)
+    model = build_model(kwargs.pop("name"), **kwargs).eval()
+    layers = layer_costs(model, shape)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *shape))
+    assert counter.get_total_flops() == 2 * sum(r["macs_ksum"] for r in layers)
+    K = kwargs.get("K", 1)
+    binary_convs = [r for r in layers if r["type"] == "BinaryConv2d" and r["K"] > 1]
+    assert all(r["macs"] == K * r["macs_ksum"] for r in binary_convs)
+    if K == 1:
+        assert counter.get_total_flops() == 2 * sum(r["macs"] for r in layers)
+
+
 def test_time_calls_keeps_at_least_three_runs():
     calls = []
-    t = time_calls(lambda: calls.append(1), torch.device("cpu"), warmup=2, repeats=50, max_seconds=0.0)
+    t = time_calls(lambda: calls.append(1), warmup=2, rounds=50, max_seconds=0.0)
     assert len(t) == 3 and len(calls) == 5 and all(x >= 0 for x in t)
+
+
+def test_interleaved_times_one_sample_per_round_in_shuffled_orders():
+    seen = []
+    fns = {name: (lambda name=name: seen.append(name)) for name in "abc"}
+    times = interleaved_times(fns, rounds=6, warmup=0, clock="cpu")
+    assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6, "c": 6}
+    rounds = [seen[i:i + 3] for i in range(0, 18, 3)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)          # every function once per round
+    assert len({tuple(r) for r in rounds}) > 1                         # in orders that change
+    with pytest.raises(ValueError, match="clock must be one of"):
+        interleaved_times(fns, clock="sundial")
+
+
+def test_interleaved_times_loops_short_calls():
+    calls = []
+    times = interleaved_times({"f": lambda: calls.append(1)}, rounds=3, warmup=0, min_sample_s=0.001)
+    assert len(times["f"]) == 3 and len(calls) > 3 * 10               # each sample repeats the call
+
+
+def test_machine_description():
+    host = host_description()
+    assert set(host) == {"hostname", "platform", "cpu", "cpu_count"} and host["cpu"]
+    dev = device_description(torch.device("cpu"))
+    assert dev["device"] == "cpu" and dev["device_name"] == host["cpu"]
+    assert dev["torch_threads"] == torch.get_num_threads()
 
 
 class FakeNVML:
@@ -114,8 +170,8 @@ def test_energy_unsupported_counter_is_unavailable():
 
 def test_profile_on_cpu_reports_unavailable_with_reasons(monkeypatch, tmp_path):
     m = build_model("lenet", "xnor", stages=(2, 2, 4, 4), in_channels=1)
-    monkeypatch.setattr(rapl, "POWERCAP", tmp_path / "no-powercap")
-    monkeypatch.setattr(rapl.rapl_counter, "__defaults__", (tmp_path / "no-powercap",))
+    monkeypatch.setattr(energy, "POWERCAP", tmp_path / "no-powercap")
+    monkeypatch.setattr(energy.rapl_counter, "__defaults__", (tmp_path / "no-powercap",))
     prof = profile_model(m, (1, 32, 32), FAST, nvml_loader=lambda: pytest.fail("NVML loaded for a CPU model"))
     for k in ("energy_per_image_j", "power_w", "packed_energy_per_image_j"):
         assert prof[k] is None and "no RAPL energy counters" in prof["unavailable"][k]
@@ -170,7 +226,7 @@ def _add_uj(root, zone, delta, wrap):
 
 def test_rapl_counter_sums_packages_and_survives_wraparound(tmp_path):
     root = _fake_powercap(tmp_path / "powercap", packages=((1_000, 10_000_000), (9_999_000, 10_000_000)))
-    counter, why = rapl.rapl_counter(root)
+    counter, why = energy.rapl_counter(root)
     assert why is None and len(counter.zones) == 2 and "package-0" in counter.extra()["energy_counter"]
     assert counter.read_j() == 0.0
     _add_uj(root, 0, 500_000, 10_000_000)
@@ -180,7 +236,7 @@ def test_rapl_counter_sums_packages_and_survives_wraparound(tmp_path):
 
 def test_rapl_energy_per_image_with_a_fake_tree(tmp_path):
     root = _fake_powercap(tmp_path / "powercap")
-    counter, _ = rapl.rapl_counter(root)
+    counter, _ = energy.rapl_counter(root)
     now = [0.0]
 
     def run():  # each call: 8 images, 2 J, 1/8 s
@@ -193,17 +249,17 @@ def test_rapl_energy_per_image_with_a_fake_tree(tmp_path):
 
 
 def test_rapl_unavailable_reasons(tmp_path, monkeypatch):
-    assert "does not exist" in rapl.rapl_counter(tmp_path / "none")[1]
+    assert "does not exist" in energy.rapl_counter(tmp_path / "none")[1]
     (tmp_path / "empty").mkdir()
-    assert "no package-level RAPL zone" in rapl.rapl_counter(tmp_path / "empty")[1]
+    assert "no package-level RAPL zone" in energy.rapl_counter(tmp_path / "empty")[1]
     root = _fake_powercap(tmp_path / "powercap")
-    real_read = rapl.RaplCounter._read
+    real_read = energy.RaplCounter._read
 
     def root_only(path):
         if path.name == "energy_uj":
             raise PermissionError(13, "Permission denied")
         return real_read(path)
 
-    monkeypatch.setattr(rapl.RaplCounter, "_read", staticmethod(root_only))
-    counter, why = rapl.rapl_counter(root)
+    monkeypatch.setattr(energy.RaplCounter, "_read", staticmethod(root_only))
+    counter, why = energy.rapl_counter(root)
     assert counter is None and "root-only" in why and "CVE-2020-8694" in why

@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cbcn import cli
-from cbcn.hardware import count_operations, model_bytes
+from cbcn.cost import count_operations, model_bytes
 from cbcn.methods import METHODS
 from cbcn.models import build_model
 from cbcn.onebit import convert_to_onebit, save_onebit

@@ -39,7 +39,7 @@ def test_peak_detection():
 def test_dry_run_writes_results(tmp_path):
     _skip_if_interpreter_cannot_run_kernels()
     bench = _load_bench()
-    rows = bench.main(["--dry-run", "--out", str(tmp_path), "--max-shapes", "1", "--batches", "1,2", "--reps", "1"])
+    rows = bench.main(["--dry-run", "--out", str(tmp_path), "--max-shapes", "1", "--batches", "1,2", "--rep-ms", "1"])
     assert len(rows) == 2
     for row in rows:
         exact = {k: v for k, v in row.items() if k.endswith("_exact")}
