@@ -6,7 +6,7 @@ The suites run in two modes (docs/BENCHMARKS.md):
 - ``pytest benchmarks/ --benchmark-enable`` (tox ``bench`` / ``bench-compare``) times them.
 
 Each benchmark's ``extra_info`` says what it timed (suite, shape, method, K, device, path: reference
-or kernel, FLOPs or items for throughput), so that ``python -m cbcn.benchtable`` can build tables
+or kernel, FLOPs or items for throughput), so that ``python benchmarks/benchtable.py`` can build tables
 from the saved JSON alone. The one-minute load average is recorded too: on a shared machine it
 explains outliers.
 """
@@ -76,7 +76,7 @@ def _seed_and_threads():
 def record(benchmark, size, device):
     """``record(suite, group, **info)``: name the benchmark's table group and fill its ``extra_info``.
 
-    ``baseline=True`` marks the row the others in the group are compared with (``cbcn.benchtable``).
+    ``baseline=True`` marks the row the others in the group are compared with (``benchmarks/benchtable.py``).
     """
 
     def _record(suite: str, group: str, **info):

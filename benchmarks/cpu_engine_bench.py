@@ -15,7 +15,7 @@ machine hits them alike) and the medians are compared:
 
 The 1-bit logits are checked ``torch.equal`` to the training model's. Batches 64 and 1, one and
 two threads (``--threads``). Timer: process CPU time with one thread (robust to other load on
-a shared machine; see benchmarks/settings.py), wall-clock time with more.
+a shared machine; see cbcn/harness/measure.py), wall-clock time with more.
 
 ``--per-layer``: every binary conv of the 1-bit model timed alone with its fused epilogue
 (batch-norm, pooling, residual, packing the next layer's signs) against what the float model
@@ -52,13 +52,13 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cbcn import provenance  # noqa: E402
-from cbcn.backends import cpu as cpu_engine  # noqa: E402
 from cbcn.fileio import atomic_write_text  # noqa: E402
-from cbcn.machine import host_description  # noqa: E402
-from cbcn.measure import default_clock, interleaved_times, time_calls  # noqa: E402
-from cbcn.models import build_model  # noqa: E402
-from cbcn.onebit import OneBitConv2d, convert_to_onebit  # noqa: E402
+from cbcn.harness import provenance  # noqa: E402
+from cbcn.harness.machine import host_description  # noqa: E402
+from cbcn.harness.measure import default_clock, interleaved_times, time_calls  # noqa: E402
+from cbcn.nn.models import build_model  # noqa: E402
+from cbcn.onebit.backends import cpu as cpu_engine  # noqa: E402
+from cbcn.onebit.convert import OneBitConv2d, convert_to_onebit  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def keep_freed_memory() -> str:
 
 def interleaved_medians(fns: dict, repeats: int, clock: str) -> dict:
     """Median seconds per call of each function, timed interleaved in shuffled orders
-    (``cbcn.measure.interleaved_times``, two warm-up rounds: caches, first-use builds, allocator)."""
+    (``cbcn.harness.measure.interleaved_times``, two warm-up rounds: caches, first-use builds, allocator)."""
     with torch.inference_mode():
         times = interleaved_times(fns, rounds=repeats, warmup=2, clock=clock)
     return {name: statistics.median(ts) for name, ts in times.items()}
@@ -167,7 +167,7 @@ def record_binary_calls(model: nn.Module, x: torch.Tensor) -> list[tuple]:
     calls, original = [], OneBitConv2d.run
 
     def recording(self, x_packed, epilogue=None, memory_format=torch.channels_last, ops=None):
-        from cbcn.backends.epilogue import Epilogue
+        from cbcn.onebit.backends.epilogue import Epilogue
 
         epilogue = epilogue if epilogue is not None else Epilogue()
         calls.append((names.get(self, "?"), self, x_packed, epilogue, memory_format))

@@ -23,7 +23,7 @@ stride-2 ones) at batch 256 (the target, timed first) and batch 1, this script
    keeps what it measured).
 
 What the times include: GPU time of one call, the median of a CUDA graph of back-to-back calls
-replayed (``triton.testing.do_bench_cudagraph`` through ``cbcn.measure.kernel_time_ms``, so
+replayed (``triton.testing.do_bench_cudagraph`` through ``cbcn.harness.measure.kernel_time_ms``, so
 Python/launch overhead is excluded for every contender alike); ``mma_eager_ms`` is the eager
 per-call time of the fp16-output call (``do_bench``), host overhead included. Packed-path times start
 from packed activations and include their unpacking to int8 (not the packing of float input,
@@ -57,12 +57,12 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cbcn.backends import reference  # noqa: E402
-from cbcn.backends.contract import conv_output_size  # noqa: E402
-from cbcn.binarize import sign  # noqa: E402
 from cbcn.fileio import atomic_write_text  # noqa: E402
-from cbcn.markdown import markdown_table  # noqa: E402
-from cbcn.measure import kernel_time_ms  # noqa: E402
+from cbcn.harness.markdown import markdown_table  # noqa: E402
+from cbcn.harness.measure import kernel_time_ms  # noqa: E402
+from cbcn.nn.binarize import sign  # noqa: E402
+from cbcn.onebit.backends import reference  # noqa: E402
+from cbcn.onebit.backends.contract import conv_output_size  # noqa: E402
 
 # (name, C_in, C_out, H_in, stride): ResNet18 3×3 convs (ImageNet widths)
 RESNET18_SHAPES = [
@@ -136,12 +136,18 @@ def _try(row, label, fn):
         return None
 
 
-def run(args) -> list[dict]:
-    dry = args.dry_run
-    device = torch.device("cpu" if dry else "cuda")
+def gpu_device(dry: bool) -> torch.device:
+    """The GPU (cuDNN autotuning on), or the CPU for ``--dry-run``; without a GPU, one clear line.
+    Shared with ``gpu_model_bench.py``."""
     if not dry and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --dry-run on a CPU")
     torch.backends.cudnn.benchmark = True
+    return torch.device("cpu" if dry else "cuda")
+
+
+def run(args) -> list[dict]:
+    dry = args.dry_run
+    device = gpu_device(dry)
     try:
         import triton_kernels as tk
         from triton_kernels import conv as tkconv
@@ -349,7 +355,7 @@ COLUMNS = (
 
 
 def gpu_timer(device: torch.device, rep_ms: float, graph: bool = True):
-    """``timer(fn)``: median ms of one call (``cbcn.measure.kernel_time_ms``: a replayed CUDA graph,
+    """``timer(fn)``: median ms of one call (``cbcn.harness.measure.kernel_time_ms``: a replayed CUDA graph,
     or eager calls without ``graph``); ``timer.eager(fn)``: eager calls, host overhead included.
     Shared with ``gpu_model_bench.py``."""
     timer = partial(kernel_time_ms, device=device, graph=graph, rep_ms=rep_ms)

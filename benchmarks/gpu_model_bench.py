@@ -4,7 +4,7 @@
 The question users ask is "is my binary model faster and smaller than the float one?" — per
 network, not per layer. For each model, this script
 
-1. checks on the GPU that the 1-bit model (``cbcn.onebit.convert_to_onebit``, Triton kernels)
+1. checks on the GPU that the 1-bit model (``cbcn.onebit.convert.convert_to_onebit``, Triton kernels)
    gives the float model's logits bit for bit in eval mode (cuDNN off for both: its Winograd/FFT
    algorithms would round the float model's ±1 convolutions), and the same predictions;
 2. times one forward at batch 256 and batch 1, side by side:
@@ -19,7 +19,7 @@ network, not per layer. For each model, this script
    (``triton.testing.do_bench_cudagraph``, as ``gpu_conv_bench.py``), plus the eager per-call time of the fp16 1-bit model (host overhead
    included — Python dispatch per layer is part of what a user gets);
 3. records peak GPU memory of one forward and the checkpoint bytes (fp32 state dict vs the 1-bit
-   checkpoint of ``cbcn.onebit.save_onebit``).
+   checkpoint of ``cbcn.onebit.convert.save_onebit``).
 
 Models (weights random — speed and exactness do not depend on training): ImageNet ResNet18
 (7×7 stem, 224×224, 1000 classes) XNOR at 64-128-256-512 and CBCN K=4 at 16-32-64-128 learned
@@ -47,12 +47,12 @@ for p in (str(HERE.parent), str(HERE)):
         sys.path.insert(0, p)
 
 import torch  # noqa: E402
+from gpu_conv_bench import gpu_device, gpu_timer, write_tables  # noqa: E402
 
-from cbcn.hardware import float_twin  # noqa: E402
-from cbcn.measure import cuda_peak_memory  # noqa: E402
-from cbcn.models import build_model  # noqa: E402
-from cbcn.onebit import checkpoint_size_report, convert_to_onebit  # noqa: E402
-from gpu_conv_bench import gpu_timer, write_tables  # noqa: E402
+from cbcn.harness.hardware import float_twin  # noqa: E402
+from cbcn.harness.measure import cuda_peak_memory  # noqa: E402
+from cbcn.nn.models import build_model  # noqa: E402
+from cbcn.onebit.convert import checkpoint_size_report, convert_to_onebit  # noqa: E402
 
 # (label, build_model kwargs, image size)
 MODELS = [
@@ -70,7 +70,7 @@ def _checkpoint_bytes(model, onebit) -> tuple[int, int]:
 
 
 def _peak_mb(fn, device) -> float | None:
-    """Peak GPU memory of one ``fn()`` beyond what was allocated before it, MiB (``cbcn.measure``)."""
+    """Peak GPU memory of one ``fn()`` beyond what was allocated before it, MiB (``cbcn.harness.measure``)."""
     if device.type != "cuda":
         return None
     before, peak = cuda_peak_memory(fn, device)
@@ -79,10 +79,7 @@ def _peak_mb(fn, device) -> float | None:
 
 def run(args) -> list[dict]:
     dry = args.dry_run
-    device = torch.device("cpu" if dry else "cuda")
-    if not dry and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: run with --dry-run on a CPU")
-    torch.backends.cudnn.benchmark = True
+    device = gpu_device(dry)
     models = DRY_MODELS if dry else MODELS
     if args.only_models:
         wanted = set(args.only_models.split(","))
@@ -202,7 +199,7 @@ def write_results(rows, out: Path, dev_name, dry, quiet=False):
         " mma_fp8; CBCN in the K-sum form), the rest in fp32 / fp16; the activations' packing and unpacking are"
         " included. speedup_vs_fp16cl: float_fp16_cl time / this time.",
         "- peak_MB: peak GPU memory allocated during one forward beyond what was allocated before it.",
-        "- checkpoint bytes: torch.save of the fp32 state dict vs cbcn.onebit.save_onebit.",
+        "- checkpoint bytes: torch.save of the fp32 state dict vs cbcn.onebit.convert.save_onebit.",
     ]
     hidden = ("device", "elapsed_s") + tuple(f"{c}_images_per_s" for c in CONTENDERS)
     write_tables(out, rows, COLUMNS, hidden, "Whole models: 1-bit (packed kernels) vs float (cuDNN)", notes,

@@ -1,7 +1,7 @@
 """Optional parts of a benchmark run — a GPU, the Triton kernels, their references — or a skip
 that says why they are missing.
 
-The kernels (``triton_kernels``, ``cbcn.backends.reference``) are written alongside the benchmarks; a suite
+The kernels (``triton_kernels``, ``cbcn.onebit.backends.reference``) are written alongside the benchmarks; a suite
 that needs a missing one skips cleanly instead of failing collection.
 """
 from __future__ import annotations

@@ -28,11 +28,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import settings  # noqa: E402
 import workloads  # noqa: E402
-from cbcn.binarize import sign  # noqa: E402
-from cbcn.cif import cif_expand, rotated_bank  # noqa: E402
-from cbcn.layers import BinaryConv2d  # noqa: E402
-from cbcn.markdown import markdown_table  # noqa: E402
-from cbcn.measure import interleaved_times  # noqa: E402
+
+from cbcn.harness.markdown import markdown_table  # noqa: E402
+from cbcn.harness.measure import interleaved_times  # noqa: E402
+from cbcn.nn.binarize import sign  # noqa: E402
+from cbcn.nn.cif import cif_expand, rotated_bank  # noqa: E402
+from cbcn.nn.layers import BinaryConv2d  # noqa: E402
 
 TARGET_CIF_SHARE = 0.05
 TARGET_LAYER_RATIO = 1.1
@@ -41,7 +42,7 @@ LATER_CIFAR_STAGES = [("cifar-resnet18 stage3", 32, 8), ("cifar-resnet18 stage4"
 
 
 def interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
-    """``rounds`` samples of each function's seconds per call, interleaved (``cbcn.measure``), each
+    """``rounds`` samples of each function's seconds per call, interleaved (``cbcn.harness.measure``), each
     sample about 20 ms long, on ``settings.bench_timer_name()``'s clock (CPU time for one thread)."""
     return interleaved_times(fns, rounds=rounds, clock=settings.bench_timer_name(), min_sample_s=0.02)
 

@@ -1,5 +1,5 @@
 """How a benchmark run is set up — size, device, threads, clock — and what a saved run records
-about it (the machine as ``cbcn.machine`` describes it). Everything is read from environment variables (docs/BENCHMARKS.md), so that pytest,
+about it (the machine as ``cbcn.harness.machine`` describes it). Everything is read from environment variables (docs/BENCHMARKS.md), so that pytest,
 tox and ``benchmarks/overhead.py`` agree.
 """
 from __future__ import annotations
@@ -8,9 +8,9 @@ import os
 
 import torch
 
-from cbcn.machine import device_description, host_description
-from cbcn.measure import CLOCKS, default_clock
-from cbcn.provenance import package_versions
+from cbcn.harness.machine import device_description, host_description
+from cbcn.harness.measure import CLOCKS, default_clock
+from cbcn.harness.provenance import package_versions
 
 SIZES = ("small", "paper")
 
@@ -43,9 +43,9 @@ def bench_threads() -> int:
 
 
 def bench_timer_name() -> str:
-    """``CBCN_BENCH_TIMER`` (``cpu`` or ``wall``), else ``cbcn.measure.default_clock``: process CPU
+    """``CBCN_BENCH_TIMER`` (``cpu`` or ``wall``), else ``cbcn.harness.measure.default_clock``: process CPU
     time for one thread on the CPU, where it ignores the time the job spends descheduled on a
-    shared machine, else the wall clock that synchronises the GPU (``cbcn.measure``)."""
+    shared machine, else the wall clock that synchronises the GPU (``cbcn.harness.measure``)."""
     name = os.environ.get("CBCN_BENCH_TIMER") or default_clock(bench_device(), bench_threads())
     if name not in CLOCKS:
         raise ValueError(f"CBCN_BENCH_TIMER must be one of {sorted(CLOCKS)}, got {name!r}")
@@ -53,13 +53,13 @@ def bench_timer_name() -> str:
 
 
 def bench_clock():
-    """The clock of ``bench_timer_name()`` (``cbcn.measure.CLOCKS``)."""
+    """The clock of ``bench_timer_name()`` (``cbcn.harness.measure.CLOCKS``)."""
     return CLOCKS[bench_timer_name()]
 
 
 def environment(device: torch.device | None = None) -> dict:
     """What a saved run needs beside pytest-benchmark's own machine info to be interpreted: the
-    benchmark settings, the machine (``cbcn.machine``) and the software versions."""
+    benchmark settings, the machine (``cbcn.harness.machine``) and the software versions."""
     device = device or bench_device()
     info = {"bench_size": bench_size(), "timer": bench_timer_name(), **host_description(),
             **device_description(device), "torch_threads": bench_threads(),

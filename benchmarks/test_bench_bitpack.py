@@ -1,4 +1,4 @@
-"""(e) Bit-packing throughput: signs of activations to int32 words and back (``cbcn.backends.reference``
+"""(e) Bit-packing throughput: signs of activations to int32 words and back (``cbcn.onebit.backends.reference``
 reference vs ``triton_kernels.pack``, GPU only). ``items`` = values packed or unpacked, so the
 table reports values per second.
 
@@ -13,11 +13,11 @@ import torch
 import optional
 import settings
 import workloads
-from cbcn.binarize import sign
+from cbcn.nn.binarize import sign
 
 SIZE = settings.bench_size()
 SHAPES = workloads.PACK_SHAPES[SIZE]
-MODULES = {"reference": "cbcn.backends.reference", "kernel": "triton_kernels.pack"}
+MODULES = {"reference": "cbcn.onebit.backends.reference", "kernel": "triton_kernels.pack"}
 
 
 @pytest.mark.parametrize("path", list(MODULES))
@@ -28,8 +28,8 @@ def test_bitpack(benchmark, record, device, shape, op, path):
         optional.require_cuda(device, "the Triton packing kernel")
     pack = optional.function(MODULES[path], "pack_signs")
     unpack = optional.function(MODULES[path], "unpack_signs")
-    ref_pack = optional.function("cbcn.backends.reference", "pack_signs")
-    ref_unpack = optional.function("cbcn.backends.reference", "unpack_signs")
+    ref_pack = optional.function("cbcn.onebit.backends.reference", "pack_signs")
+    ref_unpack = optional.function("cbcn.onebit.backends.reference", "unpack_signs")
     x = torch.randn(*shape, device=device)
     x.view(-1)[:: 97] = 0.0  # sign(0) = +1 must pack as 0
     C = shape[1]

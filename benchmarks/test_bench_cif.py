@@ -1,10 +1,10 @@
 """(a) CiF expansion and circulant back-propagation: reference PyTorch vs fused Triton kernel.
 
 Groups ``cif-expand``, ``cif-backward`` and ``cif-pack-bank`` per weight shape and K; paths:
-``reference`` (``cbcn.cif``, full ``(C_out*K, C_in*K)`` bank), ``layer-bank`` (what
+``reference`` (``cbcn.nn.cif``, full ``(C_out*K, C_in*K)`` bank), ``layer-bank`` (what
 ``BinaryConv2d`` computes: the ``(C_out*K, C_in)`` rotated bank of the K-sum identity),
 ``eq8`` (explicit Eq. 8) and ``kernel`` (``triton_kernels.cif``, GPU only). Every result is
-checked against an independent formulation built from ``cbcn.cif.rotate``.
+checked against an independent formulation built from ``cbcn.nn.cif.rotate``.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 import optional
 import settings
 import workloads
-from cbcn.binarize import sign
-from cbcn.cif import cif_backward, cif_expand, rotate, rotated_bank
+from cbcn.nn.binarize import sign
+from cbcn.nn.cif import cif_backward, cif_expand, rotate, rotated_bank
 
 SIZE = settings.bench_size()
 CASES = [(s, K) for s in workloads.CIF_SHAPES[SIZE] for K in workloads.ORIENTATIONS[SIZE]]
@@ -89,7 +89,7 @@ def test_cif_backward(benchmark, record, device, shape, K, path):
     torch.testing.assert_close(dW, expected_grad(grad, K, copies), rtol=1e-5, atol=1e-5)
 
 
-PACK_PATHS = {"reference": ("cbcn.backends.reference", "cif_pack_bank_reference"), "kernel": ("triton_kernels.cif", "cif_pack_bank")}
+PACK_PATHS = {"reference": ("cbcn.onebit.backends.reference", "cif_pack_bank_reference"), "kernel": ("triton_kernels.cif", "cif_pack_bank")}
 
 
 @pytest.mark.parametrize("path", list(PACK_PATHS))
@@ -99,7 +99,7 @@ def test_cif_pack_bank(benchmark, record, device, shape, K, path):
     if path == "kernel":
         optional.require_cuda(device, "the fused CiF packing kernel")
     fn = optional.function(*PACK_PATHS[path])
-    unpack = optional.function("cbcn.backends.reference", "unpack_signs")
+    unpack = optional.function("cbcn.onebit.backends.reference", "unpack_signs")
     W = _weight(shape, device)
     record("cif-pack-bank", f"{shape[0]}x{shape[1]}x{shape[2]}x{shape[2]} K={K}", shape=list(shape), K=K, path=path,
            baseline=path == "reference", items=W.numel() * K * K, unit="bits")

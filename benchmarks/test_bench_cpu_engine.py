@@ -1,4 +1,4 @@
-"""(f) The CPU engine (``cbcn.backends.cpu``): binary layers and whole 1-bit models against float.
+"""(f) The CPU engine (``cbcn.onebit.backends.cpu``): binary layers and whole 1-bit models against float.
 
 Per layer, one group per shape (the binary convs of the three models of
 ``benchmarks/cpu_engine_bench.py``): ``float`` (the group's baseline: ``nn.Conv2d`` at the same
@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 
 import settings
-from cbcn.backends import cpu, reference
-from cbcn.backends.epilogue import BatchNormEval, Epilogue
-from cbcn.models import build_model
-from cbcn.onebit import convert_to_onebit
+from cbcn.onebit.backends import cpu, reference
+from cbcn.onebit.backends.epilogue import BatchNormEval, Epilogue
+from cbcn.nn.models import build_model
+from cbcn.onebit.convert import convert_to_onebit
 
 SIZE = settings.bench_size()
 BATCH = {"small": 8, "paper": 64}[SIZE]

@@ -3,7 +3,7 @@
 One group per shape (3×3, stride 1, pad 1, ``C_in = C_out``); rows ``cudnn-fp32`` (the baseline,
 TF32 off), ``cudnn-tf32``, ``cudnn-fp16`` (channels-last ±1 tensors) and ``packed-mma`` /
 ``packed-mma-fp8`` / ``packed-popcount`` (``triton_kernels.conv.packed_conv2d`` on pre-packed operands, no epilogue).
-Every output is checked against ``cbcn.backends.reference.packed_conv2d_reference``: exactly for the packed
+Every output is checked against ``cbcn.onebit.backends.reference.packed_conv2d_reference``: exactly for the packed
 kernels; to a tolerance for cuDNN (its Winograd/FFT algorithms round even on ±1 data).
 Skipped without CUDA; ``CBCN_BENCH_INTERPRET=1`` runs the packed rows in the Triton interpreter
 on one tiny shape, to check this file on a CPU machine.
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import optional
 import settings
 import workloads
-from cbcn.binarize import sign
+from cbcn.nn.binarize import sign
 
 SIZE = settings.bench_size()
 SHAPES = [(2, 64, 8)] if optional.interpreting() and not torch.cuda.is_available() else workloads.GPU_CONV_SHAPES[SIZE]
@@ -47,8 +47,8 @@ def test_gpu_conv(benchmark, record, device, tf32_restored, shape, path):
         optional.require_cuda(device, "the packed binary convolution kernels")
     elif device.type != "cuda":
         pytest.skip("cuDNN rows need a CUDA device")
-    pack = optional.function("cbcn.backends.reference", "pack_signs")
-    reference = optional.function("cbcn.backends.reference", "packed_conv2d_reference")
+    pack = optional.function("cbcn.onebit.backends.reference", "pack_signs")
+    reference = optional.function("cbcn.onebit.backends.reference", "packed_conv2d_reference")
     x, w = sign(torch.randn(N, C, hw, hw, device=device)), sign(torch.randn(C, C, 3, 3, device=device))
     x_packed, w_packed = pack(x), pack(w)
     expected = reference(x_packed, w_packed, C, 1, 1)

@@ -21,9 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-from cbcn.layers import BinaryConv2d, reference_forward
-from cbcn.models import build_model
+from cbcn.nn.layers import BinaryConv2d, reference_forward
+from cbcn.nn.models import build_model
 
 # ----------------------------------------------------------------------------- shapes
 
@@ -165,7 +164,7 @@ def layer_input(layer: nn.Module, shape: ConvShape, device, requires_grad: bool 
 
 def reference_output(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The plain oracle with gradients: full effective bank (CiF for CBCN, no K-sum), ``F.conv2d``
-    (``cbcn.layers.reference_forward``); ``nn.Conv2d`` rows are their own reference."""
+    (``cbcn.nn.layers.reference_forward``); ``nn.Conv2d`` rows are their own reference."""
     if isinstance(layer, nn.Conv2d):
         return F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding)
     return reference_forward(layer, x)

@@ -1,6 +1,6 @@
 """The ``cbcn`` command line: ``cbcn train``, ``cbcn eval``, and the subcommands of other modules.
 
-``cbcn.reproduce`` (reproduce, list, report) and ``cbcn.summary`` each expose
+``cbcn.harness.reproduce`` (reproduce, list, report) and ``cbcn.harness.summary`` each expose
 ``add_subcommands(subparsers)``: it adds their parsers and sets ``func``
 (``parser.set_defaults(func=handler)``), a callable taking the parsed namespace and returning an
 exit code. User errors are ``cbcn.errors.CLIError``.
@@ -14,24 +14,25 @@ import os
 import sys
 import textwrap
 
-from .errors import CLIError
+from cbcn.errors import CLIError
+
 
 def _choices(kind: str) -> tuple[str, ...]:
     """Valid names, read from the registry that owns them."""
     if kind == "dataset":
-        from .data import DATASETS
+        from cbcn.data import DATASETS
         return tuple(DATASETS)
     if kind == "method":
-        from .methods import METHODS
+        from cbcn.nn.methods import METHODS
         return tuple(METHODS)
     if kind == "surrogate":
-        from .binarize import SURROGATES
+        from cbcn.nn.binarize import SURROGATES
         return tuple(SURROGATES)
     if kind == "model":
-        from .models import MODELS
+        from cbcn.nn.models import MODELS
         return tuple(MODELS)
     if kind == "profile":
-        from .profiles import PROFILES
+        from cbcn.training.profiles import PROFILES
         return tuple(PROFILES)
     raise KeyError(kind)
 
@@ -69,7 +70,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _dataset_epilog() -> str:
-    from .data import DATASETS
+    from cbcn.data import DATASETS
     lines = ["data sets:"]
     for name, info in DATASETS.items():
         lines.append(f"  {name:14s} {info.summary}")
@@ -217,12 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cbcn", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Circulant Binary Convolutional Networks (Liu et al., CVPR 2019): train, evaluate and "
                     "reproduce the paper's experiments. 'cbcn COMMAND --help' explains each command.")
-    from . import __version__
+    from cbcn import __version__
     parser.add_argument("--version", action="version", version=f"cbcn {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
-    from . import reproduce, summary
+    from cbcn.harness import reproduce, summary
     for module in (reproduce, summary):
         module.add_subcommands(subparsers)
     return parser
@@ -236,8 +237,8 @@ _RECIPE_FIELDS = ("epochs", "batch_size", "eval_batch_size", "lr", "momentum", "
 
 def config_from_args(args: argparse.Namespace):
     """Recipe of the profile, overridden by every recipe option the user set."""
-    from .profiles import get_profile
-    from .train import TrainConfig
+    from cbcn.training.profiles import get_profile
+    from cbcn.training.train import TrainConfig
     fields = get_profile(args.profile).recipe(args.dataset)
     for k in _RECIPE_FIELDS:
         v = getattr(args, k)
@@ -259,8 +260,8 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .distributed import DistInfo
-    from .train import train
+    from cbcn.training.distributed import DistInfo
+    from cbcn.training.train import train
     config = config_from_args(args)
     result = train(config)
     if args.json and DistInfo.from_env().is_main:
@@ -269,9 +270,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import dataset_info, load_dataset
-    from .distributed import resolve_device
-    from .train import evaluate, load_trained_model
+    from cbcn.data import dataset_info, load_dataset
+    from cbcn.training.distributed import resolve_device
+    from cbcn.training.train import evaluate, load_trained_model
     device = resolve_device(args.device)
     model, config, ckpt = load_trained_model(args.checkpoint, device=device)
     name = args.dataset or config.dataset
@@ -306,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .checkpoint import CheckpointError
-    from .data import DatasetError
+    from cbcn.data import DatasetError
+    from cbcn.training.checkpoint import CheckpointError
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # the reader went away (`cbcn list | head`): stop quietly, like a SIGPIPE

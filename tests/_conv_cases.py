@@ -3,7 +3,7 @@
 never hides the other's tests."""
 import torch
 
-from cbcn.backends import reference
+from cbcn.onebit.backends import reference
 
 
 def _rand(*shape, seed=0):

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cbcn.backends import reference
-from cbcn.backends.epilogue import fold_batchnorm
-from cbcn.binarize import sign
-from cbcn.cif import cif_expand, rotated_bank
+from cbcn.nn.binarize import sign
+from cbcn.nn.cif import cif_expand, rotated_bank
+from cbcn.onebit.backends import reference
+from cbcn.onebit.backends.epilogue import fold_batchnorm
 
 
 def _rand(*shape, seed=0):

@@ -1,10 +1,13 @@
-"""``cbcn.benchtable``: saved pytest-benchmark JSON -> table (CSV + Markdown) and plot."""
+"""``benchmarks/benchtable.py``: saved pytest-benchmark JSON -> table (CSV + Markdown) and plot."""
 import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
-from cbcn import benchtable
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import benchtable  # noqa: E402
 
 
 def _bench(group, name, median_s, baseline=False, **extra):

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_reproduce import write_mnist
 
 from cbcn import cli
-from cbcn.claims import try_claim
-from cbcn.store import ResultStore
-from test_reproduce import write_mnist
+from cbcn.harness.claims import try_claim
+from cbcn.harness.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--profile", "smoke", "--max-train-samples", "64", "--max-test-samples", "32", "--progress", "lines"]
@@ -151,7 +151,7 @@ def test_claims_are_exclusive_and_die_with_their_process(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from cbcn.claims import try_claim
+        from cbcn.harness.claims import try_claim
         claim, _ = try_claim(__import__("pathlib").Path({str(claims)!r}), "k")
         print("held" if claim else "refused", flush=True)
         time.sleep(60)

@@ -9,19 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cbcn.binarize import SURROGATES, binarize, get_surrogate, sign
-from cbcn.cif import (
-    cif_backward,
-    cif_expand,
-    inverse_transfer_matrix,
-    ring_cells,
-    rotate,
-    rotated_bank,
-    transfer_matrix,
-)
-from cbcn.layers import BinaryConv2d, reference_forward
-from cbcn.methods import METHODS
-from cbcn.models import MODELS, build_model, describe_model
+from cbcn.nn.binarize import SURROGATES, binarize, get_surrogate, sign
+from cbcn.nn.cif import (cif_backward, cif_expand, inverse_transfer_matrix, ring_cells, rotate, rotated_bank,
+                         transfer_matrix)
+from cbcn.nn.layers import BinaryConv2d, reference_forward
+from cbcn.nn.methods import METHODS
+from cbcn.nn.models import MODELS, build_model, describe_model
 
 # ---------------------------------------------------------------- orientations (SPEC §2)
 
@@ -342,7 +335,7 @@ def test_bad_input_raises_clear_errors(call, pattern):
 
 
 def test_center_loss_value_and_wen_update():
-    from cbcn.center_loss import CenterLoss
+    from cbcn.nn.center_loss import CenterLoss
 
     loss_fn = CenterLoss(num_classes=3, feat_dim=4, lam=0.5, alpha=0.5)
     loss_fn.centers.copy_(torch.randn(3, 4))
@@ -375,8 +368,8 @@ def test_training_after_inference_mode_first_use():
 
     code = textwrap.dedent("""
         import torch
-        from cbcn.models import build_model
-        from cbcn.onebit import convert_to_onebit
+        from cbcn.nn.models import build_model
+        from cbcn.onebit.convert import convert_to_onebit
         model = build_model("resnet18", method="cbcn", stages=(2, 2, 4, 4), K=4)
         with torch.inference_mode():
             model.eval()(torch.randn(1, 3, 8, 8))

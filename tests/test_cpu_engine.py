@@ -1,4 +1,4 @@
-"""The CPU engine (``cbcn.backends.cpu``) against the reference, bit for bit.
+"""The CPU engine (``cbcn.onebit.backends.cpu``) against the reference, bit for bit.
 
 Per conv: random shapes (odd spatial sizes, channel counts that are not multiples of 8/32/64,
 strides 1 and 2, padding 0/1/2, kernels 1/3/5, batch 1 and more) with every epilogue step, on
@@ -18,11 +18,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cbcn.backends import cpu, reference
-from cbcn.backends.cpu import intmm, native
-from cbcn.backends.epilogue import BatchNormEval, Epilogue
-from cbcn.models import build_model
-from cbcn.onebit import OneBitConv2d, carried_packed_signs, convert_to_onebit
+from cbcn.nn.models import build_model
+from cbcn.onebit.backends import cpu, reference
+from cbcn.onebit.backends.cpu import intmm, native
+from cbcn.onebit.backends.epilogue import BatchNormEval, Epilogue
+from cbcn.onebit.convert import OneBitConv2d, carried_packed_signs, convert_to_onebit
 
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE = native.load() is not None
@@ -103,8 +103,8 @@ def test_portable_native_kernels_are_exact_too(tmp_path):
     """The kernels built without AVX-512 (scalar popcount loops; what a CPU without AVX-512 gets)."""
     code = textwrap.dedent("""
         import random, torch
-        from cbcn.backends import cpu, reference
-        from cbcn.backends.cpu import native
+        from cbcn.onebit.backends import cpu, reference
+        from cbcn.onebit.backends.cpu import native
         import test_cpu_engine as t
         lib = native.load()
         assert lib is not None, native.problem()
@@ -273,9 +273,9 @@ def _run_engine_probe(env_extra: dict, code: str, tmp_path) -> subprocess.Comple
 
 PROBE = """
     import torch
-    from cbcn.backends import cpu
-    from cbcn.models import build_model
-    from cbcn.onebit import convert_to_onebit
+    from cbcn.onebit.backends import cpu
+    from cbcn.nn.models import build_model
+    from cbcn.onebit.convert import convert_to_onebit
     model = build_model("resnet18", method="cbcn", stages=(2, 2, 4, 4), K=4).eval()
     onebit = convert_to_onebit(model)
     x = torch.randn(2, 3, 8, 8)
@@ -313,7 +313,7 @@ def test_a_forced_path_that_cannot_run_is_a_clear_error(monkeypatch):
 
 def test_native_build_failure_says_why(tmp_path):
     code = """
-        from cbcn.backends.cpu import native
+        from cbcn.onebit.backends.cpu import native
         assert native.load() is None
         print("WHY", native.problem())
     """

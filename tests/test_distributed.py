@@ -54,7 +54,7 @@ def test_torchrun_two_ranks_equals_one_process(tmp_path):
 
 
 def test_rank_outside_training_comes_from_torchrun_variables(monkeypatch):
-    from cbcn.distributed import DistInfo
+    from cbcn.training.distributed import DistInfo
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     assert DistInfo.from_env() == DistInfo() and DistInfo.from_env().is_main

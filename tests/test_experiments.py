@@ -1,9 +1,9 @@
 """The paper's tables as experiments: every cell present with SPEC §6's number, selection, claims."""
 import pytest
 
-from cbcn.experiments import (BY_ID, CLAIMS, EXPERIMENTS, INCONSISTENCIES, accuracy_of, get_experiment,
-                              paper_value, select)
-from cbcn.profiles import PROFILES, get_profile
+from cbcn.harness.experiments import (BY_ID, CLAIMS, EXPERIMENTS, INCONSISTENCIES, accuracy_of, get_experiment,
+                                      paper_value, select)
+from cbcn.training.profiles import PROFILES, get_profile
 
 
 def test_every_cell_of_tables_2_to_5_is_an_experiment():

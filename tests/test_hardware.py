@@ -7,14 +7,14 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from cbcn import energy
-from cbcn.cost import count_operations, layer_costs, model_bytes
-from cbcn.energy import NvmlCounter, load_nvml, measure_energy
-from cbcn.hardware import HardwareSettings, profile_model
-from cbcn.machine import device_description, host_description
-from cbcn.measure import interleaved_times, time_calls
-from cbcn.layers import BinaryConv2d
-from cbcn.models import build_model
+from cbcn.harness import energy
+from cbcn.harness.cost import count_operations, layer_costs, model_bytes
+from cbcn.harness.energy import NvmlCounter, load_nvml, measure_energy
+from cbcn.harness.hardware import HardwareSettings, profile_model
+from cbcn.harness.machine import device_description, host_description
+from cbcn.harness.measure import interleaved_times, time_calls
+from cbcn.nn.layers import BinaryConv2d
+from cbcn.nn.models import build_model
 
 FAST = HardwareSettings(warmup=1, repeats=3, max_seconds=0.2, throughput_batch=2, energy_window_s=0.1)
 
@@ -204,11 +204,11 @@ def test_nvml_absent_gives_reason():
 
 def _fake_powercap(root, packages=((1_000_000, 2**32),), subzone=True):
     """A /sys/class/powercap tree: package zones intel-rapl:N with energy_uj and its range."""
-    for i, (energy, wrap) in enumerate(packages):
+    for i, (energy_uj, wrap) in enumerate(packages):
         zone = root / f"intel-rapl:{i}"
         zone.mkdir(parents=True)
         (zone / "name").write_text(f"package-{i}\n")
-        (zone / "energy_uj").write_text(f"{energy}\n")
+        (zone / "energy_uj").write_text(f"{energy_uj}\n")
         (zone / "max_energy_range_uj").write_text(f"{wrap}\n")
         if subzone:  # core / uncore subzones are inside the package's count: ignored
             sub = root / f"intel-rapl:{i}:0"

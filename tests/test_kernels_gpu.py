@@ -2,7 +2,7 @@
 
 ``test_triton_kernels.py`` checks every kernel in the Triton interpreter; this file runs the same
 shape sweep (plus ResNet-sized channels) through the *compiled* kernels on a GPU, compares each
-result with ``cbcn.backends.reference``'s reference computed on the CPU, and runs a trained model converted
+result with ``cbcn.onebit.backends.reference``'s reference computed on the CPU, and runs a trained model converted
 to 1 bit through the kernels on the GPU. Skipped without CUDA, so CI (CPU only) never runs it;
 ``benchmarks/device_check.sh`` runs it on a lent GPU. ``CBCN_GPU_TESTS_ON_CPU=1`` runs it on CPU
 tensors (kernels in the interpreter) to check this file itself on a machine without a GPU.
@@ -17,13 +17,14 @@ import torch
 
 pytest.importorskip("triton")
 
-import triton_kernels as tk  # noqa: E402
-from cbcn.backends import reference  # noqa: E402
-from cbcn import cif as cif_ref  # noqa: E402
-from cbcn.models import build_model  # noqa: E402
-from cbcn.onebit import convert_to_onebit  # noqa: E402
-from test_onebit import _train_a_few_steps  # noqa: E402
 from _conv_cases import CONV_CASES, KSUM_CASES, WORST_CASES, _epilogue_args, _rand, _worst_case  # noqa: E402
+from test_onebit import _train_a_few_steps  # noqa: E402
+
+import triton_kernels as tk  # noqa: E402
+from cbcn.nn import cif as cif_ref  # noqa: E402
+from cbcn.nn.models import build_model  # noqa: E402
+from cbcn.onebit.backends import reference  # noqa: E402
+from cbcn.onebit.convert import convert_to_onebit  # noqa: E402
 
 ON_CPU = os.environ.get("CBCN_GPU_TESTS_ON_CPU", "0") == "1"
 if torch.cuda.is_available():

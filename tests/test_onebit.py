@@ -8,23 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from cbcn.checkpoint import CheckpointError
 import torch.nn.functional as F
 
-from cbcn import backends
-from cbcn.backends import cpu as cpu_engine
-from cbcn.layers import BinaryConv2d
-from cbcn.models import build_model
-from cbcn.onebit import (
-    OneBitConv2d,
-    backend_summary,
-    checkpoint_size_report,
-    convert_to_onebit,
-    load_onebit,
-    save_onebit,
-    set_backend,
-)
+from cbcn.nn.layers import BinaryConv2d
+from cbcn.nn.models import build_model
+from cbcn.onebit import backends
+from cbcn.onebit.backends import cpu as cpu_engine
+from cbcn.onebit.convert import (OneBitConv2d, backend_summary, checkpoint_size_report, convert_to_onebit, load_onebit,
+                                 save_onebit, set_backend)
+from cbcn.training.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
@@ -176,17 +168,17 @@ def test_cbcn_imports_without_triton():
         import sys
         sys.modules["triton"] = None  # make `import triton` fail
         import torch
-        import cbcn, cbcn.backends, cbcn.backends.reference, cbcn.backends.cpu, cbcn.onebit
-        from cbcn.models import build_model
-        assert not cbcn.backends.triton_available()
-        assert cbcn.backends.resolve_backend("auto", device="cpu") == "cpu"
+        import cbcn, cbcn.onebit.backends, cbcn.onebit.backends.reference, cbcn.onebit.backends.cpu, cbcn.onebit.convert
+        from cbcn.nn.models import build_model
+        assert not cbcn.onebit.backends.triton_available()
+        assert cbcn.onebit.backends.resolve_backend("auto", device="cpu") == "cpu"
         try:
-            cbcn.backends.resolve_backend("triton")
+            cbcn.onebit.backends.resolve_backend("triton")
         except RuntimeError as e:
             assert "Triton" in str(e)
         else:
             raise AssertionError("forcing triton without Triton must fail")
-        m = cbcn.onebit.convert_to_onebit(build_model("resnet18", method="xnor", stages=(4, 4, 8, 8)))
+        m = cbcn.onebit.convert.convert_to_onebit(build_model("resnet18", method="xnor", stages=(4, 4, 8, 8)))
         m(torch.randn(1, 3, 8, 8))
         print("OK")
         """

@@ -1,7 +1,7 @@
 """Provenance: which commit produced a result, also when cbcn runs from an installed copy."""
 from pathlib import Path
 
-import cbcn.provenance as provenance
+import cbcn.harness.provenance as provenance
 
 
 def test_installed_copy_records_the_working_checkout(tmp_path, monkeypatch):

@@ -7,9 +7,9 @@ import re
 import pandas as pd
 import pytest
 
-from cbcn.experiments import EXPERIMENTS, get_experiment
-from cbcn.report import build_report, load_results, to_markdown
-from cbcn.store import SCHEMA_VERSION, ResultStore
+from cbcn.harness.experiments import EXPERIMENTS, get_experiment
+from cbcn.harness.report import build_report, load_results, to_markdown
+from cbcn.harness.store import SCHEMA_VERSION, ResultStore
 
 NVML_REASON = "no NVIDIA GPU in use (model on cpu); NVML could not be initialised (NVMLError_LibraryNotFound)"
 

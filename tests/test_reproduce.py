@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from cbcn.cli import main
-from cbcn.experiments import get_experiment, select
-from cbcn.store import SCHEMA_VERSION, ResultStore, read_record
-from cbcn import sweep
+from cbcn.harness import sweep
+from cbcn.harness.experiments import get_experiment, select
+from cbcn.harness.store import SCHEMA_VERSION, ResultStore, read_record
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

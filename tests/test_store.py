@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from cbcn.experiments import EXPERIMENTS, get_experiment, select
-from cbcn.profiles import get_profile
-from cbcn.store import (SCHEMA_VERSION, ResultStore, SchemaVersionError, StoreError, parse_key, read_record,
-                        record_key)
-from cbcn.sweep import Shard, shard_experiments
+from cbcn.harness.experiments import EXPERIMENTS, get_experiment, select
+from cbcn.harness.store import (SCHEMA_VERSION, ResultStore, SchemaVersionError, StoreError, parse_key, read_record,
+                                record_key)
+from cbcn.harness.sweep import Shard, shard_experiments
+from cbcn.training.profiles import get_profile
 
 
 def make_record(exp_id="t2-mnist-lenet-5-10-20-40-xnor", profile="smoke", seed=0, **metrics):

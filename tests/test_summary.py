@@ -8,11 +8,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cbcn import cli
-from cbcn.cost import count_operations, model_bytes
-from cbcn.methods import METHODS
-from cbcn.models import build_model
-from cbcn.onebit import convert_to_onebit, save_onebit
-from cbcn.summary import CONVENTIONS, summarize, summary_of_checkpoint
+from cbcn.harness.cost import count_operations, model_bytes
+from cbcn.harness.summary import CONVENTIONS, summarize, summary_of_checkpoint
+from cbcn.nn.methods import METHODS
+from cbcn.nn.models import build_model
+from cbcn.onebit.convert import convert_to_onebit, save_onebit
 
 BACKBONES = [  # name, extra build arguments, input shape
     ("lenet", dict(stages=(2, 3, 4, 5), in_channels=1), (1, 32, 32)),

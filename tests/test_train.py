@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cbcn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from cbcn.progress import Progress
-from cbcn.profiles import get_profile
-from cbcn.train import TrainConfig, evaluate, load_trained_model, lr_at, train
+from cbcn.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cbcn.training.profiles import get_profile
+from cbcn.training.progress import Progress
+from cbcn.training.train import TrainConfig, evaluate, load_trained_model, lr_at, train
 
 TINY = dict(model="lenet", stages=(2, 4, 4, 8), dataset="mnist", max_train_samples=96, max_test_samples=48,
             batch_size=32, eval_batch_size=48, epochs=2, lr=0.05, device="cpu", progress="none")
@@ -72,6 +72,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, method, kw):
 def _write_fake_cifar100(root, n_train, n_test):
     """A tiny file set in the official cifar-100-python layout (random pixels)."""
     import pickle
+
     import numpy as np
     d = root / "cifar-100-python"
     d.mkdir(parents=True)
@@ -123,7 +124,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise OSError("disk full")
-    monkeypatch.setattr("cbcn.checkpoint.os.fsync", boom)
+    monkeypatch.setattr("cbcn.training.checkpoint.os.fsync", boom)
     with pytest.raises(OSError):
         save_checkpoint(path, {"epoch": 2})
     assert load_checkpoint(path)["epoch"] == 1

@@ -165,7 +165,7 @@ def test_mode_independent_of_import_order(can_compile):
         import os
         os.environ["TRITON_INTERPRET"] = "1"
         import torch, triton
-        from cbcn.backends import reference
+        from cbcn.onebit.backends import reference
         import triton_kernels as tk
         from triton_kernels.compile import compile_kernel
         ptx = compile_kernel("packed_conv_popcount_kernel", num_warps=4, BLOCK_M=32, BLOCK_N=32).asm["ptx"]

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-import triton_kernels as tk  # noqa: E402
-from triton_kernels._runtime import interpreter_problem  # noqa: E402
 from _conv_cases import CONV_CASES, KSUM_CASES, WORST_CASES, _epilogue_args, _rand, _worst_case  # noqa: E402
-from cbcn.backends import reference  # noqa: E402
-from cbcn import cif as cif_ref  # noqa: E402
-from cbcn.binarize import sign  # noqa: E402
 
+import triton_kernels as tk  # noqa: E402
+from cbcn.nn import cif as cif_ref  # noqa: E402
+from cbcn.nn.binarize import sign  # noqa: E402
+from cbcn.onebit.backends import reference  # noqa: E402
+from triton_kernels._runtime import interpreter_problem  # noqa: E402
 
 if interpreter_problem():
     pytest.skip(interpreter_problem(), allow_module_level=True)
@@ -132,7 +132,7 @@ def test_unpack_weights_cache():
 
 def test_unpacked_conv2d_direct():
     """The GEMM alone on unpacked operands (what the benchmark times as conv-only)."""
-    from triton_kernels.conv import unpacked_conv2d, unpack_activations, unpack_weights
+    from triton_kernels.conv import unpack_activations, unpack_weights, unpacked_conv2d
 
     x, w = _rand(2, 37, 6, 7, seed=32), _rand(20, 37, 3, 3, seed=33)
     xp, wp = reference.pack_signs(x), reference.pack_signs(w)

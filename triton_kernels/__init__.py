@@ -1,6 +1,6 @@
 """Triton kernels for packed 1-bit inference and circulant filters (issue 4).
 
-Public functions mirror the pure-PyTorch reference backend ``cbcn.backends.reference`` / ``cbcn.cif``
+Public functions mirror the pure-PyTorch reference backend ``cbcn.onebit.backends.reference`` / ``cbcn.nn.cif``
 (same signatures, bit-identical results):
 
 - ``pack_signs(x)`` / ``unpack_signs(packed, channels)`` — signs packed 32 per int32 word, NHWC;

@@ -1,13 +1,13 @@
 """Fused CiF expansion (forward: to the packed bank in one kernel) and circulant
-back-propagation (Eq. 8) with Triton; references: ``cbcn.backends.reference.cif_pack_bank_reference``,
-``cbcn.cif.cif_expand`` and ``cbcn.cif.cif_backward``."""
+back-propagation (Eq. 8) with Triton; references: ``cbcn.onebit.backends.reference.cif_pack_bank_reference``,
+``cbcn.nn.cif.cif_expand`` and ``cbcn.nn.cif.cif_backward``."""
 from __future__ import annotations
 
 import torch
 
-from cbcn.backends.contract import check_cif_weight, num_words
-from cbcn.backends.reference import cif_pack_bank_reference  # noqa: F401  (the reference beside the kernel)
-from cbcn.cif import check_orientations, inverse_transfer_matrix, transfer_matrix
+from cbcn.nn.cif import check_orientations, inverse_transfer_matrix, transfer_matrix
+from cbcn.onebit.backends.contract import check_cif_weight, num_words
+from cbcn.onebit.backends.reference import cif_pack_bank_reference  # noqa: F401  (the reference beside the kernel)
 
 from ._runtime import kernels_for
 
@@ -74,7 +74,7 @@ def cif_expand(W: torch.Tensor, K: int) -> torch.Tensor:
 
 def cif_backward(grad_G: torch.Tensor, K: int) -> torch.Tensor:
     """Circulant back-propagation (Eq. 8): ``(C_out*K, C_in*K, H, H) -> (C_out, C_in, H, H)``,
-    equal to ``cbcn.cif.cif_backward``."""
+    equal to ``cbcn.nn.cif.cif_backward``."""
     check_orientations(K)
     if not isinstance(grad_G, torch.Tensor) or not grad_G.is_floating_point():
         raise TypeError("grad_G must be a floating tensor")

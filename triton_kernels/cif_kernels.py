@@ -1,7 +1,7 @@
 """Device code: fused CiF expansion to the packed filter bank, float expansion, Eq. 8 backward.
 
 Bank convention (SPEC §2): ``G[h*K + j, g*K + k] = rot_j(W[h, g])`` for every ``k``, with
-``rot_j(w).flatten()[t] = w.flatten()[M[j, t]]`` (``M = cbcn.cif.transfer_matrix``).
+``rot_j(w).flatten()[t] = w.flatten()[M[j, t]]`` (``M = cbcn.nn.cif.transfer_matrix``).
 """
 import triton
 import triton.language as tl
@@ -69,7 +69,7 @@ def cif_expand_kernel(w_ptr, m_ptr, out_ptr, C_in, HH, TOTAL, K: tl.constexpr, B
 def cif_backward_kernel(g_ptr, p_ptr, out_ptr, C_in, HH, TOTAL, K: tl.constexpr, BLOCK: tl.constexpr):
     """Eq. 8: ``dW[h, g, q] = sum_j sum_k dG[h*K+j, g*K+k, P[j, q]]``; grid (C_out, blocks over C_in*HH).
 
-    Summation order as ``cbcn.cif.cif_backward``: over k first, then j = 0..K-1 onto 0.
+    Summation order as ``cbcn.nn.cif.cif_backward``: over k first, then j = 0..K-1 onto 0.
     """
     h = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)

@@ -1,5 +1,5 @@
 """Packed binary convolution with Triton; same signature and results as
-``cbcn.backends.reference.packed_conv2d_reference`` (the plain reference beside it).
+``cbcn.onebit.backends.reference.packed_conv2d_reference`` (the plain reference beside it).
 
 ``path="mma"`` (default) unpacks the activations once into an int8 ±1 NHWC tensor with the zero
 padding baked in as a halo (``unpack_activations``), the weights into an int8
@@ -19,8 +19,8 @@ import weakref
 
 import torch
 
-from cbcn.backends.contract import check_conv_args, check_ksum, num_words
-from cbcn.backends.reference import packed_conv2d_reference  # noqa: F401  (the reference beside the kernels)
+from cbcn.onebit.backends.contract import check_conv_args, check_ksum, num_words
+from cbcn.onebit.backends.reference import packed_conv2d_reference  # noqa: F401  (the reference beside the kernels)
 
 from ._runtime import kernels_for, use_interpreter
 
@@ -237,7 +237,7 @@ def packed_conv2d(
     """Binary convolution of NHWC-packed activations ``(N, H, W, ceil(C_in/32))`` with packed
     weights ``(C_out, KH, KW, ceil(C_in/32))``; zero padding counts as 0 (not −1).
 
-    ``ksum = K``: CBConv's K-sum form (``cbcn.backends.reference.packed_conv2d_reference``): ``w_packed`` is the
+    ``ksum = K``: CBConv's K-sum form (``cbcn.onebit.backends.reference.packed_conv2d_reference``): ``w_packed`` is the
     K-sum bank over ``C_in // K`` maps (``cif_pack_bank(..., ksum=True)``), each map's K activation
     channels are summed while unpacking, and the GEMM runs over the maps (rounded up to 32)
     instead of the physical channels. Paths ``mma``

@@ -1,9 +1,10 @@
-"""Bit-packing of signs with Triton; same signatures and results as ``cbcn.backends.reference``."""
+"""Bit-packing of signs with Triton; same signatures and results as ``cbcn.onebit.backends.reference``."""
 from __future__ import annotations
 
 import torch
 
-from cbcn.backends.contract import num_words  # the reference: cbcn.backends.reference.pack_signs / unpack_signs
+from cbcn.onebit.backends.contract import \
+    num_words  # the reference: cbcn.onebit.backends.reference.pack_signs / unpack_signs
 
 from ._runtime import kernels_for
 
@@ -24,7 +25,7 @@ def _launch_pack(x3: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def pack_signs(x: torch.Tensor) -> torch.Tensor:
-    """``(N, C, *S) -> (N, *S, ceil(C/32))`` int32 packed signs (see ``cbcn.backends.reference.pack_signs``)."""
+    """``(N, C, *S) -> (N, *S, ceil(C/32))`` int32 packed signs (see ``cbcn.onebit.backends.reference.pack_signs``)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"pack_signs expects a torch.Tensor, got {type(x).__name__}")
     if not (x.is_floating_point() or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)):

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .transforms import normalize, random_crop_flip
+from cbcn.data.transforms import normalize, random_crop_flip
 
 
 class DatasetError(RuntimeError):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DatasetCorrupt, DatasetError, DatasetNotFound, TensorImageDataset, select_subset
+from cbcn.data.base import DatasetCorrupt, DatasetError, DatasetNotFound, TensorImageDataset, select_subset
 
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),

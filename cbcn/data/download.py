@@ -17,9 +17,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..fileio import atomic_path
-from .base import DatasetError
-from .mnist import MNIST_FILES, find_mnist_file
+from cbcn.data.base import DatasetError
+from cbcn.data.mnist import MNIST_FILES, find_mnist_file
+from cbcn.fileio import atomic_path
 
 MNIST_MIRRORS = ("https://yann.lecun.com/exdb/mnist/",                  # official
                  "https://ossci-datasets.s3.amazonaws.com/mnist/")      # PyTorch's mirror of it

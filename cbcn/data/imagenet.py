@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .base import DatasetCorrupt, DatasetError, DatasetNotFound, select_subset
+from cbcn.data.base import DatasetCorrupt, DatasetError, DatasetNotFound, select_subset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

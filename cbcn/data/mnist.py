@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DatasetCorrupt, DatasetError, DatasetNotFound, TensorImageDataset, select_subset
-from .transforms import pad_to
+from cbcn.data.base import DatasetCorrupt, DatasetError, DatasetNotFound, TensorImageDataset, select_subset
+from cbcn.data.transforms import pad_to
 
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)

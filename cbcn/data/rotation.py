@@ -13,7 +13,7 @@ import zlib
 
 import torch
 
-from .transforms import rotate
+from cbcn.data.transforms import rotate
 
 #: rotation range in degrees per rotated dataset, and whether the upper end is included
 ROTATION_RANGES = {

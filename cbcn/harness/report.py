@@ -1,0 +1,397 @@
+"""Reports: the tables of ``cbcn.harness.tables`` rendered as CSV, Markdown and one
+self-contained HTML page, with the plots, rebuilt from the results store alone (``cbcn report``).
+
+Why a renderer apart from the tables: the numbers are decided once, in pandas; Markdown and HTML
+only format them (rounded for reading, wide tables split to fit a window, the reasons for
+unavailable figures as footnotes), so the two pages can never disagree.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cbcn.fileio import atomic_path, atomic_write_text
+from cbcn.harness.experiments import INCONSISTENCIES, TABLE_METRICS, TABLE_TITLES
+from cbcn.harness.hardware import CONVENTIONS
+from cbcn.harness.markdown import markdown_table
+from cbcn.harness.tables import (SPEED_FIELDS, Results, claims_frame, hardware_frame, inconsistencies_frame,
+                                 load_results, table_frame)
+
+
+def footnote_unavailable(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Replace each 'unavailable: <reason>' cell by 'unavailable [n]' and return the reasons, so
+    that wide tables stay readable; the reasons are printed below the table."""
+    notes: list[str] = []
+
+    def short(v):
+        if isinstance(v, str) and v.startswith("unavailable: "):
+            reason = v[len("unavailable: "):]
+            if reason not in notes:
+                notes.append(reason)
+            return f"unavailable [{notes.index(reason) + 1}]"
+        return v
+
+    return df.apply(lambda col: col.map(short)) if len(df) else df, notes
+
+
+def _fmt(v, col: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10000 else str(v)
+    if isinstance(v, float):
+        if col.startswith("diff") or "margin" in col:
+            return f"{v:+.2f}"
+        if abs(v) >= 10000:
+            return f"{v:,.0f}"
+        if v != 0 and abs(v) < 0.01:
+            return f"{v:.3g}"
+        return f"{v:.2f}"
+    return str(v)
+
+
+def display(df: pd.DataFrame) -> pd.DataFrame:
+    """All cells as strings, numbers rounded for reading."""
+    return pd.DataFrame({c: [_fmt(v, str(c)) for v in df[c].tolist()] for c in df.columns}, index=df.index)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A report table in Markdown, numbers rounded as in ``display``."""
+    return markdown_table(display(df))
+
+
+HTML_TABLE_WIDTH_PX = 1300  # what fits a 1400-px window beside the page margins
+_CHAR_PX, _CELL_PAD_PX = 7.2, 14  # 13-px table text
+
+
+def _column_px(df: pd.DataFrame, col) -> float:
+    longest = max([len(str(col))] + [len(str(v)) for v in df[col].tolist()])
+    return longest * _CHAR_PX + _CELL_PAD_PX
+
+
+def split_columns(df: pd.DataFrame, width_px: float = HTML_TABLE_WIDTH_PX) -> list[pd.DataFrame]:
+    """``df`` as one or more tables that each fit ``width_px``, every part repeating the first
+    (identifying) column, so that no column is cut off at the right of a 1400-px window."""
+    if df.shape[1] <= 1:
+        return [df]
+    key, rest = df.columns[0], list(df.columns[1:])
+    parts, current, used = [], [], _column_px(df, key)
+    for col in rest:
+        w = _column_px(df, col)
+        if current and used + w > width_px:
+            parts.append(df[[key, *current]])
+            current, used = [], _column_px(df, key)
+        current.append(col)
+        used += w
+    parts.append(df[[key, *current]])
+    return parts
+
+
+def to_html_table(df: pd.DataFrame) -> str:
+    """HTML tables that fit a 1400-px window (wide ones split by columns, ``split_columns``; a box
+    that scrolls if one column alone is wider); cells that say a claim does not hold are marked
+    (coloured by the stylesheet)."""
+    shown = display(df)
+    out = []
+    for part in split_columns(shown):
+        table = part.to_html(index=False, escape=True, border=0, classes="t")
+        table = table.replace("<td>does NOT hold", "<td class='fail'>does NOT hold").replace(
+            "<td>holds", "<td class='ok'>holds")
+        out.append(f"<div class='scroll'>{table}</div>")
+    return "\n".join(out)
+
+
+@dataclass
+class ReportFiles:
+    markdown: Path
+    html: Path
+    csv: list[Path] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:110em}table.t{border-collapse:collapse;
+font-size:13px;margin:1em 0}table.t th,table.t td{border:1px solid #ccc;padding:2px 6px;text-align:left;
+white-space:nowrap}table.t th{background:#eee}div.scroll{overflow-x:auto;max-width:100%}
+td.fail{background:#fbe3e3;color:#a00;font-weight:bold}td.ok{color:#060}
+img{max-width:100%;width:60em;display:block;margin:1em 0}.warn{color:#a00}code{background:#f4f4f4}
+.summary{border:1px solid #ccc;background:#fafafa;padding:.5em 1em}details{margin:.4em 0}
+summary{cursor:pointer;font-weight:bold}"""
+
+
+def build_report(out: str | os.PathLike, report_dir: str | os.PathLike | None = None) -> ReportFiles:
+    """Write ``report.md``, ``report.html`` (self-contained), CSVs and ``plots/*.png`` under
+    ``<out>/report`` from the store at ``<out>``."""
+    from cbcn.harness import plots
+    out = Path(out)
+    rdir = Path(report_dir) if report_dir else out / "report"
+    pdir = rdir / "plots"
+    pdir.mkdir(parents=True, exist_ok=True)
+    results = load_results(out)
+    files = ReportFiles(rdir / "report.md", rdir / "report.html")
+
+    tables = {t: table_frame(results, t) for t in TABLE_METRICS}
+    claims = claims_frame(results)
+    incons = inconsistencies_frame(results)
+    hw = hardware_frame(results)
+    for t, df in tables.items():
+        files.csv.append(_write_csv(df, rdir / f"table{t}.csv"))
+    files.csv.append(_write_csv(claims, rdir / "claims.csv"))
+    files.csv.append(_write_csv(incons, rdir / "inconsistencies.csv"))
+    files.csv.append(_write_csv(hw, rdir / "hardware.csv"))
+    files.csv.append(_write_csv(results.frame, rdir / "results.csv"))
+
+    figures = plots.make_all(results, pdir)          # list of plots.Figure
+    files.plots = [f.path for f in figures if f.path is not None]
+
+    sections = _sections(results, tables, claims, incons, hw, figures, out)
+    _atomic_text(files.markdown, _render_markdown(sections, rdir))
+    _atomic_text(files.html, _render_html(sections))
+    return files
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> Path:
+    with atomic_path(path, fsync=False) as tmp:
+        df.to_csv(tmp, index=False)
+    return path
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    atomic_write_text(path, text)
+
+
+def _profile_lines(results: Results) -> list[str]:
+    from cbcn.training.profiles import PROFILES
+    lines = []
+    for p in results.profiles:
+        d = PROFILES[p].description if p in PROFILES else "unknown profile"
+        runs = results.frame[results.frame["profile"] == p] if len(results.frame) else results.frame
+        used = ""
+        if "n_train" in runs and runs["n_train"].notna().any():  # what the runs actually trained on
+            counts = sorted({int(v) for v in runs["n_train"].dropna()})
+            tests = sorted({int(v) for v in runs["n_test"].dropna()}) if "n_test" in runs else []
+            used = (f"; these runs used {' / '.join(f'{c:,}' for c in counts)} training and "
+                    f"{' / '.join(f'{c:,}' for c in tests)} test images")
+        lines.append(f"`{p}`: {len(runs)} finished runs — {d}{used}")
+    return lines
+
+
+def _rows_text(ids: list[str], n_rows: int) -> str:
+    return "every row" if len(ids) == n_rows else "rows " + ", ".join(f"`{i}`" for i in ids)
+
+
+def _data_text(description) -> str:
+    """A run's data description with its train and test halves said once where they repeat."""
+    text = str(description or "unknown data")
+    if text.startswith("train: ") and " | test: " in text:
+        train, test = text[len("train: "):].split(" | test: ", 1)
+        common = train.split(" (")[0].replace(" train", "")
+        if test.split(" (")[0].replace(" test", "") == common:
+            return f"{train} | test split of the same source ({test.split(';')[0][:120]})"
+    return text
+
+
+def _summary_lines(tables, claims) -> list[str]:
+    """The report at a glance: rows measured and not, claims that hold, fail or cannot be checked."""
+    rows = pd.concat([df.assign(table=t) for t, df in tables.items()], ignore_index=True)
+    measured = rows[rows["status"] == "measured"]
+    lines = [f"**{measured['id'].nunique()} of {rows['id'].nunique()} table rows measured** "
+             f"({len(measured)} row × profile results); "
+             + ", ".join(f"Table {t}: {int((df['status'] == 'measured').sum())}/{df['id'].nunique()}"
+                         for t, df in tables.items())]
+    not_run = rows[rows["status"] != "measured"]
+    if len(not_run):
+        kinds = not_run["status"].str.split(":").str[0].value_counts()
+        lines.append("not measured: " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
+    if len(claims):
+        verdicts = claims["measured"]
+        hold = int((verdicts == "holds").sum())
+        fail = int(verdicts.str.startswith("does NOT hold").sum())
+        open_ = len(claims) - hold - fail
+        lines.append(f"the paper's claims, measured: **{hold} hold**, "
+                     + (f"**{fail} do NOT hold**" if fail else "0 fail") + f", {open_} cannot be checked yet")
+        for _, c in claims[verdicts.str.startswith("does NOT hold")].iterrows():
+            lines.append(f"does NOT hold ({c['profile']}): {c['claim']} — paper margin {c['paper margin']}, "
+                         f"measured margin {c['measured margin']}")
+    return lines
+
+
+def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) -> list[tuple]:
+    """The report as (kind, payload) items shared by the Markdown and HTML renderers."""
+    S: list[tuple] = [("h1", "cbcn reproduction report — Circulant Binary Convolutional Networks (CVPR 2019)")]
+    f = results.frame
+    revs = sorted(set(f["git_revision"].dropna())) if "git_revision" in f else []
+    devices = sorted(set(f["device_name"].dropna().astype(str))) if "device_name" in f else []
+    S.append(("p", f"Store: `{out.resolve()}` — {len(results.records)} finished runs, "
+                   f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}. Code revisions: {', '.join(revs) or '—'}. "
+                   f"Devices: {', '.join(devices) or '—'}."))
+    S.append(("summary", _summary_lines(tables, claims)))
+    if results.profiles:
+        S.append(("p", "Profiles (every number below names the profile that produced it; only `paper` "
+                       "runs the paper's recipes, the others are shortened and not comparable with the paper):"))
+        S.append(("ul", _profile_lines(results)))
+    else:
+        S.append(("p", "The store holds no results yet: the tables show the paper's numbers only. Run "
+                       "`cbcn reproduce --profile quick` to measure."))
+    if results.problems:
+        S.append(("h2", "Unreadable records"))
+        S.append(("warn", "These result files could not be read and were skipped (they are left untouched; "
+                          "fix or delete them, or rerun those experiments with --repair, which moves them aside):"))
+        S.append(("ul", [p.error for p in results.problems]))
+    for t, df in tables.items():
+        S.append(("h2", TABLE_TITLES[t]))
+        S.append(("p", "`diff` = measured − paper (percentage points). Quoted rows are numbers the paper took "
+                       "from other papers."))
+        S.append(("table", df.drop(columns=["notes"]), f"table{t}.csv"))
+        by_note: dict[str, list[str]] = {}
+        for _, r in df.iterrows():
+            if r["notes"] and r["id"] not in by_note.setdefault(r["notes"], []):
+                by_note[r["notes"]].append(r["id"])
+        if by_note:  # each note once, with the rows it concerns
+            S.append(("ul", [f"{n} ({_rows_text(ids, len(df['id'].unique()))})" for n, ids in by_note.items()]))
+    S.append(("h2", "The paper's claims, checked"))
+    S.append(("p", "A claim is that one cell beats another (lower error, higher accuracy, top-1 for Table 5). "
+                   "`paper margin` is the paper's advantage, `measured margin` ours (percentage points)."))
+    measured = claims[~claims["measured"].str.startswith("not measured")] if len(claims) else claims
+    if len(measured):
+        S.append(("table", measured.drop(columns=["better", "worse"]), "claims.csv"))
+        n_open = len(claims) - len(measured)
+        if n_open:
+            S.append(("p", f"{n_open} further claim checks need results not in the store (listed in `claims.csv`)."))
+    else:
+        S.append(("p", "No claim can be checked yet (no measured pair in the store); the paper's own numbers "
+                       "support all of them:"))
+        S.append(("table", claims.drop(columns=["better", "worse", "profile", "measured margin"]), "claims.csv"))
+    S.append(("h2", "The paper's inconsistencies"))
+    S.append(("p", "Cells that describe the same model but print different numbers (SPEC §6). Where our "
+                   "experiments share a configuration they are one run and agree by construction; where "
+                   "the configurations differ (e.g. Table 3's S row has no Gaussian gradient) they are "
+                   "separate runs. Accuracy in %, Table 2 as 100 − error."))
+    S.append(("table", incons.drop(columns=["inconsistency"]), "inconsistencies.csv"))
+    S.append(("ol", [inc.text + ("" if inc.source == "SPEC §6" else f" ({inc.source})") for inc in INCONSISTENCIES]))
+    S.append(("h2", "Hardware profile of every trained model"))
+    S.append(("p", CONVENTIONS + " For cbcn the stage numbers count feature maps of K channels each: "
+                   "`physical_channels` is what the hardware sees."))
+    hw_short, notes = footnote_unavailable(hw)
+    ident = [c for c in ("experiment_id", "profile", "seed", "method", "K", "accuracy_pct") if c in hw_short]
+    size = [c for c in ("learned_parameters", "maps", "physical_channels", "fp32_bytes", "onebit_bytes",
+                        "compression", "fp32_checkpoint_bytes", "onebit_checkpoint_bytes", "flops", "bops", "ops",
+                        "macs_real") if c in hw_short]
+    speed = [c for c in SPEED_FIELDS if c in hw_short]
+    S.append(("p", "**Size and operations** (per image)"))
+    S.append(("table", hw_short[ident + size], "hardware.csv"))
+    S.append(("p", "**Speed, memory and energy**: the trained model; its 1-bit version (`packed_*`, on the "
+                   "backend named); the float model of the same physical widths (`float_physical_*`); the "
+                   "1-bit model's speed-ups over both (ratios of interleaved medians)."))
+    S.append(("table", hw_short[ident + speed], "hardware.csv"))
+    if notes:
+        S.append(("ol", [f"unavailable: {r}" for r in notes]))
+    from cbcn.harness.summary import CONVENTIONS as SUMMARY_CONVENTIONS
+    from cbcn.harness.summary import record_summaries
+
+    summaries = record_summaries(results.records)
+    if summaries:
+        S.append(("h2", "Per-layer summary of every trained model"))
+        S.append(("p", "Each model's layers (`cbcn summary`, from the hardware profile's counting code; open a "
+                       "model to see its table). " + SUMMARY_CONVENTIONS))
+        for summary in summaries:
+            S.append(("details", summary))
+    S.append(("h2", "Plots"))
+    for fig in figures:
+        if fig.path is not None:
+            S.append(("img", fig.title, fig.path, fig.caption))
+        else:
+            S.append(("p", f"**{fig.title}**: {fig.caption}"))
+    S.append(("h2", "Data"))
+    if len(f):
+        by_data: dict[str, list[str]] = {}
+        for r in f.itertuples():
+            by_data.setdefault(_data_text(r.data), []).append(f"`{r.experiment_id}` ({r.profile}, seed {r.seed})")
+        S.append(("ul", [f"{d} — {len(runs)} run{'s' if len(runs) > 1 else ''}: {', '.join(runs)}"
+                         for d, runs in by_data.items()]))
+    S.append(("p", "Full records (curves, configs, versions, machine) are in the store's `results/*.json`; "
+                   "all runs in one table: `results.csv`."))
+    return S
+
+
+def _render_markdown(sections, rdir: Path) -> str:
+    out = []
+    for item in sections:
+        kind = item[0]
+        if kind == "h1":
+            out.append(f"# {item[1]}\n")
+        elif kind == "h2":
+            out.append(f"## {item[1]}\n")
+        elif kind == "p":
+            out.append(item[1] + "\n")
+        elif kind == "warn":
+            out.append(f"**{item[1]}**\n")
+        elif kind in ("ul", "ol"):
+            out.append("\n".join((f"{i}. " if kind == "ol" else "- ") + s for i, s in enumerate(item[1], 1)) + "\n")
+        elif kind == "table":
+            out.append(to_markdown(item[1]) + f"\n\n(CSV: `{item[2]}`)\n")
+        elif kind == "img":
+            _, title, path, caption = item
+            out.append(f"**{title}**\n\n![{title}]({Path(path).relative_to(rdir).as_posix()})\n\n{caption}\n")
+        elif kind == "summary":
+            out.append("\n".join(f"> {line}  " for line in item[1]) + "\n")
+        elif kind == "details":
+            summary = item[1]
+            out.append(f"<details><summary>{html.escape(summary.title)}</summary>\n\n"
+                       + summary.table().to_markdown(index=False, floatfmt=",.3f", intfmt=",") + "\n\n"
+                       + "\n".join(f"- {s}" for s in summary.totals_lines()) + "\n\n</details>\n")
+    return "\n".join(out)
+
+
+def _md_inline(s: str) -> str:
+    """Escape for HTML, then render `code` and **bold** spans."""
+    import re
+    s = html.escape(s)
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s)
+
+
+def _render_html(sections) -> str:
+    body = []
+    title = "cbcn report"
+    for item in sections:
+        kind = item[0]
+        if kind == "h1":
+            title = item[1]
+            body.append(f"<h1>{html.escape(item[1])}</h1>")
+        elif kind == "h2":
+            body.append(f"<h2>{html.escape(item[1])}</h2>")
+        elif kind == "p":
+            body.append(f"<p>{_md_inline(item[1])}</p>")
+        elif kind == "warn":
+            body.append(f"<p class='warn'><b>{_md_inline(item[1])}</b></p>")
+        elif kind in ("ul", "ol"):
+            tag = kind
+            body.append(f"<{tag}>" + "".join(f"<li>{_md_inline(s)}</li>" for s in item[1]) + f"</{tag}>")
+        elif kind == "table":
+            body.append(to_html_table(item[1]))
+        elif kind == "img":
+            _, t, path, caption = item
+            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            body.append(f"<figure><figcaption><b>{html.escape(t)}</b> — {_md_inline(caption)}</figcaption>"
+                        f"<img alt='{html.escape(t)}' src='data:image/png;base64,{data}'></figure>")
+        elif kind == "summary":
+            body.append("<div class='summary'>" + "".join(
+                f"<p class='warn'>{_md_inline(x)}</p>" if x.startswith("does NOT hold") else f"<p>{_md_inline(x)}</p>"
+                for x in item[1]) + "</div>")
+        elif kind == "details":
+            summary = item[1]
+            body.append(f"<details><summary>{html.escape(summary.title)}</summary>"
+                        + to_html_table(summary.table())
+                        + "<ul>" + "".join(f"<li>{_md_inline(s)}</li>" for s in summary.totals_lines()) + "</ul>"
+                        + "</details>")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

