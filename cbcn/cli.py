@@ -17,8 +17,8 @@ import textwrap
 from cbcn.errors import CLIError
 
 
-def _choices(kind: str) -> tuple[str, ...]:
-    """Valid names, read from the registry that owns them."""
+def _choices(kind: str) -> tuple:
+    """Valid names (and orientations K), read from the registry that owns them."""
     if kind == "dataset":
         from cbcn.data import DATASETS
         return tuple(DATASETS)
@@ -34,6 +34,9 @@ def _choices(kind: str) -> tuple[str, ...]:
     if kind == "profile":
         from cbcn.training.profiles import PROFILES
         return tuple(PROFILES)
+    if kind == "K":
+        from cbcn.nn.cif import VALID_K
+        return VALID_K
     raise KeyError(kind)
 
 
@@ -95,7 +98,7 @@ def add_model_arguments(p: argparse.ArgumentParser):
                         "for ResNet18; for cbcn they count maps of K channels each (default: the backbone's)")
     g.add_argument("--method", default="fp", choices=_choices("method"), metavar="NAME",
                    help="binarization method: %(choices)s (default: %(default)s)")
-    g.add_argument("-K", "--K", type=int, default=1, choices=(1, 2, 4, 8), dest="K",
+    g.add_argument("-K", "--K", type=int, default=1, choices=_choices("K"), dest="K",
                    help="orientations of the circulant filters (cbcn); 1 for the other methods (default: %(default)s)")
     g.add_argument("--cbconv", action=argparse.BooleanOptionalAction, default=None,
                    help="ablation: circulant (CBConv) vs plain binary convolutions (default: the method's)")

@@ -30,6 +30,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from cbcn.data import dataset_info, load_dataset
 from cbcn.fileio import atomic_write_text
+from cbcn.nn.cif import VALID_K
 from cbcn.nn.methods import SWITCHES
 from cbcn.training.checkpoint import (CheckpointError, config_mismatches, load_checkpoint, model_signature, rng_state,
                                       save_checkpoint, set_rng_state)
@@ -164,8 +165,8 @@ def validate_config(c: TrainConfig) -> None:
     for what, value, valid in checks:
         if value not in valid:
             raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(valid)}")
-    if c.K not in (1, 2, 4, 8):
-        raise ValueError(f"K must be one of 1, 2, 4, 8 (orientations), got {c.K}")
+    if c.K not in VALID_K:
+        raise ValueError(f"K must be one of {', '.join(map(str, VALID_K))} (orientations), got {c.K}")
     for name in ("epochs", "batch_size", "eval_batch_size"):
         if getattr(c, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
