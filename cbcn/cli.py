@@ -108,6 +108,10 @@ def add_model_arguments(p: argparse.ArgumentParser):
                    help="ablation: gradient of sign() for activations (default: the method's)")
     g.add_argument("--weight-surrogate", choices=_choices("surrogate"), default=None,
                    help="ablation: gradient of sign() for weights (default: the method's)")
+    g.add_argument("-M", "--weight-bases", type=int, default=1, metavar="M",
+                   help="abcnet: binary weight bases per layer (the paper uses 1, 3, 5; default: %(default)s)")
+    g.add_argument("-N", "--act-bases", type=int, default=1, metavar="N",
+                   help="abcnet: binary activation bases per layer (the paper uses 1, 3, 5; default: %(default)s)")
     return g
 
 
@@ -250,11 +254,12 @@ def config_from_args(args: argparse.Namespace):
     fields["lr_step"] = fields["lr_step"] or None  # 0 / 'none' = constant learning rate
     output = args.output or os.path.join(
         "runs", f"{args.dataset}_{args.model}{'-' + '-'.join(map(str, args.stages)) if args.stages else ''}"
-                f"_{args.method}_K{args.K}_seed{args.seed}")
+                f"_{args.method}_K{args.K}{f'_M{args.weight_bases}N{args.act_bases}' if args.method == 'abcnet' else ''}"
+                f"_seed{args.seed}")
     return TrainConfig(
         model=args.model, method=args.method, stages=args.stages, K=args.K, cbconv=args.cbconv,
         shortcut=args.shortcut, act_surrogate=args.act_surrogate, weight_surrogate=args.weight_surrogate,
-        dropout=args.dropout, sync_bn=args.sync_bn, freeze_bn=args.freeze_bn, dataset=args.dataset, data_root=args.data_root, download=args.download,
+        weight_bases=args.weight_bases, act_bases=args.act_bases, dropout=args.dropout, sync_bn=args.sync_bn, freeze_bn=args.freeze_bn, dataset=args.dataset, data_root=args.data_root, download=args.download,
         subset=args.subset, data_seed=args.data_seed, center_loss=args.center_loss,
         center_lambda=args.center_lambda, center_alpha=args.center_alpha,
         bn_recalibration_batches=args.bn_recalibration_batches, seed=args.seed, device=args.device,

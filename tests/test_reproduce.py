@@ -104,7 +104,7 @@ ROWS = ["t2-mnist-lenet-5-10-20-40-cbcn",            # MNIST idx files
         "t3-cbcn-k4-sg",                             # the same run as the row above: reused
         "t4-cifar100-wrn22-16-16-32-64-fp",          # CIFAR100 pickles, WRN
         "t5-imagenet-resnet18-cbcn",                 # ImageFolder of PNGs, ImageNet stem, top-1/top-5
-        "t5-imagenet-resnet18-abcnet"]               # quoted, not runnable
+        "t5-imagenet-resnet18-abcnet"]               # quoted, and runnable: ABC-Net M = N = 1
 
 
 def test_smoke_profile_over_tables_2_to_5(data_root, tmp_path, capsys):
@@ -115,7 +115,6 @@ def test_smoke_profile_over_tables_2_to_5(data_root, tmp_path, capsys):
         args += ["--row", r]
     assert main(args) == 0
     log = capsys.readouterr().out
-    assert "t5-imagenet-resnet18-abcnet: not runnable: ABC-Net (Lin et al. 2017) is not implemented" in log
     assert "t3-cbcn-k4-sg: same run as t2-cifar10-resnet18-16-16-32-64-cbcn" in log
     assert "report: " in log and "report.html" in log
 
@@ -123,7 +122,7 @@ def test_smoke_profile_over_tables_2_to_5(data_root, tmp_path, capsys):
     records, problems = store.scan()
     assert problems == []
     by_id = {r["experiment_id"]: r for r in records}
-    assert set(by_id) == set(ROWS) - {"t5-imagenet-resnet18-abcnet"}
+    assert set(by_id) == set(ROWS)
     for r in records:
         assert r["schema_version"] == SCHEMA_VERSION and r["profile"] == "smoke" and r["seed"] == 0
         assert r["model_stages"] == [2, 2, 4, 4]
@@ -140,7 +139,8 @@ def test_smoke_profile_over_tables_2_to_5(data_root, tmp_path, capsys):
     assert by_id["t5-imagenet-resnet18-cbcn"]["metrics"]["top5"] is not None
     assert by_id["t5-imagenet-resnet18-cbcn"]["hardware"]["input_shape"] == [3, 224, 224]
     assert by_id["t2-mnist-lenet-5-10-20-40-cbcn"]["hardware"]["model"]["stages_physical_channels"] == "8-8-16-16"
-    assert store.statuses()[0]["status"] == "not runnable"
+    assert by_id["t5-imagenet-resnet18-abcnet"]["hardware"]["packed_logits_equal"] is True
+    assert by_id["t5-imagenet-resnet18-abcnet"]["hardware"]["model"]["weight_bases"] == 1
 
     rdir = out / "report"
     for t, metric in ((2, "error"), (3, "accuracy"), (4, "accuracy"), (5, "top1")):
@@ -150,7 +150,7 @@ def test_smoke_profile_over_tables_2_to_5(data_root, tmp_path, capsys):
         assert len(measured) >= 1 and measured[f"measured {metric}"].notna().all(), t
         assert (measured["profile"] == "smoke").all()
     t5 = pd.read_csv(rdir / "table5.csv").set_index("id")
-    assert t5.loc["t5-imagenet-resnet18-abcnet", "status"].startswith("not runnable")
+    assert t5.loc["t5-imagenet-resnet18-abcnet", "status"] == "measured"
     for name in ("report.md", "report.html", "claims.csv", "inconsistencies.csv", "hardware.csv", "results.csv"):
         assert (rdir / name).stat().st_size > 200, name
     pngs = sorted((rdir / "plots").glob("*.png"))
@@ -165,7 +165,7 @@ def test_smoke_profile_over_tables_2_to_5(data_root, tmp_path, capsys):
 
     # rerun: nothing left to do; `cbcn report` rebuilds from the store without training
     assert main(args) == 0
-    assert "0 run now, 5 already done" in capsys.readouterr().out
+    assert "0 run now, 6 already done" in capsys.readouterr().out
     (rdir / "report.md").unlink()
     assert main(["report", "--out", str(out)]) == 0
     assert (rdir / "report.md").is_file()
@@ -254,7 +254,14 @@ def test_corrupt_record_is_reported_then_repair_reruns_only_it_and_force_everyth
                              "t2-mnist-lenet-5-10-20-40-cbcn"]
 
 
-def test_unavailable_data_failures_and_reuse(tmp_path, fake_training, capsys):
+def _switch_off_abcnet(monkeypatch):
+    """Every method of the tables runs; the not-runnable path is tested with ABC-Net switched off."""
+    from cbcn.harness import experiments
+    monkeypatch.setitem(experiments.UNIMPLEMENTED_METHODS, "abcnet", "ABC-Net is switched off for this test")
+
+
+def test_unavailable_data_failures_and_reuse(tmp_path, fake_training, capsys, monkeypatch):
+    _switch_off_abcnet(monkeypatch)
     out = tmp_path / "runs"
     exps = [get_experiment(i) for i in ("t2-mnist-lenet-5-10-20-40-fp", "t3-xnor-s", "t3-xnor-sc",
                                         "t3-xnor-sg", "t5-imagenet-resnet18-abcnet")]
@@ -283,7 +290,7 @@ def test_unavailable_data_failures_and_reuse(tmp_path, fake_training, capsys):
             "t2-cifar10-resnet18-16-16-32-64-cbcn__paper__seed0"
 
 
-def test_explicit_selection_needs_its_data(tmp_path, fake_training, capsys):
+def test_explicit_selection_needs_its_data(tmp_path, fake_training, capsys, monkeypatch):
     args = ["reproduce", "--profile", "smoke", "--out", str(tmp_path), "--table", "3", "--no-report"]
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -292,7 +299,10 @@ def test_explicit_selection_needs_its_data(tmp_path, fake_training, capsys):
     assert main(args + ["--skip-unavailable"]) == 0
     assert "20 unavailable" in capsys.readouterr().out
     assert main(["reproduce", "--row", "t5-imagenet-resnet18-abcnet", "--out", str(tmp_path)]) == 2
-    assert "ABC-Net (Lin et al. 2017) is not implemented" in capsys.readouterr().err
+    assert "dataset imagenet not found" in capsys.readouterr().err
+    _switch_off_abcnet(monkeypatch)
+    assert main(["reproduce", "--row", "t5-imagenet-resnet18-abcnet", "--out", str(tmp_path)]) == 2
+    assert "ABC-Net is switched off for this test" in capsys.readouterr().err
 
 
 def test_shards_merge_into_the_full_sweep(tmp_path, fake_training, capsys):

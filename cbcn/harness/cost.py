@@ -12,7 +12,9 @@ Conventions (the hardware profile prints them, ``cbcn.harness.hardware.CONVENTIO
   additions are not counted). A circulant layer counts at its physical width
   (``C_in·K × C_out·K``), i.e. what CBConv defines; the K-sum identity the implementation uses
   does 1/K of them plus additions (``macs_ksum``).
-- BOPs: MACs of layers whose weights AND activations are binary (one XNOR+popcount lane each).
+- BOPs: MACs of layers whose weights AND activations are binary (one XNOR+popcount lane each);
+  an ABC-Net layer with M weight and N activation bases counts its M·N binary convolutions, and
+  stores M bits per weight plus its M α's.
 - FLOPs: 2 × MACs of every other layer (a multiply and an add).
 - OPs = FLOPs + BOPs / 64, as the field counts (Bi-Real Net, Liu et al. 2018; a 64-bit word
   does 64 binary operations per instruction). The field often counts FLOPs as MACs: ``macs_real``
@@ -54,9 +56,11 @@ def _layer_record(name: str, module: nn.Module) -> dict:
                  out_channels=module.physical_out_channels, K=module.K if module.cbconv else 1,
                  binary=bool(module.binary_weights and module.binary_acts))
         if module.binary_weights:
-            r["binary_weights"] = module.weight.numel()
+            r["binary_weights"] = module.weight.numel() * module.weight_bases  # ABC-Net: M bases
             r["onebit_values"] -= module.weight.numel()
-            if module.scaled:
+            if module.bases:
+                r["onebit_values"] += module.weight_bases  # α_m, one per base (β, v are parameters)
+            elif module.scaled:
                 r["onebit_values"] += module.out_maps  # α per learned output map, fp32
     elif isinstance(module, nn.Conv2d):
         r.update(input_precision="fp32", weight_precision="fp32", in_channels=module.in_channels,
@@ -101,6 +105,8 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
                 kk = module.kernel_size ** 2
                 macs = output[0].numel() * module.physical_in_channels * kk  # per image: outputs × fan-in
                 ksum = output[0].numel() * module.in_maps * kk if module.cbconv else macs
+                if module.bases:  # ABC-Net: M·N binary convs (the training layer runs them as one)
+                    macs = ksum = macs * module.weight_bases * module.act_bases
             elif isinstance(module, nn.Conv2d):
                 macs = ksum = output[0].numel() * (module.in_channels // module.groups) * \
                     module.kernel_size[0] * module.kernel_size[1]

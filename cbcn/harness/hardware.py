@@ -30,7 +30,7 @@ from cbcn.training.profiles import HardwareSettings
 CONVENTIONS = (
     "MACs counted with forward hooks on conv and linear layers (BatchNorm, pooling, activations "
     "and additions not counted); circulant layers at their physical width C_in·K × C_out·K. "
-    "BOPs = MACs of layers with binary weights and binary activations; FLOPs = 2 × MACs of all "
+    "BOPs = MACs of layers with binary weights and binary activations (ABC-Net: its M·N binary convs); FLOPs = 2 × MACs of all "
     "other layers; OPs = FLOPs + BOPs/64 (the field's convention; with FLOPs counted as MACs, as "
     "many papers do, use macs_real + BOPs/64). fp32 bytes: 4 per parameter and float buffer; "
     "1-bit bytes: binary weights at 1 bit plus per-map α in fp32, the rest fp32 (binary weights with "

@@ -39,7 +39,8 @@ CONVENTIONS = (
     "(the 1-bit checkpoint packs all binary weights densely, so its payload is "
     "ceil(Σ binary_params / 8) + 4·Σ real_params); fp32 bytes: 4 per parameter and float buffer.")
 
-PARTS = ("binary weights (1 bit each)", "alpha (per learned map)", "binary-layer biases", "batch-norm",
+PARTS = ("binary weights (1 bit each)", "alpha (per learned map)", "binary-layer biases",
+         "ABC-Net alphas and activation shifts/scales", "batch-norm",
          "full-precision convs (stem, shortcuts)", "classifier", "other")
 
 
@@ -137,6 +138,11 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...], title: str | None 
         rows.append(row)
         if r["binary_weights"]:
             module = dict(model.named_modules())[r["name"]]
+            if getattr(module, "bases", False):  # M α's, N shifts v and N scales β, then the bias
+                bases = module.weight_bases + 2 * module.act_bases
+                parts["ABC-Net alphas and activation shifts/scales"] += 4 * bases
+                parts["binary-layer biases"] += 4 * (r["onebit_values"] - bases)
+                continue
             alpha = module.out_maps if getattr(module, "scaled", False) else 0
             parts["alpha (per learned map)"] += 4 * alpha
             parts["binary-layer biases"] += 4 * (r["onebit_values"] - alpha)
@@ -294,7 +300,8 @@ def summary_of_options(args) -> Summary:
                 if getattr(args, k, None) is not None}
     model = build_model(args.model, method=args.method, stages=args.stages, K=args.K, num_classes=info.num_classes,
                         in_channels=info.in_channels, stem="imagenet" if info.family == "imagenet" else "cifar",
-                        image_size=info.image_size if args.model == "lenet" else 32, **switches)
+                        image_size=info.image_size if args.model == "lenet" else 32,
+                        weight_bases=args.weight_bases, act_bases=args.act_bases, **switches)
     return summarize(model, (info.in_channels, info.image_size, info.image_size),
                      f"{_model_title(model)} ({dataset}: {info.in_channels}x{info.image_size}x{info.image_size}, "
                      f"{info.num_classes} classes)")

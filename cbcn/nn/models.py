@@ -43,6 +43,8 @@ class ConvFactory:
 
     spec: MethodSpec
     K: int
+    weight_bases: int = 1  # ABC-Net's M and N (method abcnet)
+    act_bases: int = 1
 
     @property
     def width(self) -> int:
@@ -50,7 +52,8 @@ class ConvFactory:
         return self.K if self.spec.cbconv else 1
 
     def conv(self, in_maps, out_maps, kernel_size, stride=1, padding=0, binary=True) -> BinaryConv2d:
-        return BinaryConv2d(in_maps, out_maps, kernel_size, stride, padding, method=self.spec, K=self.K, binary=binary)
+        return BinaryConv2d(in_maps, out_maps, kernel_size, stride, padding, method=self.spec, K=self.K, binary=binary,
+                            weight_bases=self.weight_bases, act_bases=self.act_bases)
 
     def bn(self, maps: int) -> nn.BatchNorm2d:
         return nn.BatchNorm2d(maps * self.width)
@@ -187,12 +190,15 @@ def build_model(
     shortcut: str | None = None,
     act_surrogate: str | None = None,
     weight_surrogate: str | None = None,
+    weight_bases: int = 1,
+    act_bases: int = 1,
 ) -> CBCNNet:
     """Build a backbone for a method, e.g.
     ``build_model("resnet18", method="cbcn", stages=(16, 16, 32, 64), K=4, num_classes=10)``.
 
     ``cbconv``, ``shortcut``, ``act_surrogate`` and ``weight_surrogate`` are the Table 3 ablation
-    switches; ``None`` keeps the method's default (``cbcn.nn.methods.METHODS``).
+    switches; ``None`` keeps the method's default (``cbcn.nn.methods.METHODS``). ``weight_bases``
+    and ``act_bases`` are ABC-Net's M and N (``cbcn.nn.bases``; method ``abcnet`` only).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid choices: {list(MODELS)}")
@@ -207,7 +213,10 @@ def build_model(
     if name == "resnet18" and stages is None and stem == "imagenet":
         stages = (64, 128, 256, 512)
     stages = parse_stages(stages, name)
-    factory = ConvFactory(spec, K)
+    if not spec.bases and (weight_bases, act_bases) != (1, 1):
+        raise ValueError(f"weight_bases/act_bases (M, N) are ABC-Net's (method 'abcnet'); method {method!r} "
+                         f"has one base each")
+    factory = ConvFactory(spec, K, weight_bases, act_bases)
     if name == "lenet":
         return LeNet(factory, stages, in_channels, num_classes, image_size)
     if name == "resnet18":
@@ -229,12 +238,14 @@ def describe_model(model: CBCNNet) -> dict:
         "model": model.name,
         "method": model.method,
         "K": model.K,
+        **({"weight_bases": model.factory.weight_bases, "act_bases": model.factory.act_bases}
+           if model.factory.spec.bases else {}),
         "cbconv": model.factory.spec.cbconv,
         "shortcut": model.factory.spec.shortcut,
         "stages_maps": "-".join(str(s) for s in model.stages),
         "stages_physical_channels": "-".join(str(s * model.factory.width) for s in model.stages),
         "learned_parameters": count_parameters(model),
-        "binary_weight_parameters": sum(m.weight.numel() for m in binary),
+        "binary_weight_parameters": sum(m.weight.numel() for m in binary),  # learned (ABC-Net: M bases each)
         "real_parameters": count_parameters(model) - sum(m.weight.numel() for m in binary),
         "binary_layers": len(binary),
         "conv_layers": len(convs),

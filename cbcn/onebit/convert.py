@@ -79,6 +79,7 @@ class OneBitConv2d(nn.Module):
         backend: str | None = None,
         path: str = "mma",
         method: str = "",
+        act_shift: bool = False,
     ):
         super().__init__()
         if path not in PATHS:
@@ -96,6 +97,8 @@ class OneBitConv2d(nn.Module):
         )
         self.register_buffer("alpha", torch.ones(out_maps) if scaled else None)
         self.register_buffer("bias", torch.zeros(self.physical_out_channels) if bias else None)
+        # ABC-Net's activation shift v: the input's signs are those of 2(x + v) − 1 (cbcn.nn.bases)
+        self.register_buffer("act_shift", torch.zeros(()) if act_shift else None)
 
     @classmethod
     def from_binary_conv(cls, layer: BinaryConv2d, backend: str | None = None, path: str = "mma") -> "OneBitConv2d":
@@ -112,10 +115,13 @@ class OneBitConv2d(nn.Module):
             new = cls(
                 in_maps, out_maps, layer.kernel_size, layer.stride, layer.padding,
                 K=layer.K, cbconv=layer.cbconv, scaled=alpha is not None, bias=layer.bias is not None,
-                backend=backend, path=path, method=layer.method,
+                backend=backend, path=path, method=layer.method, act_shift=layer.bases,
             )
             new.packed_weight.copy_(pack_signs(signs_source.detach()).cpu())
-            if alpha is not None:
+            if layer.bases:  # ABC-Net, one base each: B_1's signs, the scale α_1·β_1, the shift v_1
+                new.alpha.copy_(alpha.detach().cpu())
+                new.act_shift.copy_(layer.act_shift.detach()[0].cpu())
+            elif alpha is not None:
                 # α per learned map (repeated over the K orientations at run time, as layer.scale() does)
                 new.alpha.copy_(layer.weight.detach().abs().mean(dim=(1, 2, 3)).cpu())
             if layer.bias is not None:
@@ -175,6 +181,8 @@ class OneBitConv2d(nn.Module):
         wrote them, else packed now."""
         if x.dim() != 4 or x.shape[1] != self.physical_in_channels:
             raise ValueError(f"1-bit conv expects input (N, {self.physical_in_channels}, H, W), got {tuple(x.shape)}")
+        if self.act_shift is not None:  # ABC-Net: H_v(x) = sign(2(x + v) − 1), as the training layer
+            return (ops or self.ops(x.device)).pack_signs(2 * (x + self.act_shift) - 1)
         carried = carried_packed_signs(x)
         return carried if carried is not None else (ops or self.ops(x.device)).pack_signs(x)
 
@@ -216,8 +224,10 @@ class OneBitConv2d(nn.Module):
 
 
 def is_packable(module: nn.Module) -> bool:
-    """A ``BinaryConv2d`` with binary weights and binary activations (bnn, xnor, bireal, cbcn)."""
-    return isinstance(module, BinaryConv2d) and module.binary_weights and module.binary_acts
+    """A ``BinaryConv2d`` with binary weights and binary activations (bnn, xnor, bireal, cbcn, and
+    abcnet with one weight and one activation base)."""
+    return (isinstance(module, BinaryConv2d) and module.binary_weights and module.binary_acts
+            and module.weight_bases * module.act_bases == 1)
 
 
 def convert_to_onebit(model: nn.Module, backend: str | None = None, path: str = "mma", inplace: bool = False,
@@ -234,8 +244,13 @@ def convert_to_onebit(model: nn.Module, backend: str | None = None, path: str = 
                 setattr(parent, name, OneBitConv2d.from_binary_conv(child, backend=backend, path=path))
                 replaced += 1
     if replaced == 0:
+        if any(isinstance(m, BinaryConv2d) and m.weight_bases * m.act_bases > 1 for m in model.modules()):
+            raise ValueError("ABC-Net layers with M·N > 1 bases stay in float: running them as M·N packed "
+                             "convs is not implemented (M = N = 1 converts)")
         raise ValueError("model has no layer with binary weights and activations to pack (fp/bwn models stay float)")
     model.onebit_layers = replaced
+    if fuse and any(m.act_shift is not None for m in model.modules() if isinstance(m, OneBitConv2d)):
+        fuse = False  # ABC-Net's shifted input signs are not those a fused epilogue carries
     if fuse:
         from cbcn.onebit.fused import fuse_blocks
 
@@ -287,6 +302,8 @@ def model_build_kwargs(model: nn.Module) -> dict:
         kwargs["act_surrogate"] = spec.act_surrogate
     if spec.binary_weights:
         kwargs["weight_surrogate"] = spec.weight_surrogate
+    if spec.bases:
+        kwargs["weight_bases"], kwargs["act_bases"] = model.factory.weight_bases, model.factory.act_bases
     if hasattr(model, "stem_kind"):
         kwargs["stem"] = model.stem_kind
     if model.name == "lenet":

@@ -55,6 +55,8 @@ class TrainConfig:
     shortcut: str | None = None
     act_surrogate: str | None = None
     weight_surrogate: str | None = None
+    weight_bases: int = 1                   # ABC-Net's M and N (method abcnet)
+    act_bases: int = 1
     dropout: float | None = None            # override every nn.Dropout's p (None = backbone default)
     sync_bn: bool = False                   # torchrun on GPUs: SyncBatchNorm (batch statistics over all ranks)
     freeze_bn: bool = False                 # BatchNorm uses running statistics while training (affine still learns)
@@ -118,8 +120,8 @@ class TrainConfig:
 
 #: fields that must be equal to resume a checkpoint (others — epochs, paths, device, display —
 #: may change, e.g. to extend a run or move the data)
-IDENTITY_FIELDS = ("model", "method", "stages", "K", *SWITCHES, "dropout", "freeze_bn", "dataset", "subset",
-                   "max_train_samples", "max_test_samples", "data_seed", "batch_size", "lr", "momentum",
+IDENTITY_FIELDS = ("model", "method", "stages", "K", *SWITCHES, "weight_bases", "act_bases", "dropout", "freeze_bn",
+                   "dataset", "subset", "max_train_samples", "max_test_samples", "data_seed", "batch_size", "lr", "momentum",
                    "weight_decay", "lr_step", "lr_gamma", "center_loss", "center_lambda", "center_alpha", "seed")
 
 
@@ -165,6 +167,11 @@ def validate_config(c: TrainConfig) -> None:
     for what, value, valid in checks:
         if value not in valid:
             raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(valid)}")
+    if c.method != "abcnet" and (c.weight_bases, c.act_bases) != (1, 1):
+        raise ValueError(f"weight_bases/act_bases (M, N) are ABC-Net's (method abcnet); method {c.method!r} "
+                         f"has one base each, got M={c.weight_bases}, N={c.act_bases}")
+    if c.weight_bases < 1 or c.act_bases < 1:
+        raise ValueError(f"weight_bases and act_bases must be >= 1, got M={c.weight_bases}, N={c.act_bases}")
     if c.K not in VALID_K:
         raise ValueError(f"K must be one of {', '.join(map(str, VALID_K))} (orientations), got {c.K}")
     for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -211,7 +218,8 @@ def build_model_for(config: TrainConfig) -> nn.Module:
     model = build_model(config.model, method=config.method,
                         stages=tuple(config.stages) if config.stages else None, K=config.K,
                         num_classes=info.num_classes, in_channels=info.in_channels,
-                        stem="imagenet" if info.family == "imagenet" else "cifar", **switches)
+                        stem="imagenet" if info.family == "imagenet" else "cifar",
+                        weight_bases=config.weight_bases, act_bases=config.act_bases, **switches)
     if config.dropout is not None:
         for m in model.modules():
             if isinstance(m, nn.Dropout):
@@ -488,7 +496,8 @@ def _resume(run: _Run, resume_path: Path) -> None:
     after checking that it belongs to this run."""
     config, dinfo = run.config, run.dinfo
     ckpt = load_checkpoint(resume_path, map_location="cpu")
-    bad = config_mismatches(ckpt["config"], config.to_dict(), IDENTITY_FIELDS)
+    saved = {**asdict(TrainConfig()), **ckpt["config"]}  # fields added since the checkpoint: their defaults
+    bad = config_mismatches(saved, config.to_dict(), IDENTITY_FIELDS)
     if bad:
         raise CheckpointError(f"{resume_path} belongs to a different run; differing settings:\n  "
                               + "\n  ".join(bad))
