@@ -182,6 +182,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, dest="cpu_threads", metavar="N",
                    help="torch threads on a CPU (default: the profile's; quick/smoke use 1, which is "
                         "fastest for small models on a shared machine; paper: torch's default)")
+    g.add_argument("--compile", action="store_true",
+                   help="train through torch.compile (inductor): the same math, 1.7-1.8x faster for the "
+                        "binary LeNets on a CPU after about a minute of compiling")
     g.add_argument("--output", "-o", default=None, metavar="DIR",
                    help="run folder (default: runs/<dataset>_<model>[-stages]_<method>_K<K>_seed<seed>)")
     g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
@@ -264,7 +267,8 @@ def config_from_args(args: argparse.Namespace):
         center_lambda=args.center_lambda, center_alpha=args.center_alpha,
         bn_recalibration_batches=args.bn_recalibration_batches, seed=args.seed, device=args.device,
         num_workers=args.num_workers, output_dir=output, resume=args.resume, overwrite=args.overwrite,
-        stop_after_epoch=args.stop_after_epoch, progress=args.progress, log_every=args.log_every, **fields)
+        stop_after_epoch=args.stop_after_epoch, progress=args.progress, log_every=args.log_every,
+        compile=args.compile, **fields)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

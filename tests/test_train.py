@@ -69,6 +69,23 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, method, kw):
         assert torch.equal(v, w), k
 
 
+
+def test_compiled_training_matches_eager_for_a_float_model(tmp_path):
+    """``compile=True`` fuses the training forward but keeps its math and its random streams
+    (dropout through eager's generator): a float LeNet agrees with eager training up to rounding
+    (tolerance 1e-5; binary models are not compared: rounding flips signs near zero). Its
+    checkpoint holds the plain model, loadable without compiling."""
+    eager = train(cfg(method="fp"))
+    fused = train(cfg(method="fp", compile=True, output_dir=str(tmp_path)))
+    assert fused.config["compile"] is True
+    for a, b in zip(eager.history, fused.history):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-5)
+    for (k, v), w in zip(eager.model.state_dict().items(), fused.model.state_dict().values()):
+        torch.testing.assert_close(w, v, rtol=1e-5, atol=1e-5, msg=k)
+    model, _, _ = load_trained_model(tmp_path / "last.pt")
+    assert evaluate(model, _test_set())["error"] == pytest.approx(fused.final["test_error"])
+
 def _write_fake_cifar100(root, n_train, n_test):
     """A tiny file set in the official cifar-100-python layout (random pixels)."""
     import pickle

@@ -109,6 +109,8 @@ def add_subcommands(subparsers) -> None:
                    help="experiments whose dataset is missing or corrupt are recorded as unavailable and the "
                         "exit status stays 0 (without it: explicitly selected ones stop the sweep before it "
                         "starts, the profile's default ones make the exit status 1)")
+    p.add_argument("--compile", action="store_true",
+                   help="train every run through torch.compile (see `cbcn train --help`)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--train-progress", choices=("auto", "bar", "lines", "none"), default="auto",
                    help="progress display inside each training run (default: %(default)s)")
@@ -190,7 +192,8 @@ def cmd_reproduce(args) -> int:
         summary = run_sweep(exps, args.profile, args.out, data_root=args.data_root, seed=args.seed,
                             force=args.force, repair=args.repair, shard=shard, device=args.device,
                             strict_data=explicit and not args.skip_unavailable, log=log,
-                            train_progress=args.train_progress, download=args.download)
+                            train_progress=args.train_progress, download=args.download,
+                            compile=args.compile)
     except SweepError as e:
         raise CLIError(str(e)) from None
     except KeyboardInterrupt as e:

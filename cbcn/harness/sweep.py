@@ -111,7 +111,7 @@ def dataset_status(name: str, root: str | None, cache: dict, download: bool = Fa
 
 
 def _config_for(exp: Experiment, profile: Profile, data_root: str | None, seed: int, device: str,
-                out: Path, resume: bool, progress: str, download: bool = False):
+                out: Path, resume: bool, progress: str, download: bool = False, compile: bool = False):
     from cbcn.training.train import TrainConfig
     switches = {k: v for k, v in exp.switches.items() if k in SWITCHES}
     run_dir = out / "runs" / record_key(exp.id, profile.name, seed)
@@ -121,7 +121,7 @@ def _config_for(exp: Experiment, profile: Profile, data_root: str | None, seed: 
         center_loss=exp.center_loss is not None,
         center_lambda=exp.center_loss if exp.center_loss is not None else 0.01,
         output_dir=str(run_dir), resume=resume, overwrite=not resume, progress=progress, download=download,
-        **switches)
+        compile=compile, **switches)
 
 
 def _input_shape(dataset: str) -> tuple[int, int, int]:
@@ -140,14 +140,15 @@ def metrics_from(final: dict) -> dict:
 
 
 def run_experiment(exp: Experiment, profile: Profile, *, data_root: str | None, seed: int, device: str,
-                   out: Path, resume: bool = True, progress: str = "lines", download: bool = False) -> dict:
+                   out: Path, resume: bool = True, progress: str = "lines", download: bool = False,
+                   compile: bool = False) -> dict:
     """Train and profile one experiment; return its store record (not yet written)."""
     from cbcn.harness.hardware import profile_model
     from cbcn.harness.machine import host_description
     from cbcn.harness.provenance import git_revision, package_versions
     from cbcn.training.train import train
     started = time.time()
-    config = _config_for(exp, profile, data_root, seed, device, out, resume, progress, download)
+    config = _config_for(exp, profile, data_root, seed, device, out, resume, progress, download, compile)
     ckpt = Path(config.output_dir) / "last.pt"
     if resume and not ckpt.exists():
         config.resume = False
@@ -193,7 +194,7 @@ def run_sweep(experiments: Sequence[Experiment], profile: str | Profile = "quick
               *, data_root: str | None = None, seed: int = 0, force: bool = False, repair: bool = False,
               shard: Shard | None = None, device: str = "auto", strict_data: bool = False,
               log: Callable[[str], None] = print, train_progress: str = "lines",
-              download: bool = False) -> SweepSummary:
+              download: bool = False, compile: bool = False) -> SweepSummary:
     """Run every selected experiment that has no record yet.
 
     ``repair``: unreadable records are moved aside (``<name>.json.bad-<time>``) and only those
@@ -282,7 +283,7 @@ def run_sweep(experiments: Sequence[Experiment], profile: str | Profile = "quick
                     f"rerunning it: {found.error}")
             record, path = _run_one(exp, profile, store, seed, force, done_now, tag, log, is_main, out,
                                     data_root=data_root, device=device, progress=train_progress,
-                                    download=download)
+                                    download=download, compile=compile)
         except KeyboardInterrupt:
             log(f"{tag}: interrupted; finished experiments are stored, rerun the same command to continue")
             raise
