@@ -96,6 +96,7 @@ def test_tables_have_paper_column_and_measured_difference(report):
     row = t2[(t2["id"] == "t2-mnist-lenet-5-10-20-40-cbcn") & (t2["profile"] == "quick")].iloc[0]
     assert row["measured error"] == pytest.approx(2.5) and row["seeds"] == 2
     assert row["diff error"] == pytest.approx(2.5 - 1.91) and row["paper error"] == 1.91
+    assert pd.isna(row["last-5-epochs error"])  # the fake runs have 3 epochs: no 5-epoch mean
     assert t2[t2["id"] == "t2-cifar10-resnet18-16-16-32-64-fp"]["status"].iloc[0] == "not run"
     t4 = pd.read_csv(out / "report" / "table4.csv")
     assert t4["paper accuracy"].notna().all()
@@ -182,3 +183,12 @@ def test_report_cli_rebuilds_and_merges(tmp_path, capsys, report):
     err = capsys.readouterr().err
     assert "skipped unreadable record" in err and "schema version" in err
     assert len(load_results(report[0]).records) == 9
+
+
+def test_last_epochs_metric_averages_the_curve_tail():
+    from cbcn.harness.tables import last_epochs_metric
+    curves = [{"test_error": e, "test_top5": 100 - e / 10} for e in (50.0, 9.0, 3.0, 2.0, 24.0, 2.0, 1.0)]
+    assert last_epochs_metric(curves, "error") == pytest.approx((3 + 2 + 24 + 2 + 1) / 5)
+    assert last_epochs_metric(curves, "accuracy") == pytest.approx(100 - 32 / 5)
+    assert last_epochs_metric(curves, "top5") == pytest.approx(100 - 3.2 / 5)
+    assert last_epochs_metric(curves[:4], "error") is None and last_epochs_metric(None, "error") is None

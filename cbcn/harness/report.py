@@ -248,8 +248,10 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) 
         S.append(("ul", [p.error for p in results.problems]))
     for t, df in tables.items():
         S.append(("h2", TABLE_TITLES[t]))
-        S.append(("p", "`diff` = measured − paper (percentage points). Quoted rows are numbers the paper took "
-                       "from other papers."))
+        S.append(("p", "`diff` = measured − paper (percentage points); `measured` is the final epoch's, averaged "
+                       "over `seeds` runs with their standard deviation `std`; `last-5-epochs` averages each run's "
+                       "last 5 epochs first (one epoch of a binary network can jump by points). Quoted rows are "
+                       "numbers the paper took from other papers."))
         S.append(("table", df.drop(columns=["notes"]), f"table{t}.csv"))
         by_note: dict[str, list[str]] = {}
         for _, r in df.iterrows():

@@ -22,6 +22,9 @@ from cbcn.harness.store import ResultStore, StoreProblem, parse_key
 #: metrics shown per table (percent)
 TABLE_COLUMNS = {2: ("error",), 3: ("accuracy",), 4: ("accuracy",), 5: ("top1", "top5")}
 NOT_RUN = "not run"
+#: the report also shows each metric averaged over the last epochs: a single epoch's test error of a
+#: binary network can jump by points (issue 14), the trend over a few epochs is steadier
+LAST_EPOCHS = 5
 
 
 @dataclass
@@ -85,6 +88,19 @@ def hardware_row(hw: dict) -> dict:
     return row
 
 
+def last_epochs_metric(curves: list[dict] | None, metric: str, epochs: int = LAST_EPOCHS) -> float | None:
+    """``metric`` averaged over the last ``epochs`` epochs of a record's learning curve (percent):
+    the test error, its complement for accuracy/top-1, or the top-5 accuracy; None without curves
+    (or with fewer epochs than ``epochs``, where the mean would mix in the warm-up)."""
+    key, flip = {"error": ("test_error", False), "accuracy": ("test_error", True), "top1": ("test_error", True),
+                 "top5": ("test_top5", False)}[metric]
+    values = [c.get(key) for c in (curves or [])[-epochs:]]
+    if len(values) < epochs or not all(_finite(v) for v in values):
+        return None
+    mean = sum(values) / epochs
+    return 100.0 - mean if flip else mean
+
+
 def load_results(out: str | os.PathLike) -> Results:
     store = ResultStore(out)
     records, problems = store.scan()
@@ -105,6 +121,8 @@ def load_results(out: str | os.PathLike) -> Results:
                "reused_from": r.get("reused_from"), "data": (r.get("data") or {}).get("description"),
                "git_revision": (r.get("git") or {}).get("revision"), "finished": r.get("finished"),
                "train_time_s": r.get("train_time_s")}
+        for metric in ("error", "accuracy", "top1", "top5"):
+            row[f"{metric}_last{LAST_EPOCHS}"] = last_epochs_metric(r.get("curves"), metric)
         row.update(hardware_row(r.get("hardware") or {}))
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -112,15 +130,16 @@ def load_results(out: str | os.PathLike) -> Results:
         frame = pd.DataFrame(columns=["experiment_id", "profile", "seed", "error", "accuracy", "top1", "top5",
                                       "accuracy_pct"])
     metric_cols = ["error", "accuracy", "top1", "top5", "accuracy_pct"]
+    last_cols = [f"{m}_last{LAST_EPOCHS}" for m in ("error", "accuracy", "top1", "top5")]
     if len(frame):
         g = frame.groupby(["experiment_id", "profile"], sort=False)
-        summary = g[metric_cols].mean()
-        for c in metric_cols:
+        summary = g[metric_cols + last_cols].mean()
+        for c in metric_cols + last_cols:
             summary[c + "_std"] = g[c].std()
         summary["seeds"] = g["seed"].count()
         summary = summary.reset_index()
     else:
-        summary = pd.DataFrame(columns=["experiment_id", "profile", "seeds"] + metric_cols)
+        summary = pd.DataFrame(columns=["experiment_id", "profile", "seeds"] + metric_cols + last_cols)
     return Results(records, problems, statuses, frame, summary)
 
 
@@ -165,6 +184,8 @@ def table_frame(results: Results, table: int) -> pd.DataFrame:
                 row[f"paper {metric}"] = paper
                 row[f"measured {metric}"] = measured if _finite(measured) else None
                 row[f"diff {metric}"] = round(measured - paper, 4) if _finite(measured) and paper is not None else None
+                last = m.get(f"{metric}_last{LAST_EPOCHS}") if m else None
+                row[f"last-{LAST_EPOCHS}-epochs {metric}"] = last if _finite(last) else None
             if m:
                 row["seeds"] = int(m["seeds"])
                 std = m.get(TABLE_COLUMNS[table][0] + "_std")

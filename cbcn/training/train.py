@@ -245,7 +245,7 @@ def _topk_correct(logits: torch.Tensor, y: torch.Tensor, ks) -> list[int]:
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, dataset, batches: int, batch_size: int,
-                          device: torch.device | str) -> int:
+                          device: torch.device | str, sample_seed: int = 0) -> int:
     """Re-estimate every BatchNorm's running statistics with the current weights.
 
     Why: the exponential moving average that BatchNorm keeps during training mixes statistics of
@@ -255,14 +255,16 @@ def recalibrate_batchnorm(model: nn.Module, dataset, batches: int, batch_size: i
     test error after this re-estimation. We recompute the statistics as a plain average over the
     ``batches`` training batches of a fixed random sample (data sets are often stored sorted by
     class, so the first images would cover few classes), augmentation as in training, dropout off
-    and all random streams restored afterwards, so training itself is unchanged. Returns the number
-    of images used (0: nothing to do).
+    and all random streams restored afterwards, so training itself is unchanged. ``sample_seed``
+    picks the sample (training uses 0; ``benchmarks/bn_recalibration_study.py`` varies it to
+    measure how much the choice moves a test error). Returns the number of images used (0: nothing
+    to do).
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if batches <= 0 or not bns:
         return 0
     n = min(len(dataset), batches * batch_size)
-    sample = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:n].tolist()
+    sample = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(sample_seed))[:n].tolist()
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sample)
     device = torch.device(device)
     was_training = model.training
