@@ -127,6 +127,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
             processes."""),
         epilog=_dataset_epilog())
     g = add_model_arguments(p)
+    g.add_argument("--lenet-classifier", default="linear", choices=("linear", "hidden"),
+                   help="LeNet's classifier: 'linear' = dropout then the linear classifier (default); 'hidden' = "
+                        "a hidden FC layer of 500 units, ReLU, dropout, then the classifier (the other reading "
+                        "of the paper's 'dropout after the fully connected layer'; docs/DESIGN.md)")
     g.add_argument("--dropout", type=float, default=None, metavar="P",
                    help="override the dropout probability of the backbone's dropout layers")
     g.add_argument("--sync-bn", action="store_true",
@@ -262,7 +266,8 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         model=args.model, method=args.method, stages=args.stages, K=args.K, cbconv=args.cbconv,
         shortcut=args.shortcut, act_surrogate=args.act_surrogate, weight_surrogate=args.weight_surrogate,
-        weight_bases=args.weight_bases, act_bases=args.act_bases, dropout=args.dropout, sync_bn=args.sync_bn, freeze_bn=args.freeze_bn, dataset=args.dataset, data_root=args.data_root, download=args.download,
+        weight_bases=args.weight_bases, act_bases=args.act_bases, dropout=args.dropout,
+        lenet_classifier=args.lenet_classifier, sync_bn=args.sync_bn, freeze_bn=args.freeze_bn, dataset=args.dataset, data_root=args.data_root, download=args.download,
         subset=args.subset, data_seed=args.data_seed, center_loss=args.center_loss,
         center_lambda=args.center_lambda, center_alpha=args.center_alpha,
         bn_recalibration_batches=args.bn_recalibration_batches, seed=args.seed, device=args.device,

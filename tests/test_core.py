@@ -277,6 +277,9 @@ def test_lenet_5_10_20_40_parameter_count():
     assert cb["learned_parameters"] == 16185
     assert cb["binary_weight_parameters"] == 450 + 1800 + 7200  # first conv stays full precision
     assert cb["stages_physical_channels"] == "20-40-80-160"
+    # the hidden-FC reading: + FC 160*500 + 500, and the classifier reads 500 units: 500*10 + 10
+    hidden = describe_model(build_model("lenet", "xnor", (5, 10, 20, 40), in_channels=1, lenet_classifier="hidden"))
+    assert hidden["learned_parameters"] == 11175 - 1610 + 80500 + 5010 and hidden["lenet_classifier"] == "hidden"
 
 
 def test_resnet18_16_16_32_64_parameter_count():
@@ -323,6 +326,8 @@ def test_wrn_depths():
         (lambda: build_model("resnet18", "cbcn", stages="16-16-32"), "four positive"),
         (lambda: build_model("resnet18", stem="tiny"), "valid choices"),
         (lambda: build_model("resnet18", shortcut="triple"), "valid choices"),
+        (lambda: build_model("lenet", lenet_classifier="mlp"), "valid choices.*hidden"),
+        (lambda: build_model("resnet18", lenet_classifier="hidden"), "LeNet's"),
         (lambda: build_model("lenet", in_channels=1)(torch.randn(1, 3, 32, 32)), r"\(N, 1, H, W\)"),
     ],
 )

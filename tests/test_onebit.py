@@ -38,20 +38,21 @@ def _train_a_few_steps(model, shape, steps=2, seed=0):
 
 
 @pytest.mark.parametrize(
-    "name,method,stages,K,image",
+    "name,method,stages,K,image,kw",
     [
-        ("resnet18", "cbcn", (4, 4, 8, 8), 4, 8),
-        ("resnet18", "xnor", (8, 8, 16, 16), 1, 8),
-        ("resnet18", "bireal", (8, 8, 16, 40), 1, 9),
-        ("resnet18", "bnn", (8, 8, 16, 16), 1, 8),
-        ("lenet", "cbcn", (2, 3, 4, 5), 2, 32),
-        ("wrn22", "cbcn", (4, 4, 8, 8), 8, 8),
+        ("resnet18", "cbcn", (4, 4, 8, 8), 4, 8, {}),
+        ("resnet18", "xnor", (8, 8, 16, 16), 1, 8, {}),
+        ("resnet18", "bireal", (8, 8, 16, 40), 1, 9, {}),
+        ("resnet18", "bnn", (8, 8, 16, 16), 1, 8, {}),
+        ("lenet", "cbcn", (2, 3, 4, 5), 2, 32, {}),
+        ("lenet", "xnor", (2, 3, 4, 5), 1, 32, {"lenet_classifier": "hidden"}),
+        ("wrn22", "cbcn", (4, 4, 8, 8), 8, 8, {}),
     ],
 )
-def test_convert_save_load_identical_predictions(tmp_path, name, method, stages, K, image):
+def test_convert_save_load_identical_predictions(tmp_path, name, method, stages, K, image, kw):
     torch.manual_seed(0)
     in_ch = 1 if name == "lenet" else 3
-    model = build_model(name, method=method, stages=stages, K=K, num_classes=10, in_channels=in_ch)
+    model = build_model(name, method=method, stages=stages, K=K, num_classes=10, in_channels=in_ch, **kw)
     x = _train_a_few_steps(model, (4, in_ch, image, image))
     with torch.no_grad():
         logits = model(x)

@@ -11,7 +11,6 @@ import base64
 import html
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,8 +229,11 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) 
     f = results.frame
     revs = sorted(set(f["git_revision"].dropna())) if "git_revision" in f else []
     devices = sorted(set(f["device_name"].dropna().astype(str))) if "device_name" in f else []
-    S.append(("p", f"Store: `{out.resolve()}` — {len(results.records)} finished runs, "
-                   f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}. Code revisions: {', '.join(revs) or '—'}. "
+    finished = sorted(str(t) for t in f["finished"].dropna()) if "finished" in f else []
+    # no clock time and no absolute path: the same records give the same report, on any machine
+    S.append(("p", f"Store: `{out}` — {len(results.records)} finished runs"
+                   f"{f', the last finished {finished[-1]}' if finished else ''}. "
+                   f"Code revisions: {', '.join(revs) or '—'}. "
                    f"Devices: {', '.join(devices) or '—'}."))
     S.append(("summary", _summary_lines(tables, claims)))
     if results.profiles:

@@ -1,6 +1,7 @@
 """The paper's backbones (SPEC §4), buildable for every method (SPEC §3).
 
-- LeNet ``a-b-c-d``: four 3×3 convs, each followed by max-pool and ReLU; classifier with dropout.
+- LeNet ``a-b-c-d``: four 3×3 convs, each followed by max-pool and ReLU; classifier with dropout
+  (``LENET_CLASSIFIERS``: dropout then one linear layer by default, or a hidden FC layer first).
 - ResNet18 ``a-b-c-d``: stem of ``a`` maps, four stages of two BasicBlocks (strides 1, 2, 2, 2);
   CIFAR stem 3×3/1 without max-pool, ImageNet stem 7×7/2 with max-pool.
 - WRN22 / WRN40 ``a-b-c-d`` (depth factor 1): stem of ``a``, three stages of (depth−4)/6 blocks.
@@ -29,6 +30,12 @@ from cbcn.nn.methods import MethodSpec, get_method
 
 MODELS = ("lenet", "resnet18", "wrn22", "wrn40")
 STEMS = ("cifar", "imagenet")
+#: LeNet's two readings of the paper's "a dropout layer after the fully connected layer" (Sec. 4.1):
+#: ``linear`` = dropout → linear classifier (the default: four conv units, then the classifier);
+#: ``hidden`` = FC to ``LENET_HIDDEN_UNITS`` → ReLU → dropout → linear classifier, a hidden FC layer
+#: as in Caffe's LeNet (500 units), full precision like the classifier. DESIGN.md has the ablation.
+LENET_CLASSIFIERS = ("linear", "hidden")
+LENET_HIDDEN_UNITS = 500
 DEFAULT_STAGES = {
     "lenet": (5, 10, 20, 40),
     "resnet18": (16, 16, 32, 64),
@@ -96,7 +103,8 @@ class CBCNNet(nn.Module):
 
 
 class LeNet(CBCNNet):
-    def __init__(self, factory: ConvFactory, stages, in_channels=1, num_classes=10, image_size=32, dropout=0.5):
+    def __init__(self, factory: ConvFactory, stages, in_channels=1, num_classes=10, image_size=32, dropout=0.5,
+                 classifier: str = "linear"):
         super().__init__("lenet", factory, stages, in_channels, num_classes)
         if image_size % 16:
             raise ValueError(f"LeNet halves the image four times: image_size must be a multiple of 16, got {image_size}")
@@ -109,7 +117,12 @@ class LeNet(CBCNNet):
             prev = maps
         self.units = nn.Sequential(*units)
         self.feature_dim = stages[-1] * factory.width * (image_size // 16) ** 2
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.feature_dim, num_classes))
+        self.classifier_kind = classifier
+        if classifier == "hidden":
+            self.classifier = nn.Sequential(nn.Linear(self.feature_dim, LENET_HIDDEN_UNITS), nn.ReLU(),
+                                            nn.Dropout(dropout), nn.Linear(LENET_HIDDEN_UNITS, num_classes))
+        else:
+            self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.feature_dim, num_classes))
 
     def forward_features(self, x):
         return torch.flatten(self.units(x), 1)
@@ -192,6 +205,7 @@ def build_model(
     weight_surrogate: str | None = None,
     weight_bases: int = 1,
     act_bases: int = 1,
+    lenet_classifier: str = "linear",
 ) -> CBCNNet:
     """Build a backbone for a method, e.g.
     ``build_model("resnet18", method="cbcn", stages=(16, 16, 32, 64), K=4, num_classes=10)``.
@@ -199,6 +213,7 @@ def build_model(
     ``cbconv``, ``shortcut``, ``act_surrogate`` and ``weight_surrogate`` are the Table 3 ablation
     switches; ``None`` keeps the method's default (``cbcn.nn.methods.METHODS``). ``weight_bases``
     and ``act_bases`` are ABC-Net's M and N (``cbcn.nn.bases``; method ``abcnet`` only).
+    ``lenet_classifier`` picks LeNet's classifier (``LENET_CLASSIFIERS``).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid choices: {list(MODELS)}")
@@ -216,9 +231,13 @@ def build_model(
     if not spec.bases and (weight_bases, act_bases) != (1, 1):
         raise ValueError(f"weight_bases/act_bases (M, N) are ABC-Net's (method 'abcnet'); method {method!r} "
                          f"has one base each")
+    if lenet_classifier not in LENET_CLASSIFIERS:
+        raise ValueError(f"unknown LeNet classifier {lenet_classifier!r}; valid choices: {list(LENET_CLASSIFIERS)}")
+    if name != "lenet" and lenet_classifier != "linear":
+        raise ValueError(f"lenet_classifier={lenet_classifier!r} is LeNet's; {name} has its own classifier")
     factory = ConvFactory(spec, K, weight_bases, act_bases)
     if name == "lenet":
-        return LeNet(factory, stages, in_channels, num_classes, image_size)
+        return LeNet(factory, stages, in_channels, num_classes, image_size, classifier=lenet_classifier)
     if name == "resnet18":
         return ResNet(name, factory, stages, (2, 2, 2, 2), (1, 2, 2, 2), in_channels, num_classes, stem)
     depth = int(name[3:])
@@ -242,6 +261,7 @@ def describe_model(model: CBCNNet) -> dict:
            if model.factory.spec.bases else {}),
         "cbconv": model.factory.spec.cbconv,
         "shortcut": model.factory.spec.shortcut,
+        **({"lenet_classifier": model.classifier_kind} if isinstance(model, LeNet) else {}),
         "stages_maps": "-".join(str(s) for s in model.stages),
         "stages_physical_channels": "-".join(str(s * model.factory.width) for s in model.stages),
         "learned_parameters": count_parameters(model),

@@ -309,6 +309,8 @@ def model_build_kwargs(model: nn.Module) -> dict:
     if model.name == "lenet":
         per_pixel = model.stages[-1] * model.factory.width
         kwargs["image_size"] = int(round((model.feature_dim // per_pixel) ** 0.5)) * 16
+        if model.classifier_kind != "linear":  # older checkpoints have no such key: the default
+            kwargs["lenet_classifier"] = model.classifier_kind
     return kwargs
 
 

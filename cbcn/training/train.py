@@ -58,6 +58,7 @@ class TrainConfig:
     weight_bases: int = 1                   # ABC-Net's M and N (method abcnet)
     act_bases: int = 1
     dropout: float | None = None            # override every nn.Dropout's p (None = backbone default)
+    lenet_classifier: str = "linear"        # LeNet's classifier reading (cbcn.nn.models.LENET_CLASSIFIERS)
     sync_bn: bool = False                   # torchrun on GPUs: SyncBatchNorm (batch statistics over all ranks)
     freeze_bn: bool = False                 # BatchNorm uses running statistics while training (affine still learns)
     # data (cbcn.data.load_dataset)
@@ -122,7 +123,8 @@ class TrainConfig:
 
 #: fields that must be equal to resume a checkpoint (others — epochs, paths, device, display —
 #: may change, e.g. to extend a run or move the data)
-IDENTITY_FIELDS = ("model", "method", "stages", "K", *SWITCHES, "weight_bases", "act_bases", "dropout", "freeze_bn",
+IDENTITY_FIELDS = ("model", "method", "stages", "K", *SWITCHES, "weight_bases", "act_bases", "dropout", "lenet_classifier",
+                   "freeze_bn",
                    "dataset", "subset", "max_train_samples", "max_test_samples", "data_seed", "batch_size", "lr", "momentum",
                    "weight_decay", "lr_step", "lr_gamma", "center_loss", "center_lambda", "center_alpha", "seed")
 
@@ -221,7 +223,8 @@ def build_model_for(config: TrainConfig) -> nn.Module:
                         stages=tuple(config.stages) if config.stages else None, K=config.K,
                         num_classes=info.num_classes, in_channels=info.in_channels,
                         stem="imagenet" if info.family == "imagenet" else "cifar",
-                        weight_bases=config.weight_bases, act_bases=config.act_bases, **switches)
+                        weight_bases=config.weight_bases, act_bases=config.act_bases,
+                        lenet_classifier=config.lenet_classifier, **switches)
     if config.dropout is not None:
         for m in model.modules():
             if isinstance(m, nn.Dropout):
