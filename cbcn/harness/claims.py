@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -32,9 +33,11 @@ class ClaimHolder:
     pid: int
     started: str
     command: str
+    job: str | None = None  # the Slurm (or submitit local) job, when the holder runs as one
 
     def __str__(self) -> str:
-        return f"pid {self.pid} on {self.host} (since {self.started})"
+        return (f"{f'job {self.job}, ' if self.job else ''}pid {self.pid} on {self.host} "
+                f"(since {self.started})")
 
 
 class Claim:
@@ -66,7 +69,39 @@ def _holder(path: Path) -> ClaimHolder | None:
     except (OSError, ValueError):
         return None
     return ClaimHolder(str(info.get("host", "?")), int(info.get("pid", -1)), str(info.get("started", "?")),
-                       str(info.get("command", "")))
+                       str(info.get("command", "")), info.get("job"))
+
+
+def current_job() -> str | None:
+    """This process's Slurm array task (``<array job>_<task>``) or job, or submitit local job."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID") or None
+
+
+def held_claims(claims_dir: Path) -> dict[str, ClaimHolder]:
+    """``{key: holder}`` for every claim a live process holds now (for ``cbcn status``).
+
+    Asks the kernel whether the file is locked (``F_GETLK``) without taking the lock, so looking
+    never makes a sweep's claim fail. A claim file whose lock is gone (its holder was killed
+    before it could delete the file) is not listed."""
+    held = {}
+    for path in sorted(claims_dir.glob("*.claim")) if claims_dir.is_dir() else []:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)  # Linux struct flock
+            l_type = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, query))[0]
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        if l_type != fcntl.F_UNLCK:
+            held[path.name[:-len(".claim")]] = _holder(path) or ClaimHolder("?", -1, "?", "")
+    return held
 
 
 def try_claim(claims_dir: Path, key: str) -> tuple[Claim | None, ClaimHolder | None]:
@@ -90,5 +125,5 @@ def try_claim(claims_dir: Path, key: str) -> tuple[Claim | None, ClaimHolder | N
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                 "command": " ".join(sys.argv)[:500]}).encode())
+                                 "command": " ".join(sys.argv)[:500], "job": current_job()}).encode())
         return Claim(path, fd), None

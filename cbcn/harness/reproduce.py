@@ -1,4 +1,5 @@
-"""``cbcn list``, ``cbcn reproduce`` and ``cbcn report``: the paper's Tables 2–5 from the command line.
+"""``cbcn list``, ``cbcn reproduce``, ``cbcn status`` and ``cbcn report``: the paper's Tables 2–5
+from the command line.
 
 ``cbcn reproduce --profile quick`` trains the MNIST rows of Table 2 on the offline MNIST subset,
 profiles every model's hardware cost, stores one record per experiment under ``runs/results/``
@@ -22,6 +23,9 @@ examples:
   cbcn reproduce --profile quick                         # Table 2 MNIST rows, minutes on a CPU
   cbcn reproduce --profile paper --data-root ~/data --table 3
   cbcn reproduce --profile paper --data-root ~/data --shard 2/8 --out /shared/runs   # one of 8 jobs
+  cbcn reproduce --profile paper --data-root /shared/data --table 3 --out /shared/runs \
+       --launcher slurm --partition gpu --gpus-per-task 1 --time-min 720   # a Slurm job array
+  cbcn status --out /shared/runs                         # done / running (which job) / failed (why) / missing
   cbcn reproduce --row 't3-cbcn-k4-*' --profile paper --data-root ~/data --seed 1
   cbcn report --out runs                                 # rebuild runs/report/ from runs/results/
   cbcn list --table 5
@@ -114,7 +118,24 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--train-progress", choices=("auto", "bar", "lines", "none"), default="auto",
                    help="progress display inside each training run (default: %(default)s)")
+    _add_launcher_options(p)
     p.set_defaults(func=cmd_reproduce)
+
+    p = subparsers.add_parser(
+        "status", help="what a results folder holds: done, running (which job), failed (why), missing",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="One line per run (experiment, profile, seed) of OUT: done (its metric), running (the "
+                    "job, process and host holding its claim), failed / unavailable (the reason), submitted "
+                    "(launched, not started yet), missing (selected, nothing yet). Safe while sweeps and "
+                    "job arrays are running. A selection (or --profile) adds its missing runs.",
+        epilog=EXAMPLES)
+    _add_selection(p)
+    p.add_argument("--out", default="runs", help="results folder (default: %(default)s)")
+    p.add_argument("--profile", choices=profiles, default=None,
+                   help="only this profile's runs; with no selection option, its default selection")
+    p.add_argument("--seed", type=int, action="append", default=None,
+                   help="only these seeds (repeatable; selected runs default to seed 0)")
+    p.set_defaults(func=cmd_status)
 
     p = subparsers.add_parser(
         "report", help="rebuild the report from stored results (no training)",
@@ -127,6 +148,121 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--merge", action="append", default=[], metavar="DIR",
                    help="another results folder whose records to copy into --out first (repeatable)")
     p.set_defaults(func=cmd_report)
+
+
+def _add_launcher_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("launcher (one job per experiment through submitit; pip install 'cbcn[cluster]')")
+    g.add_argument("--launcher", choices=("slurm", "local"), default=None,
+                   help="slurm: submit the selection as one Slurm job array and return; local: the same tasks as "
+                        "processes on this machine, --parallel at a time, and wait (default: run here, in turn)")
+    g.add_argument("--launcher-config", default=None, metavar="FILE.json",
+                   help="launcher settings as JSON, keys as the options below (e.g. {\"partition\": \"gpu\", "
+                        "\"setup\": [\"source ~/venv/bin/activate\"]}); options given here override it")
+    g.add_argument("--partition", default=None, help="Slurm partition")
+    g.add_argument("--account", default=None, help="Slurm account")
+    g.add_argument("--qos", default=None, help="Slurm quality of service")
+    g.add_argument("--gpus-per-task", type=int, default=None, metavar="N",
+                   help="GPUs per experiment; N > 1 trains it data-parallel over N ranks (default: 0)")
+    g.add_argument("--cpus-per-task", type=int, default=None, metavar="N", help="CPUs per rank (default: 4)")
+    g.add_argument("--mem-gb", type=int, default=None, metavar="GB", help="memory per job (default: the partition's)")
+    g.add_argument("--time-min", type=int, default=None, metavar="MIN",
+                   help="wall-time limit per job; a job that reaches it is requeued and resumes (default: 1440)")
+    g.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="tasks running at once (Slurm: the array's %%N; local: processes) (default: 16)")
+    g.add_argument("--slurm-setup", action="append", default=None, metavar="LINE",
+                   help="shell line run first in each job, e.g. 'module load cuda' (repeatable)")
+    g.add_argument("--slurm-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="another sbatch option, e.g. constraint=a100 (repeatable)")
+
+
+def _launch_settings(args):
+    """LaunchSettings from --launcher-config and the launcher options (options win)."""
+    from cbcn.harness.launcher import LauncherError, LaunchSettings
+    options = {}
+    for item in args.slurm_option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--slurm-option {item!r}: expected KEY=VALUE, e.g. constraint=a100")
+        options[key.strip().replace("-", "_")] = value
+    overrides = dict(launcher=args.launcher, partition=args.partition, account=args.account, qos=args.qos,
+                     gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
+                     time_min=args.time_min, parallel=args.parallel,
+                     setup=tuple(args.slurm_setup) if args.slurm_setup else None, slurm_options=options or None)
+    try:
+        if args.launcher_config:
+            return LaunchSettings.from_file(args.launcher_config, **overrides)
+        return LaunchSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except (LauncherError, TypeError) as e:
+        raise CLIError(str(e)) from None
+
+
+def _cmd_launch(args, exps) -> int:
+    """``cbcn reproduce --launcher``: one submitit task per experiment that is not done yet."""
+    from cbcn.harness.launcher import LauncherError, SweepTask, launch, require_submitit, wait
+    from cbcn.harness.report import build_report
+    from cbcn.harness.store import ResultStore
+    from cbcn.training.profiles import get_profile
+    if args.shard or args.force or args.repair:
+        raise CLIError("--launcher runs the whole selection as one job per experiment; it does not combine with "
+                       "--shard, --force or --repair (run those without --launcher)")
+    settings = _launch_settings(args)
+    try:
+        require_submitit()
+    except LauncherError as e:
+        raise CLIError(str(e)) from None
+    profile, store = get_profile(args.profile), ResultStore(args.out)
+    todo = [e for e in exps if e.runnable and store.state(e.id, profile.name, args.seed)[0] != "finished"]
+    print(f"cbcn reproduce --launcher {settings.launcher}: {len(exps)} selected, {len(todo)} to run "
+          f"({len(exps) - len(todo)} done or not runnable); store {store.results_dir}", flush=True)
+    if not todo:
+        return 0
+    tasks = [SweepTask(e.id, profile, args.out, seed=args.seed, data_root=args.data_root, device=args.device,
+                       compile=args.compile) for e in todo]
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    try:
+        run = launch(tasks, settings, args.out, log=log)
+    except Exception as e:  # sbatch refused (bad partition, no Slurm here): one line, not a traceback
+        raise CLIError(f"could not submit the jobs: {type(e).__name__}: {str(e).strip().splitlines()[-1]}") from None
+    if settings.launcher == "slurm":
+        return 0
+    outcomes = wait(run, log=log)
+    failed = [k for k, v in outcomes.items() if v.startswith("FAILED")]
+    if not args.no_report:
+        files = build_report(args.out)
+        print(f"report: {files.html}", flush=True)
+    print(f"{len(outcomes)} tasks: {len(outcomes) - len(failed)} ended well, {len(failed)} failed"
+          + (f" ({', '.join(failed)}; `cbcn status --out {args.out}` shows why)" if failed else ""), flush=True)
+    return 1 if failed else 0
+
+
+def cmd_status(args) -> int:
+    import pandas as pd
+
+    from cbcn.harness.status import counts_line, run_states
+    from cbcn.harness.store import record_key
+    explicit = bool(args.table or args.row or args.dataset or args.method)
+    keys = []
+    if explicit or args.profile:
+        try:
+            exps, _ = _selected(args)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        keys = [record_key(e.id, args.profile or "quick", s) for e in exps for s in (args.seed or [0])]
+    frame = run_states(args.out, keys)
+    if args.profile:
+        frame = frame[frame["profile"] == args.profile]
+    if args.seed:
+        frame = frame[frame["seed"].isin(args.seed)]
+    if explicit:
+        frame = frame[frame["experiment_id"].isin({e.id for e in exps})]
+    if frame.empty:
+        print(f"nothing in {args.out} (no records, statuses, claims or launches) matches")
+        return 0
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250,
+                           "display.max_colwidth", 90):
+        print(frame.drop(columns=["log"] if not frame["log"].any() else []).to_string(index=False))
+    print(f"\n{counts_line(frame)} in {args.out}")
+    return 0
 
 
 class Terminated(KeyboardInterrupt):
@@ -186,6 +322,8 @@ def cmd_reproduce(args) -> int:
         raise CLIError(str(e)) from None
     if not exps:
         raise CLIError("no experiment matches the selection; `cbcn list` shows them")
+    if args.launcher:
+        return _cmd_launch(args, exps)
     log = lambda line: print(line, flush=True)
     previous = signal.signal(signal.SIGTERM, _terminated)  # batch schedulers send SIGTERM before SIGKILL
     try:
