@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -110,10 +111,13 @@ class SweepTask:
     def __call__(self) -> dict:
         """Claim, train (or resume), store; returns what happened. Raises if training failed,
         so that the job is marked failed; the store's ``failed`` status says why."""
-        from cbcn.harness.experiments import get_experiment
-        from cbcn.harness.sweep import run_sweep
         import submitit
 
+        from cbcn.harness.experiments import get_experiment
+        from cbcn.harness.sweep import run_sweep
+        from cbcn.training.profiles import PROFILES
+
+        PROFILES.setdefault(self.profile.name, self.profile)  # a profile built in code: training finds it by name
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one rank per task of the job: torchrun's variables for DistInfo
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -157,7 +161,13 @@ def make_executor(settings: LaunchSettings, folder: Path):
             executor.update_parameters(setup=list(settings.setup))
         return executor
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=settings.max_requeues)
-    params = dict(job_name="cbcn", time=settings.time_min, nodes=1, ntasks_per_node=ranks,
+    executor.update_parameters(**slurm_parameters(settings))
+    return executor
+
+
+def slurm_parameters(settings: LaunchSettings) -> dict:
+    """submitit's ``SlurmExecutor`` parameters (its names for the sbatch options) for ``settings``."""
+    params = dict(job_name="cbcn", time=settings.time_min, nodes=1, ntasks_per_node=max(1, settings.gpus_per_task),
                   cpus_per_task=settings.cpus_per_task, signal_delay_s=settings.signal_delay_s,
                   array_parallelism=settings.parallel)
     if settings.gpus_per_task:
@@ -169,10 +179,10 @@ def make_executor(settings: LaunchSettings, folder: Path):
         params["mem"] = f"{settings.mem_gb}G"
     if settings.setup:
         params["setup"] = list(settings.setup)
-    if settings.slurm_options:
-        params["additional_parameters"] = dict(settings.slurm_options)
-    executor.update_parameters(**params)
-    return executor
+    # --requeue: Slurm may requeue the job itself (pre-emption with PreemptMode=REQUEUE, node failure);
+    # submitit requeues it with scontrol on USR2 either way
+    params["additional_parameters"] = {"requeue": True, **settings.slurm_options}
+    return params
 
 
 @dataclass
@@ -226,22 +236,19 @@ def launch(tasks: Sequence[SweepTask], settings: LaunchSettings, out: str | os.P
 
 
 def wait(run: Launch, log: Callable[[str], None] = print) -> dict[str, str]:
-    """Wait for every job of ``run``; ``{experiment_id: outcome or 'FAILED: reason'}``."""
+    """Wait for every job of ``run``; ``{experiment_id: outcome or 'FAILED: reason (log ...)'}``."""
     outcomes = {}
     for task, job in run.jobs:
         try:
-            result = job.result()
-            outcomes[task.experiment_id] = result["outcome"]
-        except Exception as e:  # submitit re-raises the task's error, with its traceback text
-            reason = str(e).strip().splitlines()
-            outcomes[task.experiment_id] = f"FAILED: {_last_error_line(reason)} (log {job.paths.stderr})"
+            outcomes[task.experiment_id] = job.result()["outcome"]
+        except Exception as e:  # submitit re-raises the task's error, its traceback in the message
+            outcomes[task.experiment_id] = f"FAILED: {_error_line(str(e))} (log {job.paths.stderr})"
         log(f"{task.experiment_id}: {outcomes[task.experiment_id]}")
     return outcomes
 
 
-def _last_error_line(lines: list[str]) -> str:
-    """The exception line of a submitit failure message (it embeds the task's traceback)."""
-    for line in reversed(lines):
-        if line.strip() and not line.startswith(" "):
-            return line.strip()
-    return "unknown error"
+def _error_line(message: str) -> str:
+    """The exception line (``SomeError: why``) of a submitit failure message."""
+    lines = [line.strip() for line in message.splitlines()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Failed|Interrupt)\b.*:", line)]
+    return errors[-1] if errors else next((line for line in lines if line), "unknown error")

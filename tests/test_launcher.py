@@ -1,0 +1,160 @@
+"""``cbcn reproduce --launcher`` through submitit's local executor (real processes, tiny runs),
+the Slurm job script it would submit, and ``cbcn status``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+submitit = pytest.importorskip("submitit")
+
+from cbcn.cli import main  # noqa: E402
+from cbcn.harness.claims import held_claims  # noqa: E402
+from cbcn.harness.launcher import (LauncherError, LaunchSettings, SweepTask, launch, make_executor,  # noqa: E402
+                                   require_submitit, slurm_parameters, wait)
+from cbcn.harness.status import run_states  # noqa: E402
+from cbcn.harness.store import ResultStore, record_key  # noqa: E402
+from cbcn.training.profiles import Profile, Schedule, get_profile  # noqa: E402
+
+SMOKE = get_profile("smoke")
+# four rows whose smoke configurations differ (the 10-20-40-80 rows would shrink to the same model)
+FOUR = ["t2-mnist-lenet-5-10-20-40-fp", "t2-mnist-lenet-5-10-20-40-xnor",
+        "t2-mnist-rot-lenet-5-10-20-40-fp", "t2-mnist-rot-lenet-5-10-20-40-xnor"]
+LOCAL = LaunchSettings(launcher="local", parallel=2, time_min=10)
+
+
+def tasks(out, ids, profile=SMOKE):
+    return [SweepTask(i, profile, str(out), seed=0, device="cpu") for i in ids]
+
+
+def trainings(out, exp_id, profile="smoke"):
+    """How many times a run was trained: the header lines its training log holds."""
+    log = Path(out) / "runs" / record_key(exp_id, profile, 0) / "train.log"
+    return log.read_text().count("cbcn train:") if log.exists() else 0
+
+
+def test_four_task_selection_finishes_with_every_record_written_once(tmp_path):
+    run = launch(tasks(tmp_path, FOUR), LOCAL, tmp_path, log=lambda line: None)
+    assert wait(run, log=lambda line: None) == {i: "finished" for i in FOUR}
+    records, problems = ResultStore(tmp_path).scan()
+    assert sorted(r["experiment_id"] for r in records) == sorted(FOUR) and not problems
+    assert all(trainings(tmp_path, i) == 1 for i in FOUR)
+    assert not list((tmp_path / "results" / ".claims").glob("*.claim"))  # every claim released
+    states = run_states(tmp_path)
+    assert list(states["state"]) == ["done"] * 4 and all(states["job"] != "")
+
+
+def test_preempted_task_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
+    slow = Profile("launchtest", "six small epochs", cpu_threads=1, stages=(2, 2, 4, 4), hardware=SMOKE.hardware,
+                   schedules={"mnist": Schedule(epochs=6, batch_size=32, max_train_samples=1024, max_test_samples=64)})
+    (task,) = tasks(tmp_path, FOUR[:1], profile=slow)
+    job = make_executor(LOCAL, tmp_path / "launch").submit(task)
+    history = tmp_path / "runs" / record_key(task.experiment_id, "launchtest", 0) / "history.csv"
+    deadline = time.time() + 120
+    while not (history.exists() and len(history.read_text().splitlines()) >= 2):  # header + epoch 1
+        assert time.time() < deadline and not job.done(), "the task never finished an epoch"
+        time.sleep(0.05)
+    (holder,) = held_claims(tmp_path / "results" / ".claims").values()  # the task's own process
+    os.kill(holder.pid, submitit.JobEnvironment._usr_sig())  # what Slurm sends before pre-emption / time-out
+    assert job.result()["outcome"] == "finished"
+    log = history.with_name("train.log").read_text()
+    assert log.count("cbcn train:") == 2 and "resumed" in log  # a second process, from the checkpoint
+    record = ResultStore(tmp_path).state(task.experiment_id, "launchtest", 0)[1]
+    assert [c["epoch"] for c in record["curves"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_failing_task_leaves_the_others_finished_and_a_clear_failed_entry(tmp_path):
+    bad = FOUR[1]
+    run_dir = tmp_path / "runs" / record_key(bad, "smoke", 0)
+    run_dir.mkdir(parents=True)
+    (run_dir / "last.pt").write_bytes(b"not a checkpoint")  # its resume raises
+    run = launch(tasks(tmp_path, FOUR[:2]), LOCAL, tmp_path, log=lambda line: None)
+    outcomes = wait(run, log=lambda line: None)
+    assert outcomes[FOUR[0]] == "finished"
+    assert outcomes[bad].startswith("FAILED") and "TaskFailed" in outcomes[bad]
+    states = run_states(tmp_path).set_index("experiment_id")
+    assert states.loc[FOUR[0], "state"] == "done"
+    assert states.loc[bad, "state"] == "failed" and "CheckpointError" in states.loc[bad, "detail"]
+    assert str(run.folder) in states.loc[bad, "detail"]  # where its job log is
+
+
+def test_two_launches_on_one_store_never_train_a_row_twice(tmp_path):
+    results = []
+
+    def one_launch():
+        run = launch(tasks(tmp_path, FOUR[:2]), LOCAL, tmp_path, log=lambda line: None)
+        results.append(wait(run, log=lambda line: None))
+
+    threads = [threading.Thread(target=one_launch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2
+    for exp_id in FOUR[:2]:
+        outcomes = sorted(r[exp_id] for r in results)
+        assert outcomes.count("finished") == 1, outcomes
+        assert set(outcomes) <= {"finished", "already done", "run by another sweep"}
+        assert trainings(tmp_path, exp_id) == 1
+
+
+def test_slurm_job_script_carries_the_settings(tmp_path):
+    from submitit.slurm.slurm import _make_sbatch_string
+    settings = LaunchSettings(launcher="slurm", partition="gpu", account="proj42", gpus_per_task=2, cpus_per_task=8,
+                              mem_gb=64, time_min=720, parallel=5, setup=("module load cuda",),
+                              slurm_options={"constraint": "a100"})
+    script = _make_sbatch_string(command="python -m submitit.core._submit x", folder=tmp_path, map_count=12,
+                                 **slurm_parameters(settings))
+    for line in ("--partition=gpu", "--account=proj42", "--gpus-per-node=2", "--ntasks-per-node=2",
+                 "--cpus-per-task=8", "--mem=64G", "--time=720", "--array=0-11%5", "--signal=USR2@120",
+                 "--constraint=a100", "--requeue"):
+        assert line in script, line
+    assert "module load cuda" in script
+
+
+def test_launcher_settings_from_a_json_file(tmp_path):
+    cfg = tmp_path / "slurm.json"
+    cfg.write_text('{"launcher": "slurm", "partition": "gpu", "setup": ["source venv/bin/activate"]}')
+    s = LaunchSettings.from_file(cfg, partition="long", parallel=None)
+    assert (s.launcher, s.partition, s.setup, s.parallel) == ("slurm", "long", ("source venv/bin/activate",), 16)
+    cfg.write_text('{"partition": "gpu", "gpu": 2}')
+    with pytest.raises(LauncherError, match=r"unknown keys \['gpu'\]"):
+        LaunchSettings.from_file(cfg)
+
+
+def test_without_submitit_the_launcher_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit now fails
+    with pytest.raises(LauncherError, match=r"cbcn\[cluster\]"):
+        require_submitit()
+    assert main(["reproduce", "--profile", "smoke", "--launcher", "slurm", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'cbcn[cluster]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_status_shows_running_claims_with_their_holder_and_the_missing_runs(tmp_path, capsys):
+    claims = tmp_path / "results" / ".claims"
+    key = record_key(FOUR[0], "smoke", 0)
+    holder = subprocess.Popen(  # another process holds the claim, as a running sweep does
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from cbcn.harness.claims import try_claim; "
+         f"c, _ = try_claim(Path({str(claims)!r}), {key!r}); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "SLURM_JOB_ID": "4242"})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["status", "--out", str(tmp_path), "--profile", "smoke", "--dataset", "mnist",
+                     "--row", "t2-mnist-lenet-5-10-20-40-*"]) == 0
+        out = capsys.readouterr().out
+        running = next(line for line in out.splitlines() if FOUR[0] in line)
+        assert "running" in running and f"pid {holder.pid}" in running and "4242" in running
+        assert "missing" in next(line for line in out.splitlines() if "5-10-20-40-cbcn" in line)
+        assert "3 runs: 1 running, 2 missing" in out
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["status", "--out", str(tmp_path), "--profile", "smoke", "--row", FOUR[0]]) == 0
+    assert "1 missing" in capsys.readouterr().out  # the killed holder's claim is not "running"
