@@ -158,3 +158,16 @@ def test_status_shows_running_claims_with_their_holder_and_the_missing_runs(tmp_
         holder.wait()
     assert main(["status", "--out", str(tmp_path), "--profile", "smoke", "--row", FOUR[0]]) == 0
     assert "1 missing" in capsys.readouterr().out  # the killed holder's claim is not "running"
+
+
+def test_a_task_with_two_ranks_trains_one_data_parallel_run(tmp_path):
+    """What ``--gpus-per-task 2`` does on a GPU node, here with two CPU ranks (gloo): submitit's
+    ranks get torchrun's variables, train one run together, and rank 0 alone writes the record."""
+    (task,) = tasks(tmp_path, FOUR[:1])
+    executor = make_executor(LOCAL, tmp_path / "launch")
+    executor.update_parameters(tasks_per_node=2)
+    job = executor.submit(task)
+    assert [r["outcome"] for r in job.results()] == ["finished", "finished"]
+    record = ResultStore(tmp_path).state(task.experiment_id, "smoke", 0)[1]
+    log = (tmp_path / "runs" / record_key(task.experiment_id, "smoke", 0) / "train.log").read_text()
+    assert record["status"] == "finished" and "2 ranks (gloo)" in log
