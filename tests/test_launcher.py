@@ -3,6 +3,7 @@ the Slurm job script it would submit, and ``cbcn status``."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,8 +41,27 @@ def trainings(out, exp_id, profile="smoke"):
 
 
 def test_four_task_selection_finishes_with_every_record_written_once(tmp_path):
-    run = launch(tasks(tmp_path, FOUR), LOCAL, tmp_path, log=lambda line: None)
-    assert wait(run, log=lambda line: None) == {i: "finished" for i in FOUR}
+    seen, stop = [], threading.Event()
+
+    def reader():  # what `cbcn report` / `cbcn status` read while the tasks run: never half a file
+        while not stop.is_set():
+            records, problems = ResultStore(tmp_path).scan()
+            states = run_states(tmp_path)
+            for manifest in tmp_path.glob("launches/*/launch.json"):
+                json.loads(manifest.read_text())
+            seen.append((len(records), len(problems), len(states)))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    try:
+        run = launch(tasks(tmp_path, FOUR), LOCAL, tmp_path, log=lambda line: None)
+        assert wait(run, log=lambda line: None) == {i: "finished" for i in FOUR}
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen and all(problems == 0 for _, problems, _ in seen)
+    assert [n for n, _, _ in seen] == sorted(n for n, _, _ in seen)  # records only ever appear
     records, problems = ResultStore(tmp_path).scan()
     assert sorted(r["experiment_id"] for r in records) == sorted(FOUR) and not problems
     assert all(trainings(tmp_path, i) == 1 for i in FOUR)
