@@ -86,6 +86,9 @@ def test_claims_hold_in_the_papers_own_numbers():
         b, w = BY_ID[c.better], BY_ID[c.worse]
         pb, pw = paper_value(b), paper_value(w)
         assert (pb < pw) if c.metric == "error" else (pb > pw), c
+        if c.than:  # the win is larger than the other one
+            b2, w2 = (paper_value(BY_ID[e]) for e in c.than)
+            assert abs(pb - pw) > abs(b2 - w2), c
 
 
 def test_inconsistencies_are_visible_in_paper_numbers():

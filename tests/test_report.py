@@ -120,6 +120,10 @@ def test_claims_flagged(report):
     assert q.loc["CBCN beats XNOR on MNIST LeNet 5-10-20-40", "measured margin"] == pytest.approx(1.5)
     assert q.loc["CBCN beats XNOR on MNIST-rot LeNet 5-10-20-40", "measured"] == "does NOT hold"
     assert q.loc["CBCN beats XNOR on MNIST-rot LeNet 5-10-20-40", "paper margin"] == pytest.approx(17.26 - 5.76)
+    gap = q.loc["CBCN gains more over XNOR on MNIST-rot than on MNIST (LeNet 5-10-20-40)"]
+    assert gap["paper margin"] == pytest.approx((17.26 - 5.76) - (3.76 - 1.91))
+    assert gap["measured margin"] == pytest.approx((10.0 - 15.0) - 1.5) and gap["measured"] == "does NOT hold"
+    assert "t2-mnist-lenet-5-10-20-40-fp (no result)" in q.loc["fp beats CBCN on MNIST LeNet 5-10-20-40", "measured"]
     s = c[c["profile"] == "smoke"].set_index("claim")
     assert s.loc["CBCN K=4 beats XNOR (ConvComp)", "measured"] == "holds"
     assert "not runnable" in s.loc["CBCN beats ABC-Net (top-1)", "measured"]

@@ -203,30 +203,37 @@ def table_frame(results: Results, table: int) -> pd.DataFrame:
 
 def claims_frame(results: Results) -> pd.DataFrame:
     """Each claim of the paper, whether the paper's own numbers support it, and whether the
-    measurement does (per profile)."""
+    measurement does (per profile). The margin is the winner's advantage in percentage points;
+    for a claim about the size of a win (``Claim.than``), how much larger that advantage is."""
     rows = []
     profiles = results.profiles or [None]
     for c in CLAIMS:
-        b, w = BY_ID[c.better], BY_ID[c.worse]
-        pb, pw = b.paper.get(c.metric), w.paper.get(c.metric)
+        pairs = [(c.better, c.worse)] + ([c.than] if c.than else [])
         sign = -1 if c.metric == "error" else 1
-        paper_margin = round(sign * (pb - pw), 4) if pb is not None and pw is not None else None
+
+        def margin(values: dict[str, float | None]) -> float | None:
+            if not all(_finite(values[e]) for pair in pairs for e in pair):
+                return None
+            wins = [sign * (values[b] - values[w]) for b, w in pairs]
+            return round(wins[0] - (wins[1] if c.than else 0.0), 4) + 0.0
+
+        ids = [e for pair in pairs for e in pair]
+        paper_margin = margin({e: BY_ID[e].paper.get(c.metric) for e in ids})
         for profile in profiles:
-            mb = _measured(results, b.id, profile) if profile else None
-            mw = _measured(results, w.id, profile) if profile else None
-            vb = mb.get(c.metric) if mb else None
-            vw = mw.get(c.metric) if mw else None
-            if _finite(vb) and _finite(vw):
-                margin = round(sign * (vb - vw), 4) + 0.0
-                verdict = "holds" if margin > 0 else ("does NOT hold (tie)" if margin == 0 else "does NOT hold")
+            measured = {}
+            for e in ids:
+                m = _measured(results, e, profile) if profile else None
+                measured[e] = m.get(c.metric) if m else None
+            value = margin(measured)
+            if value is not None:
+                verdict = "holds" if value > 0 else ("does NOT hold (tie)" if value == 0 else "does NOT hold")
             else:
-                margin = None
-                missing = [e for e, v in ((b, vb), (w, vw)) if not _finite(v)]
                 verdict = "not measured: " + ", ".join(
-                    f"{e.id} ({'not runnable' if not e.runnable else 'no result'})" for e in missing)
+                    f"{e} ({'not runnable' if not BY_ID[e].runnable else 'no result'})"
+                    for e in dict.fromkeys(ids) if not _finite(measured[e]))
             rows.append({"table": c.table, "claim": c.text, "metric": c.metric, "profile": profile or "—",
                          "paper margin": paper_margin, "paper": "holds" if paper_margin and paper_margin > 0 else "does NOT hold",
-                         "measured margin": margin, "measured": verdict, "better": b.id, "worse": w.id})
+                         "measured margin": value, "measured": verdict, "better": c.better, "worse": c.worse})
     return pd.DataFrame(rows)
 
 
