@@ -222,16 +222,22 @@ def launch(tasks: Sequence[SweepTask], settings: LaunchSettings, out: str | os.P
             f"at once); logs in {folder}; follow with: cbcn status --out {out}")
         return run
     queue, running = list(tasks), []
-    while queue or running:
-        running = [(t, j) for t, j in running if not j.done()]
-        while queue and len(running) < settings.parallel:
-            task = queue.pop(0)
-            job = executor.submit(task)
-            running.append((task, job))
-            run.jobs.append((task, job))
-            run.write_manifest()
-            log(f"started {task.experiment_id} as local job {job.job_id} (log {job.paths.stdout})")
-        time.sleep(0.5)
+    try:
+        while queue or running:
+            running = [(t, j) for t, j in running if not j.done()]
+            while queue and len(running) < settings.parallel:
+                task = queue.pop(0)
+                job = executor.submit(task)
+                running.append((task, job))
+                run.jobs.append((task, job))
+                run.write_manifest()
+                log(f"started {task.experiment_id} as local job {job.job_id} (log {job.paths.stdout})")
+            time.sleep(0.5)
+    except KeyboardInterrupt:  # local jobs would outlive us: stop them (their checkpoints stay)
+        for task, job in running:
+            job.cancel()
+            log(f"stopped {task.experiment_id} (local job {job.job_id}); it resumes from its checkpoint next time")
+        raise
     return run
 
 

@@ -221,6 +221,10 @@ def _cmd_launch(args, exps) -> int:
     log = lambda line: print(line, flush=True)  # noqa: E731
     try:
         run = launch(tasks, settings, args.out, log=log)
+    except KeyboardInterrupt:
+        print("cbcn reproduce: interrupted; finished records are stored, rerun the same command to finish the rest",
+              file=sys.stderr, flush=True)
+        return 130
     except Exception as e:  # sbatch refused (bad partition, no Slurm here): one line, not a traceback
         raise CLIError(f"could not submit the jobs: {type(e).__name__}: {str(e).strip().splitlines()[-1]}") from None
     if settings.launcher == "slurm":
