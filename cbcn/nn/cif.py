@@ -13,7 +13,6 @@ Row ``j`` here is the paper's column ``m_j`` / ``p_j``.
 """
 from __future__ import annotations
 
-from functools import lru_cache
 
 import torch
 
@@ -47,8 +46,18 @@ def ring_cells(H: int, r: int) -> list[tuple[int, int]]:
     return cells
 
 
-@lru_cache(maxsize=None)
+_TRANSFER: dict[tuple[int, int], tuple[tuple[int, ...], ...]] = {}
+
+
 def _transfer_matrix(H: int, K: int) -> tuple[tuple[int, ...], ...]:
+    """Memoised in a plain dict, not ``functools.lru_cache``: ``torch.compile`` traces through a
+    dict but warns about (and ignores) an ``lru_cache`` wrapper."""
+    if (H, K) not in _TRANSFER:
+        _TRANSFER[H, K] = _build_transfer_matrix(H, K)
+    return _TRANSFER[H, K]
+
+
+def _build_transfer_matrix(H: int, K: int) -> tuple[tuple[int, ...], ...]:
     rows = []
     for j in range(K):
         src = list(range(H * H))
