@@ -187,8 +187,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="torch threads on a CPU (default: the profile's; quick/smoke use 1, which is "
                         "fastest for small models on a shared machine; paper: torch's default)")
     g.add_argument("--compile", action="store_true",
-                   help="train through torch.compile (inductor): the same math, 1.7-1.8x faster for the "
-                        "binary LeNets on a CPU after about a minute of compiling")
+                   help="train through torch.compile (inductor): the same math, 1.2-1.5x more images/s for the "
+                        "LeNets on a CPU after up to a minute of compiling")
     g.add_argument("--output", "-o", default=None, metavar="DIR",
                    help="run folder (default: runs/<dataset>_<model>[-stages]_<method>_K<K>_seed<seed>)")
     g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",

@@ -543,9 +543,9 @@ def _compiled(net: nn.Module) -> nn.Module:
     """The training forward through ``torch.compile`` (inductor): the same math, fused.
 
     Why: on a CPU the LeNets' elementwise chains (BatchNorm, sign and its surrogate, α, pooling,
-    ReLU) cost more than their convolutions; fused, the paper's MNIST recipe trains 1.7-1.8x faster
-    (XNOR and CBCN K=4 5-10-20-40, one thread; ``benchmarks/train_throughput.py --compile``) after
-    about a minute of compiling. ``fallback_random`` keeps eager PyTorch's random stream for dropout,
+    ReLU) cost about as much as their convolutions; fused, the paper's MNIST recipe trains 1.2-1.5x
+    more images/s (the six Table 2 LeNets, one thread; ``benchmarks/train_throughput.py --compile``)
+    after up to a minute of compiling. ``fallback_random`` keeps eager PyTorch's random stream for dropout,
     so the masks, the checkpointed random state and exact resume are those of an eager run. Results
     agree with eager training up to floating-point rounding: to 6e-8 for a float LeNet after 6
     steps; a binary LeNet drifts further, because a rounding difference flips the sign of an
