@@ -143,6 +143,7 @@ def test_launcher_settings_from_a_json_file(tmp_path):
     cfg.write_text('{"launcher": "slurm", "partition": "gpu", "setup": ["source venv/bin/activate"]}')
     s = LaunchSettings.from_file(cfg, partition="long", parallel=None)
     assert (s.launcher, s.partition, s.setup, s.parallel) == ("slurm", "long", ("source venv/bin/activate",), 16)
+    assert LaunchSettings(launcher="local").parallel == 2
     cfg.write_text('{"partition": "gpu", "gpu": 2}')
     with pytest.raises(LauncherError, match=r"unknown keys \['gpu'\]"):
         LaunchSettings.from_file(cfg)

@@ -55,7 +55,8 @@ class LaunchSettings:
     cpus_per_task: int = 4                # per rank
     mem_gb: int | None = None             # per node (sbatch --mem); None: the partition's default
     time_min: int = 24 * 60               # wall-time limit per job; pre-emption / time-out requeue it
-    parallel: int = 16                    # tasks running at once (Slurm: the array's %N; local: processes)
+    parallel: int | None = None           # tasks at once: the Slurm array's %N (default 16), or local
+                                          # processes (default 2: each trains with its own threads)
     max_requeues: int = 3                 # time-outs a task may be requeued after (pre-emptions are free)
     signal_delay_s: int = 120             # Slurm warns the task this long before its time limit
     setup: tuple[str, ...] = ()           # shell lines run first in each job (module load, venv activate)
@@ -64,6 +65,8 @@ class LaunchSettings:
     def __post_init__(self):
         if self.launcher not in LAUNCHERS:
             raise LauncherError(f"unknown launcher {self.launcher!r}; valid choices: {list(LAUNCHERS)}")
+        if self.parallel is None:
+            object.__setattr__(self, "parallel", 16 if self.launcher == "slurm" else 2)
         for name in ("cpus_per_task", "time_min", "parallel"):
             if getattr(self, name) < 1:
                 raise LauncherError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -168,7 +168,7 @@ def _add_launcher_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--time-min", type=int, default=None, metavar="MIN",
                    help="wall-time limit per job; a job that reaches it is requeued and resumes (default: 1440)")
     g.add_argument("--parallel", type=int, default=None, metavar="N",
-                   help="tasks running at once (Slurm: the array's %%N; local: processes) (default: 16)")
+                   help="tasks running at once: the Slurm array's %%N (default: 16), or local processes (default: 2)")
     g.add_argument("--slurm-setup", action="append", default=None, metavar="LINE",
                    help="shell line run first in each job, e.g. 'module load cuda' (repeatable)")
     g.add_argument("--slurm-option", action="append", default=None, metavar="KEY=VALUE",
