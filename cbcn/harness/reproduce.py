@@ -216,8 +216,9 @@ def _cmd_launch(args, exps) -> int:
           f"({len(exps) - len(todo)} done or not runnable); store {store.results_dir}", flush=True)
     if not todo:
         return 0
-    tasks = [SweepTask(e.id, profile, args.out, seed=args.seed, data_root=args.data_root, device=args.device,
-                       compile=args.compile) for e in todo]
+    absolute = lambda p: p and os.path.abspath(os.path.expanduser(p))  # noqa: E731  (jobs may start elsewhere)
+    tasks = [SweepTask(e.id, profile, absolute(args.out), seed=args.seed, data_root=absolute(args.data_root),
+                       device=args.device, compile=args.compile) for e in todo]
     log = lambda line: print(line, flush=True)  # noqa: E731
     try:
         run = launch(tasks, settings, args.out, log=log)
