@@ -207,7 +207,7 @@ def fake_training(monkeypatch):
     """``run_experiment`` returns a record at once; ``calls`` lists the experiments trained."""
     calls = []
 
-    def fake(exp, profile, *, data_root, seed, device, out, resume=True, progress="lines", download=False):
+    def fake(exp, profile, *, data_root, seed, device, out, resume=True, progress="lines", download=False, compile=False):
         calls.append(exp.id)
         if exp.id == "t3-xnor-sc":
             raise RuntimeError("simulated crash")
