@@ -86,6 +86,13 @@ def test_compiled_training_matches_eager_for_a_float_model(tmp_path):
     model, _, _ = load_trained_model(tmp_path / "last.pt")
     assert evaluate(model, _test_set())["error"] == pytest.approx(fused.final["test_error"])
 
+
+def test_compile_without_a_cpp_compiler_is_a_clear_error(monkeypatch):
+    import shutil
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ValueError, match="--compile needs a C\\+\\+ compiler"):
+        train(cfg(method="fp", compile=True))
+
 def _write_fake_cifar100(root, n_train, n_test):
     """A tiny file set in the official cifar-100-python layout (random pixels)."""
     import pickle

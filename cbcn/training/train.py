@@ -15,7 +15,9 @@ import csv
 import io
 import json
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -191,6 +193,10 @@ def validate_config(c: TrainConfig) -> None:
         raise ValueError(f"need 0 <= momentum < 1 and weight_decay >= 0 (got {c.momentum}, {c.weight_decay})")
     if c.dropout is not None and not 0 <= c.dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {c.dropout}")
+    if c.compile and not _cuda_device(c.device) and not any(
+            shutil.which(cc) for cc in (os.environ.get("CXX") or "g++", "g++", "clang++", "c++")):
+        raise ValueError("--compile needs a C++ compiler on a CPU (torch.compile's inductor builds C++ "
+                         "kernels); install g++ or set CXX, or train without --compile")
     if c.sync_bn and c.device == "cpu":
         raise ValueError("sync_bn needs GPUs (PyTorch's SyncBatchNorm does not run on CPU)")
     if c.stop_after_epoch is not None and c.stop_after_epoch < 1:
@@ -211,6 +217,11 @@ def lr_at(config: TrainConfig, epoch: int) -> float:
     if not config.lr_step:
         return config.lr
     return config.lr * config.lr_gamma ** (epoch // config.lr_step)
+
+
+def _cuda_device(device: str) -> bool:
+    """Whether ``device`` ('auto', 'cpu', 'cuda', 'cuda:N') means a GPU here."""
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
 def build_model_for(config: TrainConfig) -> nn.Module:
@@ -543,13 +554,13 @@ def _compiled(net: nn.Module) -> nn.Module:
     """The training forward through ``torch.compile`` (inductor): the same math, fused.
 
     Why: on a CPU the LeNets' elementwise chains (BatchNorm, sign and its surrogate, α, pooling,
-    ReLU) cost about as much as their convolutions; fused, the paper's MNIST recipe trains 1.2-1.5x
+    ReLU) are many small memory-bound passes; fused, the paper's MNIST recipe trains 1.2-1.5x
     more images/s (the six Table 2 LeNets, one thread; ``benchmarks/train_throughput.py --compile``)
     after up to a minute of compiling. ``fallback_random`` keeps eager PyTorch's random stream for dropout,
     so the masks, the checkpointed random state and exact resume are those of an eager run. Results
-    agree with eager training up to floating-point rounding: to 6e-8 for a float LeNet after 6
-    steps; a binary LeNet drifts further, because a rounding difference flips the sign of an
-    activation near zero, as a 1e-6 change of the input images does in eager mode.
+    agree with eager training up to floating-point rounding: a float LeNet within 1e-5
+    (``tests/test_train.py``); a binary LeNet drifts further, because a rounding difference can flip
+    the sign of an activation near zero.
     """
     return torch.compile(net, options={"fallback_random": True})
 
