@@ -20,6 +20,7 @@ import weakref
 import torch
 
 from cbcn.onebit.backends.contract import check_conv_args, check_ksum, num_words
+from cbcn.onebit.backends.operands import CHANNEL_MULTIPLE, padded_channels  # noqa: F401  (the operands' layout)
 from cbcn.onebit.backends.reference import packed_conv2d_reference  # noqa: F401  (the reference beside the kernels)
 
 from ._runtime import kernels_for, use_interpreter
@@ -45,18 +46,10 @@ INTERPRET_TILES = {
 # input channels summed into each); fewer with ksum > 1, whose reduction needs more registers
 UNPACK_VALUES = {1: 8192}
 UNPACK_VALUES_KSUM = 4096
-# unpacked operands: channels zero-padded to a multiple of 32 (= conv_kernels.I8_CHANNEL_MULTIPLE);
-# 32 rather than 64 matters for CBCN's K-sum form, whose GEMM runs over the learned maps (16, 32, ...)
-CHANNEL_MULTIPLE = 32
 
 
 def _cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
-
-
-def padded_channels(in_channels: int) -> int:
-    """``CP``: the unpacked operands' channel count, ``in_channels`` rounded up to a multiple of 32."""
-    return _cdiv(in_channels, CHANNEL_MULTIPLE) * CHANNEL_MULTIPLE
 
 
 _DUMMY: dict = {}
@@ -90,16 +83,21 @@ def unpack_tile(CP: int, ksum: int = 1) -> tuple[int, int]:
     return max(8, UNPACK_VALUES.get(ksum, UNPACK_VALUES_KSUM) // (BLOCK_C * ksum)), BLOCK_C
 
 
-def _unpack_halo(packed: torch.Tensor, in_channels: int, pad: int, dtype=torch.int8, ksum: int = 1) -> torch.Tensor:
+def _unpack_halo(packed: torch.Tensor, in_channels: int, pad: int, dtype=torch.int8, ksum: int = 1,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """``(N, H, W, words)`` packed -> ``(N, H+2·pad, W+2·pad, CP)`` in ``dtype`` (int8 or fp8 e4m3):
     ±1 (with ``ksum`` > 1: the sum of each group of ``ksum`` channels' signs), 0 in the halo and
-    the padding channels; ``CP`` = ``in_channels // ksum`` rounded up to 32."""
+    the padding channels; ``CP`` = ``in_channels // ksum`` rounded up to 32. ``out``: an int8
+    buffer of that shape to write into (every byte is written, halo included)."""
     if dtype not in OPERAND_DTYPES.values():
         raise TypeError(f"unpacked operands are int8 or float8_e4m3fn, got {dtype}")
     N, H, W, XW = packed.shape
     CP = padded_channels(check_ksum(in_channels, ksum))
     HP, WP = H + 2 * pad, W + 2 * pad
-    out = torch.empty((N, HP, WP, CP), dtype=torch.int8, device=packed.device)
+    if out is None:
+        out = torch.empty((N, HP, WP, CP), dtype=torch.int8, device=packed.device)
+    elif tuple(out.shape) != (N, HP, WP, CP) or out.dtype != torch.int8 or not out.is_contiguous():
+        raise ValueError(f"operand buffer must be contiguous int8 {(N, HP, WP, CP)}, got {tuple(out.shape)} {out.dtype}")
     P = N * HP * WP
     if P == 0:
         return out.view(dtype)
@@ -114,12 +112,13 @@ def _unpack_halo(packed: torch.Tensor, in_channels: int, pad: int, dtype=torch.i
 
 
 def unpack_activations(x_packed: torch.Tensor, in_channels: int, padding: int, dtype=torch.int8,
-                       ksum: int = 1) -> torch.Tensor:
+                       ksum: int = 1, out: torch.Tensor | None = None) -> torch.Tensor:
     """Packed NHWC activations -> ``(N, H+2·padding, W+2·padding, CP)`` int8 (or fp8 e4m3) for
     ``unpacked_conv2d``: ±1 for the ``in_channels`` channels, 0 in the zero-padding halo and the
     padding channels. With ``ksum = K`` (CBConv's K-sum form), channel ``c`` holds the sum of the
-    signs of channels ``c·K … c·K+K−1`` and ``CP`` covers ``in_channels // K`` maps."""
-    return _unpack_halo(x_packed, in_channels, padding, dtype, ksum)
+    signs of channels ``c·K … c·K+K−1`` and ``CP`` covers ``in_channels // K`` maps. ``out``: an
+    int8 buffer to write into (``cbcn.onebit.backends.operands.OperandLayout.allocate``)."""
+    return _unpack_halo(x_packed, in_channels, padding, dtype, ksum, out)
 
 
 # (weight tensor id, dtype) -> (weakref, version, in_channels, matrix): weights are constant at inference
@@ -170,7 +169,14 @@ def unpacked_conv2d(
     out_dtype: torch.dtype = torch.float32,
     config: dict | None = None,
     max_abs_dot: int | None = None,
-) -> torch.Tensor:
+    residual: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    store_out: bool = True,
+    operand: torch.Tensor | None = None,
+    operand_pad: int = 0,
+    operand_ksum: int = 1,
+    checked: bool = False,
+) -> torch.Tensor | None:
     """The convolution of ``path="mma"`` / ``"mma_fp8"`` on unpacked operands (both int8, or both
     fp8 e4m3): ``x_halo`` from ``unpack_activations`` (the padding is its halo), ``w_mat`` from
     ``unpack_weights``; same output and epilogue as ``packed_conv2d``. Exposed so the GEMM can be
@@ -178,28 +184,44 @@ def unpacked_conv2d(
 
     ``max_abs_dot``: the largest |sum| the operands allow (``KH·KW·C_in`` physical channels;
     default ``KTOT``, right for ±1 operands). Above ``FP8_FAST_ACC_LIMIT`` fp8 operands promote
-    each K-step's partial sum to fp32 (exactness on Hopper's reduced-precision fp8 accumulation)."""
+    each K-step's partial sum to fp32 (exactness on Hopper's reduced-precision fp8 accumulation).
+
+    The fused layer (``cbcn.onebit.backends.operands``; reference ``operand_conv_reference``):
+    ``residual`` (channels-last ``(N, C_out, OH, OW)``) is added after the affine steps; ``out``
+    is a preallocated real output (channels-last), ``store_out=False`` writes none (returns
+    None); ``operand`` is the next conv's pre-zeroed halo buffer ``(N, OH+2·operand_pad,
+    OW+2·operand_pad, CP)`` (int8, or its fp8 view for fp8 bytes), filled with ``sign(y)`` or,
+    with ``operand_ksum = K``, the K-sums of adjacent channel groups. ``checked=True`` skips the
+    argument checks (the caller validated this exact call once: ``cbcn.onebit.runner``)."""
     N, HP, WP, CP = x_halo.shape
     C_out, KTOT = w_mat.shape
     KH, KW = kernel_size
     OH, OW = out_size
-    if KTOT != KH * KW * CP or x_halo.dtype != w_mat.dtype or x_halo.dtype not in OPERAND_DTYPES.values():
-        raise ValueError(f"unpacked operands (both int8 or both float8_e4m3fn) do not match: x {tuple(x_halo.shape)} {x_halo.dtype}, "
-                         f"w {tuple(w_mat.shape)} {w_mat.dtype}, kernel {KH}x{KW}")
-    if (OH - 1) * stride + KH > HP or (OW - 1) * stride + KW > WP:
-        raise ValueError(f"output {OH}x{OW} with stride {stride} reads past the {HP}x{WP} halo image")
+    if not checked:
+        _check_unpacked(x_halo, w_mat, kernel_size, stride, out_size, residual, out, out_dtype, binarize_output,
+                        operand, operand_pad, operand_ksum)
     device = x_halo.device
     M = N * OH * OW
-    out = _output(N, C_out, OH, OW, out_dtype, binarize_output, device)
-    if out.numel() == 0:
-        return out
+    if binarize_output or store_out:
+        out = _output(N, C_out, OH, OW, out_dtype, binarize_output, device) if out is None else out
+        if out.numel() == 0:
+            return out
+    else:
+        out = None
     k = kernels_for("conv_kernels", x_halo, w_mat)
-    args = (x_halo, w_mat, *_epilogue_vectors(device, scale, bias, bn_scale, bn_shift), out,
-            M, HP, WP, OH, OW, C_out, num_words(C_out), stride, CP, KTOT)
+    dummy = _dummy(device)
+    op = dummy if operand is None else operand.view(torch.int8)
+    args = (x_halo, w_mat, *_epilogue_vectors(device, scale, bias, bn_scale, bn_shift),
+            dummy if out is None else out, dummy if residual is None else residual, op,
+            M, HP, WP, OH, OW, C_out, num_words(C_out), stride, CP, KTOT,
+            op.shape[1] if operand is not None else 0, op.shape[2] if operand is not None else 0, operand_pad,
+            op.shape[3] if operand is not None else 32)
     fp8 = x_halo.dtype == torch.float8_e4m3fn
     flags = dict(KH=KH, KW=KW, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
                  HAS_AFFINE=bn_scale is not None, BINARIZE=bool(binarize_output), FP8=fp8,
-                 PRECISE_FP8=fp8 and (KTOT if max_abs_dot is None else max_abs_dot) > FP8_FAST_ACC_LIMIT)
+                 PRECISE_FP8=fp8 and (KTOT if max_abs_dot is None else max_abs_dot) > FP8_FAST_ACC_LIMIT,
+                 HAS_RESIDUAL=residual is not None, STORE_OUT=out is not None, OPERAND=operand is not None,
+                 OP_KSUM=operand_ksum, OP_FP8=operand is not None and operand.dtype == torch.float8_e4m3fn)
     if k.INTERPRET or config is not None:
         tile = dict(INTERPRET_TILES["mma"] if config is None else config)
         launch = {key: tile.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in tile}
@@ -215,6 +237,34 @@ def unpacked_conv2d(
 
         k.unpacked_conv_tuned[grid](*args, **flags, enable_fp_fusion=False)
     return out
+
+
+def _check_unpacked(x_halo, w_mat, kernel_size, stride, out_size, residual, out, out_dtype, binarize_output,
+                    operand, operand_pad, operand_ksum) -> None:
+    """The argument checks of ``unpacked_conv2d`` (one clear error per bad argument)."""
+    N, HP, WP, CP = x_halo.shape
+    C_out, KTOT = w_mat.shape
+    KH, KW = kernel_size
+    OH, OW = out_size
+    if KTOT != KH * KW * CP or x_halo.dtype != w_mat.dtype or x_halo.dtype not in OPERAND_DTYPES.values():
+        raise ValueError(f"unpacked operands (both int8 or both float8_e4m3fn) do not match: x {tuple(x_halo.shape)} {x_halo.dtype}, "
+                         f"w {tuple(w_mat.shape)} {w_mat.dtype}, kernel {KH}x{KW}")
+    if (OH - 1) * stride + KH > HP or (OW - 1) * stride + KW > WP:
+        raise ValueError(f"output {OH}x{OW} with stride {stride} reads past the {HP}x{WP} halo image")
+    real_shape = (N, C_out, OH, OW)
+    for t, what in ((residual, "residual"), (out, "out")):
+        if t is not None and (tuple(t.shape) != real_shape or not t.is_contiguous(memory_format=torch.channels_last)
+                              or t.device != x_halo.device):
+            raise ValueError(f"{what} must be a channels-last {real_shape} tensor on {x_halo.device}, "
+                             f"got {tuple(t.shape)} on {t.device}")
+    if out is not None and (binarize_output or out.dtype != out_dtype):
+        raise ValueError(f"out must have out_dtype {out_dtype} (and no binarize_output), got {out.dtype}")
+    if operand is not None:
+        maps = check_ksum(C_out, operand_ksum)
+        shape = (N, OH + 2 * operand_pad, OW + 2 * operand_pad, padded_channels(maps))
+        if tuple(operand.shape) != shape or operand.dtype not in OPERAND_DTYPES.values() or not operand.is_contiguous():
+            raise ValueError(f"operand buffer must be a contiguous int8/fp8 {shape} tensor, got "
+                             f"{tuple(operand.shape)} {operand.dtype}")
 
 
 def packed_conv2d(
@@ -316,17 +366,19 @@ def packed_conv2d(
 
 
 # --- ahead-of-time compilation of the two-stage paths (no GPU needed), for tests and ptxas reports ---
-_I8_INTS = ["M", "HP", "WP", "OH", "OW", "C_out", "OWORDS", "stride", "CP", "KTOT"]
-_I8_ALIGNED = ["x_ptr", "w_ptr", "scale_ptr", "bias_ptr", "mul_ptr", "add_ptr", "out_ptr", "CP", "KTOT", "C_out"]
+_I8_INTS = ["M", "HP", "WP", "OH", "OW", "C_out", "OWORDS", "stride", "CP", "KTOT", "OPH", "OPW", "OPAD", "OPC"]
+_I8_ALIGNED = ["x_ptr", "w_ptr", "scale_ptr", "bias_ptr", "mul_ptr", "add_ptr", "out_ptr", "res_ptr", "op_ptr",
+               "CP", "KTOT", "C_out", "OPC"]
 
 
 def compile_unpacked_conv(target=None, num_warps: int = 8, num_stages: int = 3, out_type: str = "*fp32",
-                          operand: str = "i8", **constexprs):
+                          operand: str = "i8", residual_type: str = "*fp16", **constexprs):
     """Compile ``unpacked_conv_kernel`` for ``target`` (default Hopper ``cuda:90``) as a launch on
     ResNet-like shapes would specialise it (pointers, ``CP``, ``KTOT``, ``C_out`` divisible by 16).
     Keyword arguments set the constexprs (default 128x128x128 tile, 3x3, scale only, float store);
     ``out_type`` is the output pointer type (``*fp32``, ``*fp16``, ``*bf16``, ``*i32`` with BINARIZE);
-    ``operand`` the operands' type: ``i8`` (``path="mma"``) or ``fp8e4nv`` (``path="mma_fp8"``)."""
+    ``operand`` the operands' type: ``i8`` (``path="mma"``) or ``fp8e4nv`` (``path="mma_fp8"``);
+    ``residual_type`` the residual's pointer type (used with ``HAS_RESIDUAL=True``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -337,11 +389,12 @@ def compile_unpacked_conv(target=None, num_warps: int = 8, num_stages: int = 3, 
         raise ValueError(f"operand must be 'i8' or 'fp8e4nv', got {operand!r}")
     fn = load("conv_kernels", interpret=False).unpacked_conv_kernel
     consts = dict(KH=3, KW=3, HAS_SCALE=True, HAS_BIAS=False, HAS_AFFINE=False, BINARIZE=False,
-                  BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, FP8=operand == "fp8e4nv", PRECISE_FP8=False)
+                  BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, FP8=operand == "fp8e4nv", PRECISE_FP8=False,
+                  HAS_RESIDUAL=False, STORE_OUT=True, OPERAND=False, OP_KSUM=1, OP_FP8=False)
     consts.update(constexprs)
     sig = {"x_ptr": f"*{operand}", "w_ptr": f"*{operand}", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
-           "mul_ptr": "*fp32", "add_ptr": "*fp32", "out_ptr": out_type, **{k: "i32" for k in _I8_INTS},
-           **{k: "constexpr" for k in consts}}
+           "mul_ptr": "*fp32", "add_ptr": "*fp32", "out_ptr": out_type, "res_ptr": residual_type, "op_ptr": "*i8",
+           **{k: "i32" for k in _I8_INTS}, **{k: "constexpr" for k in consts}}
     sig = {a: sig[a] for a in fn.arg_names}
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in _I8_ALIGNED}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)

@@ -110,6 +110,29 @@ def _store_packed_signs(y, offs_m, offs_n, m_ok, n_ok, pid_n, out_ptr, OWORDS,
     tl.store(ptrs, words.to(tl.int32, bitcast=True), mask=m_ok[:, None] & (offs_w < OWORDS)[None, :])
 
 
+@triton.jit
+def _store_operand(y, offs_m, offs_n, m_ok, n_ok, pid_n, op_ptr, OH, OW, C_out, OPH, OPW, OPAD, OPC,
+                   OP_KSUM: tl.constexpr, OP_FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The next conv's operand bytes from ``y``: ``sign(y)`` (or the sums of ``OP_KSUM`` adjacent
+    channels' signs) at the interior pixel ``(n, oh + OPAD, ow + OPAD)`` of the halo buffer
+    ``(N, OPH, OPW, OPC)``; the halo and the channels past ``C_out / OP_KSUM`` are left as they are
+    (zero). ``BLOCK_N`` is a multiple of ``OP_KSUM`` (32 ≥ 8), so a tile holds whole groups."""
+    s = tl.where(y >= 0, 1, -1)  # sign(0) = +1; NaN -> -1, as the packing maps it
+    s = tl.where(n_ok[None, :], s, 0)
+    if OP_KSUM > 1:
+        s = tl.reduce(tl.reshape(s, (BLOCK_M, BLOCK_N // OP_KSUM, OP_KSUM)), 2, _sum_combine)
+    if OP_FP8:
+        v = s.to(tl.float32).to(tl.float8e4nv).to(tl.int8, bitcast=True)
+    else:
+        v = s.to(tl.int8)
+    offs_c = pid_n * (BLOCK_N // OP_KSUM) + tl.arange(0, BLOCK_N // OP_KSUM)
+    ow = offs_m % OW
+    t = offs_m // OW
+    pix = ((t // OH).to(tl.int64) * OPH + t % OH + OPAD) * OPW + ow + OPAD
+    ptrs = op_ptr + pix[:, None] * OPC + offs_c[None, :]
+    tl.store(ptrs, v, mask=m_ok[:, None] & (offs_c < C_out // OP_KSUM)[None, :])
+
+
 # integer arguments are not specialised (on value 1 / divisibility by 16): one compilation per
 # tile configuration serves every layer shape, which keeps autotuning a whole network short
 _NO_SPEC = ["M", "IH", "IW", "OH", "OW", "C_in", "C_out", "XW", "OWORDS", "stride", "pad",
@@ -258,17 +281,18 @@ def unpack_halo_kernel(
 # CP (channels padded to a multiple of 32) and KTOT = KH*KW*CP stay specialised: they are always
 # multiples of 16, and Triton must know it to copy 16-byte vectors (cp.async ... 16)
 # (C_out too: the output row stride, so the epilogue's stores can be vectorised)
-_NO_SPEC_I8 = ["M", "HP", "WP", "OH", "OW", "OWORDS", "stride"]
+_NO_SPEC_I8 = ["M", "HP", "WP", "OH", "OW", "OWORDS", "stride", "OPH", "OPW", "OPAD"]  # OPC: a multiple of 32
 
 
 @triton.jit(do_not_specialize=_NO_SPEC_I8)
 def unpacked_conv_kernel(
-    x_ptr, w_ptr, scale_ptr, bias_ptr, mul_ptr, add_ptr, out_ptr,
-    M, HP, WP, OH, OW, C_out, OWORDS, stride, CP, KTOT,
+    x_ptr, w_ptr, scale_ptr, bias_ptr, mul_ptr, add_ptr, out_ptr, res_ptr, op_ptr,
+    M, HP, WP, OH, OW, C_out, OWORDS, stride, CP, KTOT, OPH, OPW, OPAD, OPC,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr, BINARIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8: tl.constexpr,
-    PRECISE_FP8: tl.constexpr,
+    PRECISE_FP8: tl.constexpr, HAS_RESIDUAL: tl.constexpr = False, STORE_OUT: tl.constexpr = True,
+    OPERAND: tl.constexpr = False, OP_KSUM: tl.constexpr = 1, OP_FP8: tl.constexpr = False,
 ):
     """Implicit GEMM on pre-unpacked operands (zero halo, zero channel padding): int8 operands
     with an int32 accumulator, or (``FP8``) fp8 e4m3 operands with an fp32 accumulator. Both are
@@ -286,6 +310,14 @@ def unpacked_conv_kernel(
     the K-loop has no masks; rows past ``M`` / columns past ``C_out`` read row 0 / the last
     column (in bounds) and are dropped by the epilogue's masked store. ``BLOCK_K`` divides ``CP``.
     Programs are ordered with the ``C_out`` tiles of one pixel block adjacent (shared A in L2).
+
+    Fused layer (the GPU engine's fused mode, ``cbcn.onebit.runner``): ``HAS_RESIDUAL`` adds the
+    channels-last ``residual`` ``(M, C_out)`` after the affine steps; ``STORE_OUT = False`` skips
+    the real output (a conv whose result only feeds the next conv); ``OPERAND`` writes the next
+    conv's operand straight into its pre-zeroed halo buffer ``(N, OPH, OPW, OPC)`` at pixel
+    ``(n, oh + OPAD, ow + OPAD)``: ``sign(y)`` (±1, ``sign(0) = +1``), or with ``OP_KSUM = K``
+    the sum of the signs of channels ``c·K … c·K+K−1`` in channel ``c`` (CBConv's K-sum form), as
+    int8 or (``OP_FP8``) e4m3 bytes. That removes the pack and unpack passes between layers.
     """
     pid = tl.program_id(0)
     num_n = (C_out + BLOCK_N - 1) // BLOCK_N
@@ -323,11 +355,16 @@ def unpacked_conv_kernel(
     m_ok = offs_m < M
     n_ok = offs_n < C_out
     y = _affine(acc, offs_n, n_ok, scale_ptr, bias_ptr, mul_ptr, add_ptr, HAS_SCALE, HAS_BIAS, HAS_AFFINE)
+    rows = offs_m.to(tl.int64)[:, None] * C_out + offs_n[None, :]
+    if HAS_RESIDUAL:
+        y = y + tl.load(res_ptr + rows, mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
     if BINARIZE:
         _store_packed_signs(y, offs_m, offs_n, m_ok, n_ok, pid_n, out_ptr, OWORDS, BLOCK_M, BLOCK_N)
-    else:
-        ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * C_out + offs_n[None, :]
-        tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    elif STORE_OUT:
+        tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    if OPERAND:
+        _store_operand(y, offs_m, offs_n, m_ok, n_ok, pid_n, op_ptr, OH, OW, C_out, OPH, OPW, OPAD, OPC,
+                       OP_KSUM, OP_FP8, BLOCK_M, BLOCK_N)
 
 
 # Autotuned launchers for the GPU (the interpreter uses one small fixed tile instead).
@@ -391,7 +428,8 @@ POPCOUNT_CONFIGS = [
 ]
 _FLAGS = ["KH", "KW", "HAS_SCALE", "HAS_BIAS", "HAS_AFFINE", "BINARIZE"]
 _KEY = ["M", "C_out", "XW", "OH", "OW"] + _FLAGS
-_KEY_I8 = ["M", "C_out", "CP", "OH", "OW", "stride", "FP8", "PRECISE_FP8"] + _FLAGS
+_FUSED_FLAGS = ["HAS_RESIDUAL", "STORE_OUT", "OPERAND", "OP_KSUM", "OP_FP8"]
+_KEY_I8 = ["M", "C_out", "CP", "OH", "OW", "stride", "FP8", "PRECISE_FP8"] + _FLAGS + _FUSED_FLAGS
 
 
 def _quick_bench(kernel_call, quantiles):
