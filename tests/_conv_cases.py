@@ -57,3 +57,38 @@ def _worst_case(C, K, device):
     weights = reference.cif_pack_bank_reference(W, K, ksum=True) if K > 1 else full
     ref = reference.packed_conv2d_reference(reference.pack_signs(x), full, C, 1, 1)
     return reference.pack_signs(x).to(device), weights.to(device), ref
+
+
+# fused layers (cbcn.onebit.backends.operands): N, input maps, their ksum, H (= W), C_out, stride,
+# the next conv's ksum, fp8 operands, residual dtype, real-output dtype (None: operand only)
+FUSED_CASES = [
+    (2, 40, 1, 7, 64, 1, 1, False, torch.float16, torch.float16),
+    (1, 16, 4, 6, 64, 2, 4, True, None, None),
+    (2, 24, 2, 5, 96, 1, 8, False, torch.float32, torch.float32),
+    (1, 32, 1, 4, 33, 1, 1, True, torch.float16, torch.float32),
+    (3, 9, 1, 5, 40, 2, 1, False, None, torch.float16),
+]
+
+
+def _fused_case(case, seed=0):
+    """Inputs of one fused-layer case on the CPU, and the reference's real output and next operand:
+    ``(kwargs for triton_kernels.conv.unpacked_conv2d, layouts, expected_real, expected_operand)``."""
+    from cbcn.onebit.backends import operands
+
+    N, maps, ksum, H, C_out, stride, next_ksum, fp8, res_dtype, real_dtype = case
+    layout = operands.OperandLayout(maps, ksum, 1, fp8)
+    x_buf = layout.allocate(N, H, H, "cpu")
+    operands.write_operand_reference(_rand(N, maps * ksum, H, H, seed=seed), layout, x_buf)
+    w_mat = operands.weight_matrix_reference(torch.where(_rand(C_out, maps, 3, 3, seed=seed + 1) >= 0, 1.0, -1.0), fp8)
+    OH = (H + 2 - 3) // stride + 1
+    A, B = _rand(C_out, seed=seed + 2), _rand(C_out, seed=seed + 3)
+    residual = None if res_dtype is None else \
+        _rand(N, C_out, OH, OH, seed=seed + 4).to(res_dtype).contiguous(memory_format=torch.channels_last)
+    next_layout = operands.OperandLayout(C_out // next_ksum, next_ksum, 1, fp8)
+    expected_op = next_layout.allocate(N, OH, OH, "cpu")
+    expected = operands.operand_conv_reference(x_buf, layout, w_mat, 3, stride, A, B, residual, real_dtype,
+                                               next_layout, expected_op)
+    kwargs = dict(x_halo=layout.view(x_buf), w_mat=w_mat.view(layout.dtype), kernel_size=(3, 3), stride=stride,
+                  out_size=(OH, OH), scale=A, bias=B, out_dtype=real_dtype or torch.float32, residual=residual,
+                  store_out=real_dtype is not None, operand_pad=1, operand_ksum=next_ksum)
+    return kwargs, next_layout, expected, expected_op

@@ -17,7 +17,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from _conv_cases import CONV_CASES, KSUM_CASES, WORST_CASES, _epilogue_args, _rand, _worst_case  # noqa: E402
+from _conv_cases import CONV_CASES, FUSED_CASES, KSUM_CASES, WORST_CASES, _epilogue_args, _fused_case, _rand  # noqa: E402
+from _conv_cases import _worst_case  # noqa: E402
 from test_onebit import _train_a_few_steps  # noqa: E402
 
 import triton_kernels as tk  # noqa: E402
@@ -171,3 +172,55 @@ def test_onebit_model_on_device(path, name, method, stages, K, image):
     assert "backend=triton->triton" in repr(onebit)
     assert torch.equal(got.argmax(1), expected.argmax(1))
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "-".join(map(str, c[:8])))
+def test_fused_layer_on_device(case):
+    """The fused layer (residual, real output, the next conv's operand in its halo buffer) on the
+    device equals ``operands.operand_conv_reference`` on the CPU bit for bit, fixed tile and
+    autotuned."""
+    from triton_kernels.conv import unpacked_conv2d
+
+    kwargs, next_layout, expected, expected_operand = _fused_case(case)
+    kwargs = _on_device(kwargs)
+    N, (OH, OW) = kwargs["x_halo"].shape[0], kwargs["out_size"]
+    for config in ((dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3) if GPU else None), None):
+        operand = next_layout.allocate(N, OH, OW, DEVICE)
+        out = unpacked_conv2d(**kwargs, operand=next_layout.view(operand), config=config)
+        assert torch.equal(operand.cpu(), expected_operand), (case, config)
+        assert (out is None) == (expected is None)
+        if expected is not None:
+            assert torch.equal(out.cpu(), expected), (case, config)
+
+
+@pytest.mark.parametrize("label", ["xnor", "cbcn", "bireal"])
+def test_runner_on_device(label):
+    """``OneBitRunner`` on the device: the exact mode (CUDA graph) gives the training model's logits
+    bit for bit; the fused mode on the kernels equals the fused mode's PyTorch reference on the
+    same device, fp32 activations, with and without a graph; in fp16 it agrees with the training
+    model on 10,000 inputs (argmax ≥ 99 %; the largest logit difference is printed)."""
+    from test_runner import _random_batchnorm
+
+    from cbcn.onebit.runner import OneBitRunner
+
+    model, _ = _random_batchnorm(label)  # random batch-norm statistics, in fp16's range
+    model = model.to(DEVICE)
+    onebit = convert_to_onebit(model, backend="triton")
+    x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=False):
+        expected = model(x)
+        assert torch.equal(OneBitRunner(onebit, x, mode="exact")(x), expected)
+        fused_ref = OneBitRunner(onebit, x, backend="reference", dtype=torch.float32, graphs=False)(x)
+        for graphs in ((True, False) if GPU else (False,)):
+            fused = OneBitRunner(onebit, x, backend="triton", dtype=torch.float32, graphs=graphs)
+            assert torch.equal(fused(x), fused_ref), graphs
+            assert torch.equal(fused(x), fused_ref), graphs  # replayed: the halos stayed zero
+        n = 10_000 if GPU else 64
+        xs = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+        half = OneBitRunner(onebit, xs, graphs=False)
+        got, expected = half(xs), model(xs)
+    agree = (got.argmax(1) == expected.argmax(1)).float().mean().item()
+    print(f"{label}: fused {half.dtype} vs training model on {n} inputs: max |dlogit| "
+          f"{(got - expected).abs().max().item():.3g} (largest logit {expected.abs().max().item():.3g}), "
+          f"argmax agreement {agree:.3%}")
+    assert agree >= 0.99

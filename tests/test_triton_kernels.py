@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from _conv_cases import CONV_CASES, KSUM_CASES, WORST_CASES, _epilogue_args, _rand, _worst_case  # noqa: E402
+from _conv_cases import CONV_CASES, FUSED_CASES, KSUM_CASES, WORST_CASES, _epilogue_args, _fused_case, _rand  # noqa: E402
+from _conv_cases import _worst_case  # noqa: E402
 
 import triton_kernels as tk  # noqa: E402
 from cbcn.nn import cif as cif_ref  # noqa: E402
@@ -214,6 +215,36 @@ def test_conv_errors():
         tk.packed_conv2d(xp, wp, 40, ksum=3)
     with pytest.raises(ValueError, match="must divide"):
         tk.packed_conv2d(reference.pack_signs(_rand(1, 36, 4, 4)), wp, 36, ksum=8)
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "-".join(map(str, c[:8])))
+def test_fused_layer_equals_operand_reference(case):
+    """The fused layer (``unpacked_conv2d`` with a residual, a real output and the next conv's
+    operand written into its halo buffer) equals ``operands.operand_conv_reference`` bit for bit:
+    the real output and every byte of the next operand, halo and padding channels included."""
+    from triton_kernels.conv import unpacked_conv2d
+
+    kwargs, next_layout, expected, expected_operand = _fused_case(case)
+    N, (OH, OW) = kwargs["x_halo"].shape[0], kwargs["out_size"]
+    operand = next_layout.allocate(N, OH, OW, "cpu")
+    out = unpacked_conv2d(**kwargs, operand=next_layout.view(operand))
+    assert torch.equal(operand, expected_operand)
+    if expected is None:
+        assert out is None
+    else:
+        assert out.dtype == expected.dtype and torch.equal(out, expected)
+
+
+def test_fused_layer_argument_errors():
+    from triton_kernels.conv import unpacked_conv2d
+
+    kwargs, next_layout, _, _ = _fused_case(FUSED_CASES[0])
+    N, (OH, OW) = kwargs["x_halo"].shape[0], kwargs["out_size"]
+    wrong = next_layout.allocate(N, OH + 1, OW, "cpu")
+    with pytest.raises(ValueError, match="operand buffer must be"):
+        unpacked_conv2d(**kwargs, operand=next_layout.view(wrong))
+    with pytest.raises(ValueError, match="residual must be a channels-last"):
+        unpacked_conv2d(**{**kwargs, "residual": kwargs["residual"].contiguous()})
 
 
 # --- CiF --------------------------------------------------------------------------------------
