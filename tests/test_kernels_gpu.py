@@ -80,6 +80,32 @@ def test_packed_conv_sweep(path):
             assert torch.equal(out.cpu(), ref), (path, dtype, (N, C, H, W, Co, k, s, p))
 
 
+VARIANTS = {  # the GEMM's shape variants, as fixed tiles on the GPU (the autotuner picks them per shape)
+    "swap": dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, SWAP_AB=True, num_warps=4, num_stages=4),
+    "split": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, SPLIT_K=4, num_warps=4, num_stages=4),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("path", ["mma", "mma_fp8"])
+def test_gemm_variants_on_device(path, variant):
+    """Swapped operands and split-K on the sweep, bit for bit; split-K leaves its workspace zero."""
+    config = VARIANTS[variant] if GPU else {k: v for k, v in VARIANTS[variant].items() if k.isupper()}
+    for i, (N, C, H, W, Co, k, s, p) in enumerate(CONV_CASES + EXTRA_CASES):
+        x, w = _rand(N, C, H, W, seed=i), _rand(Co, C, k, k, seed=100 + i)
+        xp, wp = reference.pack_signs(x), reference.pack_signs(w)
+        for j in (i, i + 1):
+            kw = _epilogue_args(j, Co)
+            ref = reference.packed_conv2d_reference(xp, wp, C, s, p, **kw)
+            out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), C, s, p, path=path, config=config, **_on_device(kw))
+            assert torch.equal(out.cpu(), ref), (path, variant, (N, C, H, W, Co, k, s, p), sorted(kw))
+    if variant == "split":
+        from triton_kernels.conv import _SPLIT_K_WORKSPACE
+
+        ws, counters = _SPLIT_K_WORKSPACE[str(DEVICE)]
+        assert not ws.any() and not counters.any()
+
+
 @pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount"])
 def test_packed_conv_autotuned(path):
     """The default launch (autotuned tiles on the GPU) at a ResNet-sized shape, with every epilogue."""

@@ -109,6 +109,44 @@ def test_fp8_precise_accumulation_compiles(can_compile, tile):
     _assert_fits_registers(ptx, 255)
 
 
+@pytest.mark.parametrize("operand,tile,instruction", [
+    ("i8", dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4), "m64n128k32.s32.s8.s8"),
+    ("i8", dict(BLOCK_M=256, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4), "m64n128k32.s32.s8.s8"),
+    ("fp8e4nv", dict(BLOCK_M=256, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4), "m64n256k32.f32.e4m3.e4m3"),
+    ("i8", dict(BLOCK_M=256, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=4), "m64n128k32.s32.s8.s8"),
+])
+def test_swapped_operands_put_pixels_on_the_wide_mma_side(can_compile, operand, tile, instruction):
+    """SWAP_AB (C_out = 64): the wgmma's N is the pixel tile (n128 / n256) instead of the 64 output
+    channels (n64 without the swap); operands still 16-byte cp.async; no spills."""
+    ptx = compile_unpacked_conv(operand=operand, out_type="*fp16", SWAP_AB=True, **tile).asm["ptx"]
+    found = ptx_instructions(ptx, r"wgmma\.mma_async[\w.]*")
+    assert found == [f"wgmma.mma_async.sync.aligned.{instruction}"], found
+    plain = compile_unpacked_conv(operand=operand, out_type="*fp16", **tile).asm["ptx"]
+    assert all(".m64n64k32." in f for f in ptx_instructions(plain, r"wgmma\.mma_async[\w.]*"))
+    assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]*\], \[[^]]*\], 0x10", ptx)
+    assert "fma.rn.f32" not in ptx and "ld.local" not in ptx and "st.local" not in ptx
+    _assert_fits_registers(ptx, 128 if tile["num_warps"] == 8 or tile["BLOCK_M"] == 128 else 255)
+
+
+@pytest.mark.parametrize("operand", ["i8", "fp8e4nv"])
+@pytest.mark.parametrize("block_k", [64, 32])
+def test_split_k_adds_partial_sums_with_atomics(can_compile, operand, block_k):
+    """SPLIT_K: the partial sums go to the workspace as relaxed integer reductions, a CTA barrier
+    orders them before the acquire-release count of arrived parts, and the last part exchanges
+    the sums for zeros; the fused epilogue (residual, operand) fits without spills."""
+    ptx = compile_unpacked_conv(operand=operand, out_type="*fp16", SPLIT_K=4, BLOCK_M=64, BLOCK_N=64,
+                                BLOCK_K=block_k, num_warps=4, num_stages=4, HAS_BIAS=True, HAS_RESIDUAL=True,
+                                OPERAND=True).asm["ptx"]
+    atomics = ptx_instructions(ptx, r"(?:atom|red)\.[\w.]*")
+    assert "red.global.gpu.relaxed.add.u32" in atomics or "red.global.gpu.relaxed.add.s32" in atomics, atomics
+    assert any(a.startswith("atom.global.gpu.acq_rel.add") for a in atomics), atomics
+    assert any(a.startswith("atom.global.gpu.relaxed.exch") for a in atomics), atomics
+    assert "bar.sync" in ptx
+    assert ptx_instructions(ptx, r"wgmma\.mma_async[\w.]*")
+    assert "fma.rn.f32" not in ptx and "ld.local" not in ptx and "st.local" not in ptx
+    _assert_fits_registers(ptx, 168)
+
+
 def test_int8_path_rebinarising_epilogue(can_compile):
     from triton_kernels.conv import compile_unpacked_conv
 

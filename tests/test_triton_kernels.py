@@ -82,6 +82,13 @@ def test_zero_padding_borders(path):
         ("mma_fp8", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32)),
         ("mma_regs", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_W=1)),  # the first tensor-core kernel
         ("mma_regs", dict(BLOCK_M=32, BLOCK_N=64, BLOCK_W=4)),  # K-steps wider than the 3 words
+        # the shape variants of the GEMM: swapped operands, split-K (3 parts of 27 K-steps: 9/9/9;
+        # 8 parts: uneven), both
+        ("mma", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SWAP_AB=True)),
+        ("mma_fp8", dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, SWAP_AB=True)),
+        ("mma", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=3)),
+        ("mma_fp8", dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, SPLIT_K=8)),
+        ("mma", dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, SPLIT_K=4, SWAP_AB=True)),
     ],
 )
 def test_mma_tiles(path, config):
@@ -92,6 +99,39 @@ def test_mma_tiles(path, config):
     sc = _rand(40, seed=7).abs()
     ref = reference.packed_conv2d_reference(xp, wp, 70, 1, 1, scale=sc)
     assert torch.equal(tk.packed_conv2d(xp, wp, 70, 1, 1, scale=sc, path=path, config=config), ref)
+    if config.get("SPLIT_K", 1) > 1:  # the split-K workspace and counters are left zero for the next launch
+        from triton_kernels.conv import _SPLIT_K_WORKSPACE
+
+        ws, counters = _SPLIT_K_WORKSPACE["cpu"]
+        assert not ws.any() and not counters.any()
+
+
+def test_split_k_needs_the_workspace():
+    x, w = _rand(1, 32, 40, 40, seed=8), _rand(700, 32, 3, 3, seed=9)  # 1600 x 700 sums: over the workspace
+    xp, wp = reference.pack_signs(x), reference.pack_signs(w)
+    with pytest.raises(ValueError, match="SPLIT_K=2 needs at most"):
+        tk.packed_conv2d(xp, wp, 32, 1, 1, config=dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, SPLIT_K=2))
+
+
+def test_autotuner_candidates():
+    """``select_i8_configs``: what the autotuner may try per ResNet18 shape (no GPU needed)."""
+    from triton_kernels._runtime import load
+
+    k = load("conv_kernels", interpret=True)
+
+    def candidates(CP, C_out, M):
+        return [c.kwargs for c in k.select_i8_configs(k.I8_CONFIGS, CP, C_out, M, 9, 132)]
+
+    conv2_b256 = candidates(64, 64, 256 * 56 * 56)  # C_out = 64: swapped tiles are tried
+    assert any(c.get("SWAP_AB") for c in conv2_b256) and not any(c.get("SPLIT_K", 1) > 1 for c in conv2_b256)
+    conv4_b256 = candidates(256, 256, 256 * 14 * 14)  # wide layers: no swap, no split, >= 2 waves
+    assert conv4_b256 and not any(c.get("SWAP_AB") or c.get("SPLIT_K", 1) > 1 for c in conv4_b256)
+    conv5_b1 = candidates(512, 512, 7 * 7)  # batch 1: 8 tiles of 64x64 on 132 SMs -> split-K
+    splits = [c["SPLIT_K"] for c in conv5_b1 if c.get("SPLIT_K", 1) > 1]
+    assert splits and max(splits) * 8 <= 4 * 132
+    ksum_b1 = candidates(32, 64, 56 * 56)  # CBCN K-sum form over 16 maps: BLOCK_K 32, 9 K-steps
+    assert {c["BLOCK_K"] for c in ksum_b1} == {32}
+    assert all(9 >= 2 * c.get("SPLIT_K", 1) for c in ksum_b1)
 
 
 def test_unpack_activations_halo():
@@ -226,13 +266,15 @@ def test_fused_layer_equals_operand_reference(case):
 
     kwargs, next_layout, expected, expected_operand = _fused_case(case)
     N, (OH, OW) = kwargs["x_halo"].shape[0], kwargs["out_size"]
-    operand = next_layout.allocate(N, OH, OW, "cpu")
-    out = unpacked_conv2d(**kwargs, operand=next_layout.view(operand))
-    assert torch.equal(operand, expected_operand)
-    if expected is None:
-        assert out is None
-    else:
-        assert out.dtype == expected.dtype and torch.equal(out, expected)
+    for config in (None, dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, SWAP_AB=True),
+                   dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=3)):
+        operand = next_layout.allocate(N, OH, OW, "cpu")
+        out = unpacked_conv2d(**kwargs, operand=next_layout.view(operand), config=config)
+        assert torch.equal(operand, expected_operand), config
+        if expected is None:
+            assert out is None
+        else:
+            assert out.dtype == expected.dtype and torch.equal(out, expected), config
 
 
 def test_fused_layer_argument_errors():

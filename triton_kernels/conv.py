@@ -55,11 +55,11 @@ def _cdiv(a: int, b: int) -> int:
 _DUMMY: dict = {}
 
 
-def _dummy(device) -> torch.Tensor:
-    """A float32 placeholder for absent epilogue vectors (allocated once per device)."""
-    key = str(device)
+def _dummy(device, dtype=torch.float32) -> torch.Tensor:
+    """A placeholder for absent pointer arguments (allocated once per device and dtype)."""
+    key = (str(device), dtype)
     if key not in _DUMMY:
-        _DUMMY[key] = torch.zeros(1, dtype=torch.float32, device=device)
+        _DUMMY[key] = torch.zeros(1, dtype=dtype, device=device)
     return _DUMMY[key]
 
 
@@ -119,6 +119,23 @@ def unpack_activations(x_packed: torch.Tensor, in_channels: int, padding: int, d
     signs of channels ``c·K … c·K+K−1`` and ``CP`` covers ``in_channels // K`` maps. ``out``: an
     int8 buffer to write into (``cbcn.onebit.backends.operands.OperandLayout.allocate``)."""
     return _unpack_halo(x_packed, in_channels, padding, dtype, ksum, out)
+
+
+_SPLIT_K_WORKSPACE: dict = {}
+
+
+def split_k_workspace(k, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The zeroed int32 workspace (``SPLIT_K_MAX_SUMS`` sums) and tile counters of the split-K GEMM
+    (``unpacked_conv_kernel`` with ``SPLIT_K > 1``; ``k`` its kernel module), one pair per device. A
+    split-K launch leaves both zero again (the last part of each tile exchanges the sums for
+    zeros), so they are allocated once — before a CUDA graph is captured, by the warm-up calls —
+    and never cleared. Launches that run concurrently on several streams must not share them:
+    split-K tiles are for one inference stream at a time."""
+    key = str(device)
+    if key not in _SPLIT_K_WORKSPACE:
+        _SPLIT_K_WORKSPACE[key] = (torch.zeros(k.SPLIT_K_MAX_SUMS, dtype=torch.int32, device=device),
+                                   torch.zeros(k.SPLIT_K_MAX_TILES, dtype=torch.int32, device=device))
+    return _SPLIT_K_WORKSPACE[key]
 
 
 # (weight tensor id, dtype) -> (weakref, version, in_channels, matrix): weights are constant at inference
@@ -211,12 +228,13 @@ def unpacked_conv2d(
     k = kernels_for("conv_kernels", x_halo, w_mat)
     dummy = _dummy(device)
     op = dummy if operand is None else operand.view(torch.int8)
+    fp8 = x_halo.dtype == torch.float8_e4m3fn
+    ws, counters = split_k_workspace(k, device) if k.may_split_k(M, C_out) else (_dummy(device, torch.int32),) * 2
     args = (x_halo, w_mat, *_epilogue_vectors(device, scale, bias, bn_scale, bn_shift),
-            dummy if out is None else out, dummy if residual is None else residual, op,
+            dummy if out is None else out, dummy if residual is None else residual, op, ws, counters,
             M, HP, WP, OH, OW, C_out, num_words(C_out), stride, CP, KTOT,
             op.shape[1] if operand is not None else 0, op.shape[2] if operand is not None else 0, operand_pad,
             op.shape[3] if operand is not None else 32)
-    fp8 = x_halo.dtype == torch.float8_e4m3fn
     flags = dict(KH=KH, KW=KW, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
                  HAS_AFFINE=bn_scale is not None, BINARIZE=bool(binarize_output), FP8=fp8,
                  PRECISE_FP8=fp8 and (KTOT if max_abs_dot is None else max_abs_dot) > FP8_FAST_ACC_LIMIT,
@@ -229,11 +247,15 @@ def unpacked_conv2d(
             launch["enable_fp_fusion"] = False
         if CP % tile["BLOCK_K"]:
             raise ValueError(f"BLOCK_K={tile['BLOCK_K']} does not divide the {CP} padded channels")
-        grid = (_cdiv(M, tile["BLOCK_M"]) * _cdiv(C_out, tile["BLOCK_N"]),)
+        tiles = _cdiv(M, tile["BLOCK_M"]) * _cdiv(C_out, tile["BLOCK_N"])
+        if tile.get("SPLIT_K", 1) > 1 and not k.may_split_k(M, C_out, tiles):
+            raise ValueError(f"SPLIT_K={tile['SPLIT_K']} needs at most {k.SPLIT_K_MAX_SUMS} output sums and "
+                             f"{k.SPLIT_K_MAX_TILES} tiles, this launch has {M * C_out} and {tiles}")
+        grid = (_cdiv(M, tile["BLOCK_M"]) * _cdiv(C_out, tile["BLOCK_N"]) * tile.get("SPLIT_K", 1),)
         k.unpacked_conv_kernel[grid](*args, **flags, **tile, **launch)
     else:
         def grid(meta):
-            return (_cdiv(M, meta["BLOCK_M"]) * _cdiv(C_out, meta["BLOCK_N"]),)
+            return (_cdiv(M, meta["BLOCK_M"]) * _cdiv(C_out, meta["BLOCK_N"]) * meta.get("SPLIT_K", 1),)
 
         k.unpacked_conv_tuned[grid](*args, **flags, enable_fp_fusion=False)
     return out
@@ -368,7 +390,7 @@ def packed_conv2d(
 # --- ahead-of-time compilation of the two-stage paths (no GPU needed), for tests and ptxas reports ---
 _I8_INTS = ["M", "HP", "WP", "OH", "OW", "C_out", "OWORDS", "stride", "CP", "KTOT", "OPH", "OPW", "OPAD", "OPC"]
 _I8_ALIGNED = ["x_ptr", "w_ptr", "scale_ptr", "bias_ptr", "mul_ptr", "add_ptr", "out_ptr", "res_ptr", "op_ptr",
-               "CP", "KTOT", "C_out", "OPC"]
+               "ws_ptr", "cnt_ptr", "CP", "KTOT", "C_out", "OPC"]
 
 
 def compile_unpacked_conv(target=None, num_warps: int = 8, num_stages: int = 3, out_type: str = "*fp32",
@@ -390,10 +412,12 @@ def compile_unpacked_conv(target=None, num_warps: int = 8, num_stages: int = 3, 
     fn = load("conv_kernels", interpret=False).unpacked_conv_kernel
     consts = dict(KH=3, KW=3, HAS_SCALE=True, HAS_BIAS=False, HAS_AFFINE=False, BINARIZE=False,
                   BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, FP8=operand == "fp8e4nv", PRECISE_FP8=False,
-                  HAS_RESIDUAL=False, STORE_OUT=True, OPERAND=False, OP_KSUM=1, OP_FP8=False)
+                  HAS_RESIDUAL=False, STORE_OUT=True, OPERAND=False, OP_KSUM=1, OP_FP8=False, SWAP_AB=False,
+                  SPLIT_K=1)
     consts.update(constexprs)
     sig = {"x_ptr": f"*{operand}", "w_ptr": f"*{operand}", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
            "mul_ptr": "*fp32", "add_ptr": "*fp32", "out_ptr": out_type, "res_ptr": residual_type, "op_ptr": "*i8",
+           "ws_ptr": "*i32", "cnt_ptr": "*i32",
            **{k: "i32" for k in _I8_INTS}, **{k: "constexpr" for k in consts}}
     sig = {a: sig[a] for a in fn.arg_names}
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in _I8_ALIGNED}
@@ -429,3 +453,21 @@ def ptxas_report(ptx: str, arch: str = "sm_90a") -> dict | None:
             return dict(registers=int(regs.group(1)), spill_stores=int(spill.group(1)),
                         spill_loads=int(spill.group(2)), ptxas=name)
     return None
+
+
+def autotuned_tiles() -> list[dict]:
+    """The tiles the autotuner chose so far in this process, one entry per autotuned kernel and
+    shape key: ``{"kernel", "key" (name -> value of the autotuning key), "config"}``. Empty before
+    any GPU launch (the interpreter does not autotune). For benchmark logs."""
+    from ._runtime import _CACHE
+
+    module = _CACHE.get(("conv_kernels", False))
+    if module is None:
+        return []
+    rows = []
+    for name in ("unpacked_conv_tuned", "packed_conv_mma_tuned", "packed_conv_popcount_tuned"):
+        tuner = getattr(module, name, None)
+        for key, config in dict(getattr(tuner, "cache", {}) or {}).items():
+            names = list(getattr(tuner, "keys", []))
+            rows.append(dict(kernel=name.removesuffix("_tuned"), key=dict(zip(names, key)), config=str(config)))
+    return rows

@@ -286,13 +286,14 @@ _NO_SPEC_I8 = ["M", "HP", "WP", "OH", "OW", "OWORDS", "stride", "OPH", "OPW", "O
 
 @triton.jit(do_not_specialize=_NO_SPEC_I8)
 def unpacked_conv_kernel(
-    x_ptr, w_ptr, scale_ptr, bias_ptr, mul_ptr, add_ptr, out_ptr, res_ptr, op_ptr,
+    x_ptr, w_ptr, scale_ptr, bias_ptr, mul_ptr, add_ptr, out_ptr, res_ptr, op_ptr, ws_ptr, cnt_ptr,
     M, HP, WP, OH, OW, C_out, OWORDS, stride, CP, KTOT, OPH, OPW, OPAD, OPC,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr, BINARIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8: tl.constexpr,
     PRECISE_FP8: tl.constexpr, HAS_RESIDUAL: tl.constexpr = False, STORE_OUT: tl.constexpr = True,
     OPERAND: tl.constexpr = False, OP_KSUM: tl.constexpr = 1, OP_FP8: tl.constexpr = False,
+    SWAP_AB: tl.constexpr = False, SPLIT_K: tl.constexpr = 1,
 ):
     """Implicit GEMM on pre-unpacked operands (zero halo, zero channel padding): int8 operands
     with an int32 accumulator, or (``FP8``) fp8 e4m3 operands with an fp32 accumulator. Both are
@@ -311,6 +312,18 @@ def unpacked_conv_kernel(
     column (in bounds) and are dropped by the epilogue's masked store. ``BLOCK_K`` divides ``CP``.
     Programs are ordered with the ``C_out`` tiles of one pixel block adjacent (shared A in L2).
 
+    Shape variants (tile parameters, chosen by the autotuner; the arithmetic is the same integers):
+
+    - ``SWAP_AB``: the MMA computes ``outᵀ = W · Xᵀ``, so output channels are the MMA's M side
+      and pixels its wide N side (wgmma ``m64nBLOCK_M``). With C_out = 64 the normal orientation
+      is limited to ``n64`` instructions, which re-read the A tile from shared memory for every
+      64 columns; swapped, one ``n128``/``n256`` instruction covers the tile.
+    - ``SPLIT_K > 1`` (small M, e.g. batch 1, where one wave of tiles leaves SMs idle): program
+      ``pid`` computes part ``pid % SPLIT_K`` of the K-loop of tile ``pid // SPLIT_K`` and adds it
+      into an int32 workspace ``ws`` with atomics (integer sums: exact for fp8's fp32 sums too); the last part to arrive
+      (``cnt[tile]``) takes the sum back with atomic exchanges — leaving ``ws`` and ``cnt`` zero
+      again for the next launch — and runs the epilogue. Exact: integer sums in any order.
+
     Fused layer (the GPU engine's fused mode, ``cbcn.onebit.runner``): ``HAS_RESIDUAL`` adds the
     channels-last ``residual`` ``(M, C_out)`` after the affine steps; ``STORE_OUT = False`` skips
     the real output (a conv whose result only feeds the next conv); ``OPERAND`` writes the next
@@ -320,28 +333,40 @@ def unpacked_conv_kernel(
     int8 or (``OP_FP8``) e4m3 bytes. That removes the pack and unpack passes between layers.
     """
     pid = tl.program_id(0)
+    tile = pid // SPLIT_K
     num_n = (C_out + BLOCK_N - 1) // BLOCK_N
-    pid_m = pid // num_n
-    pid_n = pid - pid_m * num_n
+    pid_m = tile // num_n
+    pid_n = tile - pid_m * num_n
     offs_m, offs_n, m_ok, n_ok, nb, oh, ow = _output_coords(pid_m, pid_n, M, C_out, OH, OW, BLOCK_M, BLOCK_N)
     # halo pixel of tap (0, 0); int64: N*HP*WP*CP may pass 2**31
     pix = (nb.to(tl.int64) * HP + oh * stride) * WP + ow * stride
     row = tl.multiple_of(tl.where(m_ok, pix * CP, 0), 16)
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = x_ptr + row[:, None] + offs_k[None, :]
     col = tl.minimum(offs_n, C_out - 1).to(tl.int64) * KTOT
-    b_ptrs = w_ptr + col[None, :] + offs_k[:, None]
+    if SWAP_AB:  # W tile (BLOCK_N, BLOCK_K) and X tile (BLOCK_K, BLOCK_M), both K-contiguous
+        a_ptrs = x_ptr + row[None, :] + offs_k[:, None]
+        b_ptrs = w_ptr + col[:, None] + offs_k[None, :]
+    else:  # X tile (BLOCK_M, BLOCK_K) and W tile (BLOCK_K, BLOCK_N)
+        a_ptrs = x_ptr + row[:, None] + offs_k[None, :]
+        b_ptrs = w_ptr + col[None, :] + offs_k[:, None]
     csteps = CP // BLOCK_K
-    if FP8:
-        acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.float32)
+    steps = KH * KW * csteps
+    part = pid - tile * SPLIT_K
+    k_first = part * steps // SPLIT_K
+    k_last = (part + 1) * steps // SPLIT_K
+    ACC: tl.constexpr = tl.float32 if FP8 else tl.int32
+    if SWAP_AB:
+        acc = tl.full((BLOCK_N, BLOCK_M), 0, ACC)
     else:
-        acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.int32)
-    for kk in range(0, KH * KW * csteps):
+        acc = tl.full((BLOCK_M, BLOCK_N), 0, ACC)
+    for kk in range(k_first, k_last):
         tap = kk // csteps
         kh = tap // KW
         a_off = ((kh * WP + (tap - kh * KW)) * CP) + (kk - tap * csteps) * BLOCK_K
         a = tl.load(a_ptrs + tl.multiple_of(a_off, 16))
         b = tl.load(b_ptrs + kk * BLOCK_K)
+        if SWAP_AB:
+            a, b = b, a  # the weights are the MMA's left operand
         if FP8:
             if PRECISE_FP8:  # promote each K-step's partial sum into the fp32 accumulator
                 acc = tl.dot(a, b, acc, out_dtype=tl.float32, max_num_imprecise_acc=BLOCK_K)
@@ -349,19 +374,51 @@ def unpacked_conv_kernel(
                 acc = tl.dot(a, b, acc, out_dtype=tl.float32)
         else:
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+    if SWAP_AB:
+        acc = tl.trans(acc)
     # epilogue on flat rows: the output is channels-last, pixel m's channels at m*C_out
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < C_out
-    y = _affine(acc, offs_n, n_ok, scale_ptr, bias_ptr, mul_ptr, add_ptr, HAS_SCALE, HAS_BIAS, HAS_AFFINE)
     rows = offs_m.to(tl.int64)[:, None] * C_out + offs_n[None, :]
+    mask = m_ok[:, None] & n_ok[None, :]
+    if SPLIT_K > 1:  # the sums are integers below 2**24, exact in int32 also from an fp32 accumulator
+        sums = acc.to(tl.int32)
+        tl.atomic_add(ws_ptr + rows, sums, mask=mask, sem="relaxed")
+        tl.debug_barrier()  # every thread's partial sums are issued before the release below
+        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:  # the last part: take the sum, leave zeros behind
+            tl.debug_barrier()
+            sums = tl.atomic_xchg(ws_ptr + rows, sums * 0, mask=mask, sem="relaxed")
+            tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed")
+            _conv_epilogue(sums, offs_m, offs_n, m_ok, n_ok, rows, mask, pid_n, scale_ptr, bias_ptr, mul_ptr,
+                           add_ptr, out_ptr, res_ptr, op_ptr, OH, OW, C_out, OWORDS, OPH, OPW, OPAD, OPC,
+                           HAS_SCALE, HAS_BIAS, HAS_AFFINE, BINARIZE, HAS_RESIDUAL, STORE_OUT, OPERAND, OP_KSUM,
+                           OP_FP8, BLOCK_M, BLOCK_N)
+    else:
+        _conv_epilogue(acc, offs_m, offs_n, m_ok, n_ok, rows, mask, pid_n, scale_ptr, bias_ptr, mul_ptr,
+                       add_ptr, out_ptr, res_ptr, op_ptr, OH, OW, C_out, OWORDS, OPH, OPW, OPAD, OPC,
+                       HAS_SCALE, HAS_BIAS, HAS_AFFINE, BINARIZE, HAS_RESIDUAL, STORE_OUT, OPERAND, OP_KSUM,
+                       OP_FP8, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _conv_epilogue(acc, offs_m, offs_n, m_ok, n_ok, rows, mask, pid_n, scale_ptr, bias_ptr, mul_ptr, add_ptr,
+                   out_ptr, res_ptr, op_ptr, OH, OW, C_out, OWORDS, OPH, OPW, OPAD, OPC,
+                   HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr,
+                   BINARIZE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_OUT: tl.constexpr,
+                   OPERAND: tl.constexpr, OP_KSUM: tl.constexpr, OP_FP8: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``unpacked_conv_kernel``'s epilogue on the ``(BLOCK_M, BLOCK_N)`` sums of one tile: the
+    affine steps, the residual, then the real output (or its packed signs) and the next operand."""
+    y = _affine(acc, offs_n, n_ok, scale_ptr, bias_ptr, mul_ptr, add_ptr, HAS_SCALE, HAS_BIAS, HAS_AFFINE)
     if HAS_RESIDUAL:
-        y = y + tl.load(res_ptr + rows, mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
+        y = y + tl.load(res_ptr + rows, mask=mask, other=0.0).to(tl.float32)
     if BINARIZE:
         _store_packed_signs(y, offs_m, offs_n, m_ok, n_ok, pid_n, out_ptr, OWORDS, BLOCK_M, BLOCK_N)
     elif STORE_OUT:
-        tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+        tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=mask)
     if OPERAND:
         _store_operand(y, offs_m, offs_n, m_ok, n_ok, pid_n, op_ptr, OH, OW, C_out, OPH, OPW, OPAD, OPC,
                        OP_KSUM, OP_FP8, BLOCK_M, BLOCK_N)
@@ -382,33 +439,84 @@ def unpacked_conv_kernel(
 # Dropped: 128x128 w4, 128x256 w8, 256x128 w8 (207-255 regs, spills at 255). Triton issues the
 # int8 wgmma with a wait of 0 after each K-step (it keeps only float wgmma in flight across
 # iterations), so latency is hidden by 2-4 resident CTAs per SM, not within one CTA.
+# Swapped operands (SWAP_AB, for C_out <= 64; wgmma m64n128 for int8, m64n256 for fp8 at 256x64
+# with 4 warps): 256x64x64 w8 s4: 108 regs; 128x64x64 w4 s4: 96 regs; no spills.
+# Split-K (SPLIT_K, small M): 64x64x64 / 64x64x32 w4 s4: 127-138 regs (the epilogue is compiled
+# into the last-arrival branch), no spills.
+
+
+def _tile(m, n, k, warps, stages, **variant):
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, **variant}, num_warps=warps, num_stages=stages)
+
+
 I8_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=4),
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=8, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    _tile(128, 128, 128, 8, 3), _tile(128, 128, 64, 8, 4), _tile(256, 64, 64, 8, 4), _tile(128, 64, 64, 4, 4),
+    _tile(64, 128, 64, 4, 4), _tile(64, 64, 64, 4, 4),
+    _tile(128, 128, 32, 8, 4), _tile(128, 64, 32, 4, 4), _tile(64, 64, 32, 4, 4),
+    # pixels on the MMA's wide side (C_out <= 64)
+    _tile(256, 64, 64, 8, 4, SWAP_AB=True), _tile(128, 64, 64, 4, 4, SWAP_AB=True),
+    _tile(256, 64, 32, 8, 4, SWAP_AB=True), _tile(128, 64, 32, 4, 4, SWAP_AB=True),
+    # split-K (fewer tiles than SMs)
+    *[_tile(64, 64, k, 4, 4, SPLIT_K=split) for k in (64, 32) for split in (2, 4, 8, 16)],
 ]
 I8_CHANNEL_MULTIPLE = 32  # CP = C_in rounded up to a multiple of 32: BLOCK_K 32 always divides it
+# split-K launches add into one int32 workspace per device (``conv.split_k_workspace``): at most this
+# many output sums (batch-1 layers: ResNet18's largest is 56·56·64 = 200,704) and tiles
+SPLIT_K_MAX_SUMS = 1 << 20
+SPLIT_K_MAX_TILES = 4096
+
+
+def may_split_k(M, C_out, tiles=0):
+    """Whether a launch of ``M`` pixels × ``C_out`` channels (in ``tiles`` tiles) fits the split-K
+    workspace."""
+    return M * C_out <= SPLIT_K_MAX_SUMS and tiles <= SPLIT_K_MAX_TILES
+
+
+def select_i8_configs(configs, CP, C_out, M, taps, sms):
+    """The autotuner's candidates for one GEMM shape (``taps`` = KH·KW, ``sms`` = the GPU's SMs):
+
+    - tiles whose BLOCK_K divides CP (BLOCK_K = 32 only where 64 does not) and whose BLOCK_N is at
+      most one tile past C_out; swapped tiles only for C_out <= 64;
+    - of those, the large tiles with ≥ 2 waves of programs, else the two smallest plain tiles;
+    - when even those leave SMs idle (< 1 wave) and the sums fit the workspace, the split-K tiles
+      whose parts keep ≥ 2 K-steps each and make at most 4 waves."""
+    def kw(c, name, default=None):
+        return c.kwargs.get(name, default)
+
+    def tiles(c):
+        return ((M + kw(c, "BLOCK_M") - 1) // kw(c, "BLOCK_M")) * ((C_out + kw(c, "BLOCK_N") - 1) // kw(c, "BLOCK_N"))
+
+    block_k = (64, 128) if CP % 64 == 0 else (32,)
+    fit = [c for c in configs if kw(c, "BLOCK_K") in block_k and kw(c, "BLOCK_N") <= max(64, C_out)
+           and (C_out <= 64 or not kw(c, "SWAP_AB", False))]
+    plain = [c for c in fit if kw(c, "SPLIT_K", 1) == 1]
+    split = [c for c in fit if kw(c, "SPLIT_K", 1) > 1]
+    chosen = [c for c in plain if kw(c, "BLOCK_M") * kw(c, "BLOCK_N") > 64 * 64 and tiles(c) >= 2 * sms]
+    if not chosen:
+        chosen = [c for c in plain if not kw(c, "SWAP_AB", False)][-2:]
+    if min((tiles(c) for c in chosen), default=sms) < sms:
+        steps = taps * CP // block_k[0]
+        chosen += [c for c in split if may_split_k(M, C_out, tiles(c)) and steps >= 2 * kw(c, "SPLIT_K")
+                   and tiles(c) * kw(c, "SPLIT_K") <= 4 * sms]
+    return chosen or plain[-1:]
+
+
+_SMS: list = []
+
+
+def _sm_count():
+    """Streaming multiprocessors of the current GPU (132 on an H100 SXM / H200; asked once)."""
+    if not _SMS:
+        import torch
+
+        _SMS.append(torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count)
+    return _SMS[0]
 
 
 def _prune_i8(configs, named_args, **kwargs):
-    """Tiles whose BLOCK_K divides CP (BLOCK_K = 32 only where 64 does not), at most one BLOCK_N
-    past C_out, and tiles with ≥ 2 waves of programs over 132 SMs if any (else the two smallest):
-    at most 5 configs per layer shape."""
-    CP, C_out, M = named_args["CP"], named_args["C_out"], named_args["M"]
-    block_k = [64, 128] if CP % 64 == 0 else [32]
-    ok = [c for c in configs if c.kwargs["BLOCK_K"] in block_k and CP % c.kwargs["BLOCK_K"] == 0
-          and c.kwargs["BLOCK_N"] <= max(64, C_out)]
-    big = [c for c in ok if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 64 * 64]
-    programs = [((M + c.kwargs["BLOCK_M"] - 1) // c.kwargs["BLOCK_M"])
-                * ((C_out + c.kwargs["BLOCK_N"] - 1) // c.kwargs["BLOCK_N"]) for c in big]
-    full = [c for c, p in zip(big, programs) if p >= 264]
-    return full or ok[-2:] or configs[-1:]
+    """``select_i8_configs`` for one launch."""
+    return select_i8_configs(configs, named_args["CP"], named_args["C_out"], named_args["M"],
+                             kwargs.get("KH", 3) * kwargs.get("KW", 3), _sm_count())
 
 
 # first version of the tensor-core path (path "mma_regs"): unpacking in registers in the K-loop
