@@ -85,15 +85,20 @@ def test_fp8_path_keeps_wgmma_in_flight(can_compile, tile):
 @pytest.mark.parametrize("ksum,fp8", [(1, False), (1, True), (2, False), (4, False), (4, True), (8, True)])
 def test_unpack_kernel_ksum_and_fp8(can_compile, CP, ksum, fp8):
     """The unpacking stage with the tiles it is launched with (``conv.unpack_tile``): no local
-    memory, no spills, ≤ 128 registers; fp8 operands converted by the hardware e4m3 conversion."""
+    memory, no spills, ≤ 128 registers. Signs (``ksum`` = 1) are expanded by SWAR into whole
+    32-bit words (the ``0x00204081`` multiply) and stored 16 bytes at a time, in ≤ 48 registers;
+    K-sums in fp8 are converted by the hardware e4m3 conversion."""
     from triton_kernels.conv import unpack_tile
 
     block_p, block_c = unpack_tile(CP, ksum)
     ptx = compile_kernel("unpack_halo_kernel", num_warps=4, KSUM=ksum, FP8=fp8, BLOCK_C=block_c,
                          BLOCK_P=block_p).asm["ptx"]
-    assert ("cvt.rn.satfinite.e4m3x2.f32" in ptx) == fp8
+    assert ("cvt.rn.satfinite.e4m3x2.f32" in ptx) == (fp8 and ksum > 1)
+    if ksum == 1:
+        assert ptx_instructions(ptx, r"st\.global[\w.]*") == ["st.global.v4.b32"]
+        assert str(0x00204081) in ptx or fp8  # fp8: LLVM folds the << 7 into the constant
     assert "ld.local" not in ptx and "st.local" not in ptx
-    _assert_fits_registers(ptx, 128)
+    _assert_fits_registers(ptx, 48 if ksum == 1 else 128)
 
 
 @pytest.mark.parametrize("tile", [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3),
