@@ -83,6 +83,7 @@ def test_packed_conv_sweep(path):
 VARIANTS = {  # the GEMM's shape variants, as fixed tiles on the GPU (the autotuner picks them per shape)
     "swap": dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, SWAP_AB=True, num_warps=4, num_stages=4),
     "split": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, SPLIT_K=4, num_warps=4, num_stages=4),
+    "persistent": dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, PERSISTENT=True, num_warps=4, num_stages=4),
 }
 
 
@@ -97,8 +98,11 @@ def test_gemm_variants_on_device(path, variant):
         for j in (i, i + 1):
             kw = _epilogue_args(j, Co)
             ref = reference.packed_conv2d_reference(xp, wp, C, s, p, **kw)
-            out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), C, s, p, path=path, config=config, **_on_device(kw))
-            assert torch.equal(out.cpu(), ref), (path, variant, (N, C, H, W, Co, k, s, p), sorted(kw))
+            tile = dict(config)
+            if variant == "persistent" and not kw.get("binarize_output") and (Co * 4) % 16 == 0:
+                tile["TMA_STORE"] = True  # fp32 rows of 16-byte multiples: through TMA stores
+            out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), C, s, p, path=path, config=tile, **_on_device(kw))
+            assert torch.equal(out.cpu(), ref), (path, variant, (N, C, H, W, Co, k, s, p), sorted(kw), tile)
     if variant == "split":
         from triton_kernels.conv import _SPLIT_K_WORKSPACE
 

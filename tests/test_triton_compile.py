@@ -152,6 +152,25 @@ def test_split_k_adds_partial_sums_with_atomics(can_compile, operand, block_k):
     _assert_fits_registers(ptx, 168)
 
 
+@pytest.mark.parametrize("operand", ["i8", "fp8e4nv"])
+@pytest.mark.parametrize("tile", [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4),
+                                  dict(BLOCK_M=256, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4, SWAP_AB=True),
+                                  dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4)])
+def test_persistent_grid_with_tma_store(can_compile, operand, tile):
+    """PERSISTENT + TMA_STORE: the output tile leaves through a 2-D bulk tensor store from shared
+    memory, whose descriptor the kernel builds on the device (tensormap.replace); the K-loop keeps
+    its pipelining (fp8: wait_group 1) and the kernel fits ≤ 128 registers without spills."""
+    ptx = compile_unpacked_conv(operand=operand, out_type="*fp16", PERSISTENT=True, TMA_STORE=True, **tile).asm["ptx"]
+    assert "cp.async.bulk.tensor.2d.global.shared::cta.bulk_group" in ptx
+    assert ptx_instructions(ptx, r"tensormap\.replace[\w.:]*")
+    assert ptx_instructions(ptx, r"wgmma\.mma_async[\w.]*")
+    waits = set(re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx))
+    assert ("1" in waits) == (operand == "fp8e4nv")
+    assert not re.search(r"st\.global(\.v\d)?\.b16", ptx)  # no per-thread fp16 stores of the output
+    assert "fma.rn.f32" not in ptx and "ld.local" not in ptx and "st.local" not in ptx
+    _assert_fits_registers(ptx, 128)
+
+
 def test_int8_path_rebinarising_epilogue(can_compile):
     from triton_kernels.conv import compile_unpacked_conv
 

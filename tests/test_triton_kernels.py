@@ -89,6 +89,8 @@ def test_zero_padding_borders(path):
         ("mma", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=3)),
         ("mma_fp8", dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, SPLIT_K=8)),
         ("mma", dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, SPLIT_K=4, SWAP_AB=True)),
+        ("mma", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, PERSISTENT=True)),  # 2 programs walk 7 tiles
+        ("mma_fp8", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, PERSISTENT=True, SWAP_AB=True)),
     ],
 )
 def test_mma_tiles(path, config):
@@ -104,6 +106,27 @@ def test_mma_tiles(path, config):
 
         ws, counters = _SPLIT_K_WORKSPACE["cpu"]
         assert not ws.any() and not counters.any()
+
+
+@pytest.mark.parametrize("config", [dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, PERSISTENT=True, TMA_STORE=True),
+                                    dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, TMA_STORE=True, SWAP_AB=True)])
+@pytest.mark.parametrize("path", ["mma", "mma_fp8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_tma_store_epilogue(path, config, dtype):
+    """The real output through a TMA store of whole tiles: rows past M (50 pixels) and columns past
+    C_out (40 channels) are clipped by the descriptor, nothing else is written."""
+    x, w = _rand(2, 70, 5, 5, seed=5), _rand(40, 70, 3, 3, seed=6)
+    xp, wp = reference.pack_signs(x), reference.pack_signs(w)
+    sc, bs = _rand(40, seed=7).abs(), _rand(40, seed=8)
+    for stride in (1, 2):
+        ref = reference.packed_conv2d_reference(xp, wp, 70, stride, 1, scale=sc, bias=bs, out_dtype=dtype)
+        out = tk.packed_conv2d(xp, wp, 70, stride, 1, scale=sc, bias=bs, out_dtype=dtype, path=path, config=config)
+        assert torch.equal(out, ref), (path, config, dtype, stride)
+    with pytest.raises(ValueError, match="TMA_STORE needs a real"):
+        tk.packed_conv2d(xp, wp, 70, 1, 1, binarize_output=True, path=path, config=config)
+    w36 = reference.pack_signs(_rand(36, 70, 3, 3, seed=9))  # 36 fp16 channels: 72-byte rows
+    with pytest.raises(ValueError, match="multiple of 16 bytes"):
+        tk.packed_conv2d(xp, w36, 70, 1, 1, out_dtype=torch.float16, path=path, config=config)
 
 
 def test_split_k_needs_the_workspace():
@@ -132,6 +155,12 @@ def test_autotuner_candidates():
     ksum_b1 = candidates(32, 64, 56 * 56)  # CBCN K-sum form over 16 maps: BLOCK_K 32, 9 K-steps
     assert {c["BLOCK_K"] for c in ksum_b1} == {32}
     assert all(9 >= 2 * c.get("SPLIT_K", 1) for c in ksum_b1)
+    assert any(c.get("PERSISTENT") and c.get("TMA_STORE") for c in conv4_b256)  # persistent: >= 2 waves
+    assert not any(c.get("PERSISTENT") for c in conv5_b1)
+    packed_out = [c.kwargs for c in k.select_i8_configs(k.I8_CONFIGS, 256, 256, 256 * 14 * 14, 9, 132, tma=False)]
+    assert packed_out and not any(c.get("TMA_STORE") for c in packed_out)
+    assert k.tma_store_allowed(True, False, 64, 2) and not k.tma_store_allowed(True, False, 36, 2)
+    assert not k.tma_store_allowed(True, True, 64, 4) and not k.tma_store_allowed(False, False, 64, 2)
 
 
 def test_unpack_activations_halo():
@@ -267,7 +296,8 @@ def test_fused_layer_equals_operand_reference(case):
     kwargs, next_layout, expected, expected_operand = _fused_case(case)
     N, (OH, OW) = kwargs["x_halo"].shape[0], kwargs["out_size"]
     for config in (None, dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, SWAP_AB=True),
-                   dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=3)):
+                   dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=3),
+                   dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, PERSISTENT=True)):
         operand = next_layout.allocate(N, OH, OW, "cpu")
         out = unpacked_conv2d(**kwargs, operand=next_layout.view(operand), config=config)
         assert torch.equal(operand, expected_operand), config

@@ -251,14 +251,55 @@ def unpacked_conv2d(
         if tile.get("SPLIT_K", 1) > 1 and not k.may_split_k(M, C_out, tiles):
             raise ValueError(f"SPLIT_K={tile['SPLIT_K']} needs at most {k.SPLIT_K_MAX_SUMS} output sums and "
                              f"{k.SPLIT_K_MAX_TILES} tiles, this launch has {M * C_out} and {tiles}")
-        grid = (_cdiv(M, tile["BLOCK_M"]) * _cdiv(C_out, tile["BLOCK_N"]) * tile.get("SPLIT_K", 1),)
-        k.unpacked_conv_kernel[grid](*args, **flags, **tile, **launch)
+        if tile.get("TMA_STORE") and not k.tma_store_allowed(flags["STORE_OUT"], flags["BINARIZE"], C_out,
+                                                             out.element_size()):
+            raise ValueError("TMA_STORE needs a real (not packed) output whose rows are a multiple of 16 bytes")
+        if tile.get("PERSISTENT") and tile.get("SPLIT_K", 1) > 1:
+            raise ValueError("PERSISTENT and SPLIT_K do not combine")
+        _ensure_allocator(device)
+        k.unpacked_conv_kernel[_gemm_grid(k, M, C_out, device)(tile)](*args, **flags, **tile, **launch)
     else:
-        def grid(meta):
-            return (_cdiv(M, meta["BLOCK_M"]) * _cdiv(C_out, meta["BLOCK_N"]) * meta.get("SPLIT_K", 1),)
-
-        k.unpacked_conv_tuned[grid](*args, **flags, enable_fp_fusion=False)
+        _ensure_allocator(device)
+        k.unpacked_conv_tuned[_gemm_grid(k, M, C_out, device)](*args, **flags, enable_fp_fusion=False)
     return out
+
+
+def _gemm_grid(k, M: int, C_out: int, device):
+    """The launch grid of ``unpacked_conv_kernel`` for a tile configuration: one program per tile
+    (per part of a tile with split-K), or for a persistent kernel one per SM slot at most."""
+    def grid(meta):
+        tiles = _cdiv(M, meta["BLOCK_M"]) * _cdiv(C_out, meta["BLOCK_N"])
+        if meta.get("PERSISTENT"):
+            return (min(tiles, k.PERSISTENT_PROGRAMS_PER_SM * sm_count(device)),)
+        return (tiles * meta.get("SPLIT_K", 1),)
+
+    return grid
+
+
+def sm_count(device) -> int:
+    """Streaming multiprocessors of a CUDA device (1 for the CPU, where the interpreter runs a
+    persistent kernel's loop with a small grid)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+_ALLOCATOR: list = []
+
+
+def _ensure_allocator(device) -> None:
+    """TMA-store tiles build their tensor descriptor on the device, in global scratch memory that
+    Triton asks a registered allocator for at launch. Register PyTorch's (once, unless the user
+    registered one); a CUDA graph captures those allocations from its private pool."""
+    if torch.device(device).type != "cuda" or _ALLOCATOR:
+        return
+    import triton
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+    _ALLOCATOR.append(True)
 
 
 def _check_unpacked(x_halo, w_mat, kernel_size, stride, out_size, residual, out, out_dtype, binarize_output,
@@ -413,7 +454,7 @@ def compile_unpacked_conv(target=None, num_warps: int = 8, num_stages: int = 3, 
     consts = dict(KH=3, KW=3, HAS_SCALE=True, HAS_BIAS=False, HAS_AFFINE=False, BINARIZE=False,
                   BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, FP8=operand == "fp8e4nv", PRECISE_FP8=False,
                   HAS_RESIDUAL=False, STORE_OUT=True, OPERAND=False, OP_KSUM=1, OP_FP8=False, SWAP_AB=False,
-                  SPLIT_K=1)
+                  SPLIT_K=1, PERSISTENT=False, TMA_STORE=False)
     consts.update(constexprs)
     sig = {"x_ptr": f"*{operand}", "w_ptr": f"*{operand}", "scale_ptr": "*fp32", "bias_ptr": "*fp32",
            "mul_ptr": "*fp32", "add_ptr": "*fp32", "out_ptr": out_type, "res_ptr": residual_type, "op_ptr": "*i8",

@@ -338,7 +338,8 @@ def unpacked_conv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8: tl.constexpr,
     PRECISE_FP8: tl.constexpr, HAS_RESIDUAL: tl.constexpr = False, STORE_OUT: tl.constexpr = True,
     OPERAND: tl.constexpr = False, OP_KSUM: tl.constexpr = 1, OP_FP8: tl.constexpr = False,
-    SWAP_AB: tl.constexpr = False, SPLIT_K: tl.constexpr = 1,
+    SWAP_AB: tl.constexpr = False, SPLIT_K: tl.constexpr = 1, PERSISTENT: tl.constexpr = False,
+    TMA_STORE: tl.constexpr = False,
 ):
     """Implicit GEMM on pre-unpacked operands (zero halo, zero channel padding): int8 operands
     with an int32 accumulator, or (``FP8``) fp8 e4m3 operands with an fp32 accumulator. Both are
@@ -368,6 +369,11 @@ def unpacked_conv_kernel(
       into an int32 workspace ``ws`` with atomics (integer sums: exact for fp8's fp32 sums too); the last part to arrive
       (``cnt[tile]``) takes the sum back with atomic exchanges — leaving ``ws`` and ``cnt`` zero
       again for the next launch — and runs the epilogue. Exact: integer sums in any order.
+    - ``PERSISTENT``: a grid of about one program per SM slot, each walking the output tiles
+      (``tile = pid, pid + programs, ...``): no tail wave of partly idle SMs, one launch's worth of
+      program set-up. ``TMA_STORE``: the real output tile leaves through a TMA store (a 2-D tensor
+      descriptor over ``(M, C_out)``; needs ``C_out`` × element size a multiple of 16 bytes)
+      instead of per-thread stores.
 
     Fused layer (the GPU engine's fused mode, ``cbcn.onebit.runner``): ``HAS_RESIDUAL`` adds the
     channels-last ``residual`` ``(M, C_out)`` after the affine steps; ``STORE_OUT = False`` skips
@@ -378,7 +384,38 @@ def unpacked_conv_kernel(
     int8 or (``OP_FP8``) e4m3 bytes. That removes the pack and unpack passes between layers.
     """
     pid = tl.program_id(0)
-    tile = pid // SPLIT_K
+    if TMA_STORE:  # the real output as a 2-D (M, C_out) tensor for TMA stores of whole tiles
+        out = tl.make_tensor_descriptor(out_ptr, shape=[M, C_out], strides=[C_out, 1], block_shape=[BLOCK_M, BLOCK_N])
+    else:
+        out = out_ptr
+    if PERSISTENT:  # one program per SM slot, walking the tiles (no split-K)
+        num_tiles = ((M + BLOCK_M - 1) // BLOCK_M) * ((C_out + BLOCK_N - 1) // BLOCK_N)
+        for tile in range(pid, num_tiles, tl.num_programs(0)):
+            _conv_tile(tile, 0, x_ptr, w_ptr, scale_ptr, bias_ptr, mul_ptr, add_ptr, out, res_ptr, op_ptr, ws_ptr,
+                       cnt_ptr, M, HP, WP, OH, OW, C_out, OWORDS, stride, CP, KTOT, OPH, OPW, OPAD, OPC, KH, KW,
+                       HAS_SCALE, HAS_BIAS, HAS_AFFINE, BINARIZE, BLOCK_M, BLOCK_N, BLOCK_K, FP8, PRECISE_FP8,
+                       HAS_RESIDUAL, STORE_OUT, OPERAND, OP_KSUM, OP_FP8, SWAP_AB, 1, TMA_STORE)
+    else:
+        tile = pid // SPLIT_K
+        _conv_tile(tile, pid - tile * SPLIT_K, x_ptr, w_ptr, scale_ptr, bias_ptr, mul_ptr, add_ptr, out, res_ptr,
+                   op_ptr, ws_ptr, cnt_ptr, M, HP, WP, OH, OW, C_out, OWORDS, stride, CP, KTOT, OPH, OPW, OPAD, OPC,
+                   KH, KW, HAS_SCALE, HAS_BIAS, HAS_AFFINE, BINARIZE, BLOCK_M, BLOCK_N, BLOCK_K, FP8, PRECISE_FP8,
+                   HAS_RESIDUAL, STORE_OUT, OPERAND, OP_KSUM, OP_FP8, SWAP_AB, SPLIT_K, TMA_STORE)
+
+
+@triton.jit
+def _conv_tile(
+    tile, part, x_ptr, w_ptr, scale_ptr, bias_ptr, mul_ptr, add_ptr, out, res_ptr, op_ptr, ws_ptr, cnt_ptr,
+    M, HP, WP, OH, OW, C_out, OWORDS, stride, CP, KTOT, OPH, OPW, OPAD, OPC,
+    KH: tl.constexpr, KW: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr, BINARIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP8: tl.constexpr,
+    PRECISE_FP8: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_OUT: tl.constexpr,
+    OPERAND: tl.constexpr, OP_KSUM: tl.constexpr, OP_FP8: tl.constexpr,
+    SWAP_AB: tl.constexpr, SPLIT_K: tl.constexpr, TMA_STORE: tl.constexpr,
+):
+    """Part ``part`` of the K-loop of output tile ``tile``, then (alone, or as the last part of a
+    split-K tile) its epilogue: the body of ``unpacked_conv_kernel``."""
     num_n = (C_out + BLOCK_N - 1) // BLOCK_N
     pid_m = tile // num_n
     pid_n = tile - pid_m * num_n
@@ -396,7 +433,6 @@ def unpacked_conv_kernel(
         b_ptrs = w_ptr + col[None, :] + offs_k[:, None]
     csteps = CP // BLOCK_K
     steps = KH * KW * csteps
-    part = pid - tile * SPLIT_K
     k_first = part * steps // SPLIT_K
     k_last = (part + 1) * steps // SPLIT_K
     ACC: tl.constexpr = tl.float32 if FP8 else tl.int32
@@ -438,32 +474,37 @@ def unpacked_conv_kernel(
             sums = tl.atomic_xchg(ws_ptr + rows, sums * 0, mask=mask, sem="relaxed")
             tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed")
             _conv_epilogue(sums, offs_m, offs_n, m_ok, n_ok, rows, mask, pid_n, scale_ptr, bias_ptr, mul_ptr,
-                           add_ptr, out_ptr, res_ptr, op_ptr, OH, OW, C_out, OWORDS, OPH, OPW, OPAD, OPC,
+                           add_ptr, out, res_ptr, op_ptr, OH, OW, C_out, OWORDS, OPH, OPW, OPAD, OPC,
                            HAS_SCALE, HAS_BIAS, HAS_AFFINE, BINARIZE, HAS_RESIDUAL, STORE_OUT, OPERAND, OP_KSUM,
-                           OP_FP8, BLOCK_M, BLOCK_N)
+                           OP_FP8, TMA_STORE, pid_m, BLOCK_M, BLOCK_N)
     else:
         _conv_epilogue(acc, offs_m, offs_n, m_ok, n_ok, rows, mask, pid_n, scale_ptr, bias_ptr, mul_ptr,
-                       add_ptr, out_ptr, res_ptr, op_ptr, OH, OW, C_out, OWORDS, OPH, OPW, OPAD, OPC,
+                       add_ptr, out, res_ptr, op_ptr, OH, OW, C_out, OWORDS, OPH, OPW, OPAD, OPC,
                        HAS_SCALE, HAS_BIAS, HAS_AFFINE, BINARIZE, HAS_RESIDUAL, STORE_OUT, OPERAND, OP_KSUM,
-                       OP_FP8, BLOCK_M, BLOCK_N)
+                       OP_FP8, TMA_STORE, pid_m, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
 def _conv_epilogue(acc, offs_m, offs_n, m_ok, n_ok, rows, mask, pid_n, scale_ptr, bias_ptr, mul_ptr, add_ptr,
-                   out_ptr, res_ptr, op_ptr, OH, OW, C_out, OWORDS, OPH, OPW, OPAD, OPC,
+                   out, res_ptr, op_ptr, OH, OW, C_out, OWORDS, OPH, OPW, OPAD, OPC,
                    HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr,
                    BINARIZE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_OUT: tl.constexpr,
-                   OPERAND: tl.constexpr, OP_KSUM: tl.constexpr, OP_FP8: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   OPERAND: tl.constexpr, OP_KSUM: tl.constexpr, OP_FP8: tl.constexpr, TMA_STORE: tl.constexpr,
+                   pid_m, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``unpacked_conv_kernel``'s epilogue on the ``(BLOCK_M, BLOCK_N)`` sums of one tile: the
-    affine steps, the residual, then the real output (or its packed signs) and the next operand."""
+    affine steps, the residual, then the real output (or its packed signs) and the next operand.
+    ``out`` is the output pointer, or with ``TMA_STORE`` its 2-D tensor descriptor (the TMA unit
+    drops the rows and columns past the tensor's edge)."""
     y = _affine(acc, offs_n, n_ok, scale_ptr, bias_ptr, mul_ptr, add_ptr, HAS_SCALE, HAS_BIAS, HAS_AFFINE)
     if HAS_RESIDUAL:
         y = y + tl.load(res_ptr + rows, mask=mask, other=0.0).to(tl.float32)
     if BINARIZE:
-        _store_packed_signs(y, offs_m, offs_n, m_ok, n_ok, pid_n, out_ptr, OWORDS, BLOCK_M, BLOCK_N)
+        _store_packed_signs(y, offs_m, offs_n, m_ok, n_ok, pid_n, out, OWORDS, BLOCK_M, BLOCK_N)
     elif STORE_OUT:
-        tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=mask)
+        if TMA_STORE:
+            out.store([pid_m * BLOCK_M, pid_n * BLOCK_N], y.to(out.dtype))
+        else:
+            tl.store(out + rows, y.to(out.dtype.element_ty), mask=mask)
     if OPERAND:
         _store_operand(y, offs_m, offs_n, m_ok, n_ok, pid_n, op_ptr, OH, OW, C_out, OPH, OPW, OPAD, OPC,
                        OP_KSUM, OP_FP8, BLOCK_M, BLOCK_N)
@@ -488,6 +529,8 @@ def _conv_epilogue(acc, offs_m, offs_n, m_ok, n_ok, rows, mask, pid_n, scale_ptr
 # with 4 warps): 256x64x64 w8 s4: 108 regs; 128x64x64 w4 s4: 96 regs; no spills.
 # Split-K (SPLIT_K, small M): 64x64x64 / 64x64x32 w4 s4: 127-138 regs (the epilogue is compiled
 # into the last-arrival branch), no spills.
+# Persistent with TMA store (fp16 out): 128x128x64 w8: 128 regs (171 without the TMA store, hence
+# always both); 128x64x64 w4: 118; 256x64x64 w8 swapped: 120; no spills.
 
 
 def _tile(m, n, k, warps, stages, **variant):
@@ -503,6 +546,11 @@ I8_CONFIGS = [
     _tile(256, 64, 32, 8, 4, SWAP_AB=True), _tile(128, 64, 32, 4, 4, SWAP_AB=True),
     # split-K (fewer tiles than SMs)
     *[_tile(64, 64, k, 4, 4, SPLIT_K=split) for k in (64, 32) for split in (2, 4, 8, 16)],
+    # persistent grids with TMA-store epilogues (>= 2 waves of tiles, real outputs)
+    _tile(128, 128, 64, 8, 4, PERSISTENT=True, TMA_STORE=True), _tile(128, 64, 64, 4, 4, PERSISTENT=True, TMA_STORE=True),
+    _tile(256, 64, 64, 8, 4, SWAP_AB=True, PERSISTENT=True, TMA_STORE=True),
+    _tile(128, 64, 32, 4, 4, PERSISTENT=True, TMA_STORE=True),
+    _tile(256, 64, 32, 8, 4, SWAP_AB=True, PERSISTENT=True, TMA_STORE=True),
 ]
 I8_CHANNEL_MULTIPLE = 32  # CP = C_in rounded up to a multiple of 32: BLOCK_K 32 always divides it
 # split-K launches add into one int32 workspace per device (``conv.split_k_workspace``): at most this
@@ -511,18 +559,29 @@ SPLIT_K_MAX_SUMS = 1 << 20
 SPLIT_K_MAX_TILES = 4096
 
 
+PERSISTENT_PROGRAMS_PER_SM = 2  # persistent grids: programs per SM (two CTAs of <= 128 registers fit)
+
+
+def tma_store_allowed(store_out, binarize, C_out, element_size):
+    """Whether a launch's real output can leave through TMA stores: a real output (not packed
+    signs) whose rows (``C_out`` values) are a multiple of 16 bytes, as TMA strides must be."""
+    return bool(store_out) and not binarize and (C_out * element_size) % 16 == 0
+
+
 def may_split_k(M, C_out, tiles=0):
     """Whether a launch of ``M`` pixels × ``C_out`` channels (in ``tiles`` tiles) fits the split-K
     workspace."""
     return M * C_out <= SPLIT_K_MAX_SUMS and tiles <= SPLIT_K_MAX_TILES
 
 
-def select_i8_configs(configs, CP, C_out, M, taps, sms):
-    """The autotuner's candidates for one GEMM shape (``taps`` = KH·KW, ``sms`` = the GPU's SMs):
+def select_i8_configs(configs, CP, C_out, M, taps, sms, tma=True):
+    """The autotuner's candidates for one GEMM shape (``taps`` = KH·KW, ``sms`` = the GPU's SMs,
+    ``tma``: whether the launch's output allows TMA stores, ``tma_store_allowed``):
 
     - tiles whose BLOCK_K divides CP (BLOCK_K = 32 only where 64 does not) and whose BLOCK_N is at
-      most one tile past C_out; swapped tiles only for C_out <= 64;
-    - of those, the large tiles with ≥ 2 waves of programs, else the two smallest plain tiles;
+      most one tile past C_out; swapped tiles only for C_out <= 64; TMA-store tiles only with ``tma``;
+    - of those, the large tiles with ≥ 2 waves of programs (persistent ones included), else the
+      two smallest plain tiles;
     - when even those leave SMs idle (< 1 wave) and the sums fit the workspace, the split-K tiles
       whose parts keep ≥ 2 K-steps each and make at most 4 waves."""
     def kw(c, name, default=None):
@@ -533,12 +592,12 @@ def select_i8_configs(configs, CP, C_out, M, taps, sms):
 
     block_k = (64, 128) if CP % 64 == 0 else (32,)
     fit = [c for c in configs if kw(c, "BLOCK_K") in block_k and kw(c, "BLOCK_N") <= max(64, C_out)
-           and (C_out <= 64 or not kw(c, "SWAP_AB", False))]
+           and (C_out <= 64 or not kw(c, "SWAP_AB", False)) and (tma or not kw(c, "TMA_STORE", False))]
     plain = [c for c in fit if kw(c, "SPLIT_K", 1) == 1]
     split = [c for c in fit if kw(c, "SPLIT_K", 1) > 1]
     chosen = [c for c in plain if kw(c, "BLOCK_M") * kw(c, "BLOCK_N") > 64 * 64 and tiles(c) >= 2 * sms]
     if not chosen:
-        chosen = [c for c in plain if not kw(c, "SWAP_AB", False)][-2:]
+        chosen = [c for c in plain if not (kw(c, "SWAP_AB", False) or kw(c, "PERSISTENT", False))][-2:]
     if min((tiles(c) for c in chosen), default=sms) < sms:
         steps = taps * CP // block_k[0]
         chosen += [c for c in split if may_split_k(M, C_out, tiles(c)) and steps >= 2 * kw(c, "SPLIT_K")
@@ -560,8 +619,11 @@ def _sm_count():
 
 def _prune_i8(configs, named_args, **kwargs):
     """``select_i8_configs`` for one launch."""
-    return select_i8_configs(configs, named_args["CP"], named_args["C_out"], named_args["M"],
-                             kwargs.get("KH", 3) * kwargs.get("KW", 3), _sm_count())
+    C_out = named_args["C_out"]
+    tma = tma_store_allowed(kwargs.get("STORE_OUT", True), kwargs.get("BINARIZE", False), C_out,
+                            named_args["out_ptr"].element_size())
+    return select_i8_configs(configs, named_args["CP"], C_out, named_args["M"],
+                             kwargs.get("KH", 3) * kwargs.get("KW", 3), _sm_count(), tma)
 
 
 # first version of the tensor-core path (path "mma_regs"): unpacking in registers in the K-loop
