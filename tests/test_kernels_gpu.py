@@ -47,6 +47,7 @@ TILES = {
     "mma_fp8": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
     "popcount": dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
     "mma_regs": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_W=1, num_warps=4, num_stages=2),
+    "mma_packed": dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
 }
 PATHS = list(TILES)
 EXTRA_CASES = [  # N, C_in, H, W, C_out, k, stride, padding: ResNet-sized channel counts
@@ -110,7 +111,7 @@ def test_gemm_variants_on_device(path, variant):
         assert not ws.any() and not counters.any()
 
 
-@pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount"])
+@pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount", "mma_packed"])
 def test_packed_conv_autotuned(path):
     """The default launch (autotuned tiles on the GPU) at a ResNet-sized shape, with every epilogue."""
     x, w = _rand(2, 128, 14, 14, seed=300), _rand(128, 128, 3, 3, seed=301)

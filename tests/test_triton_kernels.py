@@ -45,7 +45,7 @@ def test_pack_weights():
 
 
 # --- packed convolution -----------------------------------------------------------------------
-@pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount"])
+@pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount", "mma_packed"])
 @pytest.mark.parametrize("i", range(len(CONV_CASES)))
 def test_packed_conv_equals_reference(path, i):
     N, C, H, W, Co, k, s, p = CONV_CASES[i]
@@ -63,7 +63,7 @@ def test_packed_conv_equals_reference(path, i):
     )
 
 
-@pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount", "mma_regs"])
+@pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount", "mma_regs", "mma_packed"])
 def test_zero_padding_borders(path):
     C = 40  # two words, 24 padding bits in the second
     x, w = -torch.ones(2, C, 4, 5), torch.ones(3, C, 3, 3)
@@ -89,6 +89,7 @@ def test_zero_padding_borders(path):
         ("mma", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=3)),
         ("mma_fp8", dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, SPLIT_K=8)),
         ("mma", dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, SPLIT_K=4, SWAP_AB=True)),
+        ("mma_packed", dict(BLOCK_M=16, BLOCK_N=32)),  # 70 channels: three words, K-steps, per tap
         ("mma", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, PERSISTENT=True)),  # 2 programs walk 7 tiles
         ("mma_fp8", dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, PERSISTENT=True, SWAP_AB=True)),
     ],
@@ -370,7 +371,7 @@ def test_packed_conv_half_outputs(dtype):
     xp, wp = reference.pack_signs(x), reference.pack_signs(w)
     sc = _rand(20, seed=23).abs()
     ref = reference.packed_conv2d_reference(xp, wp, 37, 1, 1, scale=sc, out_dtype=dtype)
-    for path in ("mma", "mma_fp8", "popcount"):
+    for path in ("mma", "mma_fp8", "popcount", "mma_packed"):
         assert torch.equal(tk.packed_conv2d(xp, wp, 37, 1, 1, scale=sc, out_dtype=dtype, path=path), ref)
 
 

@@ -41,6 +41,14 @@ KERNELS = {
         {"KH": 3, "KW": 3, "HAS_SCALE": True, "HAS_BIAS": True, "HAS_AFFINE": False, "BINARIZE": False,
          "BLOCK_M": 64, "BLOCK_N": 64, "USE_ASM_POPC": False},
     ),
+    "packed_input_conv_kernel": (
+        "conv_kernels",
+        {"x_ptr": "*i32", "w_ptr": "*i8", "scale_ptr": "*fp32", "bias_ptr": "*fp32", "mul_ptr": "*fp32",
+         "add_ptr": "*fp32", "out_ptr": "*fp16", **{k: "i32" for k in ["M", "IH", "IW", "OH", "OW", "C_out",
+                                                                       "OWORDS", "stride", "pad", "XW", "KTOT"]}},
+        {"KH": 3, "KW": 3, "HAS_SCALE": True, "HAS_BIAS": False, "HAS_AFFINE": False, "BINARIZE": False,
+         "BLOCK_M": 128, "BLOCK_N": 128},
+    ),
     "cif_pack_bank_kernel": (
         "cif_kernels",
         {"w_ptr": "*fp32", "m_ptr": "*i32", "out_ptr": "*i32", "C_in": "i32", "HH": "i32",
@@ -68,7 +76,9 @@ KERNELS = {
 
 # arguments a launch specialises as divisible by 16 (pointers from PyTorch's allocator, channel
 # counts padded to multiples of 32), so that compiled code matches what the GPU runs
-ALIGNED = {"unpack_halo_kernel": ["x_ptr", "out_ptr", "CP"]}
+ALIGNED = {"unpack_halo_kernel": ["x_ptr", "out_ptr", "CP"],
+           "packed_input_conv_kernel": ["x_ptr", "w_ptr", "scale_ptr", "bias_ptr", "mul_ptr", "add_ptr", "out_ptr",
+                                        "C_out", "KTOT"]}
 
 
 def compile_kernel(name: str, target=None, num_warps: int | None = None, signature: dict | None = None,

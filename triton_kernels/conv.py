@@ -26,7 +26,8 @@ from cbcn.onebit.backends.reference import packed_conv2d_reference  # noqa: F401
 from ._runtime import kernels_for, use_interpreter
 
 PATHS = ("mma", "popcount")
-EXTRA_PATHS = ("mma_regs", "mma_fp8")  # accepted too, for comparison: the first tensor-core kernel, fp8 operands
+# accepted too, for comparison: the first tensor-core kernel, fp8 operands, the int8 GEMM reading packed bits
+EXTRA_PATHS = ("mma_regs", "mma_fp8", "mma_packed")
 # operand dtype of the two-stage paths (the paths that accept ksum > 1: their operands hold small
 # integers, not just signs)
 OPERAND_DTYPES = {"mma": torch.int8, "mma_fp8": torch.float8_e4m3fn}
@@ -40,6 +41,7 @@ INTERPRET_TILES = {
     "mma": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32),
     "mma_fp8": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32),
     "mma_regs": dict(BLOCK_M=64, BLOCK_N=32, BLOCK_W=2),
+    "mma_packed": dict(BLOCK_M=64, BLOCK_N=32),
     "popcount": dict(BLOCK_M=64, BLOCK_N=32),
 }
 # values unpacked per program of unpack_halo_kernel: BLOCK_P pixels x BLOCK_C channels (x ksum
@@ -302,6 +304,42 @@ def _ensure_allocator(device) -> None:
     _ALLOCATOR.append(True)
 
 
+def packed_input_conv2d(x_packed, w_mat, in_channels, kernel_size, stride, padding, out_size, scale=None, bias=None,
+                        bn_scale=None, bn_shift=None, binarize_output=False, out_dtype=torch.float32,
+                        config=None) -> torch.Tensor:
+    """``path="mma_packed"``: the int8 GEMM on packed activations ``(N, H, W, words)`` read directly
+    (``packed_input_conv_kernel``: bits expanded in registers per K-step, zero padding by masks),
+    with ``unpack_weights``' matrix; same output and epilogue as ``packed_conv2d``. Arguments are
+    those ``packed_conv2d`` checked."""
+    N, IH, IW, XW = x_packed.shape
+    C_out, KTOT = w_mat.shape
+    KH, KW = kernel_size
+    OH, OW = out_size
+    device = x_packed.device
+    out = _output(N, C_out, OH, OW, out_dtype, binarize_output, device)
+    M = N * OH * OW
+    if out.numel() == 0:
+        return out
+    k = kernels_for("conv_kernels", x_packed, w_mat)
+    args = (x_packed, w_mat, *_epilogue_vectors(device, scale, bias, bn_scale, bn_shift), out,
+            M, IH, IW, OH, OW, C_out, num_words(C_out), stride, padding, XW, KTOT)
+    flags = dict(KH=KH, KW=KW, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
+                 HAS_AFFINE=bn_scale is not None, BINARIZE=bool(binarize_output))
+    if k.INTERPRET or config is not None:
+        tile = dict(INTERPRET_TILES["mma_packed"] if config is None else config)
+        launch = {key: tile.pop(key) for key in ("num_warps", "num_stages") if key in tile}
+        if not k.INTERPRET:
+            launch["enable_fp_fusion"] = False
+        grid = (_cdiv(M, tile["BLOCK_M"]) * _cdiv(C_out, tile["BLOCK_N"]),)
+        k.packed_input_conv_kernel[grid](*args, **flags, **tile, **launch)
+    else:
+        def grid(meta):
+            return (_cdiv(M, meta["BLOCK_M"]) * _cdiv(C_out, meta["BLOCK_N"]),)
+
+        k.packed_input_conv_tuned[grid](*args, **flags, enable_fp_fusion=False)
+    return out
+
+
 def _check_unpacked(x_halo, w_mat, kernel_size, stride, out_size, residual, out, out_dtype, binarize_output,
                     operand, operand_pad, operand_ksum) -> None:
     """The argument checks of ``unpacked_conv2d`` (one clear error per bad argument)."""
@@ -386,6 +424,10 @@ def packed_conv2d(
             tuple(w_packed.shape[1:3]), stride, (OH, OW), scale, bias, bn_scale, bn_shift,
             binarize_output, out_dtype, config, max_abs_dot=w_packed.shape[1] * w_packed.shape[2] * in_channels,
         )
+    if path == "mma_packed":
+        return packed_input_conv2d(x_packed.contiguous(), unpack_weights(w_packed, in_channels), in_channels,
+                                   tuple(w_packed.shape[1:3]), stride, padding, (OH, OW), scale, bias, bn_scale,
+                                   bn_shift, binarize_output, out_dtype, config)
     N, IH, IW, XW = x_packed.shape
     C_out, KH, KW, _ = w_packed.shape
     device = x_packed.device
@@ -506,7 +548,7 @@ def autotuned_tiles() -> list[dict]:
     if module is None:
         return []
     rows = []
-    for name in ("unpacked_conv_tuned", "packed_conv_mma_tuned", "packed_conv_popcount_tuned"):
+    for name in ("unpacked_conv_tuned", "packed_input_conv_tuned", "packed_conv_mma_tuned", "packed_conv_popcount_tuned"):
         tuner = getattr(module, name, None)
         for key, config in dict(getattr(tuner, "cache", {}) or {}).items():
             names = list(getattr(tuner, "keys", []))

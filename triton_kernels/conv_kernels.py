@@ -510,6 +510,57 @@ def _conv_epilogue(acc, offs_m, offs_n, m_ok, n_ok, rows, mask, pid_n, scale_ptr
                        OP_KSUM, OP_FP8, BLOCK_M, BLOCK_N)
 
 
+@triton.jit(do_not_specialize=["M", "IH", "IW", "OH", "OW", "OWORDS", "stride", "pad", "XW"])
+def packed_input_conv_kernel(
+    x_ptr, w_ptr, scale_ptr, bias_ptr, mul_ptr, add_ptr, out_ptr,
+    M, IH, IW, OH, OW, C_out, OWORDS, stride, pad, XW, KTOT,
+    KH: tl.constexpr, KW: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr, BINARIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """``path="mma_packed"``: the int8 implicit GEMM reading the packed activations ``(N, IH, IW, XW)``
+    directly, with no unpacking pass before it. Each K-step loads one word (32 channels) per output
+    pixel for one tap (masked to 0 outside the image: the zero padding) and expands its bits to
+    int8 ±1 in registers before the MMA (wider K-steps need more registers than fit: 255 and
+    spills at 128×64×64 with 4 warps); the padding bits past ``C_in`` decode as
+    +1 and meet the weight matrix's zero columns. The weights are ``unpacked_conv_kernel``'s
+    ``(C_out, KTOT)`` matrix. Meant for stride-2 layers, where the unpacking pass writes a full
+    input-sized int8 tensor for a GEMM a quarter as long; the per-bit expansion costs ALU work in
+    the K-loop instead (what made ``mma_regs`` slow), so it is measured against ``mma`` per layer
+    (``benchmarks/gpu_conv_bench.py``), not chosen blindly. Same epilogue as ``unpacked_conv_kernel``.
+    """
+    pid = tl.program_id(0)
+    num_n = (C_out + BLOCK_N - 1) // BLOCK_N
+    pid_m = pid // num_n
+    pid_n = pid - pid_m * num_n
+    offs_m, offs_n, m_ok, n_ok, nb, oh, ow = _output_coords(pid_m, pid_n, M, C_out, OH, OW, BLOCK_M, BLOCK_N)
+    ih0 = oh * stride - pad
+    iw0 = ow * stride - pad
+    image = nb.to(tl.int64) * IH
+    lanes = tl.arange(0, 32)
+    b_ptrs = w_ptr + tl.minimum(offs_n, C_out - 1).to(tl.int64)[None, :] * KTOT + lanes[:, None]
+    acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.int32)
+    for kk in range(0, KH * KW * XW):  # KTOT = KH·KW·CP with CP = 32·XW: one word per K-step
+        tap = kk // XW
+        kh = tap // KW
+        ih = ih0 + kh
+        iw = iw0 + (tap - kh * KW)
+        valid = m_ok & (ih >= 0) & (ih < IH) & (iw >= 0) & (iw < IW)
+        word = tl.load(x_ptr + ((image + ih) * IW + iw) * XW + (kk - tap * XW), mask=valid, other=0)
+        bits = (word[:, None] >> lanes[None, :]) & 1
+        a = tl.where(valid[:, None], 1 - 2 * bits, 0).to(tl.int8)
+        acc = tl.dot(a, tl.load(b_ptrs + kk * 32), acc, out_dtype=tl.int32)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < C_out
+    rows = offs_m.to(tl.int64)[:, None] * C_out + offs_n[None, :]
+    _conv_epilogue(acc, offs_m, offs_n, m_ok, n_ok, rows, m_ok[:, None] & n_ok[None, :], pid_n, scale_ptr, bias_ptr,
+                   mul_ptr, add_ptr, out_ptr, out_ptr, out_ptr, OH, OW, C_out, OWORDS, 0, 0, 0, 32,
+                   HAS_SCALE, HAS_BIAS, HAS_AFFINE, BINARIZE, False, True, False, 1, False, False, pid_m,
+                   BLOCK_M, BLOCK_N)
+
+
 # Autotuned launchers for the GPU (the interpreter uses one small fixed tile instead).
 #
 # int8 implicit GEMM (path "mma"): ptxas -v for sm_90a (Triton's PTX, enable_fp_fusion=False,
@@ -641,6 +692,21 @@ POPCOUNT_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=3),
 ]
+# path "mma_packed" (packed activations read by the GEMM, one word per K-step), ptxas -v for sm_90a:
+# 128x128 w8 178 regs, 128x64 w8 142, 64x128 w4 197, 64x64 w4 132; no spills
+PACKED_INPUT_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+]
+
+
+def _prune_packed_input(configs, named_args, **kwargs):
+    """At most one BLOCK_N past C_out."""
+    return [c for c in configs if c.kwargs["BLOCK_N"] <= max(64, named_args["C_out"])]
+
+
 _FLAGS = ["KH", "KW", "HAS_SCALE", "HAS_BIAS", "HAS_AFFINE", "BINARIZE"]
 _KEY = ["M", "C_out", "XW", "OH", "OW"] + _FLAGS
 _FUSED_FLAGS = ["HAS_RESIDUAL", "STORE_OUT", "OPERAND", "OP_KSUM", "OP_FP8"]
@@ -664,5 +730,8 @@ if not INTERPRET:
 
     unpacked_conv_tuned = _autotune(I8_CONFIGS, _KEY_I8, prune_configs_by={"early_config_prune": _prune_i8})(
         unpacked_conv_kernel)
+    packed_input_conv_tuned = _autotune(PACKED_INPUT_CONFIGS, ["M", "C_out", "XW", "OH", "OW", "stride"] + _FLAGS,
+                                        prune_configs_by={"early_config_prune": _prune_packed_input})(
+        packed_input_conv_kernel)
     packed_conv_mma_tuned = _autotune(MMA_CONFIGS, _KEY)(packed_conv_mma_kernel)
     packed_conv_popcount_tuned = _autotune(POPCOUNT_CONFIGS, _KEY)(packed_conv_popcount_kernel)
