@@ -25,7 +25,9 @@ or ``reference`` (``operands.operand_conv_reference``: the same arithmetic in Py
 kernels' bit-exact reference and the fused mode on a CPU). Default: ``triton`` for CUDA tensors,
 ``reference`` for CPU tensors.
 
-The output tensor of a graph replay is the runner's own; ``__call__`` returns a copy.
+The output tensor of a graph replay is the runner's own; ``__call__`` returns a copy. A runner
+snapshots the model when it is built (weight matrices, folded affines, captured kernels): build a
+new one after changing the model's weights or statistics.
 """
 from __future__ import annotations
 
