@@ -1,48 +1,131 @@
 #!/usr/bin/env bash
-# One lent-GPU session in one command: correctness of the compiled kernels on the GPU, then the
-# benchmark table. Everything it prints is also written under OUT_DIR (keep it in the repository,
-# e.g. benchmarks/results/h100-YYYY-MM-DD/).
+# One lent-GPU session in one command, within 8 minutes (compile and autotune included): the
+# measurements that decide first, then correctness, then a summary. Commit OUT_DIR as
+# benchmarks/results/<gpu>-<date>/.
 #
-#   bash benchmarks/device_check.sh OUT_DIR [BENCH_BUDGET_S]   (BENCH_BUDGET_S per benchmark, default 150)
+#   bash benchmarks/device_check.sh OUT_DIR [--dry-run]
 #
-# 1. nvidia-smi, torch / triton versions                       -> OUT_DIR/environment.txt
-# 2. tests/test_kernels_gpu.py (every kernel and path bit-exact against the CPU reference, the
-#    1-bit models' logits equal on the GPU) and the GPU rows of the pytest-benchmark suites
-#    gpu_conv, cif, bitpack, layers (correctness only: --benchmark-disable; their tolerances
-#    for cuDNN / TF32 were set after the first H100 run)       -> OUT_DIR/pytest-{kernels-gpu,gpu}.txt
-#    (any skip in tests/test_kernels_gpu.py counts as a failure: on a GPU nothing may skip there)
-# 3. benchmarks/gpu_conv_bench.py (ResNet18 layer shapes, batch 256 then 1; stops starting new
-#    shapes after BENCH_BUDGET_S)                               -> OUT_DIR/results.{csv,md}, bench.log
-# 4. benchmarks/gpu_model_bench.py (whole ResNet18: float vs simulated binary vs 1-bit, batch 256
-#    then 1)                                                    -> OUT_DIR/model/results.{csv,md}, model.log
-# Expect about 7 minutes on an H100 (Triton compilation and autotuning included).
+# Steps, in this order, each under its own `timeout` (at most its own limit and what is left of
+# the 8 minutes; elapsed seconds printed after each):
+#   env      nvidia-smi, python / torch / triton / CUDA versions, the git commit
+#   layers   benchmarks/gpu_conv_bench.py: per ResNet18 layer, fp8 vs int8 GEMMs, mma_packed, the
+#            fused layer (int8 / fp8, plain / K-sum) and cuDNN, batch 256 then 1
+#   model    benchmarks/gpu_model_bench.py: whole ResNet18s, OneBitRunner with and without CUDA
+#            graphs vs the float model (eager, torch.compile), batch 256 then 1
+#   profile  benchmarks/gpu_profile.py: torch.profiler kernel table of one fused 1-bit forward
+#   tests    tests/test_kernels_gpu.py and tests/test_runner.py on the GPU (a skip in
+#            test_kernels_gpu.py counts as a failure there: recorded as step no_gpu_skips)
+#   tiles    the autotuner's chosen tiles of each step
+#   summary  benchmarks/device_summary.py -> OUT_DIR/summary.json (written even if steps failed)
+# OUT_DIR then holds 8 files: summary.json, device_check.log (everything printed), layers.csv,
+# layers.md, model.csv, model.md, profile.txt, extra.tar.gz (the rest: each step's output, the
+# autotuned tiles, the step table). Exit status: non-zero if any step failed or timed out.
+#
+# --dry-run runs every step on the CPU (tiny shapes, Triton interpreter, two quick tests) and
+# produces the same files; tests/test_triton_bench.py runs it. PYTHON=... picks the interpreter.
 set -u -o pipefail
-OUT=${1:?usage: bash benchmarks/device_check.sh OUT_DIR [BENCH_BUDGET_S]}
-BUDGET=${2:-150}
-cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
-{
-  date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || echo "nvidia-smi unavailable"
-  python -c "import sys, torch, triton; print('python', sys.version.split()[0], '| torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda)"
-} 2>&1 | tee "$OUT/environment.txt"
-start=$(date +%s)
-python -m pytest -q -p no:cacheprovider -rs tests/test_kernels_gpu.py 2>&1 | tee "$OUT/pytest-kernels-gpu.txt"
-tests_rc=$?
-if grep -qi "skipped" "$OUT/pytest-kernels-gpu.txt"; then  # on a GPU machine nothing may skip there
-  echo "[device_check] FAILED: tests/test_kernels_gpu.py skipped tests on a GPU machine (reasons above)" \
-    | tee -a "$OUT/pytest-kernels-gpu.txt"
-  tests_rc=1
+usage="usage: bash benchmarks/device_check.sh OUT_DIR [--dry-run]"
+OUT="" DRY=0
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY=1 ;;
+    -h|--help) echo "$usage"; exit 0 ;;
+    -*) echo "device_check: unknown option $arg; $usage" >&2; exit 2 ;;
+    *) if [ -n "$OUT" ]; then echo "device_check: one OUT_DIR only; $usage" >&2; exit 2; fi; OUT=$arg ;;
+  esac
+done
+if [ -z "$OUT" ]; then echo "$usage" >&2; exit 2; fi
+if [ -e "$OUT" ] && [ -n "$(ls -A "$OUT" 2>/dev/null)" ]; then
+  echo "device_check: $OUT exists and is not empty; give a new folder" >&2; exit 2
 fi
-python -m pytest -q -p no:cacheprovider --benchmark-disable benchmarks/test_bench_gpu_conv.py \
-  benchmarks/test_bench_cif.py benchmarks/test_bench_bitpack.py benchmarks/test_bench_layers.py \
-  2>&1 | tee "$OUT/pytest-gpu.txt"
-tests_rc=$(( tests_rc || $? ))
-echo "[device_check] GPU tests: exit $tests_rc after $(( $(date +%s) - start )) s" | tee -a "$OUT/pytest-gpu.txt"
-python benchmarks/gpu_conv_bench.py --out "$OUT" --budget-s "$BUDGET" 2>&1 | tee "$OUT/bench.log"
-bench_rc=$?
-python benchmarks/gpu_model_bench.py --out "$OUT/model" --budget-s "$BUDGET" 2>&1 | tee "$OUT/model.log"
-model_rc=$?
-echo "[device_check] tests exit $tests_rc, layer benchmark exit $bench_rc, model benchmark exit $model_rc," \
-     "total $(( $(date +%s) - start )) s"
-exit $(( tests_rc != 0 || bench_rc != 0 || model_rc != 0 ))
+mkdir -p "$OUT" || exit 2
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.." || exit 2
+PY=${PYTHON:-python}
+EXTRA="$OUT/extra"
+PATHS=mma,mma_fp8,mma_packed  # int8 and fp8 GEMMs, and the int8 GEMM on packed input (no unpack pass)
+BUDGET_S=455          # every step but the summary ends by then: 8 min less the summary (15 s) and archive
+T0=$(date +%s)
+FAILED=0
+
+step() {  # step NAME MAX_SECONDS COMMAND...: run it under timeout, its output also in extra/NAME.txt
+  local name=$1 max=$2 rc limit started
+  shift 2
+  started=$(date +%s)
+  limit=$(( T0 + BUDGET_S - started ))
+  (( max < limit )) && limit=$max
+  if (( limit < 5 )); then
+    echo "[device_check] step $name: not run, the ${BUDGET_S}s budget is spent"
+    rc=124
+  else
+    echo "[device_check] === step $name (timeout ${limit}s) ==="
+    timeout -k 5 "$limit" "$@" 2>&1 | tee "$EXTRA/$name.txt"
+    rc=${PIPESTATUS[0]}
+  fi
+  record "$name" "$rc" $(( $(date +%s) - started ))
+}
+
+record() {  # record NAME EXIT_CODE SECONDS: the step table the summary reads
+  printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$EXTRA/steps.tsv"
+  (( $2 != 0 )) && FAILED=1
+  echo "[device_check] step $1: exit $2 after $3 s (total $(( $(date +%s) - T0 )) s)"
+}
+
+main() {
+  mkdir -p "$EXTRA"
+  local dry_flag=() bench=() tests=()
+  if (( DRY )); then
+    dry_flag=(--dry-run)
+    bench=(--dry-run --rep-ms 1)
+    tests=(env CBCN_GPU_TESTS_ON_CPU=1 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_kernels_gpu.py
+           tests/test_runner.py -k "test_pack_unpack or test_fused_layer_on_device or test_runner_errors")
+    echo "[device_check] DRY RUN on the CPU: tiny shapes, Triton interpreter; timings meaningless"
+  else
+    tests=("$PY" -m pytest -q -p no:cacheprovider -rs tests/test_kernels_gpu.py tests/test_runner.py)
+  fi
+  step env 20 bash -c "date -u; nvidia-smi || echo 'nvidia-smi: unavailable'
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>/dev/null
+    $PY -c \"import sys, torch; import triton; print('python', sys.version.split()[0], '| torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda, '| gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)\"
+    git rev-parse HEAD 2>/dev/null && git status --short 2>/dev/null | head -20 || echo 'git: no repository'"
+  if (( DRY )); then
+    step layers 135 "$PY" benchmarks/gpu_conv_bench.py --out "$EXTRA/layers" --paths "$PATHS" "${bench[@]}"
+    step model 165 "$PY" benchmarks/gpu_model_bench.py --out "$EXTRA/model" "${bench[@]}"
+  else
+    step layers 135 "$PY" benchmarks/gpu_conv_bench.py --out "$EXTRA/layers" --paths "$PATHS" --batches 256,1 \
+      --budget-s 95
+    step model 165 "$PY" benchmarks/gpu_model_bench.py --out "$EXTRA/model" --batches 256,1 --budget-s 120
+  fi
+  mkdir -p "$EXTRA/profile"
+  step profile 45 "$PY" benchmarks/gpu_profile.py --out "$EXTRA/profile/profile.txt" "${dry_flag[@]}"
+  step tests 150 "${tests[@]}"
+  if (( ! DRY )); then  # on a GPU nothing may skip in test_kernels_gpu.py
+    if grep -q "SKIPPED.*test_kernels_gpu" "$EXTRA/tests.txt"; then
+      echo "[device_check] FAILED: tests/test_kernels_gpu.py skipped tests on a GPU machine (reasons above)"
+      record no_gpu_skips 1 0
+    else
+      record no_gpu_skips 0 0
+    fi
+  fi
+  step tiles 10 "$PY" benchmarks/device_summary.py "$OUT" --tiles
+  # the files kept beside the summary; everything else goes into extra.tar.gz
+  for pair in layers/results.csv:layers.csv layers/results.md:layers.md model/results.csv:model.csv \
+              model/results.md:model.md profile/profile.txt:profile.txt; do
+    [ -f "$EXTRA/${pair%%:*}" ] && cp "$EXTRA/${pair%%:*}" "$OUT/${pair##*:}"
+  done
+  echo "[device_check] === summary ==="
+  if ! timeout -k 2 15 "$PY" benchmarks/device_summary.py "$OUT" "${dry_flag[@]}" || [ ! -s "$OUT/summary.json" ]; then
+    echo "[device_check] summary failed: writing a minimal summary.json"
+    printf '{"gpu": null, "dry_run": %s, "per_layer_speedup_vs_cudnn_fp16": {}, "gemm_fraction_of_int8_peak": {}, %s}\n' \
+      "$( (( DRY )) && echo true || echo false )" \
+      '"model_speedup_vs_float_fp16_b256": {}, "model_speedup_vs_float_fp16_b1": {}, "exact": false, "unavailable": {"summary": "benchmarks/device_summary.py failed; see device_check.log"}' \
+      > "$OUT/summary.json"
+    FAILED=1
+  fi
+  tar -czf "$OUT/extra.tar.gz" -C "$OUT" extra && rm -rf "$EXTRA"
+  echo "[device_check] files in $OUT: $(ls "$OUT" | wc -l) ($(ls "$OUT" | tr '\n' ' '))"
+  echo "[device_check] done in $(( $(date +%s) - T0 )) s; $( (( FAILED )) && echo 'some step FAILED' || echo 'every step passed')"
+  return $FAILED
+}
+
+main 2>&1 | tee "$OUT/device_check.log"
+exit "${PIPESTATUS[0]}"
