@@ -272,19 +272,10 @@ def _gemm_grid(k, M: int, C_out: int, device):
     def grid(meta):
         tiles = _cdiv(M, meta["BLOCK_M"]) * _cdiv(C_out, meta["BLOCK_N"])
         if meta.get("PERSISTENT"):
-            return (min(tiles, k.PERSISTENT_PROGRAMS_PER_SM * sm_count(device)),)
+            return (min(tiles, k.PERSISTENT_PROGRAMS_PER_SM * k.sm_count(device)),)
         return (tiles * meta.get("SPLIT_K", 1),)
 
     return grid
-
-
-def sm_count(device) -> int:
-    """Streaming multiprocessors of a CUDA device (1 for the CPU, where the interpreter runs a
-    persistent kernel's loop with a small grid)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 _ALLOCATOR: list = []

@@ -577,7 +577,7 @@ def packed_input_conv_kernel(
 # int8 wgmma with a wait of 0 after each K-step (it keeps only float wgmma in flight across
 # iterations), so latency is hidden by 2-4 resident CTAs per SM, not within one CTA.
 # Swapped operands (SWAP_AB, for C_out <= 64; wgmma m64n128 for int8, m64n256 for fp8 at 256x64
-# with 4 warps): 256x64x64 w8 s4: 108 regs; 128x64x64 w4 s4: 96 regs; no spills.
+# with 4 warps): 93-112 regs for the four swapped tiles (int8 and fp8), no spills.
 # Split-K (SPLIT_K, small M): 64x64x64 / 64x64x32 w4 s4: 127-138 regs (the epilogue is compiled
 # into the last-arrival branch), no spills.
 # Persistent with TMA store (fp16 out): 128x128x64 w8: 128 regs (171 without the TMA store, hence
@@ -656,16 +656,21 @@ def select_i8_configs(configs, CP, C_out, M, taps, sms, tma=True):
     return chosen or plain[-1:]
 
 
-_SMS: list = []
+_SMS: dict = {}
 
 
-def _sm_count():
-    """Streaming multiprocessors of the current GPU (132 on an H100 SXM / H200; asked once)."""
-    if not _SMS:
-        import torch
+def sm_count(device=None):
+    """Streaming multiprocessors of a CUDA device (default: the current one; 132 on an H100 SXM /
+    H200; asked once per device), 1 for the CPU, where the interpreter runs a persistent kernel's
+    loop with a small grid."""
+    import torch
 
-        _SMS.append(torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count)
-    return _SMS[0]
+    device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+    if device.type != "cuda":
+        return 1
+    if device not in _SMS:
+        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[device]
 
 
 def _prune_i8(configs, named_args, **kwargs):
@@ -674,7 +679,7 @@ def _prune_i8(configs, named_args, **kwargs):
     tma = tma_store_allowed(kwargs.get("STORE_OUT", True), kwargs.get("BINARIZE", False), C_out,
                             named_args["out_ptr"].element_size())
     return select_i8_configs(configs, named_args["CP"], C_out, named_args["M"],
-                             kwargs.get("KH", 3) * kwargs.get("KW", 3), _sm_count(), tma)
+                             kwargs.get("KH", 3) * kwargs.get("KW", 3), sm_count(), tma)
 
 
 # first version of the tensor-core path (path "mma_regs"): unpacking in registers in the K-loop
