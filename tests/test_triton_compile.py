@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from triton_kernels.compile import KERNELS, compile_kernel, ptx_instructions  # noqa: E402
 from triton_kernels.conv import compile_unpacked_conv  # noqa: E402
@@ -136,14 +136,15 @@ def test_swapped_operands_put_pixels_on_the_wide_mma_side(can_compile, operand, 
 @pytest.mark.parametrize("operand", ["i8", "fp8e4nv"])
 @pytest.mark.parametrize("block_k", [64, 32])
 def test_split_k_adds_partial_sums_with_atomics(can_compile, operand, block_k):
-    """SPLIT_K: the partial sums go to the workspace as relaxed integer reductions, a CTA barrier
+    """SPLIT_K: the partial sums go to the workspace as relaxed integer additions, a CTA barrier
     orders them before the acquire-release count of arrived parts, and the last part exchanges
     the sums for zeros; the fused epilogue (residual, operand) fits without spills."""
     ptx = compile_unpacked_conv(operand=operand, out_type="*fp16", SPLIT_K=4, BLOCK_M=64, BLOCK_N=64,
                                 BLOCK_K=block_k, num_warps=4, num_stages=4, HAS_BIAS=True, HAS_RESIDUAL=True,
                                 OPERAND=True).asm["ptx"]
     atomics = ptx_instructions(ptx, r"(?:atom|red)\.[\w.]*")
-    assert "red.global.gpu.relaxed.add.u32" in atomics or "red.global.gpu.relaxed.add.s32" in atomics, atomics
+    # Triton >= 3.7 emits the unused-result add as red, 3.6 (the device image) as atom: same memory order
+    assert {f"{op}.global.gpu.relaxed.add.{t}" for op in ("red", "atom") for t in ("u32", "s32")} & set(atomics), atomics
     assert any(a.startswith("atom.global.gpu.acq_rel.add") for a in atomics), atomics
     assert any(a.startswith("atom.global.gpu.relaxed.exch") for a in atomics), atomics
     assert "bar.sync" in ptx
@@ -173,17 +174,21 @@ def test_persistent_grid_with_tma_store(can_compile, operand, tile):
 
 @pytest.mark.parametrize("config", range(4))
 def test_packed_input_gemm(can_compile, config):
-    """path="mma_packed" with each of its autotuned tiles: one packed word per pixel and K-step
-    (masked at the image border), expanded in registers and fed to the int8 wgmma; no local
-    memory, no spills."""
+    """path="mma_packed" with each of its autotuned tiles that this Triton keeps (Triton 3.6 drops
+    the 128-wide ones, which spill there): one packed word per pixel and K-step (masked at the
+    image border), expanded in registers and fed to the int8 wgmma; no local memory, no spills."""
     from triton_kernels._runtime import load
 
-    tile = load("conv_kernels", interpret=False).PACKED_INPUT_CONFIGS[config]
-    ptx = compile_kernel("packed_input_conv_kernel", num_warps=tile.num_warps, **tile.kwargs).asm["ptx"]
+    kernels = load("conv_kernels", interpret=False)
+    tile = kernels.PACKED_INPUT_CONFIGS[config]
+    if tile not in kernels._prune_packed_input(kernels.PACKED_INPUT_CONFIGS, {"C_out": 512}):
+        pytest.skip(f"Triton {triton.__version__} prunes this tile (it spills there)")
+    ptx = compile_kernel("packed_input_conv_kernel", num_warps=tile.num_warps, num_stages=tile.num_stages,
+                         **tile.kwargs).asm["ptx"]
     found = ptx_instructions(ptx, S8_MMA)
     assert found and all("wgmma" in f and ".s32.s8.s8" in f for f in found), found
     assert "fma.rn.f32" not in ptx and "ld.local" not in ptx and "st.local" not in ptx
-    _assert_fits_registers(ptx, 200)
+    _assert_fits_registers(ptx, 224)
 
 
 def test_int8_path_rebinarising_epilogue(can_compile):

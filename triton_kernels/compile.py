@@ -82,7 +82,7 @@ ALIGNED = {"unpack_halo_kernel": ["x_ptr", "out_ptr", "CP"],
 
 
 def compile_kernel(name: str, target=None, num_warps: int | None = None, signature: dict | None = None,
-                   **constexprs):
+                   num_stages: int | None = None, **constexprs):
     """Compile kernel ``name`` for ``target`` (default Hopper ``cuda:90``); returns Triton's
     compiled kernel (``.asm["ptx"]``, ``.asm["ttgir"]``, ...). Keyword arguments override constexprs
     (and pointer types through ``signature``); arguments in ``ALIGNED`` are marked divisible by 16."""
@@ -102,7 +102,7 @@ def compile_kernel(name: str, target=None, num_warps: int | None = None, signatu
     sig = {a: sig[a] for a in fn.arg_names}
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in ALIGNED.get(name, [])}
     src = ASTSource(fn=fn, signature=sig, constexprs={k: v for k, v in consts.items()}, attrs=attrs)
-    options = {} if num_warps is None else {"num_warps": num_warps}
+    options = {k: v for k, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None}
     options["enable_fp_fusion"] = False
     return triton.compile(src, target=target or GPUTarget("cuda", 90, 32), options=options)
 

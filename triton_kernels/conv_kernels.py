@@ -698,7 +698,9 @@ POPCOUNT_CONFIGS = [
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=3),
 ]
 # path "mma_packed" (packed activations read by the GEMM, one word per K-step), ptxas -v for sm_90a:
-# 128x128 w8 178 regs, 128x64 w8 142, 64x128 w4 197, 64x64 w4 132; no spills
+# Triton 3.9: 128x128 w8 178 regs, 128x64 w8 142, 64x128 w4 197, 64x64 w4 132; no spills.
+# Triton 3.6 (the device image): 128x64 w8 and 64x64 w4 214 regs, no spills; the 128-wide tiles
+# reach 255 with 12-36 spilled words, so the pruner drops them there (PACKED_INPUT_WIDE_N).
 PACKED_INPUT_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
@@ -707,9 +709,13 @@ PACKED_INPUT_CONFIGS = [
 ]
 
 
+PACKED_INPUT_WIDE_N = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 7)
+
+
 def _prune_packed_input(configs, named_args, **kwargs):
-    """At most one BLOCK_N past C_out."""
-    return [c for c in configs if c.kwargs["BLOCK_N"] <= max(64, named_args["C_out"])]
+    """At most one BLOCK_N past C_out; BLOCK_N = 128 only where it compiles without spills."""
+    widest = max(64, named_args["C_out"]) if PACKED_INPUT_WIDE_N else 64
+    return [c for c in configs if c.kwargs["BLOCK_N"] <= widest]
 
 
 _FLAGS = ["KH", "KW", "HAS_SCALE", "HAS_BIAS", "HAS_AFFINE", "BINARIZE"]
