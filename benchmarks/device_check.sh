@@ -43,7 +43,7 @@ OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.." || exit 2
 PY=${PYTHON:-python}
 EXTRA="$OUT/extra"
-PATHS=mma,mma_fp8,mma_packed  # int8 and fp8 GEMMs, and the int8 GEMM on packed input (no unpack pass)
+PATHS=mma,mma_fp8,mma_async,mma_packed  # int8 and fp8 GEMMs, int8 with one wgmma in flight (Gluon), the int8 GEMM on packed input
 BUDGET_S=455          # every step but the summary ends by then: 8 min less the summary (15 s) and archive
 T0=$(date +%s)
 FAILED=0

@@ -97,9 +97,10 @@ RESNET18_SHAPES = [
 # channel counts that are not multiples of 32 (padding) but divisible by K = 4 (the K-sum form)
 DRY_SHAPES = [("tiny_a", 40, 36, 7, 1), ("tiny_b", 72, 64, 5, 2)]
 INT8_PEAK_TOPS = {"H100 SXM": 1979.0, "H100 PCIe": 1513.0, "H100 NVL": 1671.0, "H200": 1979.0}
-PATH_CHOICES = ("mma", "mma_fp8", "mma_packed", "popcount", "mma_regs")
-F16_PATHS = ("mma", "mma_fp8", "mma_packed")  # timed with fp16 output; the others with fp32
+PATH_CHOICES = ("mma", "mma_fp8", "mma_async", "mma_packed", "popcount", "mma_regs")
+F16_PATHS = ("mma", "mma_fp8", "mma_async", "mma_packed")  # timed with fp16 output; the others with fp32
 FP8_DEFAULT_MIN_GAIN = 0.10  # item 1: fp8 becomes the default if its GEMM beats int8's by >= 10 %
+# the same bar for the other way to keep an int8 MMA in flight (path mma_async, Gluon)
 
 
 def int8_peak(device_name: str) -> tuple[float | None, str]:
@@ -182,12 +183,19 @@ def _time_path(row, path, tk, tkconv, timer, xp, wp, C_in, stride, pad, OH, alph
         return tk.packed_conv2d(xp, wp, C_in, stride, pad, scale=alpha, path=path,
                                 out_dtype=out_dtype, binarize_output=binarize)
 
+    if path == "mma_async":
+        from triton_kernels.async_mma import async_mma_problem
+
+        problem = async_mma_problem(xp.device)
+        if problem:  # e.g. the dry run's CPU: Gluon has no interpreter
+            row[f"{path}_unavailable"] = problem
+            return
     two_stage = path in tkconv.OPERAND_DTYPES
     fp16_out = path in F16_PATHS
     outputs = [(f"{path}_f16", dict(out_dtype=torch.float16), ref.half())] if fp16_out else []
     if all_outputs or not fp16_out:
         outputs.append((path, dict(), ref))
-    if all_outputs and fp16_out:
+    if all_outputs and fp16_out and path != "mma_async":  # mma_async writes real outputs only
         outputs.append((f"{path}_bin", dict(binarize=True), reference.pack_signs(ref)))
     for label, kwargs, expected in outputs:
         out = _try(row, label, lambda: conv(**kwargs))
@@ -206,8 +214,9 @@ def _time_path(row, path, tk, tkconv, timer, xp, wp, C_in, stride, pad, OH, alph
     row[f"{unpack_label}_ms"] = _try(row, unpack_label, lambda: timer(lambda: tkconv.unpack_activations(xp, C_in, pad, dtype)))
     xh = tkconv.unpack_activations(xp, C_in, pad, dtype)
     wm = tkconv.unpack_weights(wp, C_in, dtype=dtype)
+    gemm = tkconv.gemm_function(path)
     ms = _try(row, f"{path}_conv_f16", lambda: timer(
-        lambda: tkconv.unpacked_conv2d(xh, wm, (3, 3), stride, (OH, OH), scale=alpha, out_dtype=torch.float16)))
+        lambda: gemm(xh, wm, (3, 3), stride, (OH, OH), scale=alpha, out_dtype=torch.float16)))
     if ms is not None:
         _rate(row, f"{path}_conv_f16", ms, macs, peak)
 
@@ -365,8 +374,9 @@ def run(args) -> list[dict]:
                 row["scaled_mm_fp8_skipped"] = "dry run: torch._scaled_mm needs an fp8 GPU (sm_89+)"
             elif batch >= 16 and not args.no_scaled_mm:
                 _time_scaled_mm(row, timer, device, batch * OH * OH, 9 * C_in, C_out, macs, peak)
-            if row.get("mma_conv_f16_ms") and row.get("mma_fp8_conv_f16_ms"):
-                row["fp8_gemm_gain"] = row["mma_conv_f16_ms"] / row["mma_fp8_conv_f16_ms"] - 1
+            for candidate, gain in (("mma_fp8", "fp8_gemm_gain"), ("mma_async", "async_gemm_gain")):
+                if row.get("mma_conv_f16_ms") and row.get(f"{candidate}_conv_f16_ms"):
+                    row[gain] = row["mma_conv_f16_ms"] / row[f"{candidate}_conv_f16_ms"] - 1
             for label in TIMED_LABELS:
                 for base in ("fp16", "bf16"):
                     if f"{label}_ms" in row and f"torch_{base}_cl_ms" in row:
@@ -393,24 +403,51 @@ def _number(v) -> float | None:
     return None if math.isnan(v) else v
 
 
+def _gains_at_batch(rows, column):
+    """The rows at batch 256 (a dry run: its largest batch) that have ``column``, and its median."""
+    measured = [r for r in rows if _number(r.get(column)) is not None]
+    if not measured:
+        return None, [], None
+    batch = 256 if any(int(r["batch"]) == 256 for r in measured) else max(int(r["batch"]) for r in measured)
+    at = [r for r in measured if int(r["batch"]) == batch]
+    return batch, at, statistics.median(_number(r[column]) for r in at)
+
+
 def fp8_decision(rows) -> dict:
     """Item 1's rule, from the GEMM alone (``*_conv_f16``: operands already unpacked, fp16 out):
     per layer ``fp8_gain = mma_conv_f16_ms / mma_fp8_conv_f16_ms - 1`` at batch 256 (a dry run: its
-    largest batch); fp8 operands become the default if the median gain is ≥ 10 %. ``rows``: this
-    script's rows (or ``results.csv`` read back). ``fp8_default`` is None where nothing was measured."""
+    largest batch); fp8 operands become the default if the median gain is ≥ 10 %. Beside it, the
+    other way to keep an int8 MMA in flight (``async_int8``: path ``mma_async``, Gluon), by the same
+    measure and bar, and ``next_step``: what the numbers ask for. ``rows``: this script's rows (or
+    ``results.csv`` read back). ``fp8_default`` is None where nothing was measured."""
     rule = (f"fp8 operands (path mma_fp8) become the default if the median over the layers of "
             f"mma_conv_f16_ms / mma_fp8_conv_f16_ms - 1 (the GEMM alone) at batch 256 is >= {FP8_DEFAULT_MIN_GAIN:.2f}")
-    measured = [r for r in rows if _number(r.get("fp8_gemm_gain")) is not None]
-    if not measured:
-        return dict(rule=rule, batch=None, per_layer={}, median_gain=None, fp8_default=None,
-                    reason="no layer has both GEMM times (mma_conv_f16_ms and mma_fp8_conv_f16_ms)")
-    batch = 256 if any(int(r["batch"]) == 256 for r in measured) else max(int(r["batch"]) for r in measured)
-    at = [r for r in measured if int(r["batch"]) == batch]
-    median = statistics.median(_number(r["fp8_gemm_gain"]) for r in at)
-    return dict(rule=rule, batch=batch, median_gain=median, fp8_default=median >= FP8_DEFAULT_MIN_GAIN,
+    a_batch, a_rows, a_median = _gains_at_batch(rows, "async_gemm_gain")
+    async_int8 = dict(batch=a_batch, median_gain=a_median,
+                      faster=None if a_median is None else a_median >= FP8_DEFAULT_MIN_GAIN,
+                      per_layer={r["layer"]: _number(r["async_gemm_gain"]) for r in a_rows},
+                      async_gemm_ms={r["layer"]: _number(r.get("mma_async_conv_f16_ms")) for r in a_rows})
+    if a_median is None:
+        reasons = sorted({r["mma_async_unavailable"] for r in rows if r.get("mma_async_unavailable")})
+        async_int8["reason"] = reasons[0] if reasons else "not measured (mma_async not in --paths, or it failed)"
+    batch, at, median = _gains_at_batch(rows, "fp8_gemm_gain")
+    if batch is None:
+        return dict(rule=rule, batch=None, per_layer={}, median_gain=None, fp8_default=None, async_int8=async_int8,
+                    next_step=None, reason="no layer has both GEMM times (mma_conv_f16_ms and mma_fp8_conv_f16_ms)")
+    fp8_default = median >= FP8_DEFAULT_MIN_GAIN
+    if fp8_default:
+        next_step = "make mma_fp8 the default (fp8 operands in the fused mode too)"
+    elif async_int8["faster"]:
+        next_step = "int8 with one wgmma in flight wins: give mma_async the fused epilogue and make it the default"
+    elif async_int8["faster"] is None:
+        next_step = "int8 stays the default; mma_async is unmeasured"
+    else:
+        next_step = "int8 stays the default: neither fp8 nor mma_async gains >= 10 % on the GEMM"
+    return dict(rule=rule, batch=batch, median_gain=median, fp8_default=fp8_default,
                 per_layer={r["layer"]: _number(r["fp8_gemm_gain"]) for r in at},
-                int8_gemm_ms={r["layer"]: _number(r["mma_conv_f16_ms"]) for r in at},
-                fp8_gemm_ms={r["layer"]: _number(r["mma_fp8_conv_f16_ms"]) for r in at})
+                int8_gemm_ms={r["layer"]: _number(r.get("mma_conv_f16_ms")) for r in at},
+                fp8_gemm_ms={r["layer"]: _number(r.get("mma_fp8_conv_f16_ms")) for r in at},
+                async_int8=async_int8, next_step=next_step)
 
 
 def _decision_line(decision) -> str:
@@ -418,8 +455,12 @@ def _decision_line(decision) -> str:
         return f"fp8 vs int8: undecided ({decision['reason']})"
     gains = ", ".join(f"{layer} {100 * g:+.1f}%" for layer, g in decision["per_layer"].items())
     verdict = "fp8 becomes the default" if decision["fp8_default"] else "int8 stays the default"
+    a = decision["async_int8"]
+    async_part = (f"async int8 (mma_async) median {100 * a['median_gain']:+.1f}%" if a["median_gain"] is not None
+                  else f"async int8 (mma_async): {a.get('reason')}")
     return (f"fp8 vs int8 GEMM at batch {decision['batch']}: median gain {100 * decision['median_gain']:+.1f}% "
-            f"-> {verdict} (rule: >= {100 * FP8_DEFAULT_MIN_GAIN:.0f}%); per layer: {gains}")
+            f"-> {verdict} (rule: >= {100 * FP8_DEFAULT_MIN_GAIN:.0f}%); per layer: {gains}; {async_part}; "
+            f"next: {decision['next_step']}")
 
 
 def report_tiles(out: Path, tag: str) -> list[dict]:
@@ -458,18 +499,20 @@ def _line(row):
             frac = f" {100 * row[label + '_peak_frac']:.1f}%pk" if f"{label}_peak_frac" in row else ""
             ok = f" exact={row[label + '_exact']}" if f"{label}_exact" in row else ""
             parts.append(f"{label} {row[label + '_ms']:.3f}ms{ok}{frac}")
-    for label in ("unpack", "mma_fp8_unpack"):
+    for label in ("unpack", "mma_fp8_unpack", "mma_async_unpack"):
         if row.get(f"{label}_ms") is not None:
             parts.append(f"{label} {row[f'{label}_ms']:.3f}ms")
     parts.append(f"fp32 {row['torch_fp32_ms']:.3f}ms")
     for label in ("fp16", "bf16"):
         if f"torch_{label}_cl_ms" in row:
             parts.append(f"{label}-cl {row[f'torch_{label}_cl_ms']:.3f}ms")
-    for label in ("mma_f16", "mma_packed_f16", "fused_f16", "fused_fp8_f16", "fused_ksum_f16", "fused_fp8_ksum_f16"):
+    for label in ("mma_f16", "mma_async_f16", "mma_packed_f16", "fused_f16", "fused_fp8_f16", "fused_ksum_f16", "fused_fp8_ksum_f16"):
         if f"{label}_speedup_vs_fp16cl" in row:
             parts.append(f"{label} x{row[f'{label}_speedup_vs_fp16cl']:.2f} vs fp16-cl")
     if "fp8_gemm_gain" in row:
         parts.append(f"fp8 GEMM {100 * row['fp8_gemm_gain']:+.1f}% vs int8")
+    if "async_gemm_gain" in row:
+        parts.append(f"async int8 GEMM {100 * row['async_gemm_gain']:+.1f}% vs int8")
     return " | ".join(parts)
 
 
@@ -477,6 +520,7 @@ def _line(row):
 # GEMM alone, the K-sum form, the fused layer (int8 / fp8, plain / K-sum), then the one-kernel paths
 TIMED_LABELS = ("mma", "mma_f16", "mma_bin", "mma_conv_f16",
                 "mma_fp8", "mma_fp8_f16", "mma_fp8_bin", "mma_fp8_conv_f16",
+                "mma_async_f16", "mma_async_conv_f16",
                 "mma_ksum_f16", "mma_fp8_ksum_f16",
                 "fused_f16", "fused_fp8_f16", "fused_ksum_f16", "fused_fp8_ksum_f16",
                 "mma_packed", "mma_packed_f16", "mma_packed_bin", "popcount", "mma_regs")
@@ -485,13 +529,15 @@ COLUMNS = (
     ["layer", "batch", "C_in", "C_out", "H", "stride", "OH", "binary_MACs", "ksum", "fused_residual"]
     + [f"{label}_exact" for label in TIMED_LABELS if "conv" not in label] + ["reference_exact"]
     + [f"{label}_ms" for label in TIMED_LABELS]
-    + ["unpack_ms", "mma_fp8_unpack_ms", "mma_eager_ms", "mma_fp8_eager_ms", "reference_ms", "pack_ms",
-       "torch_fp16_cl_ms", "torch_bf16_cl_ms", "torch_fp32_ms", "scaled_mm_fp8_ms", "fp8_gemm_gain"]
+    + ["unpack_ms", "mma_fp8_unpack_ms", "mma_async_unpack_ms", "mma_eager_ms", "mma_fp8_eager_ms",
+       "mma_async_eager_ms", "reference_ms", "pack_ms", "torch_fp16_cl_ms", "torch_bf16_cl_ms", "torch_fp32_ms",
+       "scaled_mm_fp8_ms", "fp8_gemm_gain", "async_gemm_gain", "mma_async_unavailable"]
     + [f"{label}_speedup_vs_fp16cl" for label in TIMED_LABELS]
     + [f"{label}_speedup_vs_bf16cl" for label in TIMED_LABELS]
     + [f"{label}_TOPS" for label in RATED_LABELS]
     + [f"{label}_peak_frac" for label in RATED_LABELS]
-    + [f"{label}_error" for label in RATED_LABELS + ("unpack", "mma_fp8_unpack", "mma_eager", "mma_fp8_eager")]
+    + [f"{label}_error" for label in RATED_LABELS + ("unpack", "mma_fp8_unpack", "mma_async_unpack", "mma_eager",
+                                                     "mma_fp8_eager", "mma_async_eager")]
     + ["scaled_mm_fp8_skipped", "note", "elapsed_s", "device", "peak_assumed"]
 )
 
@@ -594,9 +640,9 @@ def main(argv=None):
     ap.add_argument("--only-batch", type=int, default=0, help="time this batch size only (overrides --batches)")
     ap.add_argument("--only-layers", default="", help="comma-separated layer names (e.g. conv4_x,conv5_x)")
     ap.add_argument("--max-shapes", type=int, default=0, help="only the first N layer shapes (0: all)")
-    ap.add_argument("--paths", default="mma,mma_fp8",
-                    help="packed kernel paths: mma,mma_fp8 (default); mma_packed, and popcount and mma_regs (known slow),"
-                         " only when named")
+    ap.add_argument("--paths", default="mma,mma_fp8,mma_async",
+                    help="packed kernel paths: mma,mma_fp8,mma_async (default; mma_async needs a Hopper GPU); mma_packed,"
+                         " and popcount and mma_regs (known slow), only when named")
     ap.add_argument("--ksum", type=int, default=4,
                     help="also time CBConv's K-sum form with this K (the paper's K=4); 1 = skip")
     ap.add_argument("--rep-ms", type=float, default=10.0,

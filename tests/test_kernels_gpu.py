@@ -255,3 +255,45 @@ def test_runner_on_device(label):
           f"{(got - expected).abs().max().item():.3g} (largest logit {expected.abs().max().item():.3g}), "
           f"argmax agreement {agree:.3%}")
     assert agree >= 0.99
+
+
+def _async_mma_tiles():
+    from triton_kernels._runtime import load
+
+    return [dict(c.kwargs, num_warps=c.num_warps) for c in load("async_mma_kernels", interpret=False).ASYNC_MMA_CONFIGS]
+
+
+def test_async_mma_path_on_device():
+    """``path="mma_async"`` (Gluon, one int8 wgmma in flight; Hopper only, no interpreter): the sweep
+    with every real-output epilogue and output type, each of its tiles that fits the padded
+    channels, the K-sum form, the largest sums, and the autotuned launch — bit for bit."""
+    from triton_kernels.async_mma import async_mma_problem
+
+    problem = async_mma_problem(DEVICE)
+    if problem:
+        pytest.skip(problem)
+    tiles = _async_mma_tiles()
+    for i, (N, C, H, W, Co, k, s, p) in enumerate(CONV_CASES + EXTRA_CASES):
+        x, w = _rand(N, C, H, W, seed=i), _rand(Co, C, k, k, seed=100 + i)
+        xp, wp = reference.pack_signs(x), reference.pack_signs(w)
+        CP = -(-C // 32) * 32
+        fitting = [t for t in tiles if CP % t["BLOCK_K"] == 0]
+        for j, tile in enumerate(fitting[i % len(fitting):] + fitting[:i % len(fitting)]):
+            kw = _epilogue_args(j % 3, Co)  # no re-binarisation: real outputs only
+            dtype = (torch.float32, torch.float16, torch.bfloat16)[j % 3]
+            ref = reference.packed_conv2d_reference(xp, wp, C, s, p, out_dtype=dtype, **kw)
+            out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), C, s, p, path="mma_async", config=tile,
+                                   out_dtype=dtype, **_on_device(kw))
+            assert torch.equal(out.cpu(), ref), ((N, C, H, W, Co, k, s, p), sorted(kw), dtype, tile)
+    for N, maps, H, W, C_out, s, p, K in KSUM_CASES + [(2, 64, 14, 14, 64, 1, 1, 4)]:
+        x, Wl = _rand(N, maps * K, H, W, seed=maps), _rand(C_out, maps, 3, 3, seed=40 + maps)
+        xp = reference.pack_signs(x)
+        ref = reference.packed_conv2d_reference(xp, reference.cif_pack_bank_reference(Wl, K), maps * K, s, p)
+        rot = tk.cif_pack_bank(Wl.to(DEVICE), K, ksum=True)
+        out = tk.packed_conv2d(xp.to(DEVICE), rot, maps * K, s, p, path="mma_async", ksum=K)
+        assert torch.equal(out.cpu(), ref), (N, maps, H, W, C_out, s, p, K)
+    for C, K, _ in WORST_CASES:
+        xp, wp, ref = _worst_case(C, K, DEVICE)
+        assert torch.equal(tk.packed_conv2d(xp, wp, C, 1, 1, path="mma_async", ksum=K).cpu(), ref), (C, K)
+    with pytest.raises(ValueError, match="real outputs only"):
+        tk.packed_conv2d(xp, wp, C, 1, 1, path="mma_async", ksum=K, binarize_output=True)

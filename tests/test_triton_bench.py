@@ -59,6 +59,28 @@ def test_fp8_decision_rule():
     assert undecided["fp8_default"] is None and undecided["reason"]
 
 
+def test_fp8_decision_reports_the_async_int8_alternative():
+    """Beside fp8, the int8 GEMM with one wgmma in flight (mma_async) by the same measure and bar;
+    the next step follows: fp8 first, else mma_async if it gains >= 10 %, else int8 stays."""
+    bench = _load("gpu_conv_bench")
+
+    def rows(fp8, async_):
+        return [dict(layer=f"l{i}", batch=256, fp8_gemm_gain=f, async_gemm_gain=a, mma_conv_f16_ms=1.0,
+                     mma_fp8_conv_f16_ms=1 / (1 + f), mma_async_conv_f16_ms=1 / (1 + a))
+                for i, (f, a) in enumerate(zip(fp8, async_))]
+
+    decision = bench.fp8_decision(rows((0.02, 0.05, 0.0), (0.3, 0.2, 0.25)))
+    assert decision["fp8_default"] is False and decision["async_int8"]["faster"] is True
+    assert decision["async_int8"]["median_gain"] == pytest.approx(0.25) and "mma_async" in decision["next_step"]
+    assert "async int8 (mma_async) median +25.0%" in bench._decision_line(decision)
+    assert "make mma_fp8 the default" in bench.fp8_decision(rows((0.2, 0.3, 0.1), (0.3, 0.2, 0.25)))["next_step"]
+    neither = bench.fp8_decision(rows((0.02, 0.05, 0.0), (0.01, -0.2, 0.05)))
+    assert neither["async_int8"]["faster"] is False and "neither" in neither["next_step"]
+    cpu = bench.fp8_decision([dict(layer="l0", batch=2, fp8_gemm_gain=0.0, mma_async_unavailable="no GPU")])
+    assert cpu["async_int8"]["faster"] is None and cpu["async_int8"]["reason"] == "no GPU"
+    assert "unmeasured" in cpu["next_step"]
+
+
 def test_dry_run_writes_results(tmp_path):
     _skip_if_interpreter_cannot_run_kernels()
     bench = _load("gpu_conv_bench")
@@ -72,6 +94,7 @@ def test_dry_run_writes_results(tmp_path):
         assert all(row[f"{label}_exact"] is True and row[f"{label}_ms"] > 0 for label in FUSED_LABELS), row
         assert row["fused_residual"] is True and "fp8_gemm_gain" in row
         assert not any(k.startswith("popcount") for k in row)  # popcount only when asked for
+        assert "interpreter" in row["mma_async_unavailable"]  # Gluon: GPU only, said in the row
     assert "scaled_mm_fp8_ms" not in row and "GPU" in row["scaled_mm_fp8_skipped"]
     with open(tmp_path / "results.csv") as f:
         table = list(csv.DictReader(f))

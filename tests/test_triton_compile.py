@@ -262,3 +262,41 @@ def test_mode_independent_of_import_order(can_compile):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
+def _async_mma_configs():
+    from triton_kernels._runtime import load
+
+    try:
+        return load("async_mma_kernels", interpret=False).ASYNC_MMA_CONFIGS
+    except Exception:  # noqa: BLE001 - a Triton without Gluon's Hopper API: the test says so
+        return [None]
+
+
+@pytest.mark.parametrize("config", _async_mma_configs())
+def test_async_mma_keeps_one_wgmma_in_flight(can_compile, config):
+    """path="mma_async" (Gluon) with each of its tiles: the K-loop issues the int8 wgmma, commits it
+    and waits with wait_group 1 — the MMA of this K-step stays in flight while the next step's
+    16-byte cp.async copies are issued (Triton's own int8 loop waits with 0) — and only the loop's
+    exit waits with 0; the copies wait for the step STAGES-2 ahead; no FMA contraction, no local
+    memory, ≤ 128 registers (2 CTAs of 8 warps, or 4 of 4, per SM)."""
+    if config is None:
+        pytest.skip(f"Triton {triton.__version__} has no Gluon Hopper API")
+    from triton_kernels.async_mma import compile_async_mma_conv
+
+    tile = dict(config.kwargs, num_warps=config.num_warps)
+    ptx = compile_async_mma_conv(HAS_BIAS=True, HAS_AFFINE=True, **tile).asm["ptx"]
+    loop = re.search(r"\$L__BB0_(\d+):[^\n]*(?:Inner Loop Header|lr\.ph).*?bra\s+\$L__BB0_\1;", ptx, re.S)
+    assert loop, "no K-loop found"
+    body = loop.group(0)
+    mma = ptx_instructions(body, r"wgmma\.mma_async[\w.]*")
+    assert len(mma) == 1 and ".s32.s8.s8" in mma[0], mma
+    issued = body.count("wgmma.mma_async")  # one per k32 slice and per 64-row/N repetition of a warpgroup
+    assert issued and issued % (tile["BLOCK_K"] // 32) == 0, issued
+    assert re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", body) == ["1"]
+    assert re.findall(r"cp\.async\.wait_group\s+(\d+)", body) == [str(tile["STAGES"] - 3)]
+    assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]*\], \[[^]]*\], 0x10", body)
+    assert "fence.proxy.async" in body
+    assert re.search(r"wgmma\.wait_group\.sync\.aligned\s+0", ptx[loop.end():])
+    assert "fma.rn.f32" not in ptx and "ld.local" not in ptx and "st.local" not in ptx
+    _assert_fits_registers(ptx, 128)

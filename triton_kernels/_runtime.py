@@ -27,7 +27,8 @@ except Exception:  # pragma: no cover - older Triton without gluon
 _HERE = Path(__file__).resolve().parent
 _LOCK = threading.Lock()
 _CACHE: dict[tuple[str, bool], ModuleType] = {}
-KERNEL_MODULES = ("pack_kernels", "conv_kernels", "cif_kernels")
+KERNEL_MODULES = ("pack_kernels", "conv_kernels", "cif_kernels", "async_mma_kernels")
+COMPILED_ONLY = ("async_mma_kernels",)  # Gluon device code: Gluon has no interpreter
 
 
 def interpret_forced() -> bool:
@@ -43,6 +44,8 @@ def load(name: str, interpret: bool) -> ModuleType:
     """The kernel module ``triton_kernels/<name>.py`` built in the given mode (cached)."""
     if name not in KERNEL_MODULES:
         raise ValueError(f"unknown kernel module {name!r}; valid: {KERNEL_MODULES}")
+    if interpret and name in COMPILED_ONLY:
+        raise ValueError(f"{name} is Gluon code, which the Triton interpreter cannot run: it needs a GPU")
     key = (name, bool(interpret))
     with _LOCK:
         if key in _CACHE:

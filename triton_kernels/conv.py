@@ -27,10 +27,11 @@ from ._runtime import kernels_for, use_interpreter
 
 PATHS = ("mma", "popcount")
 # accepted too, for comparison: the first tensor-core kernel, fp8 operands, the int8 GEMM reading packed bits
-EXTRA_PATHS = ("mma_regs", "mma_fp8", "mma_packed")
+# and the int8 GEMM keeping one wgmma in flight (Gluon, Hopper only: async_mma.py)
+EXTRA_PATHS = ("mma_regs", "mma_fp8", "mma_packed", "mma_async")
 # operand dtype of the two-stage paths (the paths that accept ksum > 1: their operands hold small
 # integers, not just signs)
-OPERAND_DTYPES = {"mma": torch.int8, "mma_fp8": torch.float8_e4m3fn}
+OPERAND_DTYPES = {"mma": torch.int8, "mma_fp8": torch.float8_e4m3fn, "mma_async": torch.int8}
 KSUM_PATHS = tuple(OPERAND_DTYPES)  # the paths whose operands may hold the K-sums of CBConv inputs
 # Hopper's fp8 wgmma accumulates with reduced precision (reported: about 14 significant bits), so
 # the fp8 GEMM keeps its fast accumulation only while every partial sum stays below 2**13 in
@@ -266,6 +267,19 @@ def unpacked_conv2d(
     return out
 
 
+def gemm_function(path: str):
+    """The GEMM stage of a two-stage path (``OPERAND_DTYPES``) on unpacked operands:
+    ``unpacked_conv2d`` (``mma``, ``mma_fp8``), or ``async_mma.async_mma_conv2d`` (``mma_async``),
+    which takes the same leading arguments."""
+    if path == "mma_async":
+        from .async_mma import async_mma_conv2d
+
+        return async_mma_conv2d
+    if path not in OPERAND_DTYPES:
+        raise ValueError(f"path {path!r} has no separate GEMM stage; two-stage paths: {tuple(OPERAND_DTYPES)}")
+    return unpacked_conv2d
+
+
 def _gemm_grid(k, M: int, C_out: int, device):
     """The launch grid of ``unpacked_conv_kernel`` for a tile configuration: one program per tile
     (per part of a tile with split-K), or for a persistent kernel one per SM slot at most."""
@@ -407,13 +421,20 @@ def packed_conv2d(
         ).to(torch.bfloat16)
     if use_asm_popcount and use_interpreter(x_packed, w_packed):
         raise ValueError("use_asm_popcount emits inline PTX, which the Triton interpreter cannot run")
-    if path in OPERAND_DTYPES:  # "mma", "mma_fp8" (use_asm_popcount does not apply)
+    if path in OPERAND_DTYPES:  # "mma", "mma_fp8", "mma_async" (use_asm_popcount does not apply)
         dtype = OPERAND_DTYPES[path]
-        return unpacked_conv2d(
+        if path == "mma_async":  # before unpacking: one clear line where it cannot run
+            from .async_mma import async_mma_problem
+
+            problem = async_mma_problem(x_packed.device)
+            if problem:
+                raise RuntimeError(problem)
+        extra = {} if path == "mma_async" else dict(max_abs_dot=w_packed.shape[1] * w_packed.shape[2] * in_channels)
+        return gemm_function(path)(
             unpack_activations(x_packed, in_channels, padding, dtype, ksum),
             unpack_weights(w_packed, in_channels // ksum, dtype=dtype),
             tuple(w_packed.shape[1:3]), stride, (OH, OW), scale, bias, bn_scale, bn_shift,
-            binarize_output, out_dtype, config, max_abs_dot=w_packed.shape[1] * w_packed.shape[2] * in_channels,
+            binarize_output, out_dtype, config, **extra,
         )
     if path == "mma_packed":
         return packed_input_conv2d(x_packed.contiguous(), unpack_weights(w_packed, in_channels), in_channels,
@@ -539,8 +560,13 @@ def autotuned_tiles() -> list[dict]:
     if module is None:
         return []
     rows = []
-    for name in ("unpacked_conv_tuned", "packed_input_conv_tuned", "packed_conv_mma_tuned", "packed_conv_popcount_tuned"):
-        tuner = getattr(module, name, None)
+    from . import async_mma
+
+    tuners = {name: getattr(module, name, None) for name in ("unpacked_conv_tuned", "packed_input_conv_tuned",
+                                                             "packed_conv_mma_tuned", "packed_conv_popcount_tuned")}
+    if async_mma._TUNED:
+        tuners["async_mma_conv_tuned"] = async_mma._TUNED[0]
+    for name, tuner in tuners.items():
         for key, config in dict(getattr(tuner, "cache", {}) or {}).items():
             names = list(getattr(tuner, "keys", []))
             rows.append(dict(kernel=name.removesuffix("_tuned"), key=dict(zip(names, key)), config=str(config)))

@@ -1,0 +1,182 @@
+"""Gluon device code: the int8 implicit GEMM of ``path="mma"`` with one wgmma kept in flight.
+
+Triton's pipeliner makes a ``tl.dot`` asynchronous only when its accumulator is fp32, so the int8
+GEMM of ``unpacked_conv_kernel`` waits for every wgmma before the next K-step (``wait_group 0``)
+and relies on 2-4 resident CTAs per SM to hide the MMA latency. Gluon states the pipeline
+explicitly: ``warpgroup_mma(..., is_async=True)`` then ``warpgroup_mma_wait(1)`` keeps one
+int8 MMA running while the next operands arrive by ``cp.async``. This is the int8 candidate the
+fp8 path (``mma_fp8``) is measured against (issue 13, item 1); ``path="mma_async"``.
+
+Same operands as ``path="mma"``: the int8 ±1 activations with their zero halo
+``(N, H+2p, W+2p, CP)`` (``conv.unpack_activations``) and the K-major weight matrix
+``(C_out, KH·KW·CP)`` (``conv.unpack_weights``); the same integers, so the same exact result.
+Epilogue: ``float(dot)·scale + bias``, then ``·bn_scale + bn_shift``, each rounded on its own
+(``enable_fp_fusion=False`` at launch), stored channels-last. The fused-layer outputs (residual,
+next operand, packed signs) stay with ``unpacked_conv_kernel``.
+
+Gluon has no interpreter: this kernel runs on a Hopper GPU only. Without one, the tests compile it
+for sm_90 and read its PTX (``tests/test_triton_compile.py``); its exactness is tested on a GPU
+(``tests/test_kernels_gpu.py``) and checked at every benchmarked shape.
+"""
+from __future__ import annotations
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+
+# cp.async into shared memory: ``async_load`` since Triton 3.7, ``async_copy_global_to_shared`` in
+# 3.6 (the device image), which 3.7 turned into an error
+copy_to_shared = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+# the CTA-wide barrier: ``gl.barrier`` since Triton 3.7, ``gl.thread_barrier`` in 3.6
+cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+
+
+@gluon.constexpr_function
+def mma_warps(BLOCK_M, num_warps):
+    """Warps along (M, N) for the wgmma layout: a warpgroup takes 64 rows, more warps go along
+    M while the tile has rows left, then along N."""
+    warps = [4, 1]
+    while warps[0] * warps[1] < num_warps:
+        if BLOCK_M > 16 * warps[0]:
+            warps[0] *= 2
+        else:
+            warps[1] *= 2
+    return warps
+
+
+@gluon.constexpr_function
+def mma_instr_n(BLOCK_M, BLOCK_N, num_warps):
+    """The wgmma's N for int8 operands: a multiple of 16 (or 8) up to 224 that divides the
+    warps' share of BLOCK_N (PTX ISA, wgmma ``.s8`` shapes)."""
+    wm = mma_warps(BLOCK_M, num_warps)
+    share = BLOCK_N // wm[1]
+    for n in range(224, 7, -8):
+        if share % n == 0 and (n % 16 == 0 or n < 16):
+            return n
+    raise ValueError(f"no int8 wgmma N for BLOCK_N={BLOCK_N}")
+
+
+@gluon.constexpr_function
+def copy_layout(BLOCK_K, num_warps):
+    """Registers of one (rows, BLOCK_K) int8 tile in flight to shared memory: 16 bytes per thread
+    along K, so every ``cp.async`` moves 16 bytes."""
+    across = BLOCK_K // 16
+    return gl.BlockedLayout([1, 16], [32 // across, across], [num_warps, 1], [1, 0])
+
+
+@gluon.constexpr_function
+def store_layout(BLOCK_N, num_warps):
+    """Registers of the output tile for coalesced channels-last stores: 8 channels per thread."""
+    across = min(BLOCK_N // 8, 32)
+    return gl.BlockedLayout([1, 8], [32 // across, across], [num_warps, 1], [1, 0])
+
+
+@gluon.jit
+def _copy_step(a_dst, b_dst, a_ptrs, b_ptrs, kk, csteps, WP, CP, KW: gl.constexpr, BLOCK_K: gl.constexpr):
+    """Start the ``cp.async`` copies of K-step ``kk``: tap ``kk // csteps``, channel block
+    ``kk % csteps``; the activation rows move by the tap's offset in the halo tensor."""
+    tap = kk // csteps
+    kh = tap // KW
+    a_off = ((kh * WP + (tap - kh * KW)) * CP) + (kk - tap * csteps) * BLOCK_K
+    copy_to_shared(a_dst, a_ptrs + gl.multiple_of(a_off, 16))
+    copy_to_shared(b_dst, b_ptrs + kk * BLOCK_K)
+
+
+@gluon.jit(do_not_specialize=["M", "HP", "WP", "OH", "OW", "stride"])
+def async_mma_conv_kernel(
+    x_ptr, w_ptr, scale_ptr, bias_ptr, mul_ptr, add_ptr, out_ptr,
+    M, HP, WP, OH, OW, C_out, stride, CP, KTOT,
+    KH: gl.constexpr, KW: gl.constexpr,
+    HAS_SCALE: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_AFFINE: gl.constexpr,
+    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    """One ``(BLOCK_M, BLOCK_N)`` output tile: rows are output pixels, columns output channels.
+
+    Pipeline over ``STAGES`` (≥ 3) shared-memory slots: K-step ``kk`` is copied ``STAGES - 2``
+    steps ahead; each step waits for its own copies (``cp.async.wait_group``), fences them for
+    the async proxy, meets the CTA barrier, issues the next copies into the slot that wgmma
+    ``kk - 2`` has left (the barrier proves every warpgroup waited for it), then issues wgmma
+    ``kk`` and waits until at most one wgmma is outstanding (``kk`` itself).
+    """
+    gl.static_assert(STAGES >= 3, "one slot being read by the wgmma in flight, one being filled, one ready")
+    pid = gl.program_id(0)
+    num_n = gl.cdiv(C_out, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid - pid_m * num_n
+
+    copy: gl.constexpr = copy_layout(BLOCK_K, num_warps)
+    offs_m = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, copy))
+    ow = offs_m % OW
+    t = offs_m // OW
+    oh = t % OH
+    nb = t // OH
+    # halo pixel of tap (0, 0); rows past M read pixel 0 (in bounds), the masked store drops them
+    pix = (nb.to(gl.int64) * HP + oh * stride) * WP + ow * stride
+    row = gl.multiple_of(gl.where(offs_m < M, pix * CP, 0), 16)
+    offs_k = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, copy))
+    a_ptrs = x_ptr + row[:, None] + offs_k[None, :]
+    offs_w = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, copy))
+    col = gl.minimum(offs_w, C_out - 1).to(gl.int64) * KTOT
+    b_ptrs = w_ptr + col[:, None] + offs_k[None, :]
+
+    a_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BLOCK_K],
+                                       gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_K], gl.int8))
+    b_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, BLOCK_K],
+                                       gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], gl.int8))
+    csteps = CP // BLOCK_K
+    steps = KH * KW * csteps
+    for s in gl.static_range(STAGES - 2):  # past the last step, re-read the last step (no masks)
+        _copy_step(a_bufs.index(s), b_bufs.index(s), a_ptrs, b_ptrs, gl.minimum(s, steps - 1), csteps, WP, CP,
+                   KW, BLOCK_K)
+        async_copy.commit_group()
+
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=mma_warps(BLOCK_M, num_warps),
+                                                  instr_shape=[16, mma_instr_n(BLOCK_M, BLOCK_N, num_warps), 32])
+    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, layout=mma)
+    for kk in range(steps):
+        async_copy.wait_group(STAGES - 3)  # step kk's copies have landed
+        fence_async_shared()
+        cta_barrier()
+        ahead = kk + STAGES - 2
+        slot = ahead % STAGES
+        _copy_step(a_bufs.index(slot), b_bufs.index(slot), a_ptrs, b_ptrs, gl.minimum(ahead, steps - 1), csteps,
+                   WP, CP, KW, BLOCK_K)
+        async_copy.commit_group()
+        a = a_bufs.index(kk % STAGES)
+        b = b_bufs.index(kk % STAGES)
+        acc = warpgroup_mma(a, b.permute((1, 0)), acc, is_async=True)
+        acc, a, b = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a, b))
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    async_copy.wait_group(0)
+
+    # epilogue, in BinaryConv2d.forward's order, each op rounded on its own; in the store layout,
+    # where a thread holds 8 channels (in the wgmma layout the four per-channel vectors would take
+    # BLOCK_N / 4 registers each)
+    store: gl.constexpr = store_layout(BLOCK_N, num_warps)
+    y = gl.convert_layout(acc, store).to(gl.float32)
+    offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, store))
+    n_ok = offs_n < C_out
+    if HAS_SCALE:
+        y = y * gl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    if HAS_BIAS:
+        y = y + gl.load(bias_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    if HAS_AFFINE:
+        y = y * gl.load(mul_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+        y = y + gl.load(add_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    rows = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, store))
+    mask = (rows < M)[:, None] & n_ok[None, :]
+    gl.store(out_ptr + rows.to(gl.int64)[:, None] * C_out + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _tile(m, n, k, warps, stages):
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "STAGES": stages}, num_warps=warps)
+
+
+# ptxas -v for sm_90a: see tests/test_triton_compile.py::test_async_mma_keeps_one_wgmma_in_flight
+ASYNC_MMA_CONFIGS = [
+    _tile(128, 128, 64, 8, 4), _tile(128, 64, 64, 4, 4), _tile(64, 128, 64, 4, 4), _tile(64, 64, 64, 4, 4),
+    _tile(128, 128, 128, 8, 3), _tile(128, 128, 32, 8, 5), _tile(128, 64, 32, 4, 5), _tile(64, 64, 32, 4, 5),
+]
