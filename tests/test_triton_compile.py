@@ -300,3 +300,45 @@ def test_async_mma_keeps_one_wgmma_in_flight(can_compile, config):
     assert re.search(r"wgmma\.wait_group\.sync\.aligned\s+0", ptx[loop.end():])
     assert "fma.rn.f32" not in ptx and "ld.local" not in ptx and "st.local" not in ptx
     _assert_fits_registers(ptx, 128)
+
+
+def test_async_mma_launch_binds_for_sm90(can_compile):
+    """The Gluon kernel's launch as ``async_mma_conv2d`` makes it — tensors bound to the signature,
+    ``num_warps`` both constexpr and launch option, ``enable_fp_fusion`` passed, the autotuner's
+    pruned candidates — compiles for sm_90 (``warmup``: no launch), with a stand-in driver that
+    reports a Hopper target (in a subprocess: the driver is process state)."""
+    if _async_mma_configs() == [None]:
+        pytest.skip(f"Triton {triton.__version__} has no Gluon Hopper API")
+    code = textwrap.dedent(
+        """
+        import torch
+        from triton.backends.compiler import GPUTarget
+        from triton.runtime import driver
+
+        class HopperStandIn:
+            def get_current_device(self): return 0
+            def get_current_stream(self, device=None): return 0
+            def get_current_target(self): return GPUTarget("cuda", 90, 32)
+            def get_active_torch_device(self): return torch.device("cpu")
+
+        driver.set_active(HopperStandIn())
+        from triton_kernels import async_mma
+        from triton_kernels._runtime import load
+
+        configs = load("async_mma_kernels", interpret=False).ASYNC_MMA_CONFIGS
+        for N, H, CP, C_out in ((2, 8, 64, 64), (1, 5, 32, 96)):
+            xh = torch.zeros(N, H + 2, H + 2, CP, dtype=torch.int8)
+            wm = torch.zeros(C_out, 9 * CP, dtype=torch.int8)
+            out = torch.empty(N, C_out, H, H, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+            vec = torch.ones(C_out)
+            args = (xh, wm, vec, vec, vec, vec, out, N * H * H, H + 2, H + 2, H, H, C_out, 1, CP, 9 * CP)
+            flags = dict(KH=3, KW=3, HAS_SCALE=True, HAS_BIAS=True, HAS_AFFINE=True)
+            compiled = async_mma.tuned_kernel().warmup(*args, **flags, enable_fp_fusion=False, grid=(1,))
+            assert len(compiled) == len(async_mma.select_async_mma_configs(configs, CP, C_out)) > 0
+        print("OK")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "TRITON_INTERPRET": "0"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
