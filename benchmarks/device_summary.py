@@ -11,7 +11,7 @@ summarised again) — and writes ``OUT/summary.json`` atomically with:
   int8 and fp8 forms, over cuDNN fp16 channels-last; ``..._b1`` the same at batch 1;
   ``per_layer_speedups_by_contender`` every timed packed contender's speed-up, so nothing is hidden;
 - ``gemm_fraction_of_int8_peak`` (layer → fraction, batch 256): the GEMM alone
-  (``*_conv_f16``), the better of int8 / fp8; ``..._by_contender`` every contender's fraction;
+  (``*_conv_f16``), the best of int8 / fp8 / int8 async; ``..._by_contender`` every contender's fraction;
 - ``fp8_vs_int8``: item 1's decision (``gpu_conv_bench.fp8_decision``) with its numbers;
   ``mma_packed_speedup_vs_mma``: ``mma_f16_ms / mma_packed_f16_ms`` per layer (packed input vs
   unpack + GEMM), where both were timed;
@@ -51,7 +51,7 @@ from gpu_model_bench import CONTENDERS as MODEL_CONTENDERS  # noqa: E402
 from cbcn.fileio import atomic_write_text  # noqa: E402
 
 FUSED = ("fused_f16", "fused_fp8_f16")  # the headline per-layer contenders: the fused layer, int8 / fp8
-GEMMS = ("mma_conv_f16", "mma_fp8_conv_f16")  # the GEMM alone, int8 / fp8
+GEMMS = ("mma_conv_f16", "mma_fp8_conv_f16", "mma_async_conv_f16")  # the GEMM alone: int8, fp8, int8 async
 GRAPH_RUNNERS = ("runner_fused_graph", "runner_fused_fp8_graph")
 EAGER_RUNNERS = ("runner_fused", "runner_fused_fp8")
 TILE_STEPS = ("layers", "model", "profile")

@@ -7,7 +7,9 @@ padding baked in as a halo (``unpack_activations``), the weights into an int8
 int8 implicit GEMM on the tensor cores (``unpacked_conv2d``). ``path="mma_fp8"`` is the same with
 fp8 e4m3 operands (±1 and 0 are exact in e4m3) and an fp32 accumulator: Triton pipelines float
 wgmma across K-steps but not int8 wgmma, and the fp8 peak equals the int8 peak on Hopper — a
-candidate to beat the int8 GEMM, pending a GPU measurement. ``path="popcount"`` is the XOR+popcount
+candidate to beat the int8 GEMM, pending a GPU measurement; ``path="mma_async"`` is ``mma`` with its
+GEMM written in Gluon to keep one int8 wgmma in flight (Hopper only, ``async_mma.py``), the other
+candidate. ``path="popcount"`` is the XOR+popcount
 kernel on the packed words; ``path="mma_regs"`` the first tensor-core kernel, which unpacks the
 packed words in registers inside its K-loop (kept for comparison). On CUDA tensors the tile
 configuration is autotuned; on CPU tensors the kernels run in the Triton interpreter with one
@@ -396,8 +398,8 @@ def packed_conv2d(
     ``ksum = K``: CBConv's K-sum form (``cbcn.onebit.backends.reference.packed_conv2d_reference``): ``w_packed`` is the
     K-sum bank over ``C_in // K`` maps (``cif_pack_bank(..., ksum=True)``), each map's K activation
     channels are summed while unpacking, and the GEMM runs over the maps (rounded up to 32)
-    instead of the physical channels. Paths ``mma``
-    and ``mma_fp8`` only (the sums are integers in [−K, K], not signs).
+    instead of the physical channels. Paths ``mma``,
+    ``mma_fp8`` and ``mma_async`` only (the sums are integers in [−K, K], not signs).
 
     Returns ``(N, C_out, OH, OW)`` (stored channels-last) in ``out_dtype``, or the packed signs
     ``(N, OH, OW, ceil(C_out/32))`` of the result with ``binarize_output``.
