@@ -385,3 +385,14 @@ def test_unpack_weights_cache_freed_with_weights():
     assert all(key in tkconv._W_CACHE for key in keys)
     del wp
     assert not any(key in tkconv._W_CACHE for key in keys)
+
+
+def test_packed_input_path_refuses_inputs_past_int32_offsets():
+    """mma_packed addresses packed words with int32 offsets (what keeps it within the registers);
+    a packed input of 2**31 words or more gets one clear error (a stride-0 view: no memory)."""
+    from triton_kernels import conv as tkconv
+
+    huge = torch.zeros(1, 1, 1, 1, dtype=torch.int32).expand(2**11, 2**10, 2**10, 1)
+    w_mat = torch.zeros(8, 9 * 32, dtype=torch.int8)
+    with pytest.raises(ValueError, match="int32 offsets"):
+        tkconv.packed_input_conv2d(huge, w_mat, 32, (3, 3), 1, 1, (2**10, 2**10))

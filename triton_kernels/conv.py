@@ -322,6 +322,9 @@ def packed_input_conv2d(x_packed, w_mat, in_channels, kernel_size, stride, paddi
     C_out, KTOT = w_mat.shape
     KH, KW = kernel_size
     OH, OW = out_size
+    if x_packed.numel() >= 2**31:
+        raise ValueError(f"path 'mma_packed' addresses the packed input with int32 offsets: {x_packed.numel()} words "
+                         "is 2**31 or more; use path 'mma'")
     device = x_packed.device
     out = _output(N, C_out, OH, OW, out_dtype, binarize_output, device)
     M = N * OH * OW

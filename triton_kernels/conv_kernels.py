@@ -536,8 +536,8 @@ def packed_input_conv_kernel(
     offs_m, offs_n, m_ok, n_ok, nb, oh, ow = _output_coords(pid_m, pid_n, M, C_out, OH, OW, BLOCK_M, BLOCK_N)
     ih0 = oh * stride - pad
     iw0 = ow * stride - pad
-    image = nb.to(tl.int64) * IH
-    lanes = tl.arange(0, 32)
+    image = nb * IH  # int32 word offsets (the launcher checks N·IH·IW·XW < 2**31): 64-bit ones cost
+    lanes = tl.arange(0, 32)  # Triton 3.6 up to 255 registers and spills
     b_ptrs = w_ptr + tl.minimum(offs_n, C_out - 1).to(tl.int64)[None, :] * KTOT + lanes[:, None]
     acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.int32)
     for kk in range(0, KH * KW * XW):  # KTOT = KH·KW·CP with CP = 32·XW: one word per K-step
@@ -697,10 +697,10 @@ POPCOUNT_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=3),
 ]
-# path "mma_packed" (packed activations read by the GEMM, one word per K-step), ptxas -v for sm_90a:
-# Triton 3.9: 128x128 w8 178 regs, 128x64 w8 142, 64x128 w4 197, 64x64 w4 132; no spills.
-# Triton 3.6 (the device image): 128x64 w8 and 64x64 w4 214 regs, no spills; the 128-wide tiles
-# reach 255 with 12-36 spilled words, so the pruner drops them there (PACKED_INPUT_WIDE_N).
+# path "mma_packed" (packed activations read by the GEMM, one word per K-step), ptxas -v for sm_90a,
+# Triton 3.6 (the device image) / 3.9: 128x128 w8 189 / 181 regs, 128x64 w8 163 / 139, 64x128 w4
+# 192 / 170, 64x64 w4 142 / 128; no spills. (With 64-bit word offsets Triton 3.6 needed 214-255
+# registers and spilled the 128-wide tiles, hence the int32 offsets.)
 PACKED_INPUT_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
@@ -709,13 +709,9 @@ PACKED_INPUT_CONFIGS = [
 ]
 
 
-PACKED_INPUT_WIDE_N = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 7)
-
-
 def _prune_packed_input(configs, named_args, **kwargs):
-    """At most one BLOCK_N past C_out; BLOCK_N = 128 only where it compiles without spills."""
-    widest = max(64, named_args["C_out"]) if PACKED_INPUT_WIDE_N else 64
-    return [c for c in configs if c.kwargs["BLOCK_N"] <= widest]
+    """At most one BLOCK_N past C_out."""
+    return [c for c in configs if c.kwargs["BLOCK_N"] <= max(64, named_args["C_out"])]
 
 
 _FLAGS = ["KH", "KW", "HAS_SCALE", "HAS_BIAS", "HAS_AFFINE", "BINARIZE"]
