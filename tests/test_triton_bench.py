@@ -239,3 +239,15 @@ def test_device_check_dry_run(tmp_path):
     assert order == sorted(order) and log.index("=== summary") > order[-1]
     assert "[tiles] layers: none" in log and "every step passed" in log
     assert "Self CPU time total" in (out / "profile.txt").read_text()
+
+
+def test_ptxas_table_occupancy_arithmetic():
+    """CTAs per SM from registers (allocated per warp in units of 256) and shared memory (1 KiB
+    reserved per CTA) on an H100/H200; tile names as in the results tables."""
+    table = _load("ptxas_table")
+    assert table.ctas_per_sm(128, 8, 64 * 1024) == (2, 3)
+    assert table.ctas_per_sm(129, 8, 64 * 1024)[0] == 1  # 136 per thread after rounding: one 8-warp CTA
+    assert table.ctas_per_sm(64, 4, 0) == (8, 32)
+    assert table._tile_name(dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, SPLIT_K=4)) == "64x64x32 split_k=4"
+    assert table._tile_name(dict(BLOCK_M=256, BLOCK_N=64, BLOCK_K=64, SWAP_AB=True, PERSISTENT=True,
+                                 TMA_STORE=True)) == "256x64x64 swap_ab persistent tma_store"
