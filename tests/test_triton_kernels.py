@@ -164,6 +164,28 @@ def test_autotuner_candidates():
     assert not k.tma_store_allowed(True, True, 64, 4) and not k.tma_store_allowed(False, False, 64, 2)
 
 
+def test_every_candidate_tile_divides_the_padded_channels():
+    """Each K-step of the GEMMs covers BLOCK_K whole channels of one tap, so a candidate whose
+    BLOCK_K does not divide CP would skip channels (CP = 192 with BLOCK_K = 128) or run no K-step at
+    all (CP = 64). Swept over every padded channel count up to 1024 (multiples of 32, as
+    ``padded_channels`` makes them), output widths and batch sizes, for mma / mma_fp8 and mma_async."""
+    from triton_kernels._runtime import load
+    from triton_kernels.async_mma import select_async_mma_configs
+
+    k = load("conv_kernels", interpret=True)
+    try:
+        async_configs = load("async_mma_kernels", interpret=False).ASYNC_MMA_CONFIGS
+    except Exception:  # noqa: BLE001 - a Triton without Gluon's Hopper API
+        async_configs = []
+    for CP in range(32, 1025, 32):
+        for C_out in (16, 64, 96, 128, 512):
+            for M in (49, 256 * 56 * 56):
+                chosen = [c.kwargs for c in k.select_i8_configs(k.I8_CONFIGS, CP, C_out, M, 9, 132)]
+                chosen += [c.kwargs for c in select_async_mma_configs(async_configs, CP, C_out)]
+                assert chosen and all(CP % c["BLOCK_K"] == 0 for c in chosen), (CP, C_out, M, chosen)
+                assert all(c["BLOCK_K"] == 32 for c in chosen) == (CP % 64 != 0), (CP, C_out, M)
+
+
 def test_unpack_activations_halo():
     from triton_kernels.conv import padded_channels, unpack_activations
 

@@ -38,9 +38,9 @@ def async_mma_problem(device) -> str | None:
 
 
 def select_async_mma_configs(configs, CP, C_out):
-    """The autotuner's candidates for one GEMM shape: BLOCK_K divides CP (32 only where 64 does
-    not), BLOCK_N at most one tile past C_out."""
-    block_k = (64, 128) if CP % 64 == 0 else (32,)
+    """The autotuner's candidates for one GEMM shape: BLOCK_K divides CP (each K-step is BLOCK_K
+    channels of one tap; 32 only where 64 does not divide it), BLOCK_N at most one tile past C_out."""
+    block_k = tuple(b for b in (64, 128) if CP % b == 0) or (32,)
     return [c for c in configs if c.kwargs["BLOCK_K"] in block_k and c.kwargs["BLOCK_N"] <= max(64, C_out)]
 
 

@@ -629,7 +629,8 @@ def select_i8_configs(configs, CP, C_out, M, taps, sms, tma=True):
     """The autotuner's candidates for one GEMM shape (``taps`` = KH·KW, ``sms`` = the GPU's SMs,
     ``tma``: whether the launch's output allows TMA stores, ``tma_store_allowed``):
 
-    - tiles whose BLOCK_K divides CP (BLOCK_K = 32 only where 64 does not) and whose BLOCK_N is at
+    - tiles whose BLOCK_K divides CP (each K-step is BLOCK_K channels of one tap; 32 only where 64
+      does not divide it) and whose BLOCK_N is at
       most one tile past C_out; swapped tiles only for C_out <= 64; TMA-store tiles only with ``tma``;
     - of those, the large tiles with ≥ 2 waves of programs (persistent ones included), else the
       two smallest plain tiles;
@@ -641,7 +642,7 @@ def select_i8_configs(configs, CP, C_out, M, taps, sms, tma=True):
     def tiles(c):
         return ((M + kw(c, "BLOCK_M") - 1) // kw(c, "BLOCK_M")) * ((C_out + kw(c, "BLOCK_N") - 1) // kw(c, "BLOCK_N"))
 
-    block_k = (64, 128) if CP % 64 == 0 else (32,)
+    block_k = tuple(b for b in (64, 128) if CP % b == 0) or (32,)
     fit = [c for c in configs if kw(c, "BLOCK_K") in block_k and kw(c, "BLOCK_N") <= max(64, C_out)
            and (C_out <= 64 or not kw(c, "SWAP_AB", False)) and (tma or not kw(c, "TMA_STORE", False))]
     plain = [c for c in fit if kw(c, "SPLIT_K", 1) == 1]
