@@ -92,3 +92,28 @@ def _fused_case(case, seed=0):
                   out_size=(OH, OH), scale=A, bias=B, out_dtype=real_dtype or torch.float32, residual=residual,
                   store_out=real_dtype is not None, operand_pad=1, operand_ksum=next_ksum)
     return kwargs, next_layout, expected, expected_op
+
+
+EXTRA_CASES = [  # N, C_in, H, W, C_out, k, stride, padding: ResNet-sized channel counts
+    (2, 256, 9, 9, 128, 3, 1, 1),
+    (1, 130, 8, 8, 96, 3, 2, 1),
+    (4, 64, 15, 15, 64, 3, 1, 1),
+]
+
+# fixed tiles of tests/test_kernels_gpu.py on the GPU, per path
+GPU_TILES = {
+    "mma": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    "mma_fp8": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    "popcount": dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
+    "mma_regs": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_W=1, num_warps=4, num_stages=2),
+    "mma_packed": dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
+}
+
+
+def gpu_tile(path, channels):
+    """``GPU_TILES[path]`` for a GEMM over ``channels`` (physical, or the K-sum form's maps):
+    BLOCK_K must divide the channels padded to 32, so 32 where 64 does not."""
+    tile = dict(GPU_TILES[path])
+    if "BLOCK_K" in tile and -(-channels // 32) % 2:
+        tile["BLOCK_K"] = 32
+    return tile

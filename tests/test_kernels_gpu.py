@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("triton")
 
 from _conv_cases import CONV_CASES, FUSED_CASES, KSUM_CASES, WORST_CASES, _epilogue_args, _fused_case, _rand  # noqa: E402
-from _conv_cases import _worst_case  # noqa: E402
+from _conv_cases import EXTRA_CASES, GPU_TILES, _worst_case, gpu_tile  # noqa: E402
 from test_onebit import _train_a_few_steps  # noqa: E402
 
 import triton_kernels as tk  # noqa: E402
@@ -41,20 +41,13 @@ if not GPU:
 
     if interpreter_problem():
         pytest.skip(interpreter_problem(), allow_module_level=True)
-# fixed tiles on the GPU (ignored in the interpreter, which has its own small tiles)
-TILES = {
-    "mma": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
-    "mma_fp8": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
-    "popcount": dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
-    "mma_regs": dict(BLOCK_M=64, BLOCK_N=64, BLOCK_W=1, num_warps=4, num_stages=2),
-    "mma_packed": dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
-}
-PATHS = list(TILES)
-EXTRA_CASES = [  # N, C_in, H, W, C_out, k, stride, padding: ResNet-sized channel counts
-    (2, 256, 9, 9, 128, 3, 1, 1),
-    (1, 130, 8, 8, 96, 3, 2, 1),
-    (4, 64, 15, 15, 64, 3, 1, 1),
-]
+PATHS = list(GPU_TILES)
+
+
+def _tile(path, channels):
+    """The fixed GPU tile of ``path`` for ``channels`` (``_conv_cases.gpu_tile``; None in the
+    interpreter, which has its own tiles)."""
+    return gpu_tile(path, channels) if GPU else None
 
 
 def _on_device(kwargs):
@@ -63,10 +56,10 @@ def _on_device(kwargs):
 
 @pytest.mark.parametrize("path", PATHS)
 def test_packed_conv_sweep(path):
-    config = TILES[path] if GPU else None
     for i, (N, C, H, W, Co, k, s, p) in enumerate(CONV_CASES + EXTRA_CASES):
         x, w = _rand(N, C, H, W, seed=i), _rand(Co, C, k, k, seed=100 + i)
         xp, wp = reference.pack_signs(x), reference.pack_signs(w)
+        config = _tile(path, C)
         for j in (i, i + 1):  # two epilogue variants per shape
             kw = _epilogue_args(j, Co)
             ref = reference.packed_conv2d_reference(xp, wp, C, s, p, **kw)
@@ -137,7 +130,7 @@ def test_packed_conv_ksum_form(path):
         for j in (i, i + 1):
             kw = _epilogue_args(j, C_out * K)
             ref = reference.packed_conv2d_reference(xp, full, maps * K, s, p, **kw)
-            for config in ((TILES[path] if GPU else None), None):
+            for config in (_tile(path, maps), None):
                 out = tk.packed_conv2d(xp.to(DEVICE), rot, maps * K, s, p, path=path, ksum=K, config=config,
                                        **_on_device(kw))
                 assert torch.equal(out.cpu(), ref), (path, cases[i], sorted(kw), config)
@@ -151,7 +144,7 @@ def test_largest_sums_exact(path, C, K, inside):
     beyond), with fixed tiles and autotuned."""
     xp, wp, ref = _worst_case(C, K, DEVICE)
     assert ref[0, 0, 1, 1] == inside
-    for config in ((TILES[path] if GPU else None), None):
+    for config in (_tile(path, C // K), None):
         out = tk.packed_conv2d(xp, wp, C, 1, 1, path=path, ksum=K, config=config)
         assert torch.equal(out.cpu(), ref), (path, C, K, config)
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from _conv_cases import CONV_CASES, FUSED_CASES, KSUM_CASES, WORST_CASES, _epilogue_args, _fused_case, _rand  # noqa: E402
-from _conv_cases import _worst_case  # noqa: E402
+from _conv_cases import EXTRA_CASES, _worst_case, gpu_tile  # noqa: E402
 
 import triton_kernels as tk  # noqa: E402
 from cbcn.nn import cif as cif_ref  # noqa: E402
@@ -418,3 +418,65 @@ def test_packed_input_path_refuses_inputs_past_int32_offsets():
     w_mat = torch.zeros(8, 9 * 32, dtype=torch.int8)
     with pytest.raises(ValueError, match="int32 offsets"):
         tkconv.packed_input_conv2d(huge, w_mat, 32, (3, 3), 1, 1, (2**10, 2**10))
+
+
+def test_fused_layer_refuses_aliased_buffers():
+    """The autotuner runs each candidate tile several times on the real arguments, so an output that
+    is its own residual would get the residual added more than once; an operand written into the
+    buffer the GEMM reads races between tiles. Both get one clear error."""
+    from triton_kernels import conv as tkconv
+
+    x_halo = torch.zeros(1, 4, 4, 32, dtype=torch.int8)
+    w_mat = torch.zeros(16, 9 * 32, dtype=torch.int8)
+    residual = torch.zeros(1, 16, 2, 2).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="must not be the residual"):
+        tkconv.unpacked_conv2d(x_halo, w_mat, (3, 3), 1, (2, 2), residual=residual, out=residual)
+    square = torch.zeros(1, 4, 4, 32, dtype=torch.int8)
+    w_square = torch.zeros(32, 9 * 32, dtype=torch.int8)
+    with pytest.raises(ValueError, match="must not be the input operand"):
+        tkconv.unpacked_conv2d(square, w_square, (3, 3), 1, (2, 2), store_out=False, operand=square, operand_pad=1)
+
+
+def test_tma_allocator_is_registered_in_every_thread():
+    """Triton keeps its allocator (scratch for device-side TMA descriptors) in a context variable:
+    each thread that launches needs it registered, not only the first (no GPU needed: only the
+    registration runs)."""
+    import threading
+
+    from triton.runtime import _allocation
+
+    from triton_kernels import conv as tkconv
+
+    seen = []
+
+    def launch_thread():
+        before = isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+        tkconv._ensure_allocator("cuda")
+        seen.append((before, isinstance(_allocation._allocator.get(), _allocation.NullAllocator)))
+
+    for _ in range(2):
+        t = threading.Thread(target=launch_thread)
+        t.start()
+        t.join()
+    assert seen == [(True, False), (True, False)]
+
+
+def test_gpu_fixed_tiles_fit_every_gpu_test_shape():
+    """``tests/test_kernels_gpu.py``'s fixed GPU tiles (``gpu_tile``), run here in the interpreter
+    on every shape that file uses, so a tile that cannot serve a shape (BLOCK_K not dividing the
+    padded channels) fails here instead of on a lent GPU; exact against the reference."""
+    for i, (N, C, H, W, Co, k, s, p) in enumerate(CONV_CASES + EXTRA_CASES):
+        x, w = _rand(N, C, H, W, seed=i), _rand(Co, C, k, k, seed=100 + i)
+        xp, wp = reference.pack_signs(x), reference.pack_signs(w)
+        ref = reference.packed_conv2d_reference(xp, wp, C, s, p)
+        assert torch.equal(tk.packed_conv2d(xp, wp, C, s, p, path="mma", config=gpu_tile("mma", C)), ref)
+    for N, maps, H, W, C_out, s, p, K in KSUM_CASES:
+        x, Wl = _rand(N, maps * K, H, W, seed=maps), _rand(C_out, maps, 3, 3, seed=40 + maps)
+        xp = reference.pack_signs(x)
+        ref = reference.packed_conv2d_reference(xp, reference.cif_pack_bank_reference(Wl, K), maps * K, s, p)
+        rot = reference.cif_pack_bank_reference(Wl, K, ksum=True)
+        assert torch.equal(tk.packed_conv2d(xp, rot, maps * K, s, p, path="mma", ksum=K,
+                                            config=gpu_tile("mma", maps)), ref)
+    for C, K, _ in WORST_CASES[:2]:
+        xp, wp, ref = _worst_case(C, K, "cpu")
+        assert torch.equal(tk.packed_conv2d(xp, wp, C, 1, 1, path="mma", ksum=K, config=gpu_tile("mma", C // K)), ref)

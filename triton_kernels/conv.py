@@ -294,21 +294,18 @@ def _gemm_grid(k, M: int, C_out: int, device):
     return grid
 
 
-_ALLOCATOR: list = []
-
-
 def _ensure_allocator(device) -> None:
     """TMA-store tiles build their tensor descriptor on the device, in global scratch memory that
-    Triton asks a registered allocator for at launch. Register PyTorch's (once, unless the user
-    registered one); a CUDA graph captures those allocations from its private pool."""
-    if torch.device(device).type != "cuda" or _ALLOCATOR:
+    Triton asks a registered allocator for at launch. Register PyTorch's unless one is registered;
+    a CUDA graph captures those allocations from its private pool. Checked on every launch: Triton
+    keeps the allocator in a context variable, so each thread needs its own registration."""
+    if torch.device(device).type != "cuda":
         return
     import triton
     from triton.runtime import _allocation
 
     if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
         triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
-    _ALLOCATOR.append(True)
 
 
 def packed_input_conv2d(x_packed, w_mat, in_channels, kernel_size, stride, padding, out_size, scale=None, bias=None,
@@ -368,6 +365,11 @@ def _check_unpacked(x_halo, w_mat, kernel_size, stride, out_size, residual, out,
                               or t.device != x_halo.device):
             raise ValueError(f"{what} must be a channels-last {real_shape} tensor on {x_halo.device}, "
                              f"got {tuple(t.shape)} on {t.device}")
+    if out is not None and residual is not None and out.data_ptr() == residual.data_ptr():
+        raise ValueError("out must not be the residual tensor: the autotuner runs each candidate tile several "
+                         "times, so an in-place residual add would be applied more than once")
+    if operand is not None and operand.data_ptr() == x_halo.data_ptr():
+        raise ValueError("operand must not be the input operand buffer x_halo: other tiles still read it")
     if out is not None and (binarize_output or out.dtype != out_dtype):
         raise ValueError(f"out must have out_dtype {out_dtype} (and no binarize_output), got {out.dtype}")
     if operand is not None:
