@@ -221,8 +221,11 @@ def test_fused_layer_on_device(case):
 def test_runner_on_device(label):
     """``OneBitRunner`` on the device: the exact mode (CUDA graph) gives the training model's logits
     bit for bit; the fused mode on the kernels equals the fused mode's PyTorch reference on the
-    same device, fp32 activations, with and without a graph; in fp16 it agrees with the training
-    model on 10,000 inputs (argmax ≥ 99 %; the largest logit difference is printed)."""
+    same device, fp32 activations, with and without a graph, and fp16 activations on 10,000 inputs.
+    The fp16 fused mode's agreement with the (fp32) training model is printed, with a loose bar:
+    fp16 activations flip near-zero pre-activations, and the reference in fp16 agrees with the
+    training model on 95.7 % (XNOR), 96.8 % (CBCN K=4) and 99.92 % (Bi-Real) of these inputs
+    (measured on the CPU: ``OneBitRunner(..., backend="reference", dtype=torch.float16)``)."""
     from test_runner import _random_batchnorm
 
     from cbcn.onebit.runner import OneBitRunner
@@ -243,11 +246,13 @@ def test_runner_on_device(label):
         xs = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(2)).to(DEVICE)
         half = OneBitRunner(onebit, xs, graphs=False)
         got, expected = half(xs), model(xs)
+        half_ref = OneBitRunner(onebit, xs, backend="reference", dtype=half.dtype, graphs=False)(xs)
+    assert torch.equal(got, half_ref)
     agree = (got.argmax(1) == expected.argmax(1)).float().mean().item()
     print(f"{label}: fused {half.dtype} vs training model on {n} inputs: max |dlogit| "
           f"{(got - expected).abs().max().item():.3g} (largest logit {expected.abs().max().item():.3g}), "
           f"argmax agreement {agree:.3%}")
-    assert agree >= 0.99
+    assert agree >= 0.9
 
 
 def _async_mma_tiles():
