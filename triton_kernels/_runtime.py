@@ -25,7 +25,7 @@ except Exception:  # pragma: no cover - older Triton without gluon
     pass
 
 _HERE = Path(__file__).resolve().parent
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # re-entrant: a kernel module may load another while it loads
 _CACHE: dict[tuple[str, bool], ModuleType] = {}
 KERNEL_MODULES = ("pack_kernels", "conv_kernels", "cif_kernels", "async_mma_kernels")
 COMPILED_ONLY = ("async_mma_kernels",)  # Gluon device code: Gluon has no interpreter

@@ -26,6 +26,10 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
+from triton_kernels._runtime import load as _load
+
+_affine = _load("conv_kernels", interpret=False)._affine  # the Triton kernels' epilogue math, shared
+
 # cp.async into shared memory: ``async_load`` since Triton 3.7, ``async_copy_global_to_shared`` in
 # 3.6 (the device image), which 3.7 turned into an error
 copy_to_shared = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
@@ -156,16 +160,10 @@ def async_mma_conv_kernel(
     # where a thread holds 8 channels (in the wgmma layout the four per-channel vectors would take
     # BLOCK_N / 4 registers each)
     store: gl.constexpr = store_layout(BLOCK_N, num_warps)
-    y = gl.convert_layout(acc, store).to(gl.float32)
+    y = gl.convert_layout(acc, store)
     offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, store))
     n_ok = offs_n < C_out
-    if HAS_SCALE:
-        y = y * gl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
-    if HAS_BIAS:
-        y = y + gl.load(bias_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
-    if HAS_AFFINE:
-        y = y * gl.load(mul_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
-        y = y + gl.load(add_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    y = _affine(y, offs_n, n_ok, scale_ptr, bias_ptr, mul_ptr, add_ptr, HAS_SCALE, HAS_BIAS, HAS_AFFINE)
     rows = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, store))
     mask = (rows < M)[:, None] & n_ok[None, :]
     gl.store(out_ptr + rows.to(gl.int64)[:, None] * C_out + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
