@@ -225,7 +225,8 @@ def test_runner_on_device(label):
     The fp16 fused mode's agreement with the (fp32) training model is printed, with a loose bar:
     fp16 activations flip near-zero pre-activations, and the reference in fp16 agrees with the
     training model on 95.7 % (XNOR), 96.8 % (CBCN K=4) and 99.92 % (Bi-Real) of these inputs
-    (measured on the CPU: ``OneBitRunner(..., backend="reference", dtype=torch.float16)``)."""
+    (``tests/test_runner.py::test_fp16_fused_reference_agreement`` measures and checks that on the
+    CPU)."""
     from test_runner import _random_batchnorm
 
     from cbcn.onebit.runner import OneBitRunner
