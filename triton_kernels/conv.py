@@ -47,10 +47,9 @@ INTERPRET_TILES = {
     "mma_packed": dict(BLOCK_M=64, BLOCK_N=32),
     "popcount": dict(BLOCK_M=64, BLOCK_N=32),
 }
-# values unpacked per program of unpack_halo_kernel: BLOCK_P pixels x BLOCK_C channels (x ksum
-# input channels summed into each); fewer with ksum > 1, whose reduction needs more registers
-UNPACK_VALUES = {1: 8192}
-UNPACK_VALUES_KSUM = 4096
+# output bytes per program of unpack_halo_kernel (BLOCK_P pixels x BLOCK_C channels): every K-sum
+# size expands by SWAR on whole words, 16-byte stores per thread at 4 warps
+UNPACK_BYTES = 8192
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -83,9 +82,10 @@ def _epilogue_vectors(device, *vectors) -> tuple:
 
 def unpack_tile(CP: int, ksum: int = 1) -> tuple[int, int]:
     """``(BLOCK_P, BLOCK_C)`` of ``unpack_halo_kernel`` for ``CP`` output channels: ``BLOCK_C``
-    divides ``CP``; ``BLOCK_P`` keeps ``BLOCK_P·BLOCK_C·ksum`` at the values-per-program budget."""
-    BLOCK_C = 128 if CP % 128 == 0 and ksum == 1 else 64 if CP % 64 == 0 else 32
-    return max(8, UNPACK_VALUES.get(ksum, UNPACK_VALUES_KSUM) // (BLOCK_C * ksum)), BLOCK_C
+    divides ``CP``; ``BLOCK_P·BLOCK_C`` = ``UNPACK_BYTES`` (each program also reads ``ksum`` bits per
+    output byte)."""
+    BLOCK_C = 128 if CP % 128 == 0 else 64 if CP % 64 == 0 else 32
+    return max(8, UNPACK_BYTES // BLOCK_C), BLOCK_C
 
 
 def _unpack_halo(packed: torch.Tensor, in_channels: int, pad: int, dtype=torch.int8, ksum: int = 1,

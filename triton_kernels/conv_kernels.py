@@ -251,7 +251,8 @@ def unpack_halo_kernel(
     ``0x00204081`` puts its bit ``j`` at bit ``8j`` (the four partial products do not overlap), and
     ``& 0x01010101`` keeps those bits, one per byte; the byte ``1 − 2·bit`` is then ``0x01 | e·0xFE``
     (int8 ±1) or, in e4m3, ``0x38 | e << 7`` (``0x38`` = +1, ``0xB8`` = −1). About 7 integer ops per
-    4 output bytes instead of ~4 per byte, and 16-byte stores of whole words.
+    4 output bytes instead of ~4 per byte, and 16-byte stores of whole words. ``KSUM > 1`` is SWAR
+    too: a bit-parallel popcount of each group (``_unpack_halo_ksum``).
     """
     if KSUM == 1:
         _unpack_halo_swar(x_ptr, out_ptr, P, IH, IW, HP, WP, XW, C_in, CP, pad, BLOCK_P, BLOCK_C, FP8)
@@ -303,24 +304,50 @@ def _unpack_halo_swar(x_ptr, out_ptr, P, IH, IW, HP, WP, XW, C_in, CP, pad,
 @triton.jit
 def _unpack_halo_ksum(x_ptr, out_ptr, P, IH, IW, HP, WP, XW, C_in, CP, pad,
                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, KSUM: tl.constexpr, FP8: tl.constexpr):
-    """``unpack_halo_kernel`` for ``KSUM > 1``: bits expanded one per lane, summed per map."""
+    """``unpack_halo_kernel`` for ``KSUM > 1``, by SWAR on whole words: a group of ``KSUM`` sign
+    bits sums to ``KSUM − 2·popcount``. The classic bit-parallel popcount steps (``0x55555555``,
+    ``0x33333333``, ``0x0F0F0F0F``) leave every group's count in its own ``KSUM``-bit field; two
+    shift-or-mask steps move four consecutive fields into the four bytes of an output word; then
+    ``((KSUM + 0x80)·0x01010101 − 2·counts) ^ 0x80808080`` gives the int8 bytes ``KSUM − 2·count``
+    (each byte ≥ 2·count before the subtraction, so no borrow crosses bytes; xor 0x80 subtracts
+    128 mod 256). ``check_ksum`` makes ``C_in`` a multiple of ``KSUM``, so groups never straddle
+    ``C_in``. fp8: the four bytes of each word go through the hardware e4m3 conversion."""
     offs_p, p_ok, inside, src_row = _halo_pixels(P, IH, IW, HP, WP, pad, BLOCK_P)
     pid_c = tl.program_id(1)
     # the tile's BLOCK_C output channels read BLOCK_C*KSUM input channels: BLOCK_C*KSUM/32 words
     words = pid_c * (BLOCK_C * KSUM // 32) + tl.arange(0, BLOCK_C * KSUM // 32)
     wv = tl.load(x_ptr + src_row[:, None] * XW + words[None, :], mask=inside[:, None] & (words < XW)[None, :],
-                 other=0)
-    lanes = tl.arange(0, 32)
-    chan = words[:, None] * 32 + lanes[None, :]
-    bit = (wv[:, :, None] >> lanes[None, None, :]) & 1
-    keep = inside[:, None, None] & (chan < C_in)[None, :, :]
-    v = tl.where(keep, 1 - 2 * bit, 0).to(tl.int8)  # (BLOCK_P, words, 32), bytes before reshaping
-    v = tl.reduce(tl.reshape(v, (BLOCK_P, BLOCK_C, KSUM)), 2, _sum_combine)  # |sum| <= 8: int8
+                 other=0).to(tl.uint32, bitcast=True)
+    counts = wv - ((wv >> 1) & 0x55555555)  # 2-bit fields: popcounts of bit pairs
+    if KSUM >= 4:
+        counts = (counts & 0x33333333) + ((counts >> 2) & 0x33333333)  # nibbles
+    if KSUM == 8:
+        counts = (counts + (counts >> 4)) & 0x0F0F0F0F  # bytes
+    # output word q of an input word holds groups 4q .. 4q+3 (4·KSUM bits)
+    quads = tl.arange(0, 8 // KSUM)
+    field = (counts[:, :, None] >> (4 * KSUM * quads).to(tl.uint32)[None, None, :])
+    if KSUM < 8:  # spread four KSUM-bit fields to the four bytes
+        field = field & ((1 << (4 * KSUM)) - 1)
+        field = (field | (field << (16 - 2 * KSUM))) & (((1 << (2 * KSUM)) - 1) * 0x00010001)
+        field = (field | (field << (8 - KSUM))) & (((1 << KSUM) - 1) * 0x01010101)
+    v = (((KSUM + 0x80) * 0x01010101) - 2 * field) ^ 0x80808080
+    # maps past C_in / KSUM (the padding channels) and the halo are 0
+    maps = C_in // KSUM
+    first = words[:, None] * (32 // KSUM) + 4 * quads[None, :]  # the map of byte 0 of each output word
+    valid = tl.minimum(tl.maximum(maps - first, 0), 4)
+    keep = tl.where(valid >= 4, -1, (1 << (8 * valid)) - 1).to(tl.uint32, bitcast=True)
+    v = tl.where(inside[:, None, None], v & keep[None, :, :], 0)
+    v = tl.reshape(v, (BLOCK_P, BLOCK_C // 4)).to(tl.int32, bitcast=True)
     if FP8:
-        v = v.to(tl.float32).to(tl.float8e4nv).to(tl.int8, bitcast=True)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    dst = offs_p.to(tl.int64)[:, None] * CP + offs_c[None, :]
-    tl.store(out_ptr + dst, v, mask=p_ok[:, None])
+        lanes = tl.arange(0, 4)
+        b = ((v[:, :, None] << (24 - 8 * lanes)[None, None, :]) >> 24)  # byte j, sign-extended
+        b = tl.reshape(b, (BLOCK_P, BLOCK_C)).to(tl.float32).to(tl.float8e4nv).to(tl.int8, bitcast=True)
+        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        tl.store(out_ptr + offs_p.to(tl.int64)[:, None] * CP + offs_c[None, :], b, mask=p_ok[:, None])
+    else:
+        offs_w = pid_c * (BLOCK_C // 4) + tl.arange(0, BLOCK_C // 4)
+        out_words = out_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
+        tl.store(out_words + offs_p.to(tl.int64)[:, None] * (CP // 4) + offs_w[None, :], v, mask=p_ok[:, None])
 
 
 # CP (channels padded to a multiple of 32) and KTOT = KH*KW*CP stay specialised: they are always
