@@ -9,7 +9,9 @@ and writes one table:
   operands, the plain epilogue (α, fp16 store) and the fused layer's (bias, fp16 residual, real
   output and next operand);
 - ``async_mma_conv_kernel`` (path ``mma_async``, Gluon): every ``ASYNC_MMA_CONFIGS`` tile;
-- ``packed_input_conv_kernel`` (path ``mma_packed``): every ``PACKED_INPUT_CONFIGS`` tile.
+- ``packed_input_conv_kernel`` (path ``mma_packed``): every ``PACKED_INPUT_CONFIGS`` tile;
+- ``unpack_halo_kernel`` (the operand unpack of ``mma`` / ``mma_fp8``): its ``conv.unpack_tile``
+  tiles for 64 and ≥ 128 channels, signs and K-sums 2/4/8, int8 and fp8 bytes.
 
 Columns: registers per thread, spilled bytes (stores / loads), shared memory, the wgmma waits in
 the PTX (``1`` = one MMA stays in flight), and the CTAs per SM that registers and shared memory
@@ -42,6 +44,7 @@ SM_SHARED = 228 * 1024
 CTA_RESERVED_SHARED = 1024
 MAX_CTAS = 32
 FUSED = dict(HAS_BIAS=True, HAS_RESIDUAL=True, OPERAND=True)
+UNPACK_CHANNELS = (64, 128)  # output channels of the unpack tiles tabled (CP ≥ 128 takes the 128 tile)
 
 
 def ctas_per_sm(registers: int, warps: int, shared: int) -> tuple[int, int]:
@@ -60,13 +63,13 @@ def _tile_name(kwargs: dict) -> str:
     return " ".join([size] + flags)
 
 
-def _row(kernel, path, kwargs, warps, stages, operand, epilogue, compiled) -> dict:
+def _row(kernel, path, tile, warps, stages, operand, epilogue, compiled) -> dict:
     from triton_kernels.conv import ptxas_report
 
     ptx = compiled.asm["ptx"]
     report = ptxas_report(ptx) or {}
     shared = int(getattr(compiled.metadata, "shared", 0))
-    row = dict(kernel=kernel, path=path, tile=_tile_name(kwargs), warps=warps, stages=stages, operand=operand,
+    row = dict(kernel=kernel, path=path, tile=tile, warps=warps, stages=stages, operand=operand,
                epilogue=epilogue, registers=report.get("registers"), spill_stores=report.get("spill_stores"),
                spill_loads=report.get("spill_loads"), shared_KiB=round(shared / 1024, 1),
                wgmma_waits=",".join(sorted(set(re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", ptx)))))
@@ -79,7 +82,7 @@ def _row(kernel, path, kwargs, warps, stages, operand, epilogue, compiled) -> di
 def collect(progress=print) -> list[dict]:
     from triton_kernels._runtime import load
     from triton_kernels.compile import compile_kernel
-    from triton_kernels.conv import compile_unpacked_conv
+    from triton_kernels.conv import compile_unpacked_conv, unpack_tile
 
     conv = load("conv_kernels", interpret=False)
     rows = []
@@ -88,8 +91,8 @@ def collect(progress=print) -> list[dict]:
             for epilogue, extra in (("plain", {}), ("fused", FUSED)):
                 compiled = compile_unpacked_conv(num_warps=c.num_warps, num_stages=c.num_stages, out_type="*fp16",
                                                  operand=operand, **c.kwargs, **extra)
-                rows.append(_row("unpacked_conv_kernel", path, c.kwargs, c.num_warps, c.num_stages, operand, epilogue,
-                                 compiled))
+                rows.append(_row("unpacked_conv_kernel", path, _tile_name(c.kwargs), c.num_warps, c.num_stages,
+                                 operand, epilogue, compiled))
         progress(f"[ptxas] {rows[-1]['tile']}: {rows[-1]['registers']} registers (fp8 fused)")
     try:
         from triton_kernels.async_mma import compile_async_mma_conv
@@ -100,13 +103,21 @@ def collect(progress=print) -> list[dict]:
         configs = []
     for c in configs:
         compiled = compile_async_mma_conv(**c.kwargs, num_warps=c.num_warps)
-        rows.append(_row("async_mma_conv_kernel", "mma_async", c.kwargs, c.num_warps, c.kwargs["STAGES"], "i8",
-                         "plain", compiled))
+        rows.append(_row("async_mma_conv_kernel", "mma_async", _tile_name(c.kwargs), c.num_warps,
+                         c.kwargs["STAGES"], "i8", "plain", compiled))
     for c in conv.PACKED_INPUT_CONFIGS:
         compiled = compile_kernel("packed_input_conv_kernel", num_warps=c.num_warps, num_stages=c.num_stages,
                                   **c.kwargs)
-        rows.append(_row("packed_input_conv_kernel", "mma_packed", c.kwargs, c.num_warps, c.num_stages, "i8",
-                         "plain", compiled))
+        rows.append(_row("packed_input_conv_kernel", "mma_packed", _tile_name(c.kwargs), c.num_warps,
+                         c.num_stages, "i8", "plain", compiled))
+    for CP in UNPACK_CHANNELS:
+        for ksum in (1, 2, 4, 8):
+            for operand, fp8 in (("i8", False), ("fp8e4nv", True)):
+                block_p, block_c = unpack_tile(CP, ksum)
+                compiled = compile_kernel("unpack_halo_kernel", num_warps=4, KSUM=ksum, FP8=fp8, BLOCK_P=block_p,
+                                          BLOCK_C=block_c)
+                rows.append(_row("unpack_halo_kernel", "unpack", f"{block_p}x{block_c} CP={CP} ksum={ksum}", 4, 1,
+                                 operand, "-", compiled))
     return rows
 
 
@@ -131,7 +142,8 @@ def main(argv=None) -> pd.DataFrame:
               f"compiled on {time.strftime('%Y-%m-%d')} without a GPU\n\n"
               "`python benchmarks/ptxas_table.py --out <folder>`; CTAs per SM for an H100/H200 "
               "(64K registers, 228 KiB shared memory). Plain: α and an fp16 store; fused: bias, an fp16 "
-              "residual, the real output and the next conv's operand.\n\n")
+              "residual, the real output and the next conv's operand. `unpack_halo_kernel`: the operand "
+              "unpack before `mma` / `mma_fp8`, tile BLOCK_P×BLOCK_C (pixels × output channels).\n\n")
     atomic_write_text(f"{stem}.md", header + table.to_markdown(index=False) + "\n")
     print(f"[ptxas] {len(table)} kernels in {time.time() - start:.0f}s -> {stem}.csv / .md")
     return table
