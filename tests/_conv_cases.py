@@ -59,6 +59,26 @@ def _worst_case(C, K, device):
     return reference.pack_signs(x).to(device), weights.to(device), ref
 
 
+UNPACK_MAPS = (9, 64, 72)  # operand maps of the unpack cases: a partial word, whole words, both
+
+
+def _unpack_case(maps, K, seed=0):
+    """Packed activations of ``maps·K`` channels, with every unused high bit of the last word set
+    (they must not leak into the operand), and the ``unpack_activations`` operand expected at
+    padding 1: the sum of each group of K signs (N, H+2, W+2, CP), zero halo and padding maps."""
+    from triton_kernels.conv import padded_channels
+
+    x = _rand(2, maps * K, 4, 5, seed=seed)
+    sums = torch.where(x >= 0, 1.0, -1.0).reshape(2, maps, K, 4, 5).sum(dim=2).permute(0, 2, 3, 1)
+    expect = torch.zeros(2, 6, 7, padded_channels(maps))
+    expect[:, 1:5, 1:6, :maps] = sums
+    packed = reference.pack_signs(x)
+    tail = (maps * K) % 32
+    if tail:
+        packed[..., -1] |= -(1 << tail)
+    return packed, expect
+
+
 # fused layers (cbcn.onebit.backends.operands): N, input maps, their ksum, H (= W), C_out, stride,
 # the next conv's ksum, fp8 operands, residual dtype, real-output dtype (None: operand only)
 FUSED_CASES = [

@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("triton")
 
 from _conv_cases import CONV_CASES, FUSED_CASES, KSUM_CASES, WORST_CASES, _epilogue_args, _fused_case, _rand  # noqa: E402
-from _conv_cases import EXTRA_CASES, GPU_TILES, _worst_case, gpu_tile  # noqa: E402
+from _conv_cases import EXTRA_CASES, GPU_TILES, UNPACK_MAPS, _unpack_case, _worst_case, gpu_tile  # noqa: E402
 from test_onebit import _train_a_few_steps  # noqa: E402
 
 import triton_kernels as tk  # noqa: E402
@@ -134,6 +134,19 @@ def test_packed_conv_ksum_form(path):
                 out = tk.packed_conv2d(xp.to(DEVICE), rot, maps * K, s, p, path=path, ksum=K, config=config,
                                        **_on_device(kw))
                 assert torch.equal(out.cpu(), ref), (path, cases[i], sorted(kw), config)
+
+
+@pytest.mark.parametrize("K", [1, 2, 4, 8])
+def test_unpack_activations_on_device(K):
+    """The compiled SWAR unpack (signs, and K-sums by bit-parallel popcount) against torch, int8
+    and fp8 bytes, with the packed words' unused bits set."""
+    from triton_kernels.conv import unpack_activations
+
+    for maps in UNPACK_MAPS + (256,):
+        packed, expect = _unpack_case(maps, K, seed=K + maps)
+        for dtype in (torch.int8, torch.float8_e4m3fn):
+            got = unpack_activations(packed.to(DEVICE), maps * K, 1, dtype, ksum=K)
+            assert got.dtype == dtype and torch.equal(got.float().cpu(), expect), (maps, K, dtype)
 
 
 @pytest.mark.parametrize("C,K,inside", WORST_CASES)

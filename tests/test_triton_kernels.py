@@ -14,7 +14,7 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from _conv_cases import CONV_CASES, FUSED_CASES, KSUM_CASES, WORST_CASES, _epilogue_args, _fused_case, _rand  # noqa: E402
-from _conv_cases import EXTRA_CASES, _worst_case, gpu_tile  # noqa: E402
+from _conv_cases import EXTRA_CASES, UNPACK_MAPS, _unpack_case, _worst_case, gpu_tile  # noqa: E402
 
 import triton_kernels as tk  # noqa: E402
 from cbcn.nn import cif as cif_ref  # noqa: E402
@@ -275,20 +275,13 @@ def test_largest_sums_exact(path, C, K, inside):
 
 
 @pytest.mark.parametrize("K", [1, 2, 4, 8])
-@pytest.mark.parametrize("maps", [9, 64, 72])
+@pytest.mark.parametrize("maps", UNPACK_MAPS)
 def test_unpack_activations_ksum(K, maps):
     """Sums of each group of K signs (SWAR popcounts for K > 1) against torch, in the halo layout,
     with every padding bit of the packed words set: bits past ``C_in`` must not leak in."""
-    from triton_kernels.conv import padded_channels, unpack_activations
+    from triton_kernels.conv import unpack_activations
 
-    x = _rand(2, maps * K, 4, 5, seed=60 + K + maps)
-    sums = sign(x).reshape(2, maps, K, 4, 5).sum(dim=2).permute(0, 2, 3, 1)  # (N, H, W, maps)
-    expect = torch.zeros(2, 6, 7, padded_channels(maps))
-    expect[:, 1:5, 1:6, :maps] = sums
-    packed = reference.pack_signs(x)
-    tail = (maps * K) % 32
-    if tail:
-        packed[..., -1] |= -(1 << tail)  # the unused high bits of the last word, all ones
+    packed, expect = _unpack_case(maps, K, seed=60 + K + maps)
     for dtype in (torch.int8, torch.float8_e4m3fn):
         got = unpack_activations(packed, maps * K, 1, dtype, ksum=K)
         assert got.dtype == dtype and torch.equal(got.float(), expect), dtype
