@@ -113,7 +113,7 @@ def collect(progress=print) -> list[dict]:
     for CP in UNPACK_CHANNELS:
         for ksum in (1, 2, 4, 8):
             for operand, fp8 in (("i8", False), ("fp8e4nv", True)):
-                block_p, block_c = unpack_tile(CP, ksum)
+                block_p, block_c = unpack_tile(CP)
                 compiled = compile_kernel("unpack_halo_kernel", num_warps=4, KSUM=ksum, FP8=fp8, BLOCK_P=block_p,
                                           BLOCK_C=block_c)
                 rows.append(_row("unpack_halo_kernel", "unpack", f"{block_p}x{block_c} CP={CP} ksum={ksum}", 4, 1,

@@ -3,6 +3,7 @@
 never hides the other's tests."""
 import torch
 
+from cbcn.nn.binarize import sign
 from cbcn.onebit.backends import reference
 
 
@@ -69,7 +70,7 @@ def _unpack_case(maps, K, seed=0):
     from triton_kernels.conv import padded_channels
 
     x = _rand(2, maps * K, 4, 5, seed=seed)
-    sums = torch.where(x >= 0, 1.0, -1.0).reshape(2, maps, K, 4, 5).sum(dim=2).permute(0, 2, 3, 1)
+    sums = sign(x).reshape(2, maps, K, 4, 5).sum(dim=2).permute(0, 2, 3, 1)
     expect = torch.zeros(2, 6, 7, padded_channels(maps))
     expect[:, 1:5, 1:6, :maps] = sums
     packed = reference.pack_signs(x)

@@ -89,10 +89,11 @@ def test_unpack_kernel_ksum_and_fp8(can_compile, CP, ksum, fp8):
     thread: signs (``ksum`` = 1) by the ``0x00204081`` multiply, K-sums by the bit-parallel
     popcount (the ``0x55555555`` step). Registers: signs ≤ 48 (32-34), int8 K-sums ≤ 64 (34-48;
     Triton 3.6: 34-55), fp8 K-sums, converted by the hardware e4m3 conversion, ≤ 128 (32-80; 3.6:
-    32-106). The per-lane K-sum expansion this replaced took 47-96 for 1/4 to 1/16 of the bytes."""
+    32-106). The per-lane K-sum expansion this replaced took 47-96 (3.6: 47-107) for 1/4 to 1/16
+    of the bytes."""
     from triton_kernels.conv import unpack_tile
 
-    block_p, block_c = unpack_tile(CP, ksum)
+    block_p, block_c = unpack_tile(CP)
     ptx = compile_kernel("unpack_halo_kernel", num_warps=4, KSUM=ksum, FP8=fp8, BLOCK_C=block_c,
                          BLOCK_P=block_p).asm["ptx"]
     assert ("cvt.rn.satfinite.e4m3x2.f32" in ptx) == (fp8 and ksum > 1)

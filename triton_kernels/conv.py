@@ -80,10 +80,10 @@ def _epilogue_vectors(device, *vectors) -> tuple:
     return tuple(dummy if v is None else v.detach().to(torch.float32).contiguous() for v in vectors)
 
 
-def unpack_tile(CP: int, ksum: int = 1) -> tuple[int, int]:
+def unpack_tile(CP: int) -> tuple[int, int]:
     """``(BLOCK_P, BLOCK_C)`` of ``unpack_halo_kernel`` for ``CP`` output channels: ``BLOCK_C``
-    divides ``CP``; ``BLOCK_P·BLOCK_C`` = ``UNPACK_BYTES`` (each program also reads ``ksum`` bits per
-    output byte)."""
+    divides ``CP``; ``BLOCK_P·BLOCK_C`` = ``UNPACK_BYTES`` for signs and K-sums alike (a program
+    reads ``ksum`` bits per output byte)."""
     BLOCK_C = 128 if CP % 128 == 0 else 64 if CP % 64 == 0 else 32
     return max(8, UNPACK_BYTES // BLOCK_C), BLOCK_C
 
@@ -107,7 +107,7 @@ def _unpack_halo(packed: torch.Tensor, in_channels: int, pad: int, dtype=torch.i
     if P == 0:
         return out.view(dtype)
     k = kernels_for("conv_kernels", packed)
-    BLOCK_P, BLOCK_C = unpack_tile(CP, ksum)
+    BLOCK_P, BLOCK_C = unpack_tile(CP)
     launch = {} if k.INTERPRET else dict(num_warps=4)
     grid = (_cdiv(P, BLOCK_P), CP // BLOCK_C)
     k.unpack_halo_kernel[grid](packed.contiguous(), out, P, H, W, HP, WP, XW, in_channels, CP, pad,
