@@ -278,7 +278,8 @@ def _async_mma_tiles():
 def test_async_mma_path_on_device():
     """``path="mma_async"`` (Gluon, one int8 wgmma in flight; Hopper only, no interpreter): the sweep
     with every real-output epilogue and output type, each of its tiles that fits the padded
-    channels, the K-sum form, the largest sums, and the autotuned launch — bit for bit."""
+    channels, every tile over a long K-loop and the BLOCK_K = 32 tiles over a single K-step, the
+    K-sum form, the largest sums, and the autotuned launch — bit for bit."""
     from triton_kernels.async_mma import async_mma_problem
 
     problem = async_mma_problem(DEVICE)
@@ -298,6 +299,17 @@ def test_async_mma_path_on_device():
             out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), C, s, p, path="mma_async", config=tile,
                                    out_dtype=dtype, **_on_device(kw))
             assert torch.equal(out.cpu(), ref), ((N, C, H, W, Co, k, s, p), sorted(kw), dtype, tile)
+    # every tile through a ring that wraps many times (CP = 256: 18-72 K-steps), and the BLOCK_K = 32
+    # tiles through one K-step (a 1x1 conv over 20 channels: fewer steps than the prologue's copies)
+    for i, (N, C, H, W, Co, k, s, p) in enumerate([(2, 256, 9, 9, 128, 3, 1, 1), (2, 20, 6, 6, 48, 1, 1, 0)]):
+        x, w = _rand(N, C, H, W, seed=60 + i), _rand(Co, C, k, k, seed=70 + i)
+        xp, wp = reference.pack_signs(x), reference.pack_signs(w)
+        kw = _epilogue_args(2, Co)
+        ref = reference.packed_conv2d_reference(xp, wp, C, s, p, out_dtype=torch.float16, **kw)
+        for tile in [t for t in tiles if (-(-C // 32) * 32) % t["BLOCK_K"] == 0]:
+            out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), C, s, p, path="mma_async", config=tile,
+                                   out_dtype=torch.float16, **_on_device(kw))
+            assert torch.equal(out.cpu(), ref), ((N, C, H, W, Co, k, s, p), tile)
     for N, maps, H, W, C_out, s, p, K in KSUM_CASES + [(2, 64, 14, 14, 64, 1, 1, 4)]:
         x, Wl = _rand(N, maps * K, H, W, seed=maps), _rand(C_out, maps, 3, 3, seed=40 + maps)
         xp = reference.pack_signs(x)

@@ -278,9 +278,10 @@ def _async_mma_configs():
 @pytest.mark.parametrize("config", _async_mma_configs())
 def test_async_mma_keeps_one_wgmma_in_flight(can_compile, config):
     """path="mma_async" (Gluon) with each of its tiles: the K-loop issues the int8 wgmma, commits it
-    and waits with wait_group 1 — the MMA of this K-step stays in flight while the next step's
-    16-byte cp.async copies are issued (Triton's own int8 loop waits with 0) — and only the loop's
-    exit waits with 0; the copies wait for the step STAGES-2 ahead; no FMA contraction, no local
+    and waits with wait_group 1 — the MMA of this K-step stays in flight while the 16-byte cp.async
+    copies of the step STAGES-1 ahead are issued after it (Triton's own int8 loop waits with 0) —
+    and only the loop's exit waits with 0; the copies wait with STAGES-2 groups outstanding; two
+    CTA barriers per K-step (Triton's barrier pass adds none); no FMA contraction, no local
     memory, ≤ 128 registers (2 CTAs of 8 warps, or 4 of 4, per SM)."""
     if config is None:
         pytest.skip(f"Triton {triton.__version__} has no Gluon Hopper API")
@@ -296,9 +297,12 @@ def test_async_mma_keeps_one_wgmma_in_flight(can_compile, config):
     issued = body.count("wgmma.mma_async")  # one per k32 slice and per 64-row/N repetition of a warpgroup
     assert issued and issued % (tile["BLOCK_K"] // 32) == 0, issued
     assert re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", body) == ["1"]
-    assert re.findall(r"cp\.async\.wait_group\s+(\d+)", body) == [str(tile["STAGES"] - 3)]
-    assert re.search(r"cp\.async\.cg\.shared\.global \[[^]]*\], \[[^]]*\], 0x10", body)
-    assert "fence.proxy.async" in body
+    assert re.findall(r"cp\.async\.wait_group\s+(\d+)", body) == [str(tile["STAGES"] - 2)]
+    copies = [m.start() for m in re.finditer(r"cp\.async\.cg\.shared\.global \[[^]]*\], \[[^]]*\], 0x10", body)]
+    assert copies and min(copies) > body.index("wgmma.wait_group"), "the copies must follow the wgmma's wait"
+    assert body.count("bar.sync") == 2, body.count("bar.sync")
+    assert body.index("cp.async.wait_group") < body.index("bar.sync") < body.index("fence.proxy.async") \
+        < body.index("wgmma.mma_async")
     assert re.search(r"wgmma\.wait_group\.sync\.aligned\s+0", ptx[loop.end():])
     assert "fma.rn.f32" not in ptx and "ld.local" not in ptx and "st.local" not in ptx
     _assert_fits_registers(ptx, 128)

@@ -341,6 +341,22 @@ def test_fused_layer_argument_errors():
         unpacked_conv2d(**{**kwargs, "residual": kwargs["residual"].contiguous()})
 
 
+def test_unpacked_operands_must_be_contiguous_and_aligned():
+    """The GEMMs (``mma``, ``mma_fp8``, ``mma_async``) derive the operands' strides from their shapes
+    and assume 16-byte aligned rows: a strided view or an offset one is refused in one line, not
+    read wrongly."""
+    from triton_kernels import conv as tkconv
+
+    x_halo = torch.zeros(1, 4, 4, 32, dtype=torch.int8)
+    w_mat = torch.zeros(16, 9 * 32, dtype=torch.int8)
+    strided = torch.zeros(1, 4, 4, 64, dtype=torch.int8)[..., :32]
+    with pytest.raises(ValueError, match="x_halo must be contiguous and 16-byte aligned"):
+        tkconv.unpacked_conv2d(strided, w_mat, (3, 3), 1, (2, 2))
+    offset = torch.zeros(9 * 32 * 16 + 1, dtype=torch.int8)[1:].view(16, 9 * 32)
+    with pytest.raises(ValueError, match="w_mat must be contiguous and 16-byte aligned"):
+        tkconv.unpacked_conv2d(x_halo, offset, (3, 3), 1, (2, 2))
+
+
 # --- CiF --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("K", [1, 2, 4, 8])
 @pytest.mark.parametrize("shape", [(3, 5, 3), (2, 9, 3), (4, 3, 1), (2, 3, 5), (2, 40, 3)])

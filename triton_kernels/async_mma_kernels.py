@@ -41,6 +41,8 @@ cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 def mma_warps(BLOCK_M, num_warps):
     """Warps along (M, N) for the wgmma layout: a warpgroup takes 64 rows, more warps go along
     M while the tile has rows left, then along N."""
+    if num_warps % 4:
+        raise ValueError(f"wgmma needs whole warpgroups: num_warps must be a multiple of 4, got {num_warps}")
     warps = [4, 1]
     while warps[0] * warps[1] < num_warps:
         if BLOCK_M > 16 * warps[0]:
@@ -78,14 +80,20 @@ def store_layout(BLOCK_N, num_warps):
 
 
 @gluon.jit
-def _copy_step(a_dst, b_dst, a_ptrs, b_ptrs, kk, csteps, WP, CP, KW: gl.constexpr, BLOCK_K: gl.constexpr):
+def _copy_step(a_dst, b_dst, a_ptrs, b_ptrs, a_rows, b_rows, kk, steps, csteps, WP, CP, KW: gl.constexpr,
+               BLOCK_K: gl.constexpr):
     """Start the ``cp.async`` copies of K-step ``kk``: tap ``kk // csteps``, channel block
-    ``kk % csteps``; the activation rows move by the tap's offset in the halo tensor."""
+    ``kk % csteps``; the activation rows move by the tap's offset in the halo tensor. Past the
+    last step the copies are predicated off (no global read; the slot, already retired, is
+    zero-filled). ``a_rows`` / ``b_rows``: all-true row vectors that give the predicate the
+    tiles' row layout, so that each copy stays one 16-byte ``cp.async``."""
+    live = kk < steps
+    kk = gl.minimum(kk, steps - 1)
     tap = kk // csteps
     kh = tap // KW
     a_off = ((kh * WP + (tap - kh * KW)) * CP) + (kk - tap * csteps) * BLOCK_K
-    copy_to_shared(a_dst, a_ptrs + gl.multiple_of(a_off, 16))
-    copy_to_shared(b_dst, b_ptrs + kk * BLOCK_K)
+    copy_to_shared(a_dst, a_ptrs + gl.multiple_of(a_off, 16), mask=(a_rows & live)[:, None])
+    copy_to_shared(b_dst, b_ptrs + kk * BLOCK_K, mask=(b_rows & live)[:, None])
 
 
 @gluon.jit(do_not_specialize=["M", "HP", "WP", "OH", "OW", "stride"])
@@ -99,13 +107,18 @@ def async_mma_conv_kernel(
 ):
     """One ``(BLOCK_M, BLOCK_N)`` output tile: rows are output pixels, columns output channels.
 
-    Pipeline over ``STAGES`` (≥ 3) shared-memory slots: K-step ``kk`` is copied ``STAGES - 2``
-    steps ahead; each step waits for its own copies (``cp.async.wait_group``), fences them for
-    the async proxy, meets the CTA barrier, issues the next copies into the slot that wgmma
-    ``kk - 2`` has left (the barrier proves every warpgroup waited for it), then issues wgmma
-    ``kk`` and waits until at most one wgmma is outstanding (``kk`` itself).
+    Pipeline over ``STAGES`` (≥ 2) shared-memory slots, K-step ``kk`` copied ``STAGES - 1`` steps
+    ahead. Each step waits for its own copies (``cp.async.wait_group``), meets the CTA barrier
+    (every thread's copies have landed), fences them for the async proxy, issues wgmma ``kk`` and
+    waits until at most one wgmma is outstanding (``kk`` itself: ``kk - 1`` has retired); a second
+    barrier proves that for every warpgroup (Gluon's wait is per warpgroup), and the copies of
+    step ``kk + STAGES - 1`` go into the slot wgmma ``kk - 1`` has left. Two barriers per step:
+    Triton's barrier pass adds none (a barrier directly follows the wait, and the copies follow
+    the wgmma). The order wait, barrier, fence, wgmma is that of Triton 3.9's own pipelined loop
+    (``unpacked_conv_kernel``'s PTX); Triton 3.6's has no proxy fence at all, and ran exactly on
+    an H100 (``path="mma"``, 2026-11-26).
     """
-    gl.static_assert(STAGES >= 3, "one slot being read by the wgmma in flight, one being filled, one ready")
+    gl.static_assert(STAGES >= 2, "one slot being read by the wgmma in flight, one being filled")
     pid = gl.program_id(0)
     num_n = gl.cdiv(C_out, BLOCK_N)
     pid_m = pid // num_n
@@ -132,8 +145,10 @@ def async_mma_conv_kernel(
                                        gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_K], gl.int8))
     csteps = CP // BLOCK_K
     steps = KH * KW * csteps
-    for s in gl.static_range(STAGES - 2):  # past the last step, re-read the last step (no masks)
-        _copy_step(a_bufs.index(s), b_bufs.index(s), a_ptrs, b_ptrs, gl.minimum(s, steps - 1), csteps, WP, CP,
+    a_rows = offs_m >= 0  # all true (see _copy_step)
+    b_rows = offs_w >= 0
+    for s in gl.static_range(STAGES - 1):
+        _copy_step(a_bufs.index(s), b_bufs.index(s), a_ptrs, b_ptrs, a_rows, b_rows, s, steps, csteps, WP, CP,
                    KW, BLOCK_K)
         async_copy.commit_group()
 
@@ -141,18 +156,19 @@ def async_mma_conv_kernel(
                                                   instr_shape=[16, mma_instr_n(BLOCK_M, BLOCK_N, num_warps), 32])
     acc = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, layout=mma)
     for kk in range(steps):
-        async_copy.wait_group(STAGES - 3)  # step kk's copies have landed
+        async_copy.wait_group(STAGES - 2)  # step kk's copies have landed (this thread's)
+        cta_barrier()  # ... every thread's
         fence_async_shared()
-        cta_barrier()
-        ahead = kk + STAGES - 2
-        slot = ahead % STAGES
-        _copy_step(a_bufs.index(slot), b_bufs.index(slot), a_ptrs, b_ptrs, gl.minimum(ahead, steps - 1), csteps,
-                   WP, CP, KW, BLOCK_K)
-        async_copy.commit_group()
         a = a_bufs.index(kk % STAGES)
         b = b_bufs.index(kk % STAGES)
         acc = warpgroup_mma(a, b.permute((1, 0)), acc, is_async=True)
-        acc, a, b = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a, b))
+        acc, a, b = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a, b))  # wgmma kk - 1 retired
+        cta_barrier()  # ... in every warpgroup: its slot is free
+        ahead = kk + STAGES - 1
+        slot = ahead % STAGES
+        _copy_step(a_bufs.index(slot), b_bufs.index(slot), a_ptrs, b_ptrs, a_rows, b_rows, ahead, steps, csteps,
+                   WP, CP, KW, BLOCK_K)
+        async_copy.commit_group()
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     async_copy.wait_group(0)
 

@@ -357,6 +357,10 @@ def _check_unpacked(x_halo, w_mat, kernel_size, stride, out_size, residual, out,
     if KTOT != KH * KW * CP or x_halo.dtype != w_mat.dtype or x_halo.dtype not in OPERAND_DTYPES.values():
         raise ValueError(f"unpacked operands (both int8 or both float8_e4m3fn) do not match: x {tuple(x_halo.shape)} {x_halo.dtype}, "
                          f"w {tuple(w_mat.shape)} {w_mat.dtype}, kernel {KH}x{KW}")
+    for t, what in ((x_halo, "x_halo"), (w_mat, "w_mat")):  # the kernels derive strides from shapes
+        if not t.is_contiguous() or t.data_ptr() % 16:
+            raise ValueError(f"{what} must be contiguous and 16-byte aligned, as unpack_activations / "
+                             f"unpack_weights make it; got strides {t.stride()}, address % 16 = {t.data_ptr() % 16}")
     if (OH - 1) * stride + KH > HP or (OW - 1) * stride + KW > WP:
         raise ValueError(f"output {OH}x{OW} with stride {stride} reads past the {HP}x{WP} halo image")
     real_shape = (N, C_out, OH, OW)
