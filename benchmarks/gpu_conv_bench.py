@@ -96,7 +96,7 @@ RESNET18_SHAPES = [
 ]
 # channel counts that are not multiples of 32 (padding) but divisible by K = 4 (the K-sum form)
 DRY_SHAPES = [("tiny_a", 40, 36, 7, 1), ("tiny_b", 72, 64, 5, 2)]
-INT8_PEAK_TOPS = {"H100 SXM": 1979.0, "H100 PCIe": 1513.0, "H100 NVL": 1671.0, "H200": 1979.0}
+INT8_PEAK_TOPS = {"H100 SXM": 1979.0, "H100 PCIe": 1513.0, "H100 NVL": 1671.0, "H200": 1979.0, "H200 NVL": 1671.0}
 PATH_CHOICES = ("mma", "mma_fp8", "mma_async", "mma_packed", "popcount", "mma_regs")
 F16_PATHS = ("mma", "mma_fp8", "mma_async", "mma_packed")  # timed with fp16 output; the others with fp32
 FP8_DEFAULT_MIN_GAIN = 0.10  # item 1: fp8 becomes the default if its GEMM beats int8's by >= 10 %
@@ -107,6 +107,8 @@ def int8_peak(device_name: str) -> tuple[float | None, str]:
     """Dense int8 tensor-core peak (TOPS) assumed for a device name, and what was assumed."""
     name = device_name.upper()
     if "H200" in name:
+        if "NVL" in name:
+            return INT8_PEAK_TOPS["H200 NVL"], "H200 NVL dense int8 1671 TOPS"
         return INT8_PEAK_TOPS["H200"], "H200 dense int8 1979 TOPS"
     if "H100" in name:
         if "PCIE" in name:
@@ -212,9 +214,12 @@ def _time_path(row, path, tk, tkconv, timer, xp, wp, C_in, stride, pad, OH, alph
     dtype = tkconv.OPERAND_DTYPES[path]
     unpack_label = "unpack" if path == "mma" else f"{path}_unpack"
     row[f"{unpack_label}_ms"] = _try(row, unpack_label, lambda: timer(lambda: tkconv.unpack_activations(xp, C_in, pad, dtype)))
-    xh = tkconv.unpack_activations(xp, C_in, pad, dtype)
-    wm = tkconv.unpack_weights(wp, C_in, dtype=dtype)
-    gemm = tkconv.gemm_function(path)
+    operands = _try(row, f"{path}_conv_f16", lambda: (tkconv.unpack_activations(xp, C_in, pad, dtype),
+                                                      tkconv.unpack_weights(wp, C_in, dtype=dtype),
+                                                      tkconv.gemm_function(path)))
+    if operands is None:
+        return
+    xh, wm, gemm = operands
     ms = _try(row, f"{path}_conv_f16", lambda: timer(
         lambda: gemm(xh, wm, (3, 3), stride, (OH, OH), scale=alpha, out_dtype=torch.float16)))
     if ms is not None:
@@ -230,11 +235,18 @@ def _time_fused(row, label, tkconv, timer, xp, w_packed, C_in, ksum, fp8, stride
     N, H, device = xp.shape[0], xp.shape[1], xp.device
     C_out = w_packed.shape[0]
     layout, next_layout = OperandLayout(C_in // ksum, ksum, 1, fp8), OperandLayout(C_out // ksum, ksum, 1, fp8)
-    x_buf = layout.allocate(N, H, H, device)
-    tkconv.unpack_activations(xp, C_in, 1, layout.dtype, ksum, out=x_buf)  # what the previous fused layer wrote
-    w_mat = tkconv.unpack_weights(w_packed, layout.maps, dtype=layout.dtype)
-    real = torch.empty((N, C_out, OH, OH), dtype=torch.float16, device=device, memory_format=torch.channels_last)
-    next_buf = next_layout.allocate(N, OH, OH, device)
+
+    def buffers():
+        x_buf = layout.allocate(N, H, H, device)
+        tkconv.unpack_activations(xp, C_in, 1, layout.dtype, ksum, out=x_buf)  # what the previous fused layer wrote
+        w_mat = tkconv.unpack_weights(w_packed, layout.maps, dtype=layout.dtype)
+        real = torch.empty((N, C_out, OH, OH), dtype=torch.float16, device=device, memory_format=torch.channels_last)
+        return x_buf, w_mat, real, next_layout.allocate(N, OH, OH, device)
+
+    made = _try(row, label, buffers)
+    if made is None:
+        return
+    x_buf, w_mat, real, next_buf = made
 
     def fused():
         return tkconv.unpacked_conv2d(layout.view(x_buf), w_mat, (3, 3), stride, (OH, OH), scale=A, bias=B,
@@ -256,13 +268,15 @@ def _time_fused(row, label, tkconv, timer, xp, w_packed, C_in, ksum, fp8, stride
 
 def _time_scaled_mm(row, timer, device, M, K, N, macs, peak):
     """``torch._scaled_mm`` of fp8 e4m3 ±1/0 operands (a: (M, K) row-major, b: (K, N) column-major),
-    unit scales, fp16 out: the cuBLASLt fp8 GEMM of the implicit GEMM's M×K×N (no im2col)."""
+    unit scales, fp16 out, fast accumulation (as Triton's fp8 GEMM on sm_90 uses it; exact here:
+    every sum is an integer of at most 9·512): the cuBLASLt fp8 GEMM of the implicit GEMM's M×K×N
+    (no im2col)."""
     fp8 = torch.float8_e4m3fn
     a = torch.randint(-1, 2, (M, K), dtype=torch.float16, device=device).to(fp8)
     b = torch.randint(-1, 2, (N, K), dtype=torch.float16, device=device).to(fp8).t()
     one = torch.tensor(1.0, device=device)
     ms = _try(row, "scaled_mm_fp8", lambda: timer(
-        lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.float16)))
+        lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.float16, use_fast_accum=True)))
     if ms is not None:
         _rate(row, "scaled_mm_fp8", ms, macs, peak)
 
@@ -355,7 +369,7 @@ def run(args) -> list[dict]:
                                     ksum_macs, peak)
                 del w_rot, wrp, ref_k
             if have_triton:
-                row["pack_ms"] = timer(lambda: tk.pack_signs(x))
+                row["pack_ms"] = _try(row, "pack", lambda: timer(lambda: tk.pack_signs(x)))
             else:
                 row["reference_ms"] = timer(lambda: reference.packed_conv2d_reference(xp, wp, C_in, stride, pad, scale=alpha))
                 row["reference_exact"] = bool(torch.equal(reference.packed_conv2d_reference(xp, wp, C_in, stride, pad, scale=alpha), ref))
@@ -537,7 +551,7 @@ COLUMNS = (
     + [f"{label}_TOPS" for label in RATED_LABELS]
     + [f"{label}_peak_frac" for label in RATED_LABELS]
     + [f"{label}_error" for label in RATED_LABELS + ("unpack", "mma_fp8_unpack", "mma_async_unpack", "mma_eager",
-                                                     "mma_fp8_eager", "mma_async_eager")]
+                                                     "mma_fp8_eager", "mma_async_eager", "pack")]
     + ["scaled_mm_fp8_skipped", "note", "elapsed_s", "device", "peak_assumed"]
 )
 
@@ -614,7 +628,7 @@ def write_results(rows, out: Path, dev_name, peak_note, dry, quiet=False):
         " in the engine the previous fused layer writes the operand.",
         "- binary MACs = N·OH·OW·C_out·C_in·9; TOPS = 2·MACs/s; peak_frac = TOPS / int8 dense peak;"
         " scaled_mm_fp8: torch._scaled_mm of fp8 e4m3 operands of the same M×K×N (no im2col, unit scales,"
-        " fp16 out; batch >= 16): what cuBLASLt reaches at this size, not a ceiling.",
+        " fp16 out, use_fast_accum=True; batch >= 16): what cuBLASLt reaches at this size, not a ceiling.",
         f"- fp8 vs int8 (item 1): {_decision_line(fp8_decision(rows))}",
     ]
     write_tables(out, rows, COLUMNS, ("device", "peak_assumed", "binary_MACs", "OH", "elapsed_s"),

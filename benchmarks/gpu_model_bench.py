@@ -107,6 +107,24 @@ def _peak_mb(fn, device) -> float | None:
     return (peak - before) / 2**20
 
 
+def _allocated_mb(device) -> float | None:
+    """GPU memory PyTorch's allocator holds for tensors now, MiB (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    return torch.cuda.memory_allocated(device) / 2**20
+
+
+def _release(device) -> None:
+    """Return freed blocks to the driver between contenders; after a sticky CUDA error this raises
+    too, and the row (saved so far) must not be lost for it."""
+    if device.type == "cuda":
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError as exc:
+            print(f"[model-bench] torch.cuda.empty_cache failed: {exc}"[:300], flush=True)
+
+
 def _skip_reason(contender, ctx, args) -> str | None:
     """Why ``contender`` is not timed in this run, or None."""
     if contender in GRAPH_CONTENDERS and ctx.device.type != "cuda":
@@ -184,13 +202,20 @@ def _prepare(label, kwargs, image):
     return model, floating, _checkpoint_bytes(model, convert_to_onebit(model))
 
 
-def _measure_row(label, batch, image, model, floating, ctx_base, args, timer, t_start) -> dict:
-    """One model at one batch: exactness, agreement, every contender (see the module docstring)."""
+def _measure_row(label, batch, image, model, floating, ctx_base, args, timer, t_start, rows, save) -> dict:
+    """One model at one batch: exactness, agreement, every contender (see the module docstring).
+    The row joins ``rows`` at once and ``save()`` writes the table after every measurement, so a
+    step killed by its timeout mid-row keeps what the row has measured."""
     device, dev_name = ctx_base.device, ctx_base.dev_name
     (fp32_bytes, onebit_bytes) = ctx_base.bytes
     row = dict(model=label, batch=batch, image=image, device=dev_name, runner_backend=ctx_base.fused_backend,
                fp32_checkpoint_bytes=fp32_bytes, onebit_checkpoint_bytes=onebit_bytes,
                checkpoint_ratio=fp32_bytes / onebit_bytes)
+    rows.append(row)
+
+    def progress():
+        row["elapsed_s"] = time.time() - t_start
+        save()
     x = torch.randn(batch, 3, image, image, generator=torch.Generator().manual_seed(batch)).to(device)
     train32 = copy.deepcopy(model).to(device)
     # 1. exactness on this device (cuDNN off: exact float convs of ±1 tensors), and the agreement's reference
@@ -204,6 +229,7 @@ def _measure_row(label, batch, image, model, floating, ctx_base, args, timer, t_
     row["onebit_fp8_exact"] = bool(torch.equal(got_fp8, expected))
     row["onebit_same_predictions"] = bool(torch.equal(got.argmax(1), expected.argmax(1)))
     del expected, got, got_fp8
+    progress()
     # 2. the contenders, each a no-grad forward of the whole model
     train16 = copy.deepcopy(train32).half().to(memory_format=torch.channels_last)
     float32 = copy.deepcopy(floating).to(device)
@@ -227,7 +253,10 @@ def _measure_row(label, batch, image, model, floating, ctx_base, args, timer, t_
                 continue
             call = None
             try:
+                before = _allocated_mb(device)
                 call = builders[contender]()
+                if before is not None:  # runner buffers, weight matrices, graph pool: not in peak_MB
+                    row[f"{contender}_build_MB"] = _allocated_mb(device) - before
                 _check_fused(ctx, row, contender, call)
                 row[f"{contender}_ms"] = (timer if contender == "float_fp16_cl_graph" else timer.eager)(call)
                 row[f"{contender}_peak_MB"] = _peak_mb(call, device)
@@ -235,8 +264,9 @@ def _measure_row(label, batch, image, model, floating, ctx_base, args, timer, t_
                 row[f"{contender}_error"] = f"{type(exc).__name__}: {exc}"[:300]
                 print(f"[model-bench] {label} b{batch} {contender}: {row[f'{contender}_error']}", flush=True)
             del call
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            _release(device)
+            _speedups(row)
+            progress()
     _speedups(row)
     if hasattr(torch, "_dynamo"):
         torch._dynamo.reset()  # drop this row's compiled graphs (the next row compiles for its own shapes)
@@ -275,8 +305,7 @@ def _compile_pass(rows, prepared, device, args, timer, t_start, save) -> None:
         _speedups(row)
         if hasattr(torch, "_dynamo"):
             torch._dynamo.reset()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        _release(device)
         print(f"[model-bench] {row['model']} b{batch} torch.compile: "
               f"{row.get('float_fp16_cl_compiled_ms', float('nan')):.3f} ms (compiled in "
               f"{row.get('float_fp16_cl_compile_s', float('nan')):.0f}s)", flush=True)
@@ -316,6 +345,9 @@ def run(args) -> list[dict]:
     t_start = time.time()
     prepared = {label: _prepare(label, kwargs, image) for label, kwargs, image in models}
     rows = []
+
+    def save():
+        write_results(rows, Path(args.out), dev_name, dry, quiet=True)
     for batch in batches:  # batch 256 of every model first: the decisive numbers
         for label, _, image in models:
             elapsed = time.time() - t_start
@@ -325,15 +357,12 @@ def run(args) -> list[dict]:
                 continue
             model, floating, nbytes = prepared[label]
             base = SimpleNamespace(device=device, dev_name=dev_name, bytes=nbytes, fused_backend=fused_backend)
-            row = _measure_row(label, batch, image, model, floating, base, args, timer, t_start)
+            row = _measure_row(label, batch, image, model, floating, base, args, timer, t_start, rows, save)
             row["elapsed_s"] = time.time() - t_start
-            rows.append(row)
             print(_line(row), flush=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            write_results(rows, Path(args.out), dev_name, dry, quiet=True)
-    _compile_pass(rows, prepared, device, args, timer, t_start, lambda: write_results(
-        rows, Path(args.out), dev_name, dry, quiet=True))
+            _release(device)
+            save()
+    _compile_pass(rows, prepared, device, args, timer, t_start, save)
     write_results(rows, Path(args.out), dev_name, dry)
     report_tiles(Path(args.out), "model-bench")
     print(f"[model-bench] total {time.time() - t_start:.0f}s", flush=True)
@@ -362,7 +391,7 @@ COLUMNS = (
     + [f"{c}_speedup_vs_compiled" for c in ONEBIT]
     + [f"{c}_speedup_vs_fp16cl_graph" for c in ONEBIT]
     + [f"{c}_images_per_s" for c in CONTENDERS]
-    + [f"{c}_peak_MB" for c in CONTENDERS]
+    + [f"{c}_peak_MB" for c in CONTENDERS] + [f"{c}_build_MB" for c in CONTENDERS]
     + ["fp32_checkpoint_bytes", "onebit_checkpoint_bytes", "checkpoint_ratio"]
     + [f"{c}_error" for c in CONTENDERS] + [f"{c}_skipped" for c in CONTENDERS]
     + ["note", "runner_backend", "elapsed_s", "device"]
@@ -389,7 +418,9 @@ def write_results(rows, out: Path, dev_name, dry, quiet=False):
         " path mma, eager; runner_*: OneBitRunner (fused: one GEMM kernel per binary conv writing the next conv's"
         " operand; exact: the converted model), fp8 = path mma_fp8. CBCN layers run in the K-sum form.",
         "- speedup_vs_fp16cl / _vs_compiled / _vs_fp16cl_graph: that float time / this time.",
-        "- peak_MB: peak GPU memory allocated during one call beyond what was allocated before it.",
+        "- peak_MB: peak GPU memory allocated during one call beyond what was allocated before it; build_MB: what"
+        " building the contender allocated and keeps (a runner's operand and output buffers, weight matrices and"
+        " CUDA graph pool), not counted in peak_MB.",
         "- checkpoint bytes: torch.save of the fp32 state dict vs cbcn.onebit.convert.save_onebit.",
     ]
     hidden = ("device", "elapsed_s", "runner_backend") + tuple(f"{c}_images_per_s" for c in CONTENDERS)

@@ -39,6 +39,7 @@ def test_peak_detection():
     assert bench.int8_peak("NVIDIA H100 80GB HBM3")[0] == 1979.0
     assert bench.int8_peak("NVIDIA H100 PCIe")[0] == 1513.0
     assert bench.int8_peak("NVIDIA H200")[0] == 1979.0
+    assert bench.int8_peak("NVIDIA H200 NVL")[0] == bench.int8_peak("NVIDIA H100 NVL")[0] == 1671.0
     peak, note = bench.int8_peak("NVIDIA A100-SXM4-80GB")
     assert peak is None and "unknown" in note
 
@@ -102,6 +103,27 @@ def test_dry_run_writes_results(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "DRY RUN" in md and "tiny_a" in md and "fp8 vs int8 (item 1)" in md
     assert json.loads((tmp_path / "autotuned_tiles.json").read_text())["tiles"] == []
+
+
+def test_a_failing_operand_step_costs_only_its_measurements(tmp_path, monkeypatch):
+    """When unpacking the weights fails (a compile error, an OOM), the GEMM-alone and fused-layer
+    measurements of each shape say why, and every shape is still measured (no uncaught error ends
+    the script and loses the later shapes)."""
+    pytest.importorskip("triton")
+    _skip_if_interpreter_cannot_run_kernels()
+    from triton_kernels import conv as tkconv
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("stand-in failure")
+
+    monkeypatch.setattr(tkconv, "unpack_weights", broken)
+    bench = _load("gpu_conv_bench")
+    rows = bench.main(["--dry-run", "--out", str(tmp_path), "--batches", "1", "--rep-ms", "1", "--paths", "mma",
+                       "--ksum", "1"])
+    assert [r["layer"] for r in rows] == [s[0] for s in bench.DRY_SHAPES]
+    for row in rows:
+        assert "stand-in failure" in row["mma_conv_f16_error"] and "stand-in failure" in row["fused_f16_error"]
+        assert row["torch_fp32_ms"] > 0 and row["pack_ms"] > 0
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -278,3 +300,30 @@ def test_model_bench_times_torch_compile_last(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "COMPILE_RESERVE_S", 10**6)
     rows = bench.main(["--dry-run", "--compile", "--out", str(tmp_path / "b"), "--batches", "1", "--rep-ms", "1"])
     assert "budget" in rows[0]["float_fp16_cl_compiled_skipped"]
+
+
+def test_model_bench_saves_each_measurement(tmp_path, monkeypatch):
+    """A model row is on disk after every contender, so a step killed by its ``timeout`` in the
+    middle of a row keeps what the row measured (exactness flags and the contenders timed so far).
+    The kill is stood in for by ``KeyboardInterrupt`` from the fourth contender's builder."""
+    pytest.importorskip("triton")
+    _skip_if_interpreter_cannot_run_kernels()
+    bench = _load("gpu_model_bench")
+    builders = bench._builders
+
+    def killed_at_runner_fused(ctx, row):
+        made = builders(ctx, row)
+
+        def kill():
+            raise KeyboardInterrupt
+
+        made["runner_fused"] = kill
+        return made
+
+    monkeypatch.setattr(bench, "_builders", killed_at_runner_fused)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--dry-run", "--out", str(tmp_path), "--batches", "1", "--rep-ms", "1"])
+    with open(tmp_path / "results.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["onebit_exact"] == "True" and float(row["float_fp16_cl_ms"]) > 0
+    assert "runner_fused_ms" not in row or not row["runner_fused_ms"]

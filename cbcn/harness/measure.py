@@ -90,6 +90,7 @@ def kernel_time_ms(fn: Callable[[], object], device: torch.device, *, graph: boo
         return 1e3 * statistics.median(time_calls(fn, rounds=3, max_seconds=rep_ms / 1e3))
     import triton.testing
 
+    torch.cuda.synchronize(device)  # Triton's graph timer starts on a new stream without waiting for this one
     if graph:
         try:
             return triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median")

@@ -136,8 +136,12 @@ class FusedResNetPlan:
                 H, W = OH, OW
             self.blocks.append((downsample, convs, block.shortcut_kind == "double"))
         self.first = self.blocks[0][1][0]
-        self._conv = self._triton_conv if backend == "triton" else self._reference_conv
         self._checked = False
+
+    def _conv(self, c: FusedConv, residual):
+        # dispatched per call: a bound method stored on the plan would make a reference cycle that
+        # keeps the plan's buffers (hundreds of MB at batch 256) until a full garbage collection
+        return (self._triton_conv if self.backend == "triton" else self._reference_conv)(c, residual)
 
     def _reference_conv(self, c: FusedConv, residual):
         real = operand_conv_reference(c.buffer, c.layout, c.w_mat, c.layer.kernel_size, c.layer.stride, c.A, c.B,
