@@ -268,9 +268,9 @@ def _time_fused(row, label, tkconv, timer, xp, w_packed, C_in, ksum, fp8, stride
 
 def _time_scaled_mm(row, timer, device, M, K, N, macs, peak):
     """``torch._scaled_mm`` of fp8 e4m3 ±1/0 operands (a: (M, K) row-major, b: (K, N) column-major),
-    unit scales, fp16 out, fast accumulation (as Triton's fp8 GEMM on sm_90 uses it; exact here:
-    every sum is an integer of at most 9·512): the cuBLASLt fp8 GEMM of the implicit GEMM's M×K×N
-    (no im2col)."""
+    unit scales, fp16 out, fast accumulation (as Triton's fp8 GEMM on sm_90 uses it; the sums,
+    integers of at most 9·512, accumulate exactly): the cuBLASLt fp8 GEMM of the implicit GEMM's
+    M×K×N (no im2col)."""
     fp8 = torch.float8_e4m3fn
     a = torch.randint(-1, 2, (M, K), dtype=torch.float16, device=device).to(fp8)
     b = torch.randint(-1, 2, (N, K), dtype=torch.float16, device=device).to(fp8).t()

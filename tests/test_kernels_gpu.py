@@ -306,9 +306,11 @@ def test_async_mma_path_on_device():
             out = tk.packed_conv2d(xp.to(DEVICE), wp.to(DEVICE), C, s, p, path="mma_async", config=tile,
                                    out_dtype=dtype, **_on_device(kw))
             assert torch.equal(out.cpu(), ref), ((N, C, H, W, Co, k, s, p), sorted(kw), dtype, tile)
-    # every tile through a ring that wraps many times (CP = 256: 18-72 K-steps), and the BLOCK_K = 32
-    # tiles through one K-step (a 1x1 conv over 20 channels: fewer steps than the prologue's copies)
-    for i, (N, C, H, W, Co, k, s, p) in enumerate([(2, 256, 9, 9, 128, 3, 1, 1), (2, 20, 6, 6, 48, 1, 1, 0)]):
+    # every tile through a ring that wraps many times (CP = 256: 18-72 K-steps), and through fewer
+    # K-steps than the prologue's copies (1x1 convs: 128 channels give every stage count 1-4 steps,
+    # 20 channels the BLOCK_K = 32 tiles one step over padded channels)
+    for i, (N, C, H, W, Co, k, s, p) in enumerate([(2, 256, 9, 9, 128, 3, 1, 1), (2, 128, 6, 6, 48, 1, 1, 0),
+                                                   (2, 20, 6, 6, 48, 1, 1, 0)]):
         x, w = _rand(N, C, H, W, seed=60 + i), _rand(Co, C, k, k, seed=70 + i)
         xp, wp = reference.pack_signs(x), reference.pack_signs(w)
         kw = _epilogue_args(2, Co)
