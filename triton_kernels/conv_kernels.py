@@ -751,8 +751,7 @@ _KEY_I8 = ["M", "C_out", "CP", "OH", "OW", "stride", "FP8", "PRECISE_FP8"] + _FL
 def _quick_bench(kernel_call, quantiles):
     """Autotuning benchmark: 2 ms warm-up, 10 ms of repetitions (Triton's default is 25/100). Ranking
     tiles needs few calls (at least 10 of any kernel up to 1 ms), and a whole network autotunes
-    hundreds of (shape, tile) pairs: about 1,500 in the device run's model step, where each
-    benchmark also flushes the L2 before every call."""
+    hundreds of (shape, tile) pairs, each benchmark flushing the L2 before every call."""
     return triton.testing.do_bench(kernel_call, warmup=2, rep=10, quantiles=quantiles)
 
 
