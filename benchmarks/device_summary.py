@@ -7,8 +7,8 @@ Reads what the run left in ``OUT`` — ``layers.csv`` (``gpu_conv_bench.py``), `
 summarised again) — and writes ``OUT/summary.json`` atomically with:
 
 - ``gpu``, ``date``, ``dry_run``, ``batches`` (the large and small batch: 256 and 1 on a GPU);
-- ``per_layer_speedup_vs_cudnn_fp16`` (layer → ×, batch 256): the fused layer, the better of its
-  int8 and fp8 forms, over cuDNN fp16 channels-last; ``..._b1`` the same at batch 1;
+- ``per_layer_speedup_vs_cudnn_fp16`` (layer → ×, batch 256): the fused layer, the best of its
+  int8, fp8 and int8-async forms, over cuDNN fp16 channels-last; ``..._b1`` the same at batch 1;
   ``per_layer_speedups_by_contender`` every timed packed contender's speed-up, so nothing is hidden;
 - ``gemm_fraction_of_int8_peak`` (layer → fraction, batch 256): the GEMM alone
   (``*_conv_f16``), the best of int8 / fp8 / int8 async; ``..._by_contender`` every contender's fraction;
@@ -50,9 +50,9 @@ from gpu_model_bench import CONTENDERS as MODEL_CONTENDERS  # noqa: E402
 
 from cbcn.fileio import atomic_write_text  # noqa: E402
 
-FUSED = ("fused_f16", "fused_fp8_f16")  # the headline per-layer contenders: the fused layer, int8 / fp8
+FUSED = ("fused_f16", "fused_fp8_f16", "fused_async_f16")  # the headline per-layer contenders: the fused layer, int8 / fp8 / int8 async
 GEMMS = ("mma_conv_f16", "mma_fp8_conv_f16", "mma_async_conv_f16")  # the GEMM alone: int8, fp8, int8 async
-GRAPH_RUNNERS = ("runner_fused_graph", "runner_fused_fp8_graph")
+GRAPH_RUNNERS = ("runner_fused_graph", "runner_fused_fp8_graph", "runner_fused_async_graph")
 EAGER_RUNNERS = ("runner_fused", "runner_fused_fp8")
 TILE_STEPS = ("layers", "model", "profile")
 REQUIRED_KEYS = ("gpu", "per_layer_speedup_vs_cudnn_fp16", "gemm_fraction_of_int8_peak",
@@ -242,7 +242,8 @@ def summarize(out: Path, dry: bool) -> dict:
                      note="dry run: the large batch stands in for 256" if dry and large != 256 else None),
         per_layer_speedup_vs_cudnn_fp16=speedup_layer(large),
         per_layer_speedup_vs_cudnn_fp16_b1=speedup_layer(small),
-        per_layer_speedup_basis="the fused layer (fused_f16 int8 / fused_fp8_f16 fp8, the better) vs cuDNN fp16 "
+        per_layer_speedup_basis="the fused layer (fused_f16 int8 / fused_fp8_f16 fp8 / fused_async_f16 int8 with one "
+                                "wgmma in flight, the best) vs cuDNN fp16 "
                                 "channels-last (torch_fp16_cl_ms), GPU time of CUDA-graph replays",
         per_layer_speedups_by_contender={f"b{b}": _by_contender(layers, "layer", b, TIMED_LABELS, "_speedup_vs_fp16cl")
                                          for b in (large, small)},
@@ -265,7 +266,8 @@ def summarize(out: Path, dry: bool) -> dict:
         model_speedups_by_contender={f"b{b}": _by_contender(model, "model", b, MODEL_CONTENDERS, "_speedup_vs_fp16cl")
                                      for b in (large, small)},
         fused_agreement={f"b{b}": {r["model"]: {k: r.get(k) for k in ("fused_max_abs_dlogit", "fused_max_abs_logit",
-                                                                      "fused_argmax_agreement", "fused_fp8_same_as_int8")}
+                                                                      "fused_argmax_agreement", "fused_fp8_same_as_int8",
+                                                                      "fused_async_same_as_int8")}
                                    for r in model if r.get("batch") == b} for b in (large, small)},
     )
     summary["exact"], summary["exact_detail"] = _exactness(layers, model, steps)

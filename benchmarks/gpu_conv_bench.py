@@ -22,8 +22,9 @@ stride-2 ones) at batch 256 (the target, timed first) and batch 1, this script
      operand in its halo buffer → one GEMM kernel that applies the folded affine ``y = dot·A + B``,
      adds an fp16 channels-last residual (stride-1 layers), writes the fp16 real output and the
      next conv's operand into its pre-zeroed halo buffer — ``fused_f16`` (int8),
-     ``fused_fp8_f16`` (fp8), and the K-sum form ``fused_ksum_f16`` / ``fused_fp8_ksum_f16``
-     (operands hold per-map sums in and out); exact against
+     ``fused_fp8_f16`` (fp8), ``fused_async_f16`` (int8, the Gluon GEMM of ``mma_async``, where
+     ``--paths`` names it and the GPU is a Hopper), and the K-sum form ``fused_ksum_f16`` /
+     ``fused_fp8_ksum_f16`` / ``fused_async_ksum_f16`` (operands hold per-map sums in and out); exact against
      ``cbcn.onebit.backends.operands.operand_conv_reference`` on the same device (real output and
      operand bytes bit-equal);
    - cuDNN fp32 NCHW (TF32 as PyTorch defaults it), fp16 and bf16 channels-last; a cuBLASLt fp8
@@ -226,14 +227,15 @@ def _time_path(row, path, tk, tkconv, timer, xp, wp, C_in, stride, pad, OH, alph
         _rate(row, f"{path}_conv_f16", ms, macs, peak)
 
 
-def _time_fused(row, label, tkconv, timer, xp, w_packed, C_in, ksum, fp8, stride, OH, A, B, residual, macs, peak):
+def _time_fused(row, label, tkconv, timer, xp, w_packed, C_in, ksum, path, stride, OH, A, B, residual, macs, peak):
     """The GPU engine's fused layer (``cbcn.onebit.runner``, fused mode) from its input operand: one
-    ``unpacked_conv2d`` kernel applies ``dot·A + B``, adds ``residual`` (or none), writes the fp16
+    kernel (``path``'s GEMM: ``unpacked_conv2d``, or the Gluon one of ``mma_async``) applies
+    ``dot·A + B``, adds ``residual`` (or none), writes the fp16
     real output and the next conv's operand (``ksum`` sums per map, pad 1) into a pre-zeroed halo
     buffer. ``w_packed``: the packed weights over the operand's maps (``C_in // ksum``). Exact when
     the real output and the operand bytes equal ``operand_conv_reference`` on the same device."""
     N, H, device = xp.shape[0], xp.shape[1], xp.device
-    C_out = w_packed.shape[0]
+    C_out, fp8, gemm = w_packed.shape[0], path == "mma_fp8", tkconv.gemm_function(path)
     layout, next_layout = OperandLayout(C_in // ksum, ksum, 1, fp8), OperandLayout(C_out // ksum, ksum, 1, fp8)
 
     def buffers():
@@ -249,9 +251,9 @@ def _time_fused(row, label, tkconv, timer, xp, w_packed, C_in, ksum, fp8, stride
     x_buf, w_mat, real, next_buf = made
 
     def fused():
-        return tkconv.unpacked_conv2d(layout.view(x_buf), w_mat, (3, 3), stride, (OH, OH), scale=A, bias=B,
-                                      out_dtype=torch.float16, max_abs_dot=9 * C_in, residual=residual, out=real,
-                                      operand=next_layout.view(next_buf), operand_pad=1, operand_ksum=ksum)
+        return gemm(layout.view(x_buf), w_mat, (3, 3), stride, (OH, OH), scale=A, bias=B, out_dtype=torch.float16,
+                    max_abs_dot=9 * C_in, residual=residual, out=real, operand=next_layout.view(next_buf),
+                    operand_pad=1, operand_ksum=ksum)
 
     if _try(row, label, fused) is None:
         return
@@ -328,7 +330,7 @@ def run(args) -> list[dict]:
             for path in paths:
                 _time_path(row, path, tk, tkconv, timer, xp, wp, C_in, stride, pad, OH, alpha, ref, macs, peak,
                                 args.all_outputs)
-            fused_paths = [p for p in ("mma", "mma_fp8") if p in paths]
+            fused_paths = [p for p in FUSED_LABELS if p in paths and not row.get(f"{p}_unavailable")]
             # the fused layer: folded affine (A = α·BN scale, B = BN shift) and, at stride 1, the block's residual
             B = torch.randn(C_out, generator=gen).mul_(0.1).to(device)
             residual = None if stride != 1 else torch.randn(batch, C_out, OH, OH, generator=gen).to(
@@ -336,9 +338,8 @@ def run(args) -> list[dict]:
             if fused_paths:
                 row["fused_residual"] = residual is not None
             for path in fused_paths:
-                label = "fused_fp8_f16" if path == "mma_fp8" else "fused_f16"
-                _time_fused(row, label, tkconv, timer, xp, wp, C_in, 1, path == "mma_fp8", stride, OH, alpha, B,
-                            residual, macs, peak)
+                _time_fused(row, f"{FUSED_LABELS[path]}_f16", tkconv, timer, xp, wp, C_in, 1, path, stride, OH, alpha,
+                            B, residual, macs, peak)
             K = args.ksum
             if have_triton and K > 1 and C_in % K == 0:
                 # CBConv's K-sum form of the same physical layer (C_in = maps·K): the GEMM runs over
@@ -364,9 +365,8 @@ def run(args) -> list[dict]:
                     if ms is not None:
                         _rate(row, label, ms, ksum_macs, peak)
                     if C_out % K == 0:  # the fused layer writes the next conv's K-sums too
-                        _time_fused(row, "fused_fp8_ksum_f16" if path == "mma_fp8" else "fused_ksum_f16", tkconv,
-                                    timer, xp, wrp, C_in, K, path == "mma_fp8", stride, OH, alpha, B, residual,
-                                    ksum_macs, peak)
+                        _time_fused(row, f"{FUSED_LABELS[path]}_ksum_f16", tkconv, timer, xp, wrp, C_in, K, path,
+                                    stride, OH, alpha, B, residual, ksum_macs, peak)
                 del w_rot, wrp, ref_k
             if have_triton:
                 row["pack_ms"] = _try(row, "pack", lambda: timer(lambda: tk.pack_signs(x)))
@@ -452,7 +452,8 @@ def fp8_decision(rows) -> dict:
     if fp8_default:
         next_step = "make mma_fp8 the default (fp8 operands in the fused mode too)"
     elif async_int8["faster"]:
-        next_step = "int8 with one wgmma in flight wins: give mma_async the fused epilogue and make it the default"
+        next_step = ("int8 with one wgmma in flight wins: make mma_async the default GEMM path on Hopper "
+                     "(its fused layers are built: fused_async_f16, runner_fused_async_graph)")
     elif async_int8["faster"] is None:
         next_step = "int8 stays the default; mma_async is unmeasured"
     else:
@@ -520,7 +521,7 @@ def _line(row):
     for label in ("fp16", "bf16"):
         if f"torch_{label}_cl_ms" in row:
             parts.append(f"{label}-cl {row[f'torch_{label}_cl_ms']:.3f}ms")
-    for label in ("mma_f16", "mma_async_f16", "mma_packed_f16", "fused_f16", "fused_fp8_f16", "fused_ksum_f16", "fused_fp8_ksum_f16"):
+    for label in ("mma_f16", "mma_async_f16", "mma_packed_f16") + FUSED_F16_LABELS:
         if f"{label}_speedup_vs_fp16cl" in row:
             parts.append(f"{label} x{row[f'{label}_speedup_vs_fp16cl']:.2f} vs fp16-cl")
     if "fp8_gemm_gain" in row:
@@ -530,13 +531,18 @@ def _line(row):
     return " | ".join(parts)
 
 
+# the fused layer's label per GEMM path (int8, fp8, int8 with one wgmma in flight): {label}_f16, and
+# {label}_ksum_f16 for the K-sum form
+FUSED_LABELS = {"mma": "fused", "mma_fp8": "fused_fp8", "mma_async": "fused_async"}
+FUSED_F16_LABELS = tuple(f"{label}{form}_f16" for form in ("", "_ksum") for label in FUSED_LABELS.values())
 # timed packed-kernel labels: path="mma" and "mma_fp8" with fp32 / fp16 / packed outputs and the
-# GEMM alone, the K-sum form, the fused layer (int8 / fp8, plain / K-sum), then the one-kernel paths
+# GEMM alone, the K-sum form, the fused layer (int8 / fp8 / int8 async, plain / K-sum), then the
+# one-kernel paths
 TIMED_LABELS = ("mma", "mma_f16", "mma_bin", "mma_conv_f16",
                 "mma_fp8", "mma_fp8_f16", "mma_fp8_bin", "mma_fp8_conv_f16",
                 "mma_async_f16", "mma_async_conv_f16",
-                "mma_ksum_f16", "mma_fp8_ksum_f16",
-                "fused_f16", "fused_fp8_f16", "fused_ksum_f16", "fused_fp8_ksum_f16",
+                "mma_ksum_f16", "mma_fp8_ksum_f16", "mma_async_ksum_f16",
+                *FUSED_F16_LABELS,
                 "mma_packed", "mma_packed_f16", "mma_packed_bin", "popcount", "mma_regs")
 RATED_LABELS = TIMED_LABELS + ("scaled_mm_fp8",)
 COLUMNS = (

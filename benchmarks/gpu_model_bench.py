@@ -9,16 +9,17 @@ network, not per layer. For each model and batch (256 first, then 1), this scrip
    8 images; cuDNN off for both: its Winograd/FFT algorithms would round the training model's ±1
    convolutions) — ``onebit_exact``, ``onebit_fp8_exact``; and states how closely the fused mode
    (fp16 activations, folded batch-norm) agrees with the fp32 training model over the whole
-   batch — ``fused_max_abs_dlogit``, ``fused_argmax_agreement`` (``fused_fp8_same_as_int8``: the
-   fp8 fused runner's logits equal the int8 one's);
+   batch — ``fused_max_abs_dlogit``, ``fused_argmax_agreement`` (``fused_fp8_same_as_int8``,
+   ``fused_async_same_as_int8``: the fp8 / async int8 fused runner's logits equal the int8 one's);
 2. times one forward, contenders in this order (the decisive ones first, so a spent
    ``--budget-s`` skips the least important):
    - ``float_fp16_cl``: the full-precision network of the same physical widths (method ``fp``)
      in fp16 channels-last, eager — what the binary network has to beat;
    - ``runner_fused_graph`` / ``runner_fused``: ``OneBitRunner(mode="fused")`` with and without its
      CUDA graph (``graphs=False``: the host's Python and launches included); ``runner_fused_fp8*``:
-     the same on fp8 operands (``path="mma_fp8"``); ``runner_exact_graph``: the exact mode (the
-     converted model in a CUDA graph);
+     the same on fp8 operands (``path="mma_fp8"``); ``runner_fused_async_graph``: on the int8 GEMM
+     that keeps one wgmma in flight (``path="mma_async"``, Gluon; Hopper GPUs only, else skipped with
+     the reason); ``runner_exact_graph``: the exact mode (the converted model in a CUDA graph);
    - ``onebit_exact_eager``: the converted model (fp16, ``path="mma"``) called eagerly;
    - ``float_fp16_cl_graph``: ``float_fp16_cl`` as GPU time of a CUDA graph (no host overhead);
    - ``sim_fp16_cl``: the binary training model itself in fp16 channels-last (float convs of ±1
@@ -83,9 +84,10 @@ MODELS = [
 DRY_MODELS = [("tiny-cbcn-K4", dict(name="resnet18", method="cbcn", K=4, stages=(2, 2, 4, 4)), 8)]
 # timed in this order (see the module docstring); the graph contenders need CUDA
 CONTENDERS = ("float_fp16_cl", "runner_fused_graph", "runner_fused_fp8_graph", "runner_fused", "runner_fused_fp8",
-              "runner_exact_graph", "onebit_exact_eager", "float_fp16_cl_graph", "sim_fp16_cl", "float_fp32",
+              "runner_fused_async_graph", "runner_exact_graph", "onebit_exact_eager", "float_fp16_cl_graph", "sim_fp16_cl", "float_fp32",
               "float_fp16_cl_compiled")
-GRAPH_CONTENDERS = ("runner_fused_graph", "runner_fused_fp8_graph", "runner_exact_graph", "float_fp16_cl_graph")
+GRAPH_CONTENDERS = ("runner_fused_graph", "runner_fused_fp8_graph", "runner_fused_async_graph", "runner_exact_graph",
+                    "float_fp16_cl_graph")
 ONEBIT = tuple(c for c in CONTENDERS if c.startswith(("runner_", "onebit_")))
 PROBE_IMAGES = 8  # the exactness check's batch: bit-equality does not need more
 COMPILE_RESERVE_S = 60  # torch.compile starts only with this much of --budget-s left (its cost: float_fp16_cl_compile_s)
@@ -131,6 +133,10 @@ def _skip_reason(contender, ctx, args) -> str | None:
         return "CUDA graphs need a GPU"
     if contender in GRAPH_CONTENDERS and args.no_graphs:
         return "--no-graphs"
+    if "async" in contender:
+        from triton_kernels.async_mma import async_mma_problem
+
+        return async_mma_problem(ctx.device)
     if contender == "float_fp16_cl_compiled":
         if args.no_compile:
             return "--no-compile"
@@ -165,6 +171,7 @@ def _builders(ctx, row) -> dict:
         "runner_fused_fp8_graph": lambda: _runner(ctx, ctx.onebit16_fp8, "fused", True),
         "runner_fused": lambda: _runner(ctx, ctx.onebit16, "fused", False),
         "runner_fused_fp8": lambda: _runner(ctx, ctx.onebit16_fp8, "fused", False),
+        "runner_fused_async_graph": lambda: _runner(ctx, ctx.onebit16_async, "fused", True),
         "runner_exact_graph": lambda: _runner(ctx, ctx.onebit16, "exact", True),
         "onebit_exact_eager": lambda: partial(ctx.onebit16, ctx.x16),
         "float_fp16_cl_graph": lambda: partial(ctx.float16, ctx.x16),
@@ -175,14 +182,18 @@ def _builders(ctx, row) -> dict:
 
 
 def _check_fused(ctx, row, contender, call) -> None:
-    """On the first fused runner of each operand type: its logits over the whole batch against the
-    fp32 training model's (int8), or against the int8 fused runner's (fp8: the same integers)."""
+    """On the first fused runner of each GEMM: its logits over the whole batch against the fp32
+    training model's (int8), or against the int8 fused runner's (fp8, and int8 with one wgmma in
+    flight: the same integers, the same epilogue) — ``fused_fp8_same_as_int8``,
+    ``fused_async_same_as_int8``."""
     if not contender.startswith("runner_fused"):
         return
     logits = call().float()
-    if "fp8" in contender:
-        if ctx.fused_logits is not None and "fused_fp8_same_as_int8" not in row:
-            row["fused_fp8_same_as_int8"] = bool(torch.equal(logits, ctx.fused_logits))
+    other = next((g for g in ("fp8", "async") if g in contender), None)
+    if other is not None:
+        key = f"fused_{other}_same_as_int8"
+        if ctx.fused_logits is not None and key not in row:
+            row[key] = bool(torch.equal(logits, ctx.fused_logits))
         return
     if ctx.fused_logits is None:
         ctx.fused_logits = logits
@@ -238,6 +249,7 @@ def _measure_row(label, batch, image, model, floating, ctx_base, args, timer, t_
         float16=copy.deepcopy(float32).half().to(memory_format=torch.channels_last), train16=train16,
         onebit16=convert_to_onebit(train16, backend="triton", path="mma"),
         onebit16_fp8=convert_to_onebit(train16, backend="triton", path="mma_fp8"),
+        onebit16_async=convert_to_onebit(train16, backend="triton", path="mma_async"),
         fused_backend=ctx_base.fused_backend, expected=full.float(), fused_logits=None)
     del train32
     builders = _builders(ctx, row)
@@ -385,7 +397,8 @@ def _line(row) -> str:
 
 COLUMNS = (
     ["model", "batch", "image", "onebit_exact", "onebit_fp8_exact", "onebit_same_predictions",
-     "fused_max_abs_dlogit", "fused_max_abs_logit", "fused_argmax_agreement", "fused_fp8_same_as_int8"]
+     "fused_max_abs_dlogit", "fused_max_abs_logit", "fused_argmax_agreement", "fused_fp8_same_as_int8",
+     "fused_async_same_as_int8"]
     + [f"{c}_ms" for c in CONTENDERS] + ["float_fp16_cl_compile_s"]
     + [f"{c}_speedup_vs_fp16cl" for c in CONTENDERS]
     + [f"{c}_speedup_vs_compiled" for c in ONEBIT]
@@ -407,7 +420,8 @@ def write_results(rows, out: Path, dev_name, dry, quiet=False):
         " onebit_same_predictions: argmax equal.",
         "- fused_*: OneBitRunner(mode='fused') (fp16 activations on a GPU, folded α·BN) against the fp32 training"
         " model (cuDNN off) over the whole batch: largest |Δlogit| (fused_max_abs_logit: the largest logit, for"
-        " scale) and argmax agreement; fused_fp8_same_as_int8: the fp8 fused runner's logits equal the int8 one's.",
+        " scale) and argmax agreement; fused_fp8_same_as_int8 / fused_async_same_as_int8: the fp8 / async int8"
+        " (path mma_async) fused runner's logits equal the int8 one's.",
         "- times: ms of one no-grad forward, median of triton.testing.do_bench of eager calls (host overhead"
         " included; a *_graph runner replays its own CUDA graph per call); float_fp16_cl_graph: the float model in"
         " a CUDA graph (do_bench_cudagraph, GPU time only).",

@@ -8,7 +8,8 @@ and writes one table:
 - ``unpacked_conv_kernel`` (paths ``mma`` / ``mma_fp8``): every ``I8_CONFIGS`` tile, int8 and fp8
   operands, the plain epilogue (α, fp16 store) and the fused layer's (bias, fp16 residual, real
   output and next operand);
-- ``async_mma_conv_kernel`` (path ``mma_async``, Gluon): every ``ASYNC_MMA_CONFIGS`` tile;
+- ``async_mma_conv_kernel`` (path ``mma_async``, Gluon): every ``ASYNC_MMA_CONFIGS`` tile, the plain
+  and the fused epilogue;
 - ``packed_input_conv_kernel`` (path ``mma_packed``): every ``PACKED_INPUT_CONFIGS`` tile;
 - ``unpack_halo_kernel`` (the operand unpack of ``mma`` / ``mma_fp8``): its ``conv.unpack_tile``
   tiles for 64 and ≥ 128 channels, signs and K-sums 2/4/8, int8 and fp8 bytes.
@@ -102,9 +103,10 @@ def collect(progress=print) -> list[dict]:
         rows.append(dict(kernel="async_mma_conv_kernel", path="mma_async", note=f"unavailable: {exc}"[:200]))
         configs = []
     for c in configs:
-        compiled = compile_async_mma_conv(**c.kwargs, num_warps=c.num_warps)
-        rows.append(_row("async_mma_conv_kernel", "mma_async", _tile_name(c.kwargs), c.num_warps,
-                         c.kwargs["STAGES"], "i8", "plain", compiled))
+        for epilogue, extra in (("plain", {}), ("fused", FUSED)):
+            compiled = compile_async_mma_conv(**c.kwargs, num_warps=c.num_warps, **extra)
+            rows.append(_row("async_mma_conv_kernel", "mma_async", _tile_name(c.kwargs), c.num_warps,
+                             c.kwargs["STAGES"], "i8", epilogue, compiled))
     for c in conv.PACKED_INPUT_CONFIGS:
         compiled = compile_kernel("packed_input_conv_kernel", num_warps=c.num_warps, num_stages=c.num_stages,
                                   **c.kwargs)

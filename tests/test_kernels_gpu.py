@@ -187,7 +187,7 @@ def test_cif_kernels(K):
         assert torch.equal(tk.cif_backward(g.to(DEVICE), K).cpu(), cif_ref.cif_backward(g, K))
 
 
-@pytest.mark.parametrize("path", ["mma", "mma_fp8", "popcount"])
+@pytest.mark.parametrize("path", ["mma", "mma_fp8", "mma_async", "popcount"])
 @pytest.mark.parametrize("name,method,stages,K,image", [
     ("resnet18", "cbcn", (4, 4, 8, 8), 4, 8),
     ("resnet18", "xnor", (8, 8, 16, 16), 1, 9),
@@ -197,6 +197,11 @@ def test_onebit_model_on_device(path, name, method, stages, K, image):
     the training model's logits on the same device bit for bit. cuDNN is off for both runs: its
     Winograd/FFT algorithms would round the training model's float convolution of ±1 tensors,
     while PyTorch's own GEMM convolution (no TF32) computes those integer sums exactly."""
+    if path == "mma_async":
+        from triton_kernels.async_mma import async_mma_problem
+
+        if async_mma_problem(DEVICE):
+            pytest.skip(async_mma_problem(DEVICE))
     torch.manual_seed(0)
     model = build_model(name, method=method, stages=stages, K=K)
     x = _train_a_few_steps(model, (4, 3, image, image), steps=2)
@@ -230,6 +235,28 @@ def test_fused_layer_on_device(case):
             assert torch.equal(out.cpu(), expected), (case, config)
 
 
+@pytest.mark.parametrize("case", [c for c in FUSED_CASES if not c[7]], ids=lambda c: "-".join(map(str, c[:8])))
+def test_fused_layer_async_on_device(case):
+    """The fused layer on ``path="mma_async"`` (Gluon: its own epilogue layouts, the Triton
+    kernels' operand code) equals ``operands.operand_conv_reference`` bit for bit, with every
+    tile that fits the padded channels and autotuned: int8 operands, plain and K-sum."""
+    from triton_kernels.async_mma import async_mma_conv2d, async_mma_problem
+
+    problem = async_mma_problem(DEVICE)
+    if problem:
+        pytest.skip(problem)
+    kwargs, next_layout, expected, expected_operand = _fused_case(case)
+    kwargs = _on_device(kwargs)
+    N, (OH, OW), CP = kwargs["x_halo"].shape[0], kwargs["out_size"], kwargs["x_halo"].shape[3]
+    for config in [t for t in _async_mma_tiles() if CP % t["BLOCK_K"] == 0] + [None]:
+        operand = next_layout.allocate(N, OH, OW, DEVICE)
+        out = async_mma_conv2d(**kwargs, operand=next_layout.view(operand), config=config)
+        assert torch.equal(operand.cpu(), expected_operand), (case, config)
+        assert (out is None) == (expected is None)
+        if expected is not None:
+            assert torch.equal(out.cpu(), expected), (case, config)
+
+
 @pytest.mark.parametrize("label", ["xnor", "cbcn", "bireal"])
 def test_runner_on_device(label):
     """``OneBitRunner`` on the device: the exact mode (CUDA graph) gives the training model's logits
@@ -244,6 +271,7 @@ def test_runner_on_device(label):
     from test_runner import _random_batchnorm
 
     from cbcn.onebit.runner import OneBitRunner
+    from triton_kernels.async_mma import async_mma_problem
 
     model, _ = _random_batchnorm(label)  # random batch-norm statistics, in fp16's range
     model = model.to(DEVICE)
@@ -261,6 +289,12 @@ def test_runner_on_device(label):
         for dtype in (torch.float32, torch.float16):
             fused = OneBitRunner(onebit_fp8, x, backend="triton", dtype=dtype, graphs=False)(x)
             assert torch.equal(fused, OneBitRunner(onebit_fp8, x, backend="reference", dtype=dtype, graphs=False)(x))
+        if async_mma_problem(DEVICE) is None:  # the Gluon GEMM's fused layers, whole model, in a graph
+            onebit_async = convert_to_onebit(model, backend="triton", path="mma_async")
+            for dtype in (torch.float32, torch.float16):
+                fused = OneBitRunner(onebit_async, x, backend="triton", dtype=dtype, graphs=True)
+                expected_fused = OneBitRunner(onebit_async, x, backend="reference", dtype=dtype, graphs=False)(x)
+                assert torch.equal(fused(x), expected_fused), dtype
         # cuDNN is off (bit-equal float convs), so CUDA convolves one image at a time: 2,000 inputs
         # keep this test short, and the 90 % bar stays far below the 95.7 % measured on 10,000
         n = 2_000 if GPU else 64

@@ -15,6 +15,8 @@
   (``test_fp16_fused_reference_agreement``), and ``tests/test_kernels_gpu.py`` checks the kernels
   against it there.
 """
+import importlib.util
+
 import pytest
 import torch
 
@@ -153,6 +155,18 @@ def test_fused_kernels_equal_the_fused_reference(label, path, dtype):
     assert torch.equal(kernels(x), expected)
 
 
+def test_async_path_takes_the_int8_fused_plan(models):
+    """Layers on ``path="mma_async"`` (the Gluon int8 GEMM) get the same fused plan as ``mma``:
+    int8 operands, the same arithmetic, so the same logits on the reference backend (on a Hopper
+    GPU ``test_kernels_gpu.py::test_runner_on_device`` checks its kernels against this)."""
+    model, image = models["cbcn"]
+    x = _inputs(4, image)
+    async_runner = OneBitRunner(convert_to_onebit(model, path="mma_async"), x, mode="fused", backend="reference")
+    assert all(c.layout.dtype == torch.int8 for _, convs, _ in async_runner._forward.blocks for c in convs)
+    expected = OneBitRunner(convert_to_onebit(model, path="mma"), x, mode="fused", backend="reference")(x)
+    assert torch.equal(async_runner(x), expected)
+
+
 def test_fused_mode_writes_operands_into_zero_halos(models):
     """Each fused conv writes the next conv's ±1 (or K-sum) operand inside the halo only."""
     model, image = models["cbcn"]
@@ -188,6 +202,9 @@ def test_runner_errors(models):
         OneBitRunner(onebit, x, mode="exact", dtype=torch.float16)
     with pytest.raises(ValueError, match="GEMM paths"):
         OneBitRunner(convert_to_onebit(model, path="popcount"), x)
+    if importlib.util.find_spec("triton") is not None:  # the Gluon GEMM has no interpreter: said at build time
+        with pytest.raises(ValueError, match="Gluon kernel.*use path 'mma' or the reference backend"):
+            OneBitRunner(convert_to_onebit(model, path="mma_async"), x, backend="triton")
     lenet = build_model("lenet", method="xnor", stages=(2, 3, 4, 5)).eval()
     with pytest.raises(ValueError, match="ResNet/WRN"):
         OneBitRunner(convert_to_onebit(lenet), torch.randn(1, 1, 32, 32))

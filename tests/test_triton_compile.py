@@ -288,7 +288,12 @@ def test_async_mma_keeps_one_wgmma_in_flight(can_compile, config):
     from triton_kernels.async_mma import compile_async_mma_conv
 
     tile = dict(config.kwargs, num_warps=config.num_warps)
-    ptx = compile_async_mma_conv(HAS_BIAS=True, HAS_AFFINE=True, **tile).asm["ptx"]
+    _assert_async_loop(compile_async_mma_conv(HAS_BIAS=True, HAS_AFFINE=True, **tile).asm["ptx"], tile)
+
+
+def _assert_async_loop(ptx: str, tile: dict) -> str:
+    """``test_async_mma_keeps_one_wgmma_in_flight``'s checks on one compiled tile; returns the PTX
+    after the K-loop (the epilogue)."""
     loop = re.search(r"\$L__BB0_(\d+):[^\n]*(?:Inner Loop Header|lr\.ph).*?bra\s+\$L__BB0_\1;", ptx, re.S)
     assert loop, "no K-loop found"
     body = loop.group(0)
@@ -303,15 +308,53 @@ def test_async_mma_keeps_one_wgmma_in_flight(can_compile, config):
     assert body.count("bar.sync") == 2, body.count("bar.sync")
     assert body.index("cp.async.wait_group") < body.index("bar.sync") < body.index("fence.proxy.async") \
         < body.index("wgmma.mma_async")
-    assert re.search(r"wgmma\.wait_group\.sync\.aligned\s+0", ptx[loop.end():])
+    epilogue = ptx[loop.end():]
+    assert re.search(r"wgmma\.wait_group\.sync\.aligned\s+0", epilogue)
     assert "fma.rn.f32" not in ptx and "ld.local" not in ptx and "st.local" not in ptx
     _assert_fits_registers(ptx, 128)
+    return epilogue
+
+
+# a thread of the async kernel's epilogue holds 8 adjacent channels (``store_layout``): its share of
+# the next operand is 8 / K bytes, one store
+ASYNC_OPERAND_STORE = {1: "st.global.v2.b32", 2: "st.global.b32", 4: "st.global.b16", 8: "st.global.b8"}
+
+
+@pytest.mark.parametrize("flags", [
+    dict(HAS_RESIDUAL=True, OPERAND=True, OP_KSUM=1),
+    dict(HAS_RESIDUAL=True, OPERAND=True, OP_KSUM=4, STORE_OUT=False),
+    dict(OPERAND=True, OP_KSUM=8, STORE_OUT=False),
+])
+@pytest.mark.parametrize("tile", [dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, STAGES=4, num_warps=8),
+                                  dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, STAGES=5, num_warps=4)])
+def test_async_mma_fused_layer_keeps_its_pipeline(can_compile, flags, tile):
+    """path="mma_async" as a fused layer (the runner's fused mode): the residual, the real output
+    (or none) and the next conv's int8 operand bytes (plain or K-sums) leave the K-loop as it is
+    (one wgmma in flight, two barriers, no spills, ≤ 128 registers). In the epilogue each thread
+    stores its 8 / K operand bytes at once, its 8 fp16 outputs as one 16-byte vector (none
+    without ``STORE_OUT``), and loads the fp16 residual as 16-byte vectors beside the epilogue's
+    two fp32 vectors (scale, bias: 2 × 2 loads)."""
+    if _async_mma_configs() == [None]:
+        pytest.skip(f"Triton {triton.__version__} has no Gluon Hopper API")
+    from collections import Counter
+
+    from triton_kernels.async_mma import compile_async_mma_conv
+
+    ptx = compile_async_mma_conv(HAS_BIAS=True, **flags, **tile).asm["ptx"]
+    epilogue = _assert_async_loop(ptx, tile)
+    ops = Counter(re.findall(r"\b((?:st|ld)\.global[\w.]*)", epilogue))
+    assert ops[ASYNC_OPERAND_STORE[flags["OP_KSUM"]]] > 0, ops
+    assert set(o for o in ops if o.startswith("st.")) == \
+        {ASYNC_OPERAND_STORE[flags["OP_KSUM"]]} | ({"st.global.v4.b32"} if flags.get("STORE_OUT", True) else set()), ops
+    assert set(ops) - {o for o in ops if o.startswith("st.")} == {"ld.global.v4.b32"}, ops
+    assert (ops["ld.global.v4.b32"] > 4) == flags.get("HAS_RESIDUAL", False), ops
 
 
 def test_async_mma_launch_binds_for_sm90(can_compile):
     """The Gluon kernel's launch as ``async_mma_conv2d`` makes it — tensors bound to the signature,
     ``num_warps`` both constexpr and launch option, ``enable_fp_fusion`` passed, the autotuner's
-    pruned candidates — compiles for sm_90 (``warmup``: no launch), with a stand-in driver that
+    pruned candidates; plain and as a fused layer (residual, K-sum operand) — compiles for sm_90
+    (``warmup``: no launch), with a stand-in driver that
     reports a Hopper target (in a subprocess: the driver is process state)."""
     if _async_mma_configs() == [None]:
         pytest.skip(f"Triton {triton.__version__} has no Gluon Hopper API")
@@ -337,10 +380,13 @@ def test_async_mma_launch_binds_for_sm90(can_compile):
             wm = torch.zeros(C_out, 9 * CP, dtype=torch.int8)
             out = torch.empty(N, C_out, H, H, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
             vec = torch.ones(C_out)
-            args = (xh, wm, vec, vec, vec, vec, out, N * H * H, H + 2, H + 2, H, H, C_out, 1, CP, 9 * CP)
-            flags = dict(KH=3, KW=3, HAS_SCALE=True, HAS_BIAS=True, HAS_AFFINE=True)
-            compiled = async_mma.tuned_kernel().warmup(*args, **flags, enable_fp_fusion=False, grid=(1,))
-            assert len(compiled) == len(async_mma.select_async_mma_configs(configs, CP, C_out)) > 0
+            op = torch.zeros(N, H + 2, H + 2, 32 * -(-C_out // 4 // 32), dtype=torch.int8)  # the K = 4 sums
+            args = (xh, wm, vec, vec, vec, vec, out, out, op, N * H * H, H + 2, H + 2, H, H, C_out, 1, CP, 9 * CP,
+                    H + 2, H + 2, 1, op.shape[3])
+            for fused in (dict(), dict(HAS_RESIDUAL=True, OPERAND=True, OP_KSUM=4)):
+                flags = dict(KH=3, KW=3, HAS_SCALE=True, HAS_BIAS=True, HAS_AFFINE=True, **fused)
+                compiled = async_mma.tuned_kernel().warmup(*args, **flags, enable_fp_fusion=False, grid=(1,))
+                assert len(compiled) == len(async_mma.select_async_mma_configs(configs, CP, C_out)) > 0
         print("OK")
         """
     )

@@ -1,8 +1,9 @@
 """``path="mma_async"``: the int8 GEMM of ``path="mma"`` with one wgmma kept in flight (Gluon).
 
 Host side of ``async_mma_kernels.async_mma_conv_kernel``: same operands as ``unpacked_conv2d``
-(``unpack_activations``' halo tensor, ``unpack_weights``' matrix; int8 only) and the same real
-output; the fused-layer outputs (residual, next operand) and packed signs are not built for it.
+(``unpack_activations``' halo tensor, ``unpack_weights``' matrix; int8 only), the same real
+output and the same fused-layer outputs (residual, next int8 operand; ``cbcn.onebit.runner``'s
+fused mode takes it for layers set to ``path="mma_async"``); packed signs are not built for it.
 It exists to settle issue 13's item 1 in one device run: if the fp8 GEMM (``mma_fp8``) does not
 beat the int8 one by 10 %, this is the other way to keep an int8 MMA in flight, timed beside both
 (``benchmarks/gpu_conv_bench.py``). Gluon has no interpreter, so it runs on Hopper GPUs only;
@@ -53,7 +54,8 @@ def tuned_kernel():
     if not _TUNED:
         k = load("async_mma_kernels", interpret=False)
         conv = load("conv_kernels", interpret=False)
-        key = ["M", "C_out", "CP", "OH", "OW", "stride", "KH", "KW", "HAS_SCALE", "HAS_BIAS", "HAS_AFFINE"]
+        key = ["M", "C_out", "CP", "OH", "OW", "stride", "KH", "KW", "HAS_SCALE", "HAS_BIAS", "HAS_AFFINE",
+               "HAS_RESIDUAL", "STORE_OUT", "OPERAND", "OP_KSUM"]
         _TUNED.append(conv._autotune(k.ASYNC_MMA_CONFIGS, key, prune_configs_by={"early_config_prune": _prune})(
             k.async_mma_conv_kernel))
     return _TUNED[0]
@@ -72,30 +74,54 @@ def async_mma_conv2d(
     binarize_output: bool = False,
     out_dtype: torch.dtype = torch.float32,
     config: dict | None = None,
-) -> torch.Tensor:
-    """``unpacked_conv2d`` (same leading arguments, same result) with the Gluon kernel: int8
-    operands, a real channels-last ``(N, C_out, OH, OW)`` output in ``out_dtype``. ``config`` fixes
-    the tile (``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``, ``STAGES``, ``num_warps``) instead of autotuning."""
-    from .conv import _cdiv, _check_unpacked, _epilogue_vectors, _output
+    max_abs_dot: int | None = None,
+    residual: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    store_out: bool = True,
+    operand: torch.Tensor | None = None,
+    operand_pad: int = 0,
+    operand_ksum: int = 1,
+    checked: bool = False,
+) -> torch.Tensor | None:
+    """``unpacked_conv2d`` (same arguments, same result) with the Gluon kernel: int8 operands, a
+    real channels-last ``(N, C_out, OH, OW)`` output in ``out_dtype``, and the fused layer's
+    ``residual`` / ``out`` / ``store_out`` / ``operand`` (int8 only). ``config`` fixes the tile
+    (``BLOCK_M``, ``BLOCK_N``, ``BLOCK_K``, ``STAGES``, ``num_warps``) instead of autotuning.
+    ``max_abs_dot`` is accepted for the common signature and unused: int8 sums are exact in int32."""
+    from .conv import _cdiv, _check_unpacked, _dummy, _epilogue_vectors, _output
 
-    problem = async_mma_problem(x_halo.device)
-    if problem:
-        raise RuntimeError(problem)
-    if binarize_output:
-        raise ValueError("path 'mma_async' writes real outputs only (packed signs: path 'mma')")
-    if x_halo.dtype != torch.int8:
-        raise ValueError(f"path 'mma_async' takes int8 operands, got {x_halo.dtype}")
-    _check_unpacked(x_halo, w_mat, kernel_size, stride, out_size, None, None, out_dtype, False, None, 0, 1)
+    if not checked:
+        problem = async_mma_problem(x_halo.device)
+        if problem:
+            raise RuntimeError(problem)
+        if binarize_output:
+            raise ValueError("path 'mma_async' writes real outputs only (packed signs: path 'mma')")
+        if x_halo.dtype != torch.int8 or (operand is not None and operand.dtype != torch.int8):
+            raise ValueError(f"path 'mma_async' takes and writes int8 operands, got {x_halo.dtype}"
+                             + ("" if operand is None else f" and an {operand.dtype} operand buffer"))
+        _check_unpacked(x_halo, w_mat, kernel_size, stride, out_size, residual, out, out_dtype, False, operand,
+                        operand_pad, operand_ksum)
     N, HP, WP, CP = x_halo.shape
     C_out, KTOT = w_mat.shape
     (KH, KW), (OH, OW) = kernel_size, out_size
-    out = _output(N, C_out, OH, OW, out_dtype, False, x_halo.device)
+    device = x_halo.device
+    if store_out:
+        out = _output(N, C_out, OH, OW, out_dtype, False, device) if out is None else out
+    else:
+        out = None
     M = N * OH * OW
-    if out.numel() == 0:
+    if M * C_out == 0:
         return out
-    args = (x_halo, w_mat, *_epilogue_vectors(x_halo.device, scale, bias, bn_scale, bn_shift), out,
-            M, HP, WP, OH, OW, C_out, stride, CP, KTOT)
-    flags = dict(KH=KH, KW=KW, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, HAS_AFFINE=bn_scale is not None)
+    dummy = _dummy(device)
+    op = dummy if operand is None else operand
+    args = (x_halo, w_mat, *_epilogue_vectors(device, scale, bias, bn_scale, bn_shift),
+            dummy if out is None else out, dummy if residual is None else residual, op,
+            M, HP, WP, OH, OW, C_out, stride, CP, KTOT,
+            op.shape[1] if operand is not None else 0, op.shape[2] if operand is not None else 0, operand_pad,
+            op.shape[3] if operand is not None else 32)
+    flags = dict(KH=KH, KW=KW, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
+                 HAS_AFFINE=bn_scale is not None, HAS_RESIDUAL=residual is not None, STORE_OUT=out is not None,
+                 OPERAND=operand is not None, OP_KSUM=operand_ksum)
     if config is not None:
         tile = dict(config)
         if CP % tile["BLOCK_K"]:
@@ -120,13 +146,15 @@ def compile_async_mma_conv(target=None, out_type: str = "*fp16", **constexprs):
 
     fn = load("async_mma_kernels", interpret=False).async_mma_conv_kernel
     consts = dict(KH=3, KW=3, HAS_SCALE=True, HAS_BIAS=False, HAS_AFFINE=False, BLOCK_M=128, BLOCK_N=128,
-                  BLOCK_K=64, STAGES=4, num_warps=8) | constexprs
+                  BLOCK_K=64, STAGES=4, num_warps=8, HAS_RESIDUAL=False, STORE_OUT=True, OPERAND=False,
+                  OP_KSUM=1) | constexprs
     ptrs = {p: "*fp32" for p in ("scale_ptr", "bias_ptr", "mul_ptr", "add_ptr")}
-    sig = {"x_ptr": "*i8", "w_ptr": "*i8", **ptrs, "out_ptr": out_type,
-           **{n: "i32" for n in ("M", "HP", "WP", "OH", "OW", "C_out", "stride", "CP", "KTOT")},
+    sig = {"x_ptr": "*i8", "w_ptr": "*i8", **ptrs, "out_ptr": out_type, "res_ptr": out_type, "op_ptr": "*i8",
+           **{n: "i32" for n in ("M", "HP", "WP", "OH", "OW", "C_out", "stride", "CP", "KTOT", "OPH", "OPW", "OPAD",
+                                 "OPC")},
            **{k: "constexpr" for k in consts}}
     sig = {a: sig[a] for a in fn.arg_names}
-    aligned = ["x_ptr", "w_ptr", *ptrs, "out_ptr", "C_out", "CP", "KTOT"]
+    aligned = ["x_ptr", "w_ptr", *ptrs, "out_ptr", "res_ptr", "op_ptr", "C_out", "CP", "KTOT", "OPC"]
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
     src = GluonASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
     return triton.compile(src, target=target or GPUTarget("cuda", 90, 32),

@@ -11,8 +11,9 @@ Same operands as ``path="mma"``: the int8 ±1 activations with their zero halo
 ``(N, H+2p, W+2p, CP)`` (``conv.unpack_activations``) and the K-major weight matrix
 ``(C_out, KH·KW·CP)`` (``conv.unpack_weights``); the same integers, so the same exact result.
 Epilogue: ``float(dot)·scale + bias``, then ``·bn_scale + bn_shift``, each rounded on its own
-(``enable_fp_fusion=False`` at launch), stored channels-last. The fused-layer outputs (residual,
-next operand, packed signs) stay with ``unpacked_conv_kernel``.
+(``enable_fp_fusion=False`` at launch), stored channels-last; the fused layer's residual and
+next int8 operand as ``unpacked_conv_kernel`` writes them, with its code. Packed signs stay with
+``unpacked_conv_kernel``.
 
 Gluon has no interpreter: this kernel runs on a Hopper GPU only. Without one, the tests compile it
 for sm_90 and read its PTX (``tests/test_triton_compile.py``); its exactness is tested on a GPU
@@ -28,7 +29,9 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from triton_kernels._runtime import load as _load
 
-_affine = _load("conv_kernels", interpret=False)._affine  # the Triton kernels' epilogue math, shared
+_conv = _load("conv_kernels", interpret=False)  # the Triton kernels' epilogue math, shared:
+_affine_vectors, _apply_affine = _conv._affine_vectors, _conv._apply_affine
+_operand_bytes, _store_operand = _conv._operand_bytes, _conv._store_operand
 
 # cp.async into shared memory: ``async_load`` since Triton 3.7, ``async_copy_global_to_shared`` in
 # 3.6 (the device image), which 3.7 turned into an error
@@ -79,6 +82,17 @@ def store_layout(BLOCK_N, num_warps):
     return gl.BlockedLayout([1, 8], [32 // across, across], [num_warps, 1], [1, 0])
 
 
+EPILOGUE_ROWS = gl.constexpr(32)  # rows of the output tile per epilogue step (every BLOCK_M is a multiple)
+
+
+@gluon.constexpr_function
+def epilogue_smem_layout():
+    """Shared memory of the tile's int32 sums between the wgmma layout and the store layout:
+    16-byte units swizzled over 8 rows, so the wgmma layout's 8 rows per warp hit 8 different
+    bank groups."""
+    return gl.SwizzledSharedLayout(4, 1, 8, [1, 0])
+
+
 @gluon.jit
 def _copy_step(a_dst, b_dst, a_ptrs, b_ptrs, a_rows, b_rows, kk, steps, csteps, WP, CP, KW: gl.constexpr,
                BLOCK_K: gl.constexpr):
@@ -96,14 +110,16 @@ def _copy_step(a_dst, b_dst, a_ptrs, b_ptrs, a_rows, b_rows, kk, steps, csteps, 
     copy_to_shared(b_dst, b_ptrs + kk * BLOCK_K, mask=(b_rows & live)[:, None])
 
 
-@gluon.jit(do_not_specialize=["M", "HP", "WP", "OH", "OW", "stride"])
+@gluon.jit(do_not_specialize=["M", "HP", "WP", "OH", "OW", "stride", "OPH", "OPW", "OPAD"])
 def async_mma_conv_kernel(
-    x_ptr, w_ptr, scale_ptr, bias_ptr, mul_ptr, add_ptr, out_ptr,
-    M, HP, WP, OH, OW, C_out, stride, CP, KTOT,
+    x_ptr, w_ptr, scale_ptr, bias_ptr, mul_ptr, add_ptr, out_ptr, res_ptr, op_ptr,
+    M, HP, WP, OH, OW, C_out, stride, CP, KTOT, OPH, OPW, OPAD, OPC,
     KH: gl.constexpr, KW: gl.constexpr,
     HAS_SCALE: gl.constexpr, HAS_BIAS: gl.constexpr, HAS_AFFINE: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
     num_warps: gl.constexpr,
+    HAS_RESIDUAL: gl.constexpr = False, STORE_OUT: gl.constexpr = True, OPERAND: gl.constexpr = False,
+    OP_KSUM: gl.constexpr = 1,
 ):
     """One ``(BLOCK_M, BLOCK_N)`` output tile: rows are output pixels, columns output channels.
 
@@ -117,6 +133,13 @@ def async_mma_conv_kernel(
     the wgmma). The order wait, barrier, fence, wgmma is that of Triton 3.9's own pipelined loop
     (``unpacked_conv_kernel``'s PTX); Triton 3.6's has no proxy fence at all, and ran exactly on
     an H100 (``path="mma"``, 2026-11-26).
+
+    Fused layer, as ``unpacked_conv_kernel``'s (int8 operands only): ``HAS_RESIDUAL`` adds the
+    channels-last residual ``(M, C_out)`` after the affine steps, ``STORE_OUT = False`` skips the
+    real output, ``OPERAND`` writes the next conv's int8 operand (``sign(y)``, or with
+    ``OP_KSUM = K`` the K-sums of adjacent channels) into its pre-zeroed halo buffer
+    ``(N, OPH, OPW, OPC)`` at pixel ``(n, oh + OPAD, ow + OPAD)``. The bytes and their store are
+    the Triton kernels' own code (``_operand_bytes``, ``_store_operand``).
     """
     gl.static_assert(STAGES >= 2, "one slot being read by the wgmma in flight, one being filled")
     pid = gl.program_id(0)
@@ -172,17 +195,35 @@ def async_mma_conv_kernel(
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     async_copy.wait_group(0)
 
-    # epilogue, in BinaryConv2d.forward's order, each op rounded on its own; in the store layout,
-    # where a thread holds 8 channels (in the wgmma layout the four per-channel vectors would take
-    # BLOCK_N / 4 registers each)
+    # epilogue, in BinaryConv2d.forward's order, each op rounded on its own, over EPILOGUE_ROWS rows
+    # at a time: the sums go to shared memory (the ring's space, no longer used) and come back in
+    # the store layout, where a thread holds 8 adjacent channels, so a K-sum group (K ≤ 8) is one
+    # thread's. A whole 128x128 tile at once held 64 sums, 64 residuals and their row addresses
+    # per thread: 160 registers under Triton 3.6 with a residual and an operand, against 120 for
+    # the K-loop.
+    sums = gl.allocate_shared_memory(gl.int32, [BLOCK_M, BLOCK_N], epilogue_smem_layout(), acc)
     store: gl.constexpr = store_layout(BLOCK_N, num_warps)
-    y = gl.convert_layout(acc, store)
     offs_n = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, store))
     n_ok = offs_n < C_out
-    y = _affine(y, offs_n, n_ok, scale_ptr, bias_ptr, mul_ptr, add_ptr, HAS_SCALE, HAS_BIAS, HAS_AFFINE)
-    rows = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, store))
-    mask = (rows < M)[:, None] & n_ok[None, :]
-    gl.store(out_ptr + rows.to(gl.int64)[:, None] * C_out + offs_n[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+    scale, bias, mul, add = _affine_vectors(offs_n, n_ok, scale_ptr, bias_ptr, mul_ptr, add_ptr, HAS_SCALE, HAS_BIAS,
+                                            HAS_AFFINE)
+    for r in gl.static_range(0, BLOCK_M, EPILOGUE_ROWS):
+        y = sums.slice(r, EPILOGUE_ROWS).load(store)
+        y = _apply_affine(y, scale, bias, mul, add, HAS_SCALE, HAS_BIAS, HAS_AFFINE)
+        rows = pid_m * BLOCK_M + r + gl.arange(0, EPILOGUE_ROWS, layout=gl.SliceLayout(1, store))
+        mask = (rows < M)[:, None] & n_ok[None, :]
+        flat = rows.to(gl.int64)[:, None] * C_out + offs_n[None, :]  # channels-last (M, C_out)
+        if HAS_RESIDUAL:
+            y = y + gl.load(res_ptr + flat, mask=mask, other=0.0).to(gl.float32)
+        if STORE_OUT:
+            gl.store(out_ptr + flat, y.to(out_ptr.dtype.element_ty), mask=mask)
+        if OPERAND:
+            v = _operand_bytes(y, n_ok, OP_KSUM, False, EPILOGUE_ROWS, BLOCK_N)
+            # the K-sums' layout is the reduction's: index vectors in that layout
+            op_rows = pid_m * BLOCK_M + r + gl.arange(0, EPILOGUE_ROWS, layout=gl.SliceLayout(1, v.type.layout))
+            offs_c = pid_n * (BLOCK_N // OP_KSUM) + gl.arange(0, BLOCK_N // OP_KSUM,
+                                                               layout=gl.SliceLayout(0, v.type.layout))
+            _store_operand(v, op_rows, offs_c, op_rows < M, op_ptr, OH, OW, C_out, OPH, OPW, OPAD, OPC, OP_KSUM)
 
 
 def _tile(m, n, k, warps, stages):

@@ -85,14 +85,42 @@ def _epilogue(
 def _affine(dot, offs_n, n_ok, scale_ptr, bias_ptr, mul_ptr, add_ptr,
             HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr):
     """``float(dot) * scale + bias``, then ``* bn_scale + bn_shift``, each op rounded separately."""
+    scale, bias, mul, add = _affine_vectors(offs_n, n_ok, scale_ptr, bias_ptr, mul_ptr, add_ptr,
+                                            HAS_SCALE, HAS_BIAS, HAS_AFFINE)
+    return _apply_affine(dot, scale, bias, mul, add, HAS_SCALE, HAS_BIAS, HAS_AFFINE)
+
+
+@triton.jit
+def _affine_vectors(offs_n, n_ok, scale_ptr, bias_ptr, mul_ptr, add_ptr,
+                    HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_AFFINE: tl.constexpr):
+    """``_affine``'s per-channel vectors as ``(1, BLOCK_N)`` rows (0.0 where a flag is off), loaded
+    once by a kernel that applies them to several row blocks (the Gluon kernel's epilogue)."""
+    scale = 0.0
+    bias = 0.0
+    mul = 0.0
+    add = 0.0
+    if HAS_SCALE:
+        scale = tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    if HAS_AFFINE:
+        mul = tl.load(mul_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+        add = tl.load(add_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    return scale, bias, mul, add
+
+
+@triton.jit
+def _apply_affine(dot, scale, bias, mul, add, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  HAS_AFFINE: tl.constexpr):
+    """``_affine`` with its vectors given (``_affine_vectors``)."""
     y = dot.to(tl.float32)
     if HAS_SCALE:
-        y = y * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+        y = y * scale
     if HAS_BIAS:
-        y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+        y = y + bias
     if HAS_AFFINE:
-        y = y * tl.load(mul_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
-        y = y + tl.load(add_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+        y = y * mul
+        y = y + add
     return y
 
 
@@ -111,12 +139,12 @@ def _store_packed_signs(y, offs_m, offs_n, m_ok, n_ok, pid_n, out_ptr, OWORDS,
 
 
 @triton.jit
-def _store_operand(y, offs_m, offs_n, m_ok, n_ok, pid_n, op_ptr, OH, OW, C_out, OPH, OPW, OPAD, OPC,
-                   OP_KSUM: tl.constexpr, OP_FP8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The next conv's operand bytes from ``y``: ``sign(y)`` (or the sums of ``OP_KSUM`` adjacent
-    channels' signs) at the interior pixel ``(n, oh + OPAD, ow + OPAD)`` of the halo buffer
-    ``(N, OPH, OPW, OPC)``; the halo and the channels past ``C_out / OP_KSUM`` are left as they are
-    (zero). ``BLOCK_N`` is a multiple of ``OP_KSUM`` (32 ≥ 8), so a tile holds whole groups."""
+def _operand_bytes(y, n_ok, OP_KSUM: tl.constexpr, OP_FP8: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """The next conv's operand bytes from a ``(BLOCK_M, BLOCK_N)`` tile ``y``: ``sign(y)``, or the
+    sums of ``OP_KSUM`` adjacent channels' signs, ``(BLOCK_M, BLOCK_N // OP_KSUM)`` int8 (or the
+    e4m3 bytes of the same integers). Channels past ``C_out`` (``n_ok`` false) count 0. No index
+    vector is built here, so Gluon kernels share it (their ``arange`` needs a layout)."""
     s = tl.where(y >= 0, 1, -1)  # sign(0) = +1; NaN -> -1, as the packing maps it
     s = tl.where(n_ok[None, :], s, 0)
     if OP_KSUM > 1:
@@ -125,7 +153,16 @@ def _store_operand(y, offs_m, offs_n, m_ok, n_ok, pid_n, op_ptr, OH, OW, C_out, 
         v = s.to(tl.float32).to(tl.float8e4nv).to(tl.int8, bitcast=True)
     else:
         v = s.to(tl.int8)
-    offs_c = pid_n * (BLOCK_N // OP_KSUM) + tl.arange(0, BLOCK_N // OP_KSUM)
+    return v
+
+
+@triton.jit
+def _store_operand(v, offs_m, offs_c, m_ok, op_ptr, OH, OW, C_out, OPH, OPW, OPAD, OPC, OP_KSUM: tl.constexpr):
+    """Store ``_operand_bytes``' tile ``v`` (rows ``offs_m``: output pixels; columns ``offs_c``:
+    operand channels, in ``v``'s layout) at the interior pixel ``(n, oh + OPAD, ow + OPAD)`` of the
+    halo buffer ``(N, OPH, OPW, OPC)``; the halo and the channels past ``C_out / OP_KSUM`` are left
+    as they are (zero). ``BLOCK_N`` is a multiple of ``OP_KSUM`` (32 ≥ 8), so a tile holds whole
+    groups."""
     ow = offs_m % OW
     t = offs_m // OW
     pix = ((t // OH).to(tl.int64) * OPH + t % OH + OPAD) * OPW + ow + OPAD
@@ -533,8 +570,9 @@ def _conv_epilogue(acc, offs_m, offs_n, m_ok, n_ok, rows, mask, pid_n, scale_ptr
         else:
             tl.store(out + rows, y.to(out.dtype.element_ty), mask=mask)
     if OPERAND:
-        _store_operand(y, offs_m, offs_n, m_ok, n_ok, pid_n, op_ptr, OH, OW, C_out, OPH, OPW, OPAD, OPC,
-                       OP_KSUM, OP_FP8, BLOCK_M, BLOCK_N)
+        v = _operand_bytes(y, n_ok, OP_KSUM, OP_FP8, BLOCK_M, BLOCK_N)
+        offs_c = pid_n * (BLOCK_N // OP_KSUM) + tl.arange(0, BLOCK_N // OP_KSUM)
+        _store_operand(v, offs_m, offs_c, m_ok, op_ptr, OH, OW, C_out, OPH, OPW, OPAD, OPC, OP_KSUM)
 
 
 @triton.jit(do_not_specialize=["M", "IH", "IW", "OH", "OW", "OWORDS", "stride", "pad", "XW"])

@@ -39,7 +39,7 @@ from cbcn.onebit.backends.reference import pack_signs, unpack_signs
 
 FORMAT = "cbcn-onebit"
 VERSION = 1
-PATHS = ("mma", "mma_fp8", "popcount")  # triton_kernels.packed_conv2d paths
+PATHS = ("mma", "mma_fp8", "mma_async", "popcount")  # triton_kernels.packed_conv2d paths (mma_async: Hopper)
 _CARRIED = "_cbcn_packed_signs"  # attribute of a real activation that carries its packed signs
 
 

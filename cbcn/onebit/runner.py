@@ -49,7 +49,7 @@ from cbcn.onebit.fused import batchnorm_eval
 
 MODES = ("exact", "fused")
 FUSED_BACKENDS = ("triton", "reference")
-FUSED_PATHS = ("mma", "mma_fp8")  # popcount needs packed signs, not operands
+FUSED_PATHS = ("mma", "mma_fp8", "mma_async")  # popcount needs packed signs, not operands; mma_async: Hopper
 WARMUP_CALLS = 2  # before capture: Triton compiles and autotunes, caches fill
 
 
@@ -104,6 +104,12 @@ class FusedResNetPlan:
         if not paths <= set(FUSED_PATHS):
             raise ValueError(f"the fused mode needs the GEMM paths {FUSED_PATHS}, the model uses {sorted(paths)}; "
                              "set_backend(model, path='mma') or use mode='exact'")
+        if backend == "triton" and "mma_async" in paths:  # one clear line now, not at the first launch
+            from triton_kernels.async_mma import async_mma_problem
+
+            problem = async_mma_problem(device)
+            if problem:
+                raise ValueError(f"{problem}; use path 'mma' or the reference backend")
         self.backend, self.dtype, self.device = backend, dtype, device
         cast = dict(dtype=dtype, memory_format=torch.channels_last)
         self.stem = copy.deepcopy(nn.Sequential(*list(model.stem))).to(device).to(**cast).eval()
@@ -152,10 +158,10 @@ class FusedResNetPlan:
         return c.real_out
 
     def _triton_conv(self, c: FusedConv, residual):
-        from triton_kernels.conv import unpacked_conv2d
+        from triton_kernels.conv import gemm_function
 
         k = c.layer.kernel_size
-        unpacked_conv2d(
+        gemm_function(c.layer.path)(  # unpacked_conv2d, or the Gluon GEMM of path mma_async
             c.layout.view(c.buffer), c.w_mat.view(c.layout.dtype), (k, k), c.layer.stride, c.out_size,
             scale=c.A, bias=c.B, out_dtype=self.dtype, max_abs_dot=k * k * c.layer.physical_in_channels,
             residual=residual, out=c.real_out, store_out=c.real_out is not None,
