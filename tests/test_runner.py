@@ -202,6 +202,10 @@ def test_runner_errors(models):
         OneBitRunner(onebit, x, mode="exact", dtype=torch.float16)
     with pytest.raises(ValueError, match="GEMM paths"):
         OneBitRunner(convert_to_onebit(model, path="popcount"), x)
+    mixed = convert_to_onebit(model, path="mma_fp8")
+    mixed.blocks[0].conv1.path = "mma_async"
+    with pytest.raises(ValueError, match="cannot mix paths 'mma_async' and 'mma_fp8'"):
+        OneBitRunner(mixed, x)
     if importlib.util.find_spec("triton") is not None:  # the Gluon GEMM has no interpreter: said at build time
         with pytest.raises(ValueError, match="Gluon kernel.*use path 'mma' or the reference backend"):
             OneBitRunner(convert_to_onebit(model, path="mma_async"), x, backend="triton")

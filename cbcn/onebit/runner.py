@@ -20,6 +20,10 @@ Modes:
   agreement on 10,000 inputs). The stem, the 1×1 downsampling shortcuts, the pooling and the
   classifier run as PyTorch ops in ``dtype``.
 
+GEMM paths of the fused mode (``FUSED_PATHS``, each layer's ``path``): ``mma`` (int8), ``mma_fp8``
+(fp8 e4m3 operands) and ``mma_async`` (int8 with one wgmma in flight, Gluon: Hopper GPUs only; its
+layers write int8 operands, so it does not mix with ``mma_fp8``).
+
 Backends of the fused mode: ``triton`` (the kernels; on CPU tensors the interpreter, for tests)
 or ``reference`` (``operands.operand_conv_reference``: the same arithmetic in PyTorch, the
 kernels' bit-exact reference and the fused mode on a CPU). Default: ``triton`` for CUDA tensors,
@@ -104,6 +108,9 @@ class FusedResNetPlan:
         if not paths <= set(FUSED_PATHS):
             raise ValueError(f"the fused mode needs the GEMM paths {FUSED_PATHS}, the model uses {sorted(paths)}; "
                              "set_backend(model, path='mma') or use mode='exact'")
+        if {"mma_async", "mma_fp8"} <= paths:
+            raise ValueError("the fused mode cannot mix paths 'mma_async' and 'mma_fp8': the int8 GEMM of mma_async "
+                             "does not write fp8 operands; set one path for the model (set_backend(model, path=...))")
         if backend == "triton" and "mma_async" in paths:  # one clear line now, not at the first launch
             from triton_kernels.async_mma import async_mma_problem
 
