@@ -223,12 +223,19 @@ def test_fused_layer_on_device(case):
     autotuned."""
     from triton_kernels.conv import unpacked_conv2d
 
+    configs = ((dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3) if GPU else None), None)
+    _check_fused_layer(unpacked_conv2d, case, lambda CP: configs)
+
+
+def _check_fused_layer(gemm, case, configs):
+    """``gemm`` (``unpacked_conv2d`` or ``async_mma_conv2d``) as the fused layer of ``case`` with each
+    tile of ``configs(CP)`` (None: autotuned): real output and next operand bit-equal to the reference."""
     kwargs, next_layout, expected, expected_operand = _fused_case(case)
     kwargs = _on_device(kwargs)
-    N, (OH, OW) = kwargs["x_halo"].shape[0], kwargs["out_size"]
-    for config in ((dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3) if GPU else None), None):
+    N, (OH, OW), CP = kwargs["x_halo"].shape[0], kwargs["out_size"], kwargs["x_halo"].shape[3]
+    for config in configs(CP):
         operand = next_layout.allocate(N, OH, OW, DEVICE)
-        out = unpacked_conv2d(**kwargs, operand=next_layout.view(operand), config=config)
+        out = gemm(**kwargs, operand=next_layout.view(operand), config=config)
         assert torch.equal(operand.cpu(), expected_operand), (case, config)
         assert (out is None) == (expected is None)
         if expected is not None:
@@ -245,16 +252,8 @@ def test_fused_layer_async_on_device(case):
     problem = async_mma_problem(DEVICE)
     if problem:
         pytest.skip(problem)
-    kwargs, next_layout, expected, expected_operand = _fused_case(case)
-    kwargs = _on_device(kwargs)
-    N, (OH, OW), CP = kwargs["x_halo"].shape[0], kwargs["out_size"], kwargs["x_halo"].shape[3]
-    for config in [t for t in _async_mma_tiles() if CP % t["BLOCK_K"] == 0] + [None]:
-        operand = next_layout.allocate(N, OH, OW, DEVICE)
-        out = async_mma_conv2d(**kwargs, operand=next_layout.view(operand), config=config)
-        assert torch.equal(operand.cpu(), expected_operand), (case, config)
-        assert (out is None) == (expected is None)
-        if expected is not None:
-            assert torch.equal(out.cpu(), expected), (case, config)
+    _check_fused_layer(async_mma_conv2d, case,
+                       lambda CP: [t for t in _async_mma_tiles() if CP % t["BLOCK_K"] == 0] + [None])
 
 
 @pytest.mark.parametrize("label", ["xnor", "cbcn", "bireal"])
