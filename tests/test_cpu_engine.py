@@ -2,13 +2,17 @@
 
 Per conv: random shapes (odd spatial sizes, channel counts that are not multiples of 8/32/64,
 strides 1 and 2, padding 0/1/2, kernels 1/3/5, batch 1 and more) with every epilogue step, on
-each path the machine can run: the native kernels as built for this CPU (AVX-512 where it has
-it), the same kernels built portable (scalar popcount), ``torch._int_mm`` and the reference.
-Per model: the 1-bit logits ``torch.equal`` to the training model's in eval mode for every
-packable method, K and backbone. Then the choice of path, its fallbacks and its repr.
+each path the machine can run and on every native variant: natively where this CPU executes it,
+through SIMDe's emulation of the x86 instructions (``CBCN_SIMDE``) where it does not, and for
+AArch64 NEON cross-compiled and run under qemu-user (``_native_remote``). Every variant's object
+code is checked for the instructions it exists for. Per model: the 1-bit logits ``torch.equal``
+to the training model's in eval mode for every packable method, K and backbone. Then the choice
+of path and variant, its fallbacks and its repr.
 """
 import os
 import random
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,8 +28,11 @@ from cbcn.onebit.backends.cpu import intmm, native
 from cbcn.onebit.backends.epilogue import BatchNormEval, Epilogue
 from cbcn.onebit.convert import OneBitConv2d, carried_packed_signs, convert_to_onebit
 
+import _native_remote as remote
+
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE = native.load() is not None
+SIMDE_HEADER = Path("/usr/include/simde/x86/avx512.h")  # Debian's libsimde-dev
 
 
 def _rand(*shape, g):
@@ -99,31 +106,118 @@ def test_fused_conv_equals_reference_on_random_shapes(path):
             assert got[0].is_contiguous(memory_format=fmt)
 
 
-def test_portable_native_kernels_are_exact_too(tmp_path):
-    """The kernels built without AVX-512 (scalar popcount loops; what a CPU without AVX-512 gets)."""
-    code = textwrap.dedent("""
-        import random, torch
-        from cbcn.onebit.backends import cpu, reference
-        from cbcn.onebit.backends.cpu import native
-        import test_cpu_engine as t
-        lib = native.load()
-        assert lib is not None, native.problem()
-        assert lib.variant == "scalar", lib.variant
-        rng, g = random.Random(11), torch.Generator().manual_seed(11)
-        for i in range(25):
-            x, w, C, s, p, ep = t.random_case(rng, g)
-            t._assert_same(reference.fused_conv2d_reference(x, w, C, s, p, ep),
-                           cpu.fused_conv2d(x, w, C, s, p, ep, cpu_path="native"), i)
-        v = torch.randn(3, 37, 5, 4)
-        assert torch.equal(cpu.pack_signs(v), reference.pack_signs(v))
-        print("OK", lib.variant)
-    """)
-    env = {**os.environ, "CBCN_NATIVE_FLAGS": "-mpopcnt -mno-avx512f", "CBCN_CACHE_DIR": str(tmp_path),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    if "could not build" in res.stderr + res.stdout:
+def _sweep(run_conv, pack, seed: int, cases: int):
+    """``cases`` random convs through ``run_conv(x, w, C, s, p, ep, memory_format)`` and a few
+    packings through ``pack(x)``, each equal to the reference."""
+    rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
+    for i in range(cases):
+        x, w, C, s, p, ep = random_case(rng, g)
+        fmt = torch.channels_last if i % 2 else torch.contiguous_format
+        _assert_same(reference.fused_conv2d_reference(x, w, C, s, p, ep), run_conv(x, w, C, s, p, ep, fmt),
+                     (i, tuple(x.shape), tuple(w.shape), s, p, ep.pool))
+    v = torch.randn(3, 37, 5, 4, generator=g)
+    for t in (v, v.contiguous(memory_format=torch.channels_last), torch.randn(2, 64, 3, 17, generator=g)):
+        assert torch.equal(pack(t), reference.pack_signs(t))
+
+
+@pytest.mark.parametrize("variant", native.VARIANT_NAMES)
+def test_every_variant_this_cpu_runs_is_exact(variant):
+    """Each native variant this CPU executes (the chosen one, and every slower one), forced."""
+    why = native.cannot_run(native.variant(variant))
+    if why:
+        pytest.skip(why)
+    if native.compiler() is None:
         pytest.skip("no C compiler here")
-    assert res.returncode == 0 and "OK scalar" in res.stdout, res.stderr[-3000:]
+    assert native.load(variant).variant == variant
+    _sweep(lambda x, w, C, s, p, ep, fmt: cpu.fused_conv2d(x, w, C, s, p, ep, memory_format=fmt, cpu_variant=variant),
+           lambda t: cpu.pack_signs(t, cpu_variant=variant), seed=11, cases=25)
+
+
+def _run_with(lib):
+    return lambda x, w, C, s, p, ep, fmt: cpu.run_native(lib, ep, fmt, cpu.fused_batchnorm_mode(), conv=(x, w, C, s, p, 1))
+
+
+@pytest.mark.parametrize("variant", [v.name for v in native.VARIANTS if v.name.startswith("avx")])
+def test_x86_variants_are_exact_under_simde_emulation(variant):
+    """The x86 variants' code with every intrinsic emulated (SIMDe): the kernels of an ISA this
+    CPU lacks (AVX-512 on an AVX2 machine), exercised here; the object code test checks that
+    the real build uses the instructions."""
+    if native.compiler() is None or native.machine_arch() != "x86_64":
+        pytest.skip("needs a C compiler on x86-64")
+    if not SIMDE_HEADER.exists():
+        pytest.skip("SIMDe headers not found (apt-get install libsimde-dev)")
+    v = native.variant(variant)
+    lib = native.NativeLibrary(native.build(v, openmp=False, isa_flags=("-DCBCN_SIMDE", "-mavx2", "-mfma")), v, False)
+    _sweep(_run_with(lib), lambda t: cpu.pack_native(lib, t), seed=12, cases=25)
+
+
+@pytest.mark.parametrize("variant", sorted(remote.CROSS))
+def test_cross_compiled_variants_are_exact_under_qemu(variant, tmp_path):
+    """NEON, cross-compiled (static) and run under qemu-user through the same Python path."""
+    missing = remote.missing_tools(variant)
+    if missing:
+        pytest.skip(missing)
+    lib = remote.RemoteLibrary(variant, remote.build_driver(variant, tmp_path))
+    _sweep(_run_with(lib), lambda t: cpu.pack_native(lib, t), seed=13, cases=20)
+    y = torch.randn(2, 40, 9, 8, generator=torch.Generator().manual_seed(3))
+    ep = Epilogue(pool="max2", relu=True, packed=True)
+    _assert_same(reference.run_epilogue(y, ep), cpu.run_native(lib, ep, torch.contiguous_format, 1, src=y), "src")
+
+
+@pytest.mark.parametrize("variant", native.VARIANT_NAMES)
+def test_variant_object_code_has_its_instructions(variant):
+    """Every variant is compiled — also those this CPU cannot run — and its object code holds the
+    instructions it exists for (and none of a wider ISA)."""
+    v = native.variant(variant)
+    if v.arch in ("x86_64", "any") and native.machine_arch() == "x86_64":
+        cc, objdump = native.compiler(), shutil.which("objdump")
+    elif v.name in remote.CROSS:
+        if remote.missing_tools(v.name):
+            pytest.skip(remote.missing_tools(v.name))
+        cc, objdump = remote.CROSS[v.name][0], remote.CROSS[v.name][1]
+    else:
+        pytest.skip(f"{v.arch} variant on a {native.machine_arch()} machine")
+    if cc is None or objdump is None:
+        pytest.skip("needs a C compiler and objdump")
+    code = subprocess.run([objdump, "-d", str(native.build(v, openmp=False, cc=cc))], capture_output=True,
+                          text=True, check=True).stdout
+    for pattern in v.object_code:
+        assert re.search(pattern, code), f"{variant}: no {pattern!r} in its object code"
+    for pattern in v.not_in_object_code:
+        assert not re.search(pattern, code), f"{variant}: {pattern!r} in its object code"
+
+
+def test_a_forced_variant_this_cpu_cannot_run_is_one_line(monkeypatch):
+    """Refused before anything loads (no SIGILL), in one line naming what the CPU lacks."""
+    foreign = next(v for v in native.VARIANTS if native.cannot_run(v))
+    with pytest.raises(native.VariantError, match=f"variant '{foreign.name}' was requested but cannot run here") as err:
+        native.load(foreign.name)
+    assert "\n" not in str(err.value)
+    with pytest.raises(native.VariantError, match=r"unknown CPU engine variant 'avx9' .*; valid: avx512-bitalg"):
+        native.load("avx9")
+    assert issubclass(native.VariantError, ValueError)  # the CLI prints it as one line, exit 2
+
+
+def test_a_variant_the_compiler_rejects_falls_back_and_says_so(tmp_path):
+    """A compiler that refuses the fastest runnable variant's flags: the next variant is built,
+    and ``describe()`` names the one that did not build."""
+    if not NATIVE:
+        pytest.skip(native.problem())
+    chosen = native.load().variant
+    if chosen in ("scalar", "portable"):
+        pytest.skip("no SIMD variant runs here to refuse")
+    flag = native.variant(chosen).define  # passed to this variant's build only
+    fake = tmp_path / "cc"
+    fake.write_text(f"#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = \"{flag}\" ] && {{ echo 'error: unsupported {flag}' >&2; exit 1; }}; done\n"
+                    f"exec {native.compiler()} \"$@\"\n")
+    fake.chmod(0o755)
+    res = _run_engine_probe({"CC": str(fake)}, """
+        from cbcn.onebit.backends import cpu
+        from cbcn.onebit.backends.cpu import native
+        print("VARIANT", native.load().variant, "|", cpu.describe())
+    """, tmp_path / "cache")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{chosen} did not build" in res.stdout and f"VARIANT {chosen} " not in res.stdout, res.stdout
 
 
 def test_keyword_api_equals_reference():
@@ -281,16 +375,20 @@ PROBE = """
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(onebit(x), model(x))
-    print("PATH", cpu.engine_path(), "|", repr(onebit).count("backend=auto->cpu[" + cpu.describe() + "]"))
+    print("PATH", cpu.engine_path(), "|", repr(onebit).count("backend=auto->cpu[" + cpu.describe() + "]"), "|",
+          cpu.describe())
 """
 
 
 def test_path_choice_falls_back_and_shows_in_the_repr(tmp_path):
-    """No compiler: torch._int_mm. No compiler and no _int_mm: the reference. Always exact, and
-    the repr says which path runs."""
-    no_cc = _run_engine_probe({"CC": "/bin/false", "PATH": "/nonexistent"}, PROBE, tmp_path / "a")
+    """No compiler: torch._int_mm where it is at least as fast as fp32, else the reference, and
+    the repr says why. Always exact, and the repr says which path runs."""
+    no_cc = _run_engine_probe({"CC": "/nonexistent/cc", "PATH": "/nonexistent"}, PROBE, tmp_path / "a")
     assert no_cc.returncode == 0, no_cc.stderr[-2000:]
-    assert "PATH intmm |" in no_cc.stdout and "| 0" not in no_cc.stdout, no_cc.stdout
+    expected = "reference" if intmm.slow_reason() else "intmm"
+    assert f"PATH {expected} |" in no_cc.stdout and "| 0" not in no_cc.stdout, no_cc.stdout
+    if expected == "reference":
+        assert "slower than float" in no_cc.stdout and "no C compiler" in no_cc.stdout, no_cc.stdout
     forced = _run_engine_probe({"CBCN_CPU_PATH": "reference"}, PROBE, tmp_path / "b")
     assert forced.returncode == 0 and "PATH reference |" in forced.stdout, forced.stderr[-2000:]
     no_int_mm = _run_engine_probe({"CBCN_NATIVE": "0"}, "import torch; del torch._int_mm\n" + textwrap.dedent(PROBE),
@@ -299,6 +397,17 @@ def test_path_choice_falls_back_and_shows_in_the_repr(tmp_path):
     if NATIVE:
         auto = _run_engine_probe({}, PROBE, tmp_path / "d")
         assert auto.returncode == 0 and "PATH native |" in auto.stdout, auto.stderr[-2000:]
+
+
+def test_intmm_is_chosen_only_where_it_is_fast(monkeypatch):
+    """``torch._int_mm`` without VNNI/AMX ran at 0.5 GMAC/s against 40 for fp32 (AVX2 EPYC):
+    the automatic choice passes it over there, and says why; a forced ``intmm`` still runs."""
+    monkeypatch.setattr(intmm, "available", lambda: True)
+    monkeypatch.setattr(intmm, "speed_vs_float", lambda: (0.5, 40.0))
+    assert "0.5 GMAC/s here against 40.0 for fp32" in cpu._path_problem("intmm", auto=True)
+    assert cpu._path_problem("intmm") is None
+    monkeypatch.setattr(intmm, "speed_vs_float", lambda: (90.0, 40.0))
+    assert cpu._path_problem("intmm", auto=True) is None
 
 
 def test_a_forced_path_that_cannot_run_is_a_clear_error(monkeypatch):

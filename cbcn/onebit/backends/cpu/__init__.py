@@ -2,17 +2,21 @@
 
 The same operations as the reference backend (``pack_signs``, ``unpack_signs``,
 ``packed_conv2d``, ``fused_conv2d``, ``cif_pack_bank``), with bit-identical results, on the first
-of these paths that works on this machine (``engine_path()``; ``$CBCN_CPU_PATH`` forces one):
+of these paths that works on this machine and is worth taking (``engine_path()``;
+``$CBCN_CPU_PATH`` forces one):
 
-- ``native``: XNOR + popcount over the packed words in C (``bconv.c``, built on first use by
-  ``native.py``; 16-lane AVX-512 popcounts where the CPU has VPOPCNTDQ, scalar ``popcnt``
-  elsewhere), with the whole ``Epilogue`` fused — scale, bias, max-pool, ReLU, the batch-norm,
-  the residual — and the next layer's packed signs written by the same pass. No im2col, no
-  unpacking: the activations stay packed between binary layers.
-- ``intmm``: int8 im2col and ``torch._int_mm`` (``intmm.py``), where no C compiler is present.
-- ``reference``: ``cbcn.onebit.backends.reference``, where neither is available.
+- ``native``: XNOR + popcount over the packed words in C (``bconv.c`` over ``simd.h``, built on
+  first use by ``native.py`` in the fastest instruction-set variant this CPU runs: AVX-512
+  VPOPCNTDQ/BITALG, AVX-512BW, AVX2, NEON, scalar; ``$CBCN_CPU_VARIANT`` forces one), with the
+  whole ``Epilogue`` fused — scale, bias, max-pool, ReLU, the batch-norm, the residual — and the
+  next layer's packed signs written by the same pass. No im2col, no unpacking: the activations
+  stay packed between binary layers.
+- ``intmm``: int8 im2col and ``torch._int_mm`` (``intmm.py``), where no C compiler is present and
+  ``torch._int_mm`` is at least as fast as fp32 here (VNNI / AMX; measured once per process).
+- ``reference``: ``cbcn.onebit.backends.reference``, otherwise (float arithmetic on ±1 values).
 
-The batch-norm is fused only where the native kernel reproduces PyTorch's own batch-norm
+``describe()`` names the path and variant and says when the path is expected to be slower than
+float. The batch-norm is fused only where the native kernel reproduces PyTorch's own batch-norm
 arithmetic bit for bit on this machine (``fused_batchnorm_mode()``, checked once per process);
 otherwise it runs as a PyTorch op after the kernel.
 """
@@ -37,18 +41,21 @@ unpack_signs = reference.unpack_signs
 cif_pack_bank = reference.cif_pack_bank_reference
 
 
-def _path_problem(path: str) -> str | None:
-    """Why ``path`` cannot run here (``None`` if it can)."""
+def _path_problem(path: str, auto: bool = False) -> str | None:
+    """Why ``path`` cannot run here (``None`` if it can); with ``auto``, also why the automatic
+    choice should pass it over (``intmm`` slower than float)."""
     if path == "native":
         return None if native.load() is not None else native.problem()
     if path == "intmm":
-        return None if intmm.available() else "torch._int_mm is missing or inexact on CPU tensors"
+        if not intmm.available():
+            return "torch._int_mm is missing or inexact on CPU tensors"
+        return intmm.slow_reason() if auto else None
     return None
 
 
 def engine_path(requested: str | None = None) -> str:
     """The path the engine runs: ``requested`` (or ``$CBCN_CPU_PATH``) if given, else the first of
-    ``PATHS`` that works here. A requested path that cannot run is an error."""
+    ``PATHS`` that works here and is worth taking. A requested path that cannot run is an error."""
     choice = requested if requested is not None else os.environ.get(ENV_VAR) or None
     if choice is not None:
         choice = str(choice).strip().lower()
@@ -63,16 +70,19 @@ def engine_path(requested: str | None = None) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _auto_path() -> str:
-    return next(p for p in PATHS if _path_problem(p) is None)
+    return next(p for p in PATHS if _path_problem(p, auto=True) is None)
 
 
 def describe(requested: str | None = None) -> str:
-    """Short text for reprs and reports, e.g. ``native[avx512, openmp]`` or ``intmm``."""
+    """Short text for reprs and reports, e.g. ``native[avx2, openmp]``, or the path with why the
+    faster ones are not taken, e.g. ``reference (slower than float; no C compiler found ...)``."""
     path = engine_path(requested)
     if path == "native":
-        lib = native.load()
-        return f"native[{lib.variant}{', openmp' if lib.openmp else ''}]"
-    return path
+        return f"native[{native.load().describe()}]"
+    passed_over = [why for p in PATHS[:PATHS.index(path)] if (why := _path_problem(p, auto=True))]
+    slow = path == "reference" or intmm.slow_reason() is not None
+    notes = (["slower than float"] if slow else []) + passed_over
+    return path + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def prefers_ksum(requested: str | None = None) -> bool:
@@ -89,12 +99,25 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def pack_signs(x: torch.Tensor) -> torch.Tensor:
+def _native_library(cpu_path: str | None, cpu_variant: str | None) -> native.NativeLibrary | None:
+    """The native kernels to run: those of ``cpu_variant`` when one is forced, else of the
+    engine's own variant when its path is ``native``, else ``None``."""
+    if cpu_variant is not None:
+        return native.load(cpu_variant)
+    return native.load() if engine_path(cpu_path) == "native" else None
+
+
+def pack_signs(x: torch.Tensor, cpu_variant: str | None = None) -> torch.Tensor:
     """``(N, C, H, W)`` -> ``(N, H, W, ceil(C/32))`` packed signs (as ``reference.pack_signs``),
     in one native pass for float32 CPU tensors of any layout."""
-    lib = native.load() if engine_path() == "native" else None
+    lib = _native_library(None, cpu_variant)
     if lib is None or x.dtype != torch.float32 or x.dim() != 4 or x.device.type != "cpu" or x.shape[1] < 1:
         return reference.pack_signs(x)
+    return pack_native(lib, x)
+
+
+def pack_native(lib, x: torch.Tensor) -> torch.Tensor:
+    """``pack_signs`` of a float32 CPU tensor ``(N, C, H, W)`` by ``lib``'s kernel."""
     N, C, H, W = x.shape
     out = torch.empty((N, H, W, num_words(C)), dtype=torch.int32)
     if out.numel():
@@ -114,21 +137,19 @@ def _full_bank(w_packed: torch.Tensor, in_channels: int, ksum: int) -> torch.Ten
     return reference.pack_signs(signs.repeat_interleave(ksum, dim=1))
 
 
-def prepared_weights(w_packed: torch.Tensor, in_channels: int, ksum: int = 1, lanes: int = 16) -> torch.Tensor:
-    """``(C_out, KH, KW, words)`` -> ``(ceil(C_out/lanes), KH, KW, words, lanes)`` int32: the
-    layout the kernel reads (one vector load = one word of ``lanes`` output channels); padding
-    channels are 0. Cached until ``w_packed`` changes or dies."""
+def prepared_weights(lib: native.NativeLibrary, w_packed: torch.Tensor, in_channels: int, ksum: int = 1) -> torch.Tensor:
+    """The bank ``(C_out, KH, KW, words)`` in the layout ``lib``'s variant reads (its weight
+    vectors, digits and per-tap weight sums: ``cbcn_prepare_weights``), cached until
+    ``w_packed`` changes or dies."""
     key = id(w_packed)
     entry = _PREPARED.get(key)
-    stamp = (w_packed.data_ptr(), tensor_version(w_packed), in_channels, ksum, lanes)
+    stamp = (w_packed.data_ptr(), tensor_version(w_packed), in_channels, ksum, lib)
     if entry is not None and entry[0] == stamp:
         return entry[1]
-    bank = _full_bank(w_packed, in_channels, ksum) if ksum > 1 else w_packed
-    C_out, KH, KW, XW = bank.shape
-    COB = -(-C_out // lanes)
-    padded = torch.zeros((COB * lanes, KH, KW, XW), dtype=torch.int32)
-    padded[:C_out] = bank
-    prepared = padded.view(COB, lanes, KH, KW, XW).permute(0, 2, 3, 4, 1).contiguous()
+    bank = (_full_bank(w_packed, in_channels, ksum) if ksum > 1 else w_packed).contiguous()
+    C_out, KH, KW, _ = bank.shape
+    prepared = torch.empty(lib.prepared_words(C_out, in_channels, KH, KW), dtype=torch.int32)
+    lib.prepare_weights(bank.data_ptr(), C_out, in_channels, KH, KW, prepared.data_ptr())
     if entry is None:
         weakref.finalize(w_packed, _PREPARED.pop, key, None)
     _PREPARED[key] = (stamp, prepared)
@@ -172,13 +193,14 @@ def _batchnorm_probe(mode: int, shape, g) -> bool:
         bn.bias.normal_(generator=g)
     ep = Epilogue(scale=torch.rand(C, generator=g) + 0.1, bn=BatchNormEval.from_module(bn))
     expected, _ = reference.fused_conv2d_reference(x, w, C_in, 1, k // 2, ep)
-    got, _ = _native(native.load(), ep, torch.contiguous_format, mode, conv=(x, w, C_in, 1, k // 2, 1))
+    got, _ = run_native(native.load(), ep, torch.contiguous_format, mode, conv=(x, w, C_in, 1, k // 2, 1))
     return torch.equal(expected, got)
 
 
 # --- the convolution ---------------------------------------------------------------------------------
-def _native(lib, ep: Epilogue, memory_format, bn_mode: int | None, conv=None, src: torch.Tensor | None = None):
-    """The native kernel on a binary conv (``conv = (x_packed, w_packed, in_channels, stride,
+def run_native(lib, ep: Epilogue, memory_format, bn_mode: int | None, conv=None, src: torch.Tensor | None = None):
+    """The native kernel of ``lib`` (a ``native.NativeLibrary``, or anything with its
+    ``prepared_words`` / ``prepare_weights`` / ``binary_conv``) on a binary conv (``conv = (x_packed, w_packed, in_channels, stride,
     padding, ksum)``) or on the values of a float tensor ``src`` (N, C, H, W), with as much of
     ``ep`` fused as is exact; the rest runs in PyTorch after it."""
     if conv is not None:
@@ -219,7 +241,7 @@ def _native(lib, ep: Epilogue, memory_format, bn_mode: int | None, conv=None, sr
     )
     if conv is not None:
         x = x_packed.contiguous()
-        weights = prepared_weights(w_packed, in_channels, ksum, lib.lanes)
+        weights = prepared_weights(lib, w_packed, in_channels, ksum)
         p.x, p.H, p.W, p.XW, p.C_in = x.data_ptr(), H, W, XW, in_channels
         p.w, p.KH, p.KW, p.stride, p.pad = weights.data_ptr(), KH, KW, stride, padding
     else:
@@ -239,27 +261,30 @@ def _native(lib, ep: Epilogue, memory_format, bn_mode: int | None, conv=None, sr
     return (real if ep.real else None), packed
 
 
-def run_epilogue(x: torch.Tensor, epilogue: Epilogue, memory_format=torch.channels_last, cpu_path: str | None = None):
+def run_epilogue(x: torch.Tensor, epilogue: Epilogue, memory_format=torch.channels_last, cpu_path: str | None = None,
+                 cpu_variant: str | None = None):
     """``epilogue`` applied to the values of a float tensor ``x`` (N, C, H, W) — e.g. the output of
     a full-precision first layer, pooled, batch-normed and packed for the first binary conv in
     one pass: ``(real, packed)`` as ``reference.run_epilogue``."""
     epilogue.check(x.shape[1], x.device)
-    if engine_path(cpu_path) == "native" and x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point():
-        return _native(native.load(), epilogue, memory_format, fused_batchnorm_mode(), src=x)
+    lib = _native_library(cpu_path, cpu_variant)
+    if lib is not None and x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point():
+        return run_native(lib, epilogue, memory_format, fused_batchnorm_mode(), src=x)
     return reference.run_epilogue(x, epilogue, memory_format)
 
 
 def fused_conv2d(x_packed, w_packed, in_channels: int, stride: int = 1, padding: int = 0,
                  epilogue: Epilogue = Epilogue(), ksum: int = 1, memory_format=torch.channels_last,
-                 cpu_path: str | None = None, **_ignored):
+                 cpu_path: str | None = None, cpu_variant: str | None = None, **_ignored):
     """A binary conv with its whole ``Epilogue``: ``(real, packed)`` as
-    ``reference.fused_conv2d_reference``, the real output in ``memory_format``."""
+    ``reference.fused_conv2d_reference``, the real output in ``memory_format``
+    (``cpu_path`` forces one of ``PATHS``, ``cpu_variant`` one of ``native.VARIANTS``)."""
     check_conv_args(x_packed, w_packed, in_channels, stride, padding, None, None, None, None, ksum)
     epilogue.check(w_packed.shape[0], x_packed.device)
-    chosen = engine_path(cpu_path)
+    chosen = "native" if cpu_variant is not None else engine_path(cpu_path)
     on_cpu = x_packed.device.type == "cpu"
     if chosen == "native" and on_cpu:
-        return _native(native.load(), epilogue, memory_format, fused_batchnorm_mode(),
+        return run_native(native.load(cpu_variant), epilogue, memory_format, fused_batchnorm_mode(),
                        conv=(x_packed, w_packed, in_channels, stride, padding, ksum))
     if chosen in ("native", "intmm") and on_cpu and intmm.available():
         sums = intmm.conv_sums_intmm(x_packed, w_packed, in_channels, stride, padding, ksum)
@@ -271,10 +296,12 @@ def fused_conv2d(x_packed, w_packed, in_channels: int, stride: int = 1, padding:
 
 def packed_conv2d(x_packed, w_packed, in_channels: int, stride: int = 1, padding: int = 0, scale=None, bias=None,
                   bn_scale=None, bn_shift=None, binarize_output: bool = False, out_dtype=torch.float32, ksum: int = 1,
-                  cpu_path: str | None = None, **_ignored):
+                  cpu_path: str | None = None, cpu_variant: str | None = None, **_ignored):
     """``reference.packed_conv2d_reference``'s signature and results, on the engine's path
-    (``cpu_path``: force one of ``PATHS``; the ``path`` keyword of the Triton version is ignored)."""
+    (``cpu_path``: force one of ``PATHS``, ``cpu_variant`` a native variant; the ``path`` keyword
+    of the Triton version is ignored)."""
     check_conv_args(x_packed, w_packed, in_channels, stride, padding, scale, bias, bn_scale, bn_shift, ksum)
     epilogue = legacy_epilogue(scale, bias, bn_scale, bn_shift, binarize_output, out_dtype)
-    real, packed = fused_conv2d(x_packed, w_packed, in_channels, stride, padding, epilogue, ksum, cpu_path=cpu_path)
+    real, packed = fused_conv2d(x_packed, w_packed, in_channels, stride, padding, epilogue, ksum, cpu_path=cpu_path,
+                                cpu_variant=cpu_variant)
     return packed if binarize_output else real

@@ -1,55 +1,52 @@
 /* The CPU engine's native kernels: XNOR + popcount binary convolution over packed signs, with
- * the layer's whole epilogue fused, and sign packing of float tensors.
+ * the layer's whole epilogue fused, and sign packing of float tensors. Written once over the
+ * vector operations of simd.h and compiled once per instruction-set variant (native.py).
  *
  * Packing contract (docs/CONTRACTS.md): a bit is set where the value is negative (NaN included),
  * 32 channels per uint32 word, channel c in word c/32 at bit c%32, pixels NHWC; padding bits 0.
  *
  * For ±1 vectors a, b of n channels packed that way, a·b = n − 2·popcount(a XOR b); padding bits
  * are 0 in both operands and so never count. Zero padding of the convolution (a 0, not a −1) is
- * honoured by summing only the taps that fall inside the image: out = n_valid·C_in − 2·Σ popcounts.
- * The sums are exact integers, as in cbcn.backends.reference.
+ * handled by convolving a zero-bit halo (+1 everywhere) and subtracting, per border pixel, the
+ * weight sums of its taps outside the image. The sums are exact integers, as in
+ * cbcn.onebit.backends.reference.
  *
- * The epilogue (cbcn.backends.epilogue.Epilogue, in its fixed order):
+ * The epilogue (cbcn.onebit.backends.epilogue.Epilogue, in its fixed order):
  *   v = sum · scale (+ bias)  ->  2×2 max- or average pool  ->  ReLU  ->  batch-norm  ->  + residual
  * each step rounded separately (this file is compiled with -ffp-contract=off), except that the
  * batch-norm is one fused multiply-add when bn_fma is set — what PyTorch's CPU batch-norm does,
  * which the Python side checks against torch before it lets this code fuse a batch-norm.
  * Outputs: the float result (any strides) and/or its packed signs, for the next binary layer.
  *
- * Plain C99. With AVX-512 (F, BW, VPOPCNTDQ) the inner loops use 16-lane popcounts; without, a
- * portable scalar loop (__builtin_popcount) gives the same integers.
+ * The inner loop (conv_block): for a block of up to PIX_BLOCK output pixels of one row and LANES
+ * output channels, each weight vector (one word of LANES output channels' filters) is loaded
+ * once and XORed with each pixel's broadcast input word; the bit counts of the results
+ * accumulate per lane. Layers of <= 16 input channels put two output pixels in each 32-bit word
+ * (pixel pairs), where the variant's counts stay within 16-bit halves.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VPOPCNTDQ__)
-#include <immintrin.h>
-#define CBCN_AVX512 1
-#else
-#define CBCN_AVX512 0
-#endif
-#if CBCN_AVX512 && defined(__AVX512BITALG__)
-#define CBCN_PAIRS 1 /* layers of <= 16 input channels: two output pixels per 16-bit-lane popcount */
-#else
-#define CBCN_PAIRS 0
-#endif
+#include "simd.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-#define CBCN_ABI_VERSION 7
-#define LANES 16 /* output channels per weight vector: the prepared bank is (COB, KH, KW, XW, 16) */
-#define PIX_BLOCK 8 /* output pixels sharing each weight vector load in the interior */
-#define PAIR_BLOCK 8 /* pixel pairs sharing each weight vector load (narrow layers) */
+#define CBCN_ABI_VERSION 8
+#ifdef PIX_BLOCK_OVERRIDE
+#define PIX_BLOCK PIX_BLOCK_OVERRIDE
+#else
+#define PIX_BLOCK 8 /* output pixels (or pixel pairs) sharing each weight vector load */
+#endif
 
 /* The one parameter struct of a fused binary conv (mirrored by ctypes in native.py). */
 typedef struct {
     const uint32_t *x;      /* packed input (N, H, W, XW) */
     int64_t N, H, W, XW, C_in;
-    const uint32_t *w;      /* prepared bank (COB, KH, KW, XW, LANES); C_out padded to LANES */
+    const uint32_t *w;      /* the bank as cbcn_prepare_weights wrote it */
     int64_t C_out, KH, KW, stride, pad;
     int64_t OH, OW;         /* conv output size */
     const float *scale;     /* per output channel, or NULL */
@@ -67,26 +64,43 @@ typedef struct {
     int64_t threads;
     const float *src;       /* instead of a conv (x, w NULL): the values of a float tensor (N, C_out, OH, OW) */
     int64_t ss_n, ss_c, ss_h, ss_w;
-    /* set by cbcn_binary_conv (callers leave them 0): the zero-haloed input and the weight sums */
-    const uint32_t *xh;     /* (N, HP, WP, XW), HP = H + 2·pad, WP = W + 2·pad */
-    int64_t HP, WP;
-    const int32_t *wsum;    /* (COB, KH, KW, LANES): Σ_c of each tap's ±1 weights */
-    const uint32_t *pairs;  /* narrow layers: (N, HP, WP) words x[j] | x[j + stride] << 16, or NULL */
+} cbcn_conv_params;
+
+/* One call's working state: the caller's parameters and what is derived from them once. */
+typedef struct {
+    cbcn_conv_params p;
+    int64_t COP;            /* C_out rounded up to LANES */
+    int pairs;              /* two output pixels per word (pair_mode) */
+    const uint32_t *xd;     /* input digit words over the zero halo: (N, HP, WP, XW·DIGITS), pairs (N, HP, WP, DIGITS) */
+    int64_t HP, WP, XD;     /* haloed height and width; digit words per haloed pixel */
+    const uint32_t *wd;     /* weight digits (COB, T, DIGITS, LANES) */
+    const int32_t *wsum;    /* (COB, KH·KW, LANES): Σ_c of each tap's ±1 weights */
+    int64_t T;              /* words per output pixel and lane: KH·KW·XW (pairs: KH·KW) */
+    const int32_t *xoff;    /* (T): offset of word t's digits in the window, in digit words */
     const int32_t *row_class, *col_class; /* border class of each output row / column (0: inside) */
     const int32_t *corr;    /* (row classes, col classes, COP): the padding correction of each class */
     int64_t n_col_classes;
-} cbcn_conv_params;
+    const float *scale, *bias, *bn_mul, *bn_add; /* the per-channel vectors padded with 0 to COP, or NULL */
+} conv_job;
 
 int cbcn_abi_version(void) { return CBCN_ABI_VERSION; }
-int cbcn_simd(void) { return CBCN_AVX512 + CBCN_PAIRS; } /* 1: AVX-512 popcounts; 2: and 16-bit-lane pairs */
+const char *cbcn_variant(void) { return VARIANT_NAME; }
 int cbcn_lanes(void) { return LANES; }
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+/* Output size along one axis after the epilogue's pooling (see `pool`). */
+static inline int64_t pooled_size(int64_t n, int64_t pool) { return pool == 2 ? n / 2 : pool == 3 ? (n + 1) / 2 : n; }
+/* Whether a layer runs in pixel pairs: one half-word of input signs per pixel. */
+static inline int pair_mode(int64_t C_in) { return CAN_PAIR && C_in <= 16; }
 
 /* Per-thread scratch buffers kept between calls: a fresh malloc of a few hundred KB per layer is
  * an mmap and a page fault per 4 KB on every call (glibc's default), which costs as much as a
  * small layer's arithmetic. Slot i of the calling thread grows as needed and is never freed
  * (a few MB at most per thread). Contents are not preserved between uses. */
-enum { SCRATCH_HALO, SCRATCH_PAIRS, SCRATCH_WSUM, SCRATCH_SUMS, SCRATCH_VALS, SCRATCH_SRC, SCRATCH_RES, SCRATCH_OUT,
-       SCRATCH_SLOTS };
+enum { SCRATCH_DIGITS, SCRATCH_XOFF, SCRATCH_VECTORS, SCRATCH_SUMS, SCRATCH_VALS, SCRATCH_SRC, SCRATCH_RES,
+       SCRATCH_OUT, SCRATCH_SLOTS };
 static __thread void *scratch_ptr[SCRATCH_SLOTS];
 static __thread size_t scratch_size[SCRATCH_SLOTS];
 
@@ -101,113 +115,122 @@ static void *scratch(int slot, size_t bytes) {
     return scratch_ptr[slot];
 }
 
-static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-/* Output size along one axis after the epilogue's pooling (see `pool`). */
-static inline int64_t pooled_size(int64_t n, int64_t pool) { return pool == 2 ? n / 2 : pool == 3 ? (n + 1) / 2 : n; }
-static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+/* ---------------------------------------------------------------------------------------------
+ * The bank, prepared once per weight tensor (cached by the caller): the weight digits in the
+ * order the inner loop reads them, then the weight sums of each tap for the border correction.
+ * ------------------------------------------------------------------------------------------- */
+static int64_t bank_words(int64_t C_out, int64_t C_in, int64_t KH, int64_t KW) {
+    const int64_t XW = (C_in + 31) / 32, COB = (C_out + LANES - 1) / LANES;
+    const int64_t T = KH * KW * (pair_mode(C_in) ? 1 : XW);
+    return COB * T * DIGITS * LANES + COB * KH * KW * LANES;
+}
 
-#if CBCN_AVX512
-/* conv_pixels for a compile-time pixel count NP (inlined per count, so the NP accumulators stay
- * in registers: a loop over a run-time count would keep them in memory). */
-static inline __attribute__((always_inline)) void conv_pixels_avx512(
-    const cbcn_conv_params *a, const uint32_t *x_img, int64_t ih0, int64_t iw0, const int NP, int32_t *sums) {
-    const int64_t XW = a->XW, KW = a->KW, KH = a->KH, WP = a->WP, xstep = a->stride * a->XW;
-    const int64_t COB = (a->C_out + LANES - 1) / LANES, COP = COB * LANES;
-    const __m512i nv = _mm512_set1_epi32((int32_t)(KH * KW * a->C_in));
+/* Words (uint32) cbcn_prepare_weights writes for a layer of this shape. */
+int64_t cbcn_prepared_words(int64_t C_out, int64_t C_in, int64_t KH, int64_t KW) {
+    return bank_words(C_out, C_in, KH, KW);
+}
+
+/* The bank (C_out, KH, KW, XW) packed as the contract says -> this variant's layout. */
+int cbcn_prepare_weights(const uint32_t *w, int64_t C_out, int64_t C_in, int64_t KH, int64_t KW, uint32_t *out) {
+    if (!w || !out || C_out < 1 || C_in < 1 || KH < 1 || KW < 1) return -1;
+    const int64_t XW = (C_in + 31) / 32, COB = (C_out + LANES - 1) / LANES, pairs = pair_mode(C_in);
+    const int64_t T = KH * KW * (pairs ? 1 : XW);
+    uint32_t *wd = out;
+    int32_t *wsum = (int32_t *)(out + COB * T * DIGITS * LANES);
+    for (int64_t cob = 0; cob < COB; cob++)
+        for (int64_t tap = 0; tap < KH * KW; tap++)
+            for (int l = 0; l < LANES; l++) {
+                const int64_t co = cob * LANES + l;
+                int32_t bits = 0;
+                for (int64_t x = 0; x < (pairs ? 1 : XW); x++) {
+                    uint32_t word = co < C_out ? w[(co * KH * KW + tap) * XW + x] : 0; /* padding channels: 0 */
+                    bits += __builtin_popcount(word);
+                    if (pairs) word = (word & 0xFFFFu) | (word << 16); /* the same filter for both pixels */
+                    uint32_t d[DIGITS];
+                    split_digits(word, d);
+                    const int64_t t = tap * (pairs ? 1 : XW) + x;
+                    for (int k = 0; k < DIGITS; k++) wd[((cob * T + t) * DIGITS + k) * LANES + l] = d[k];
+                }
+                wsum[(cob * KH * KW + tap) * LANES + l] = co < C_out ? (int32_t)C_in - 2 * bits : 0;
+            }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The convolution sums.
+ * ------------------------------------------------------------------------------------------- */
+/* Writes (first chunk) or adds (later chunks) one chunk's counts, and on the last chunk turns
+ * the total into the conv sum n_all − 2·count. */
+static inline void emit_counts(int32_t *dst, VI count, int first, int last, VI n_all) {
+    VI total = first ? count : vi_add32(vi_load(dst), count);
+    if (last) total = vi_sub32(n_all, vi_slli32(total, 1));
+    vi_store(dst, total);
+}
+
+/* Conv sums of NP output pixels (PAIRS: 2·NP pixels in NP pair words) of one output row, over
+ * the zero-haloed input (halo bits 0, i.e. +1; conv_row corrects the border pixels): `xwin` is
+ * the first pixel's window origin, `pstep` the digit-word step between the blocked pixels;
+ * sums[p·COP + co] = KH·KW·C_in − 2·Σ popcount. NP and PAIRS are compile-time constants here
+ * (inlined per value), so the NP counters stay in registers. */
+static inline __attribute__((always_inline)) void conv_block(const conv_job *j, const uint32_t *xwin, int64_t pstep,
+                                                             const int NP, const int PAIRS, int32_t *sums) {
+    COUNT_SETUP;
+    const int64_t T = j->T, COP = j->COP, COB = COP / LANES;
+    const VI n_all = vi_set1(j->p.KH * j->p.KW * j->p.C_in);
+#if CAN_PAIR
+    const int64_t limit = PAIRS ? CNT16_LIMIT : CNT_LIMIT;
+#else
+    const int64_t limit = CNT_LIMIT;
+    (void)PAIRS;
+#endif
     for (int64_t cob = 0; cob < COB; cob++) {
-        __m512i acc[PIX_BLOCK];
-        for (int p = 0; p < NP; p++) acc[p] = _mm512_setzero_si512();
-        for (int64_t kh = 0; kh < KH; kh++) {
-            const uint32_t *xrow = x_img + (ih0 + kh) * WP * XW;
-            for (int64_t kw = 0; kw < KW; kw++) {
-                const uint32_t *wp = a->w + (((cob * KH + kh) * KW + kw) * XW) * LANES;
-                const uint32_t *xp = xrow + (iw0 + kw) * XW;
-                for (int64_t wd = 0; wd < XW; wd++) {
-                    const __m512i wv = _mm512_loadu_si512((const void *)(wp + wd * LANES));
-                    for (int p = 0; p < NP; p++)
-                        acc[p] = _mm512_add_epi32(acc[p], _mm512_popcnt_epi32(_mm512_xor_si512(_mm512_set1_epi32((int)xp[p * xstep + wd]), wv)));
+        const uint32_t *wp = j->wd + cob * T * DIGITS * LANES;
+        for (int64_t i0 = 0; i0 < T; i0 += limit) {
+            const int64_t i1 = min64(T, i0 + limit);
+            VI cnt[PIX_BLOCK];
+            for (int p = 0; p < NP; p++) cnt[p] = vi_zero();
+            for (int64_t i = i0; i < i1; i++) {
+                const uint32_t *xi = xwin + j->xoff[i];
+                for (int d = 0; d < DIGITS; d++) {
+                    const VI wv = vi_load(wp + (i * DIGITS + d) * LANES);
+#if CAN_PAIR
+                    if (PAIRS) {
+                        for (int p = 0; p < NP; p++) cnt[p] = CNT16_ADD(cnt[p], CNT16(vi_xor(vi_bcast(xi + p * pstep + d), wv)));
+                        continue;
+                    }
+#endif
+                    for (int p = 0; p < NP; p++) cnt[p] = CNT_ADD(cnt[p], CNT(vi_xor(vi_bcast(xi + p * pstep + d), wv)));
                 }
             }
+            const int first = i0 == 0, last = i1 == T;
+            for (int p = 0; p < NP; p++) {
+#if CAN_PAIR
+                if (PAIRS) { /* 16-bit halves: the pair's first pixel low, its second high */
+                    const VI halves = WIDEN16(cnt[p]);
+                    emit_counts(sums + (2 * p) * COP + cob * LANES, vi_and(halves, vi_set1(0xFFFF)), first, last, n_all);
+                    emit_counts(sums + (2 * p + 1) * COP + cob * LANES, vi_srli32(halves, 16), first, last, n_all);
+                    continue;
+                }
+#endif
+                emit_counts(sums + p * COP + cob * LANES, WIDEN32(cnt[p]), first, last, n_all);
+            }
         }
-        for (int p = 0; p < NP; p++)
-            _mm512_storeu_si512((void *)(sums + p * COP + cob * LANES), _mm512_sub_epi32(nv, _mm512_slli_epi32(acc[p], 1)));
     }
 }
-#endif
 
-/* Conv sums of `npix` output pixels of one output row over the zero-haloed input (halo bits 0,
- * i.e. +1; conv_row corrects the border pixels), whose windows start at haloed row ih0 and
- * column iw0 + p·stride: sums[p·COP + co] = KH·KW·C_in − 2·Σ popcount. */
-static void conv_pixels(const cbcn_conv_params *a, const uint32_t *x_img, int64_t ih0, int64_t iw0, int64_t npix,
-                        int32_t *sums) {
-#if CBCN_AVX512
-    switch (npix) {
-#define CBCN_NP(n) case n: conv_pixels_avx512(a, x_img, ih0, iw0, n, sums); break;
+static void conv_pixels(const conv_job *j, const uint32_t *xwin, int64_t pstep, int64_t np, int32_t *sums) {
+    switch (np) {
+#define CBCN_NP(n) case n: conv_block(j, xwin, pstep, n, 0, sums); break;
         CBCN_NP(1) CBCN_NP(2) CBCN_NP(3) CBCN_NP(4) CBCN_NP(5) CBCN_NP(6) CBCN_NP(7) CBCN_NP(8)
 #undef CBCN_NP
         default: break;
     }
-#else
-    const int64_t XW = a->XW, KW = a->KW, KH = a->KH, WP = a->WP;
-    const int64_t COB = (a->C_out + LANES - 1) / LANES, COP = COB * LANES;
-    const int32_t n_all = (int32_t)(KH * KW * a->C_in);
-    for (int64_t p = 0; p < npix; p++) {
-        int32_t *sp = sums + p * COP;
-        for (int64_t co = 0; co < COP; co++) sp[co] = 0;
-        for (int64_t kh = 0; kh < KH; kh++) {
-            const uint32_t *xrow = x_img + (ih0 + kh) * WP * XW;
-            for (int64_t kw = 0; kw < KW; kw++) {
-                const uint32_t *xp = xrow + (iw0 + p * a->stride + kw) * XW;
-                for (int64_t cob = 0; cob < COB; cob++) {
-                    const uint32_t *wp = a->w + (((cob * KH + kh) * KW + kw) * XW) * LANES;
-                    for (int64_t wd = 0; wd < XW; wd++) {
-                        const uint32_t xv = xp[wd];
-                        for (int l = 0; l < LANES; l++)
-                            sp[cob * LANES + l] += __builtin_popcount(xv ^ wp[wd * LANES + l]);
-                    }
-                }
-            }
-        }
-        for (int64_t co = 0; co < COP; co++) sp[co] = n_all - 2 * sp[co];
-    }
-#endif
 }
 
-#if CBCN_PAIRS
-/* Narrow layers (C_in <= 16, one half-word of signs per pixel): output pixels in pairs. Each
- * 32-bit lane holds output channel l's 16 weight bits twice and the broadcast word the signs of
- * the pair's two input pixels, so one 16-bit-lane popcount (BITALG) counts both pixels: half the
- * instructions of conv_pixels. `pairs` points at the window's first haloed row of pair words. */
-static inline __attribute__((always_inline)) void conv_pixel_pairs_n(
-    const cbcn_conv_params *a, const uint32_t *pairs, int64_t iw0, const int NP, int32_t *sums) {
-    const int64_t KW = a->KW, KH = a->KH, WP = a->WP, s2 = 2 * a->stride;
-    const int64_t COB = (a->C_out + LANES - 1) / LANES, COP = COB * LANES;
-    const __m512i nv = _mm512_set1_epi32((int32_t)(KH * KW * a->C_in)), lo = _mm512_set1_epi32(0xFFFF);
-    for (int64_t cob = 0; cob < COB; cob++) {
-        __m512i acc[PAIR_BLOCK];
-        for (int p = 0; p < NP; p++) acc[p] = _mm512_setzero_si512();
-        for (int64_t kh = 0; kh < KH; kh++) {
-            const uint32_t *prow = pairs + kh * WP;
-            for (int64_t kw = 0; kw < KW; kw++) {
-                __m512i wv = _mm512_loadu_si512((const void *)(a->w + ((cob * KH + kh) * KW + kw) * LANES));
-                wv = _mm512_or_si512(wv, _mm512_slli_epi32(wv, 16));
-                const uint32_t *xp = prow + iw0 + kw;
-                for (int p = 0; p < NP; p++)
-                    acc[p] = _mm512_add_epi16(acc[p], _mm512_popcnt_epi16(_mm512_xor_si512(_mm512_set1_epi32((int)xp[p * s2]), wv)));
-            }
-        }
-        for (int p = 0; p < NP; p++) {
-            const __m512i first = _mm512_and_si512(acc[p], lo), second = _mm512_srli_epi32(acc[p], 16);
-            _mm512_storeu_si512((void *)(sums + (2 * p) * COP + cob * LANES), _mm512_sub_epi32(nv, _mm512_slli_epi32(first, 1)));
-            _mm512_storeu_si512((void *)(sums + (2 * p + 1) * COP + cob * LANES), _mm512_sub_epi32(nv, _mm512_slli_epi32(second, 1)));
-        }
-    }
-}
-
-static void conv_pixel_pairs(const cbcn_conv_params *a, const uint32_t *pairs, int64_t iw0, int64_t npairs,
-                             int32_t *sums) {
-    switch (npairs) {
-#define CBCN_NP(n) case n: conv_pixel_pairs_n(a, pairs, iw0, n, sums); break;
+#if CAN_PAIR
+static void conv_pixel_pairs(const conv_job *j, const uint32_t *xwin, int64_t pstep, int64_t np, int32_t *sums) {
+    switch (np) {
+#define CBCN_NP(n) case n: conv_block(j, xwin, pstep, n, 1, sums); break;
         CBCN_NP(1) CBCN_NP(2) CBCN_NP(3) CBCN_NP(4) CBCN_NP(5) CBCN_NP(6) CBCN_NP(7) CBCN_NP(8)
 #undef CBCN_NP
         default: break;
@@ -219,51 +242,53 @@ static void conv_pixel_pairs(const cbcn_conv_params *a, const uint32_t *pairs, i
  * Σ_c w[co][c][kh][kw]; subtract, per border pixel, the sum over its taps outside the image. Those
  * sums depend only on which taps are out, so cbcn_binary_conv tabulates them per class of rows
  * and columns (top / bottom / left / right edges, corners): corr[row class][col class][COP]. */
-static void correct_border(const cbcn_conv_params *a, int64_t oh, int64_t ow0, int64_t ow1, int32_t *sums) {
-    const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES;
-    const int32_t rc = a->row_class[oh];
-    for (int64_t ow = ow0; ow < ow1; ow++) {
-        const int32_t cc = a->col_class[ow];
+static void correct_border(const conv_job *j, int64_t oh, int32_t *sums) {
+    const int64_t COP = j->COP;
+    const int32_t rc = j->row_class[oh];
+    for (int64_t ow = 0; ow < j->p.OW; ow++) {
+        const int32_t cc = j->col_class[ow];
         if (rc == 0 && cc == 0) continue;
-        const int32_t *corr = a->corr + ((int64_t)rc * a->n_col_classes + cc) * COP;
+        const int32_t *corr = j->corr + ((int64_t)rc * j->n_col_classes + cc) * COP;
         int32_t *sp = sums + ow * COP;
-        for (int64_t i = 0; i < COP; i++) sp[i] -= corr[i];
+        for (int64_t i = 0; i < COP; i += LANES) vi_store(sp + i, vi_sub32(vi_load(sp + i), vi_load(corr + i)));
     }
 }
 
-/* Conv sums of output row oh of image n: sums (OW, COP), from the zero-haloed input. */
-static void conv_row(const cbcn_conv_params *a, int64_t n, int64_t oh, int32_t *sums) {
-    const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES, s = a->stride, WP = a->WP, OW = a->OW;
-    const uint32_t *x_img = a->xh + n * a->HP * WP * a->XW;
-    const int64_t ih0 = oh * s;
+/* Conv sums of output row oh of image n: sums (OW, COP). */
+static void conv_row(const conv_job *j, int64_t n, int64_t oh, int32_t *sums) {
+    const int64_t COP = j->COP, s = j->p.stride, OW = j->p.OW, XD = j->XD;
+    const uint32_t *x_img = j->xd + (n * j->HP + oh * s) * j->WP * XD; /* the windows' first haloed row */
     int64_t ow = 0;
-#if CBCN_PAIRS
-    if (a->pairs && OW >= 2) {
-        const uint32_t *pairs = a->pairs + (n * a->HP + ih0) * WP; /* rows ih0 .. ih0+KH-1 */
-        for (; ow + 2 <= OW;) {
-            const int64_t np = min64(PAIR_BLOCK, (OW - ow) / 2);
-            conv_pixel_pairs(a, pairs, ow * s, np, sums + ow * COP);
+#if CAN_PAIR
+    if (j->pairs) { /* an odd last pixel's pair also writes the pixel after the row: sums has room for it */
+        for (; ow < OW;) {
+            const int64_t np = min64(PIX_BLOCK, (OW - ow + 1) / 2);
+            conv_pixel_pairs(j, x_img + ow * s * XD, 2 * s * XD, np, sums + ow * COP);
             ow += 2 * np;
         }
     }
 #endif
     for (; ow < OW;) {
         const int64_t np = min64(PIX_BLOCK, OW - ow);
-        conv_pixels(a, x_img, ih0, ow * s, np, sums + ow * COP);
+        conv_pixels(j, x_img + ow * s * XD, s * XD, np, sums + ow * COP);
         ow += np;
     }
-    if (a->pad) correct_border(a, oh, 0, OW, sums);
+    if (j->p.pad) correct_border(j, oh, sums);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * The epilogue.
+ * ------------------------------------------------------------------------------------------- */
 /* Row r of the epilogue's input, as (OW, COP) 4-byte values: the conv sums (int32, computed into
  * buf), or with a float source its values (float bits) — read in place where the source already
  * has that layout (a staged image), else gathered into buf. */
-static const int32_t *source_row(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *buf) {
+static const int32_t *source_row(const conv_job *j, int64_t n, int64_t r, int32_t *buf) {
+    const cbcn_conv_params *a = &j->p;
     if (!a->src) {
-        conv_row(a, n, r, buf);
+        conv_row(j, n, r, buf);
         return buf;
     }
-    const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES;
+    const int64_t COP = j->COP;
     const float *row = a->src + n * a->ss_n + r * a->ss_h;
     if (a->ss_c == 1 && a->ss_w == COP) return (const int32_t *)row;
     float *f = (float *)buf;
@@ -276,137 +301,86 @@ static const int32_t *source_row(const cbcn_conv_params *a, int64_t n, int64_t r
     return buf;
 }
 
-/* scale and bias of one conv output value (separately rounded, as BinaryConv2d.forward) */
-static inline float scaled(const cbcn_conv_params *a, int32_t s, int64_t co) {
-    float v;
-    if (a->src) memcpy(&v, &s, sizeof v); else v = (float)s;
-    if (a->scale) v = v * a->scale[co];
-    if (a->bias) v = v + a->bias[co];
-    return v;
-}
-
 /* Packs the signs of v[0..C) into words (bit set iff !(v >= 0)), padding bits 0. */
 static inline void pack_row_signs(const float *v, int64_t C, uint32_t *words) {
-    const int64_t XW = (C + 31) / 32;
-    for (int64_t wd = 0; wd < XW; wd++) {
+    for (int64_t c0 = 0; c0 < C; c0 += 32) {
         uint32_t bits = 0;
-        const int64_t c0 = wd * 32, c1 = min64(C, c0 + 32);
-#if CBCN_AVX512
-        if (c1 - c0 == 32) {
-            const __m512 zero = _mm512_setzero_ps();
-            const __mmask16 lo = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + c0), zero, _CMP_NGE_UQ);
-            const __mmask16 hi = _mm512_cmp_ps_mask(_mm512_loadu_ps(v + c0 + 16), zero, _CMP_NGE_UQ);
-            words[wd] = (uint32_t)lo | ((uint32_t)hi << 16);
-            continue;
+        for (int64_t k = 0; k < 32 / LANES && c0 + k * LANES < C; k++) {
+            const int64_t c = c0 + k * LANES, n = min64(LANES, C - c);
+            const VF v8 = n == LANES ? vf_load(v + c) : vf_load_part(v + c, n);
+            bits |= (vf_negbits(v8) & (uint32_t)((1ull << n) - 1)) << (k * LANES);
         }
-#endif
-        for (int64_t c = c0; c < c1; c++) bits |= (uint32_t)(!(v[c] >= 0.0f)) << (c - c0);
-        words[wd] = bits;
+        words[c0 / 32] = bits;
     }
 }
 
-/* The epilogue of one final output pixel (n, ph, pw): `v` holds its C_out scaled values (after
- * pooling); finish the chain in place, then store the float output and the packed signs. */
-static inline void finish_pixel(const cbcn_conv_params *a, int64_t n, int64_t ph, int64_t pw, int64_t PH,
-                                int64_t PW, float *v) {
-    const int64_t C = a->C_out;
-    if (a->relu)
-        for (int64_t c = 0; c < C; c++) v[c] = v[c] < 0.0f ? 0.0f : v[c];
-    if (a->bn_mul) {
-        if (a->bn_fma)
-            for (int64_t c = 0; c < C; c++) v[c] = fmaf(v[c], a->bn_mul[c], a->bn_add[c]);
-        else
-            for (int64_t c = 0; c < C; c++) { v[c] = v[c] * a->bn_mul[c]; v[c] = v[c] + a->bn_add[c]; }
-    }
-    if (a->residual) {
-        const float *r = a->residual + n * a->rs_n + ph * a->rs_h + pw * a->rs_w;
-        if (a->rs_c == 1)
-            for (int64_t c = 0; c < C; c++) v[c] = v[c] + r[c];
-        else
-            for (int64_t c = 0; c < C; c++) v[c] = v[c] + r[c * a->rs_c];
-    }
-    if (a->out) {
-        float *o = a->out + n * a->os_n + ph * a->os_h + pw * a->os_w;
-        if (a->os_c == 1)
-            memcpy(o, v, (size_t)C * sizeof(float));
-        else
-            for (int64_t c = 0; c < C; c++) o[c * a->os_c] = v[c];
-    }
-    if (a->out_packed) {
-        const int64_t XWO = (C + 31) / 32;
-        pack_row_signs(v, C, a->out_packed + ((n * PH + ph) * PW + pw) * XWO);
-    }
-    (void)PH;
-}
-
-#if CBCN_AVX512
-/* The epilogue of 16 channels [c0, c0+16) of one conv output value vector (AVX-512): the same
- * steps and roundings as scaled() + finish_pixel(), with masks for the channel tail. */
-/* One final output row (n, r): one conv row, or two pooled into one. `sums` holds 2·OW·COP
+/* One final output row (n, r): one conv row, or two pooled into one. `sums` holds (2·OW + 1)·COP
  * values, `vals` OW·COP floats. The source, residual and output have contiguous channels
- * (cbcn_binary_conv stages NCHW tensors per image first: a 16-channel scatter over NCHW planes
- * thrashes the cache). The epilogue runs as one tight pass over the row per step, each step's
- * switch tested once per row rather than per pixel. */
-static void output_row_avx512(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *sums, float *vals) {
-    const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES, C = a->C_out;
+ * (cbcn_binary_conv stages NCHW tensors per image first: a channel-vector scatter over NCHW
+ * planes thrashes the cache). The epilogue runs as one tight pass over the row per step, each
+ * step's switch tested once per row rather than per pixel. */
+static void output_row(const conv_job *j, int64_t n, int64_t r, int32_t *sums, float *vals) {
+    const cbcn_conv_params *a = &j->p;
+    const int64_t COP = j->COP, C = a->C_out;
     const int64_t PH = pooled_size(a->OH, a->pool), PW = pooled_size(a->OW, a->pool);
     const int is_float = a->src != NULL;
-    const float *scale = a->scale, *bias = a->bias;
+    const float *scale = j->scale, *bias = j->bias;
     const int two_rows = a->pool && 2 * r + 1 < a->OH; /* avg2's last window may have one row */
-    const int32_t *row0 = source_row(a, n, a->pool ? 2 * r : r, sums);
-    const int32_t *row1 = two_rows ? source_row(a, n, 2 * r + 1, sums + a->OW * COP) : NULL;
-    const __m512 zero = _mm512_setzero_ps();
-    /* per-channel vectors, masked past C (COP <= 16·LANES... loaded once per chunk below) */
-#define CBCN_MASK(c0) (C - (c0) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - (c0))) - 1))
-#define CBCN_VALUE(ptr, c0, m) ({ \
-        const __m512i raw_ = _mm512_loadu_si512((const void *)((ptr) + (c0))); \
-        __m512 v_ = is_float ? _mm512_castsi512_ps(raw_) : _mm512_cvtepi32_ps(raw_); \
-        if (scale) v_ = _mm512_mul_ps(v_, _mm512_maskz_loadu_ps((m), scale + (c0))); \
-        if (bias) v_ = _mm512_add_ps(v_, _mm512_maskz_loadu_ps((m), bias + (c0))); \
+    const int32_t *row0 = source_row(j, n, a->pool ? 2 * r : r, sums);
+    const int32_t *row1 = two_rows ? source_row(j, n, 2 * r + 1, sums + a->OW * COP) : NULL;
+#define CBCN_VALUE(ptr, c0) ({ \
+        const VI raw_ = vi_load((ptr) + (c0)); \
+        VF v_; \
+        if (is_float) v_ = vf_from_bits(raw_); else v_ = vf_from_int(raw_); \
+        if (scale) v_ = vf_mul(v_, vf_load(scale + (c0))); \
+        if (bias) v_ = vf_add(v_, vf_load(bias + (c0))); \
         v_; })
     /* 1. scale, bias and the pooling */
-    for (int64_t c0 = 0; c0 < COP; c0 += 16) {
-        const __mmask16 m = CBCN_MASK(c0);
+    for (int64_t c0 = 0; c0 < COP; c0 += LANES) {
         if (!a->pool) {
-            for (int64_t w = 0; w < PW; w++) _mm512_storeu_ps(vals + w * COP + c0, CBCN_VALUE(row0 + w * COP, c0, m));
-        } else if (a->pool == 2) {
+            for (int64_t w = 0; w < PW; w++) vf_store(vals + w * COP + c0, CBCN_VALUE(row0 + w * COP, c0));
+        } else if (a->pool == 2) { /* max over the window in MaxPool2d's scan order (row by row) */
             for (int64_t w = 0; w < PW; w++) {
                 const int32_t *s00 = row0 + (2 * w) * COP, *s10 = row1 + (2 * w) * COP;
-                __m512 v = CBCN_VALUE(s00, c0, m);
-                v = _mm512_max_ps(CBCN_VALUE(s00 + COP, c0, m), v);
-                v = _mm512_max_ps(CBCN_VALUE(s10, c0, m), v);
-                v = _mm512_max_ps(CBCN_VALUE(s10 + COP, c0, m), v);
-                _mm512_storeu_ps(vals + w * COP + c0, v);
+                VF v = CBCN_VALUE(s00, c0);
+                v = vf_max(CBCN_VALUE(s00 + COP, c0), v);
+                v = vf_max(CBCN_VALUE(s10, c0), v);
+                v = vf_max(CBCN_VALUE(s10 + COP, c0), v);
+                vf_store(vals + w * COP + c0, v);
             }
         } else { /* average: the window's sum in row-major order over the elements inside, / count */
             for (int64_t w = 0; w < PW; w++) {
                 const int two_cols = 2 * w + 1 < a->OW;
                 const int32_t *s00 = row0 + (2 * w) * COP;
-                __m512 v = CBCN_VALUE(s00, c0, m);
-                if (two_cols) v = _mm512_add_ps(v, CBCN_VALUE(s00 + COP, c0, m));
+                VF v = CBCN_VALUE(s00, c0);
+                if (two_cols) v = vf_add(v, CBCN_VALUE(s00 + COP, c0));
                 if (two_rows) {
                     const int32_t *s10 = row1 + (2 * w) * COP;
-                    v = _mm512_add_ps(v, CBCN_VALUE(s10, c0, m));
-                    if (two_cols) v = _mm512_add_ps(v, CBCN_VALUE(s10 + COP, c0, m));
+                    v = vf_add(v, CBCN_VALUE(s10, c0));
+                    if (two_cols) v = vf_add(v, CBCN_VALUE(s10 + COP, c0));
                 }
-                v = _mm512_div_ps(v, _mm512_set1_ps((float)((1 + two_rows) * (1 + two_cols))));
-                _mm512_storeu_ps(vals + w * COP + c0, v);
+                v = vf_div(v, vf_set1((float)((1 + two_rows) * (1 + two_cols))));
+                vf_store(vals + w * COP + c0, v);
             }
         }
     }
+#undef CBCN_VALUE
     /* 2. ReLU, batch-norm, residual */
-    if (a->relu || a->bn_mul || a->residual) {
+    if (a->relu || j->bn_mul || a->residual) {
         const float *res_row = a->residual ? a->residual + n * a->rs_n + r * a->rs_h : NULL;
-        for (int64_t c0 = 0; c0 < COP; c0 += 16) {
-            const __mmask16 m = CBCN_MASK(c0);
-            const __m512 mul = a->bn_mul ? _mm512_maskz_loadu_ps(m, a->bn_mul + c0) : zero;
-            const __m512 add = a->bn_mul ? _mm512_maskz_loadu_ps(m, a->bn_add + c0) : zero;
+        for (int64_t c0 = 0; c0 < COP; c0 += LANES) {
+            const int64_t nc = min64(LANES, C - c0);
+            const VF mul = j->bn_mul ? vf_load(j->bn_mul + c0) : vf_zero();
+            const VF add = j->bn_mul ? vf_load(j->bn_add + c0) : vf_zero();
             for (int64_t w = 0; w < PW; w++) {
-                __m512 v = _mm512_loadu_ps(vals + w * COP + c0);
-                if (a->relu) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
-                if (a->bn_mul) v = a->bn_fma ? _mm512_fmadd_ps(v, mul, add) : _mm512_add_ps(_mm512_mul_ps(v, mul), add);
-                if (res_row) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res_row + w * a->rs_w + c0));
-                _mm512_storeu_ps(vals + w * COP + c0, v);
+                VF v = vf_load(vals + w * COP + c0);
+                if (a->relu) v = vf_relu(v);
+                if (j->bn_mul) v = a->bn_fma ? vf_fma(v, mul, add) : vf_add(vf_mul(v, mul), add);
+                if (res_row) {
+                    const float *rp = res_row + w * a->rs_w + c0;
+                    v = vf_add(v, nc == LANES ? vf_load(rp) : vf_load_part(rp, nc));
+                }
+                vf_store(vals + w * COP + c0, v);
             }
         }
     }
@@ -417,70 +391,24 @@ static void output_row_avx512(const cbcn_conv_params *a, int64_t n, int64_t r, i
             memcpy(out_row, vals, (size_t)(PW * COP) * sizeof(float));
         } else {
             for (int64_t w = 0; w < PW; w++)
-                for (int64_t c0 = 0; c0 < C; c0 += 16) _mm512_mask_storeu_ps(out_row + w * a->os_w + c0, CBCN_MASK(c0), _mm512_loadu_ps(vals + w * COP + c0));
+                for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                    const int64_t nc = min64(LANES, C - c0);
+                    const VF v = vf_load(vals + w * COP + c0);
+                    if (nc == LANES) vf_store(out_row + w * a->os_w + c0, v); else vf_store_part(out_row + w * a->os_w + c0, v, nc);
+                }
         }
     }
     /* 4. the packed signs */
     if (a->out_packed) {
         const int64_t XWO = (C + 31) / 32;
         uint32_t *prow = a->out_packed + (n * PH + r) * PW * XWO;
-        for (int64_t w = 0; w < PW; w++)
-            for (int64_t wd = 0; wd < XWO; wd++) {
-                const int64_t c0 = 32 * wd;
-                uint32_t bits = (uint32_t)(_mm512_cmp_ps_mask(_mm512_loadu_ps(vals + w * COP + c0), zero, _CMP_NGE_UQ) & CBCN_MASK(c0));
-                if (c0 + 16 < C)
-                    bits |= (uint32_t)(_mm512_cmp_ps_mask(_mm512_loadu_ps(vals + w * COP + c0 + 16), zero, _CMP_NGE_UQ) & CBCN_MASK(c0 + 16)) << 16;
-                prow[w * XWO + wd] = bits;
-            }
-    }
-#undef CBCN_VALUE
-#undef CBCN_MASK
-}
-#endif
-
-#if !CBCN_AVX512
-/* One final output row (n, r): one conv row, or two pooled into one. Buffers: sums 2·OW·COP
- * int32, vals COP floats. */
-static void output_row(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *sums, float *vals) {
-    const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES, C = a->C_out;
-    const int64_t PH = pooled_size(a->OH, a->pool), PW = pooled_size(a->OW, a->pool);
-    if (!a->pool) {
-        const int32_t *row = source_row(a, n, r, sums);
-        for (int64_t ow = 0; ow < a->OW; ow++) {
-            const int32_t *s = row + ow * COP;
-            for (int64_t c = 0; c < C; c++) vals[c] = scaled(a, s[c], c);
-            finish_pixel(a, n, r, ow, a->OH, a->OW, vals);
-        }
-        return;
-    }
-    const int two_rows = 2 * r + 1 < a->OH;
-    const int32_t *row0 = source_row(a, n, 2 * r, sums);
-    const int32_t *row1 = two_rows ? source_row(a, n, 2 * r + 1, sums + a->OW * COP) : NULL;
-    for (int64_t pw = 0; pw < PW; pw++) {
-        const int two_cols = 2 * pw + 1 < a->OW;
-        const int32_t *s00 = row0 + (2 * pw) * COP, *s10 = two_rows ? row1 + (2 * pw) * COP : NULL;
-        for (int64_t c = 0; c < C; c++) {
-            float v = scaled(a, s00[c], c), t;
-            if (a->pool == 2) { /* max over the window in MaxPool2d's scan order (row by row) */
-                t = scaled(a, s00[COP + c], c); if (t > v) v = t;
-                t = scaled(a, s10[c], c); if (t > v) v = t;
-                t = scaled(a, s10[COP + c], c); if (t > v) v = t;
-            } else { /* AvgPool2d: the sum in row-major order over the elements inside, / count */
-                if (two_cols) v = v + scaled(a, s00[COP + c], c);
-                if (two_rows) {
-                    v = v + scaled(a, s10[c], c);
-                    if (two_cols) v = v + scaled(a, s10[COP + c], c);
-                }
-                v = v / (float)((1 + two_rows) * (1 + two_cols));
-            }
-            vals[c] = v;
-        }
-        finish_pixel(a, n, r, pw, PH, PW, vals);
+        for (int64_t w = 0; w < PW; w++) pack_row_signs(vals + w * COP, C, prow + w * XWO);
     }
 }
-#endif
 
-/* The fused binary convolution. Returns 0, or a negative code for bad arguments / no memory. */
+/* ---------------------------------------------------------------------------------------------
+ * Setup: the digit words over the halo, the iteration offsets, the border tables.
+ * ------------------------------------------------------------------------------------------- */
 typedef struct { int32_t *row_class, *col_class, *corr; } border_classes;
 
 static void free_border_tables(border_classes *b) {
@@ -507,16 +435,17 @@ static int64_t classify(int64_t n_out, int64_t stride, int64_t pad, int64_t k, i
     return n;
 }
 
-/* The padding correction tables of correct_border, from job->wsum. Returns 0 when out of memory. */
-static int border_tables(cbcn_conv_params *job, border_classes *b) {
-    const int64_t KH = job->KH, KW = job->KW, COB = (job->C_out + LANES - 1) / LANES, COP = COB * LANES;
-    int64_t *rr = (int64_t *)malloc((size_t)(2 * (job->OH + 1)) * sizeof(int64_t));
-    int64_t *cr = (int64_t *)malloc((size_t)(2 * (job->OW + 1)) * sizeof(int64_t));
-    b->row_class = (int32_t *)malloc((size_t)(job->OH + 1) * sizeof(int32_t));
-    b->col_class = (int32_t *)malloc((size_t)(job->OW + 1) * sizeof(int32_t));
+/* The padding correction tables of correct_border, from the weight sums. Returns 0 when out of memory. */
+static int border_tables(conv_job *j, border_classes *b) {
+    const cbcn_conv_params *a = &j->p;
+    const int64_t KH = a->KH, KW = a->KW, COP = j->COP, COB = COP / LANES;
+    int64_t *rr = (int64_t *)malloc((size_t)(2 * (a->OH + 1)) * sizeof(int64_t));
+    int64_t *cr = (int64_t *)malloc((size_t)(2 * (a->OW + 1)) * sizeof(int64_t));
+    b->row_class = (int32_t *)malloc((size_t)(a->OH + 1) * sizeof(int32_t));
+    b->col_class = (int32_t *)malloc((size_t)(a->OW + 1) * sizeof(int32_t));
     if (!rr || !cr || !b->row_class || !b->col_class) { free(rr); free(cr); return 0; }
-    const int64_t nr = classify(job->OH, job->stride, job->pad, KH, job->H, b->row_class, rr);
-    const int64_t nc = classify(job->OW, job->stride, job->pad, KW, job->W, b->col_class, cr);
+    const int64_t nr = classify(a->OH, a->stride, a->pad, KH, a->H, b->row_class, rr);
+    const int64_t nc = classify(a->OW, a->stride, a->pad, KW, a->W, b->col_class, cr);
     b->corr = (int32_t *)calloc((size_t)(nr * nc * COP), sizeof(int32_t));
     if (!b->corr) { free(rr); free(cr); return 0; }
     for (int64_t ri = 0; ri < nr; ri++)
@@ -527,84 +456,114 @@ static int border_tables(cbcn_conv_params *job, border_classes *b) {
                     if (kh >= rr[2 * ri] && kh < rr[2 * ri + 1] && kw >= cr[2 * ci] && kw < cr[2 * ci + 1]) continue;
                     for (int64_t cob = 0; cob < COB; cob++)
                         for (int l = 0; l < LANES; l++)
-                            corr[cob * LANES + l] += job->wsum[((cob * KH + kh) * KW + kw) * LANES + l];
+                            corr[cob * LANES + l] += j->wsum[((cob * KH + kh) * KW + kw) * LANES + l];
                 }
         }
     free(rr);
     free(cr);
-    job->row_class = b->row_class;
-    job->col_class = b->col_class;
-    job->corr = b->corr;
-    job->n_col_classes = nc;
+    j->row_class = b->row_class;
+    j->col_class = b->col_class;
+    j->corr = b->corr;
+    j->n_col_classes = nc;
     return 1;
 }
 
-static void output_row_any(const cbcn_conv_params *a, int64_t n, int64_t r, int32_t *sums, float *vals) {
-#if CBCN_AVX512
-    output_row_avx512(a, n, r, sums, vals);
-#else
-    output_row(a, n, r, sums, vals);
-#endif
+/* The input as digit words over a zero halo (pad pixels on every side), and the offset of each
+ * of the T words of a window. Pixel pairs: the haloed word at column c holds the signs of
+ * columns c and c + stride (the next output pixel's tap), low and high half-word. */
+static int setup_input(conv_job *j) {
+    const cbcn_conv_params *a = &j->p;
+    const int64_t pad = a->pad, XW = a->XW, HP = a->H + 2 * pad, WP = a->W + 2 * pad, s = a->stride;
+    const int64_t XD = j->pairs ? DIGITS : XW * DIGITS;
+    uint32_t *xd = (uint32_t *)scratch(SCRATCH_DIGITS, (size_t)(a->N * HP * WP * XD) * sizeof(uint32_t));
+    int32_t *xoff = (int32_t *)scratch(SCRATCH_XOFF, (size_t)(j->T) * sizeof(int32_t));
+    if (!xd || !xoff) return 0;
+    memset(xd, 0, (size_t)(a->N * HP * WP * XD) * sizeof(uint32_t));
+    for (int64_t n = 0; n < a->N; n++)
+        for (int64_t h = 0; h < a->H; h++) {
+            const uint32_t *src = a->x + (n * a->H + h) * a->W * XW;
+            uint32_t *dst = xd + ((n * HP + h + pad) * WP + pad) * XD;
+            for (int64_t w = 0; w < a->W; w++) {
+                if (j->pairs) {
+                    /* haloed column c = w + pad; its partner c + s is input column w + s, or halo (0) */
+                    uint32_t word = src[w] & 0xFFFFu;
+                    if (w + s < a->W) word |= (src[w + s] & 0xFFFFu) << 16;
+                    split_digits(word, dst + w * XD);
+                } else {
+                    for (int64_t x = 0; x < XW; x++) split_digits(src[w * XW + x], dst + w * XD + x * DIGITS);
+                }
+            }
+            if (j->pairs) /* halo columns on the left whose partner is inside the image */
+                for (int64_t c = 0; c < pad; c++)
+                    if (c + s >= pad && c + s - pad < a->W) {
+                        uint32_t d[DIGITS];
+                        split_digits((src[c + s - pad] & 0xFFFFu) << 16, d);
+                        for (int k = 0; k < DIGITS; k++) xd[((n * HP + h + pad) * WP + c) * XD + k] = d[k];
+                    }
+        }
+    const int64_t words = j->pairs ? 1 : XW;
+    for (int64_t kh = 0; kh < a->KH; kh++)
+        for (int64_t kw = 0; kw < a->KW; kw++)
+            for (int64_t x = 0; x < words; x++)
+                xoff[(kh * a->KW + kw) * words + x] = (int32_t)((kh * WP + kw) * XD + x * DIGITS);
+    j->xd = xd;
+    j->xoff = xoff;
+    j->HP = HP;
+    j->WP = WP;
+    j->XD = XD;
+    return 1;
+}
+
+/* The per-channel vectors, zero-padded to COP so that whole vectors can be loaded. */
+static int setup_vectors(conv_job *j) {
+    const cbcn_conv_params *a = &j->p;
+    const float *src[4] = {a->scale, a->bias, a->bn_mul, a->bn_add};
+    float *buf = (float *)scratch(SCRATCH_VECTORS, (size_t)(4 * j->COP) * sizeof(float));
+    if (!buf) return 0;
+    const float *padded[4];
+    for (int i = 0; i < 4; i++) {
+        padded[i] = NULL;
+        if (!src[i]) continue;
+        float *v = buf + i * j->COP;
+        memset(v, 0, (size_t)j->COP * sizeof(float));
+        memcpy(v, src[i], (size_t)a->C_out * sizeof(float));
+        padded[i] = v;
+    }
+    j->scale = padded[0];
+    j->bias = padded[1];
+    j->bn_mul = padded[2];
+    j->bn_add = padded[3];
+    return 1;
 }
 
 /* Copies plane-major (N, C, H, W)-strided image n into a pixel-major (H·W, COP) buffer, or back:
- * NCHW planes are read / written one plane at a time, in contiguous runs. */
-#if CBCN_AVX512
-/* In-register transpose of a 16x16 float tile (rows r[0..15] become its columns). */
-static inline void transpose16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        __m512d a0 = _mm512_castps_pd(t[4 * i]), a1 = _mm512_castps_pd(t[4 * i + 1]);
-        __m512d a2 = _mm512_castps_pd(t[4 * i + 2]), a3 = _mm512_castps_pd(t[4 * i + 3]);
-        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
-        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
-        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
-        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
-    }
-    for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 4; j++) {
-            t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
-            t[8 * i + j + 4] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0xdd);
-        }
-    for (int j = 0; j < 8; j++) {
-        r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
-        r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
-    }
-}
-#endif
-
+ * contiguous planes LANES pixels x LANES channels per in-register transpose, in channel blocks
+ * (LANES sequential streams through LANES planes, which the prefetchers follow), the rest
+ * element by element. */
 static void stage_image(float *staged, const float *t, int64_t n, int64_t C, int64_t H, int64_t W, int64_t COP,
                         int64_t sn, int64_t sc, int64_t sh, int64_t sw, int to_staged) {
     const int64_t P = H * W;
     int64_t p0 = 0;
-#if CBCN_AVX512
-    if (sw == 1 && sh == W) { /* contiguous planes: 16 pixels x 16 channels per in-register transpose */
-        __m512 r[16];
-        const int64_t P16 = P - P % 16;
-        /* channel blocks outside: 16 sequential streams through 16 planes, which the prefetchers
-         * follow (pixel blocks outside would interleave all C planes at once) */
-        for (int64_t c0 = 0; c0 < C; c0 += 16)
-            for (p0 = 0; p0 < P16; p0 += 16) {
-                const int64_t nc = min64(16, C - c0);
+    if (LANES > 1 && sw == 1 && sh == W) {
+        VF r[LANES];
+        const int64_t PB = P - P % LANES;
+        for (int64_t c0 = 0; c0 < C; c0 += LANES)
+            for (p0 = 0; p0 < PB; p0 += LANES) {
+                const int64_t nc = min64(LANES, C - c0);
                 const float *plane = t + n * sn + c0 * sc + p0;
                 if (to_staged) {
-                    for (int i = 0; i < 16; i++) r[i] = i < nc ? _mm512_loadu_ps(plane + i * sc) : _mm512_setzero_ps();
-                    transpose16(r);
-                    for (int j = 0; j < 16; j++) _mm512_storeu_ps(staged + (p0 + j) * COP + c0, r[j]);
+                    for (int i = 0; i < LANES; i++) r[i] = i < nc ? vf_load(plane + i * sc) : vf_zero();
+                    vf_transpose(r);
+                    for (int k = 0; k < LANES; k++) vf_store(staged + (p0 + k) * COP + c0, r[k]);
                 } else {
-                    for (int j = 0; j < 16; j++) r[j] = _mm512_loadu_ps(staged + (p0 + j) * COP + c0);
-                    transpose16(r);
-                    for (int i = 0; i < nc; i++) _mm512_storeu_ps((float *)plane + i * sc, r[i]);
+                    for (int k = 0; k < LANES; k++) r[k] = vf_load(staged + (p0 + k) * COP + c0);
+                    vf_transpose(r);
+                    for (int i = 0; i < nc; i++) vf_store((float *)plane + i * sc, r[i]);
                 }
             }
-        p0 = P16;
+        p0 = PB;
     }
-#endif
-    for (int64_t c = 0; c < C; c++) { /* the rest (or everything without AVX-512), element by element */
+    for (int64_t c = 0; c < C; c++) {
         float *plane = (float *)t + n * sn + c * sc;
         for (int64_t p = p0; p < P; p++) {
             float *e = plane + (p / W) * sh + (p % W) * sw;
@@ -616,73 +575,34 @@ static void stage_image(float *staged, const float *t, int64_t n, int64_t C, int
 /* The fused binary convolution. Returns 0, or a negative code for bad arguments / no memory.
  * Work is split by output rows; where the source, the residual or the output has non-contiguous
  * channels (NCHW), by images instead, each staged pixel-major through a buffer of its own. */
-int cbcn_binary_conv(const cbcn_conv_params *a) {
+int cbcn_binary_conv(const cbcn_conv_params *params) {
+    const cbcn_conv_params *a = params;
     if (!a || a->C_out < 1 || a->OH < 0 || a->OW < 0) return -1;
-    if (!a->src && (!a->x || !a->w || a->XW < 1 || a->C_in < 1 || a->stride < 1 || a->pad < 0)) return -1;
+    if (!a->src && (!a->x || !a->w || a->XW != (a->C_in + 31) / 32 || a->C_in < 1 || a->stride < 1 || a->pad < 0))
+        return -1;
     if (a->pool != 0 && a->pool != 2 && a->pool != 3) return -1;
     if (a->bn_mul && !a->bn_add) return -1;
-    const int64_t COP = ((a->C_out + LANES - 1) / LANES) * LANES;
-    const int64_t rows = pooled_size(a->OH, a->pool);
+    conv_job job;
+    memset(&job, 0, sizeof job);
+    job.p = *a;
+    job.COP = round_up(a->C_out, LANES);
+    const int64_t COP = job.COP, rows = pooled_size(a->OH, a->pool);
     const int64_t PH = rows, PW = pooled_size(a->OW, a->pool);
-    cbcn_conv_params job = *a; /* with the halo and the weight sums */
-    uint32_t *halo = NULL, *pairs = NULL;
-    (void)pairs; /* used by the BITALG build only */
     border_classes classes = {NULL, NULL, NULL};
-    int32_t *wsum = NULL;
+    if (!setup_vectors(&job)) return -2;
     if (!a->src) {
-        const int64_t HP = a->H + 2 * a->pad, WP = a->W + 2 * a->pad, XW = a->XW, COB = COP / LANES;
-        job.HP = HP;
-        job.WP = WP;
-        if (a->pad == 0) {
-            job.xh = a->x;
-        } else {
-            halo = (uint32_t *)scratch(SCRATCH_HALO, (size_t)(a->N * HP * WP * XW) * sizeof(uint32_t));
-            if (!halo) return -2;
-            const size_t row_words = (size_t)(WP * XW), pad_words = (size_t)(a->pad * XW);
-            for (int64_t n = 0; n < a->N; n++) {
-                uint32_t *img = halo + n * HP * WP * XW;
-                memset(img, 0, (size_t)a->pad * row_words * sizeof(uint32_t)); /* the top and bottom rows */
-                memset(img + (HP - a->pad) * row_words, 0, (size_t)a->pad * row_words * sizeof(uint32_t));
-                for (int64_t h = 0; h < a->H; h++) {
-                    uint32_t *row = img + (h + a->pad) * row_words;
-                    memset(row, 0, pad_words * sizeof(uint32_t)); /* the left and right columns */
-                    memcpy(row + pad_words, a->x + (n * a->H + h) * a->W * XW, (size_t)(a->W * XW) * sizeof(uint32_t));
-                    memset(row + pad_words + a->W * XW, 0, pad_words * sizeof(uint32_t));
-                }
-            }
-            job.xh = halo;
-        }
-        wsum = (int32_t *)scratch(SCRATCH_WSUM, (size_t)(COB * a->KH * a->KW * LANES) * sizeof(int32_t));
-        if (!wsum) return -2;
-        for (int64_t t = 0; t < COB * a->KH * a->KW; t++)
-            for (int l = 0; l < LANES; l++) {
-                int32_t bits = 0;
-                for (int64_t wd = 0; wd < XW; wd++) bits += __builtin_popcount(a->w[(t * XW + wd) * LANES + l]);
-                wsum[t * LANES + l] = (int32_t)a->C_in - 2 * bits;
-            }
-        job.wsum = wsum;
+        job.pairs = pair_mode(a->C_in);
+        job.T = a->KH * a->KW * (job.pairs ? 1 : a->XW);
+        job.wd = a->w;
+        job.wsum = (const int32_t *)(a->w + (COP / LANES) * job.T * DIGITS * LANES);
+        if (!setup_input(&job)) return -2;
         if (a->pad > 0 && !border_tables(&job, &classes)) return -2;
-#if CBCN_PAIRS
-        if (a->C_in <= 16 && XW == 1) { /* the pair words of every haloed row, once per call */
-            const int64_t st = a->stride, total = a->N * HP * WP;
-            pairs = (uint32_t *)scratch(SCRATCH_PAIRS, (size_t)total * sizeof(uint32_t));
-            if (!pairs) { free_border_tables(&classes); return -2; }
-            for (int64_t row = 0; row < a->N * HP; row++) {
-                const uint32_t *xr = job.xh + row * WP;
-                uint32_t *pr = pairs + row * WP;
-                int64_t j = 0;
-                for (; j + st < WP; j++) pr[j] = xr[j] | (xr[j + st] << 16);
-                for (; j < WP; j++) pr[j] = xr[j];
-            }
-            job.pairs = pairs;
-        }
-#endif
     }
-    a = &job;
+    const conv_job *j = &job;
     const int stage_src = a->src && a->ss_c != 1, stage_res = a->residual && a->rs_c != 1;
     const int stage_out = a->out && a->os_c != 1, by_image = stage_src || stage_res || stage_out;
     const int64_t work = by_image ? a->N : a->N * rows;
-    const size_t sums_bytes = (size_t)2 * a->OW * COP * sizeof(int32_t);
+    const size_t sums_bytes = (size_t)(2 * a->OW + 1) * COP * sizeof(int32_t); /* two rows and a pair's spare pixel */
     const size_t vals_bytes = (size_t)2 * a->OW * COP * sizeof(float);
     const size_t src_bytes = stage_src ? (size_t)a->OH * a->OW * COP * sizeof(float) : 1;
     const size_t img_bytes = (stage_res || stage_out) ? (size_t)PH * PW * COP * sizeof(float) : 1;
@@ -704,25 +624,25 @@ int cbcn_binary_conv(const cbcn_conv_params *a) {
 #endif
             for (int64_t i = 0; i < work; i++) {
                 if (!by_image) {
-                    output_row_any(a, i / rows, i % rows, sums, vals);
+                    output_row(j, i / rows, i % rows, sums, vals);
                     continue;
                 }
-                cbcn_conv_params b = *a; /* image i, with its staged buffers in place of NCHW tensors */
+                conv_job b = *j; /* image i, with its staged buffers in place of NCHW tensors */
                 if (stage_src) {
                     stage_image(src_img, a->src, i, a->C_out, a->OH, a->OW, COP, a->ss_n, a->ss_c, a->ss_h, a->ss_w, 1);
-                    b.src = src_img - i * a->OH * a->OW * COP;
-                    b.ss_n = a->OH * a->OW * COP; b.ss_c = 1; b.ss_h = a->OW * COP; b.ss_w = COP;
+                    b.p.src = src_img - i * a->OH * a->OW * COP;
+                    b.p.ss_n = a->OH * a->OW * COP; b.p.ss_c = 1; b.p.ss_h = a->OW * COP; b.p.ss_w = COP;
                 }
                 if (stage_res) {
                     stage_image(res_img, a->residual, i, a->C_out, PH, PW, COP, a->rs_n, a->rs_c, a->rs_h, a->rs_w, 1);
-                    b.residual = res_img - i * PH * PW * COP;
-                    b.rs_n = PH * PW * COP; b.rs_c = 1; b.rs_h = PW * COP; b.rs_w = COP;
+                    b.p.residual = res_img - i * PH * PW * COP;
+                    b.p.rs_n = PH * PW * COP; b.p.rs_c = 1; b.p.rs_h = PW * COP; b.p.rs_w = COP;
                 }
                 if (stage_out) {
-                    b.out = out_img - i * PH * PW * COP;
-                    b.os_n = PH * PW * COP; b.os_c = 1; b.os_h = PW * COP; b.os_w = COP;
+                    b.p.out = out_img - i * PH * PW * COP;
+                    b.p.os_n = PH * PW * COP; b.p.os_c = 1; b.p.os_h = PW * COP; b.p.os_w = COP;
                 }
-                for (int64_t r = 0; r < rows; r++) output_row_any(&b, i, r, sums, vals);
+                for (int64_t r = 0; r < rows; r++) output_row(&b, i, r, sums, vals);
                 if (stage_out) stage_image(out_img, a->out, i, a->C_out, PH, PW, COP, a->os_n, a->os_c, a->os_h, a->os_w, 0);
             }
         }
@@ -731,6 +651,9 @@ int cbcn_binary_conv(const cbcn_conv_params *a) {
     return failed ? -2 : 0;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Sign packing of float tensors, and the arithmetic peak.
+ * ------------------------------------------------------------------------------------------- */
 /* Packs the signs of a float tensor (N, C, H, W) with any strides into (N, H, W, ceil(C/32)). */
 int cbcn_pack_signs_f32(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sn, int64_t sc,
                         int64_t sh, int64_t sw, uint32_t *out, int64_t threads) {
@@ -755,7 +678,7 @@ int cbcn_pack_signs_f32(const float *x, int64_t N, int64_t C, int64_t H, int64_t
                 for (int64_t w = 0; w < W; w++)
                     pack_row_signs(x + n * sn + h * sh + w * sw, C, out + ((n * H + h) * W + w) * XW);
             }
-        } else if (sw == 1) { /* NCHW rows: 16 pixels x 32 channels per step, vectorised over pixels */
+        } else if (sw == 1) { /* NCHW rows: LANES pixels x 32 channels per step, vectorised over pixels */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -765,20 +688,18 @@ int cbcn_pack_signs_f32(const float *x, int64_t N, int64_t C, int64_t H, int64_t
                 for (int64_t wd = 0; wd < XW; wd++) {
                     const int64_t c0 = wd * 32, c1 = min64(C, c0 + 32);
                     int64_t w = 0;
-#if CBCN_AVX512
-                    const __m512 zero = _mm512_setzero_ps();
-                    const __m512i step = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                            _mm512_set1_epi32((int)XW));
-                    for (; w + 16 <= W; w += 16) {
-                        __m512i acc = _mm512_setzero_si512();
-                        for (int64_t c = c0; c < c1; c++) {
-                            const __mmask16 neg = _mm512_cmp_ps_mask(_mm512_loadu_ps(x + n * sn + c * sc + h * sh + w), zero, _CMP_NGE_UQ);
-                            acc = _mm512_mask_or_epi32(acc, neg, acc, _mm512_set1_epi32((int)(1u << (c - c0))));
+                    for (; LANES > 1 && w + LANES <= W; w += LANES) {
+                        VI acc = vi_zero();
+                        for (int64_t c = c0; c < c1; c++)
+                            acc = vi_or(acc, vf_negselect(vf_load(x + n * sn + c * sc + h * sh + w), vi_set1(1u << (c - c0))));
+                        if (XW == 1) {
+                            vi_store(o + w, acc);
+                        } else {
+                            uint32_t lanes[LANES];
+                            vi_store(lanes, acc);
+                            for (int l = 0; l < LANES; l++) o[(w + l) * XW + wd] = lanes[l];
                         }
-                        if (XW == 1) _mm512_storeu_si512((void *)(o + w), acc);
-                        else _mm512_i32scatter_epi32((void *)(o + w * XW + wd), step, acc, 4);
                     }
-#endif
                     for (; w < W; w++) {
                         uint32_t bits = 0;
                         for (int64_t c = c0; c < c1; c++) bits |= (uint32_t)(!(x[n * sn + c * sc + h * sh + w] >= 0.0f)) << (c - c0);
@@ -803,37 +724,33 @@ int cbcn_pack_signs_f32(const float *x, int64_t N, int64_t C, int64_t H, int64_t
     return failed ? -2 : 0;
 }
 
-/* This machine's peak for the kernel's arithmetic: `iters` rounds of the inner loop's own
- * instruction mix (a broadcast load, XOR, popcount, add) on 8 independent accumulators, from a
- * tiny L1-resident buffer. Returns the binary multiply-accumulates done (bits compared), for the
- * caller to divide by the time taken. */
+/* This variant's peak for the kernel's arithmetic: `iters` steps of conv_block's inner loop on
+ * PIX_BLOCK accumulators (per digit: a weight-vector load, and per pixel a broadcast load, XOR,
+ * count, add; the counts widened as the kernel widens them), from a tiny L1-resident buffer.
+ * Returns the binary multiply-accumulates done (bits compared), for the caller to divide by the
+ * time taken. */
 int64_t cbcn_popcount_peak(int64_t iters) {
-    uint32_t buf[64];
-    for (int i = 0; i < 64; i++) buf[i] = (uint32_t)i * 0x9e3779b9u;
-#if CBCN_AVX512
-    __m512i acc[8];
-    const __m512i w = _mm512_set1_epi32((int)0x5a5a5a5a);
-    for (int i = 0; i < 8; i++) acc[i] = _mm512_setzero_si512();
-    for (int64_t it = 0; it < iters; it++) {
-        const uint32_t *xp = buf + (it & 7) * 8;
-        for (int i = 0; i < 8; i++)
-            acc[i] = _mm512_add_epi32(acc[i], _mm512_popcnt_epi32(_mm512_xor_si512(_mm512_set1_epi32((int)xp[i]), w)));
+    COUNT_SETUP;
+    uint32_t buf[8 * PIX_BLOCK * DIGITS], wbuf[DIGITS * LANES];
+    for (int i = 0; i < 8 * PIX_BLOCK * DIGITS; i++) buf[i] = ((uint32_t)i * 0x9e3779b9u) & (DIGITS == 2 ? 0x0F0F0F0Fu : ~0u);
+    for (int i = 0; i < DIGITS * LANES; i++) wbuf[i] = ((uint32_t)i * 0x5a5a5a5bu) & (DIGITS == 2 ? 0x0F0F0F0Fu : ~0u);
+    VI total = vi_zero();
+    for (int64_t it0 = 0; it0 < iters; it0 += CNT_LIMIT) {
+        const int64_t it1 = min64(iters, it0 + CNT_LIMIT);
+        VI cnt[PIX_BLOCK];
+        for (int p = 0; p < PIX_BLOCK; p++) cnt[p] = vi_zero();
+        for (int64_t it = it0; it < it1; it++) {
+            const uint32_t *xp = buf + (it & 7) * PIX_BLOCK * DIGITS;
+            for (int d = 0; d < DIGITS; d++) {
+                const VI wv = vi_load(wbuf + d * LANES);
+                for (int p = 0; p < PIX_BLOCK; p++) cnt[p] = CNT_ADD(cnt[p], CNT(vi_xor(vi_bcast(xp + p * DIGITS + d), wv)));
+            }
+        }
+        for (int p = 0; p < PIX_BLOCK; p++) total = vi_add32(total, WIDEN32(cnt[p]));
     }
-    int32_t sink[16];
-    __m512i total = acc[0];
-    for (int i = 1; i < 8; i++) total = _mm512_add_epi32(total, acc[i]);
-    _mm512_storeu_si512((void *)sink, total);
-    volatile int32_t keep = sink[0];
+    uint32_t sink[LANES];
+    vi_store(sink, total);
+    volatile uint32_t keep = sink[0];
     (void)keep;
-    return iters * 8 * 512;
-#else
-    uint32_t acc[8] = {0};
-    for (int64_t it = 0; it < iters; it++) {
-        const uint32_t *xp = buf + (it & 7) * 8;
-        for (int i = 0; i < 8; i++) acc[i] += (uint32_t)__builtin_popcount(xp[i] ^ 0x5a5a5a5au);
-    }
-    volatile uint32_t keep = acc[0] + acc[7];
-    (void)keep;
-    return iters * 8 * 32;
-#endif
+    return iters * PIX_BLOCK * LANES * 32;
 }

@@ -1,15 +1,24 @@
-"""Builds and loads the CPU engine's C kernels (``bconv.c``) with the machine's C compiler.
+"""Builds and loads the CPU engine's C kernels (``bconv.c`` over ``simd.h``), one build per
+instruction-set variant.
 
-Built on first use — no extra install step: ``cc`` (``$CC``), with ``-O3 -march=native`` so the
-AVX-512 popcount loops are used where the CPU has them, OpenMP where the compiler has it, and
-``-ffp-contract=off`` so that every float step rounds as the separate PyTorch ops do. The shared
-library is cached under ``$CBCN_CACHE_DIR`` (default ``~/.cache/cbcn``) in a folder named by a
-hash of the source, the compiler, its flags and the CPU, and written atomically, so concurrent
-first uses are safe and a new CPU or compiler gets its own build.
+``VARIANTS`` lists the builds, fastest first. Each names the compiler flags that enable its
+instructions and the CPU features it executes, so a build never depends on the machine that
+compiled it (no ``-march=native``) and a CPU never runs instructions it lacks. ``load()`` takes,
+in order, the first variant this CPU runs and the compiler builds — a compiler that rejects one
+variant's flags falls through to the next, and ``fallbacks`` says so — or the variant
+``$CBCN_CPU_VARIANT`` (or ``load(variant=...)``) forces, which fails with one line
+(``VariantError``) if it is unknown, if this CPU cannot execute it (never a ``SIGILL``) or if it
+does not build.
 
-Anything that fails (no compiler, a compile error, a load error) makes ``load()`` return ``None``
-with the reason in ``problem()``; the engine then takes its next path (``cbcn.onebit.backends.cpu``).
-``CBCN_NATIVE=0`` skips the native kernels; ``CBCN_NATIVE_FLAGS`` sets the compiler flags.
+Built on first use, no extra install step: ``cc`` (``$CC``) with ``-O3``, the variant's flags,
+OpenMP where the compiler has it, and ``-ffp-contract=off`` so that every float step rounds as the
+separate PyTorch ops do. The shared library is cached under ``$CBCN_CACHE_DIR`` (default
+``~/.cache/cbcn``) in a folder named by a hash of the sources, the compiler, its flags and the
+variant, and written atomically, so concurrent first uses are safe.
+
+No compiler, or no variant that builds: ``load()`` returns ``None`` with the reason in
+``problem()``, and the engine takes its next path (``cbcn.onebit.backends.cpu``).
+``CBCN_NATIVE=0`` skips the native kernels.
 """
 from __future__ import annotations
 
@@ -20,24 +29,162 @@ import os
 import platform
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from cbcn.fileio import atomic_path
 
-SOURCE = Path(__file__).with_name("bconv.c")
-ABI_VERSION = 7
+FOLDER = Path(__file__).parent
+SOURCES = (FOLDER / "bconv.c", FOLDER / "simd.h")
+ABI_VERSION = 8
 COMPILE_TIMEOUT_S = 120
-BASE_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno"]
-# tried in order: the first that compiles is used ($CBCN_NATIVE_FLAGS replaces them, e.g.
-# "-mpopcnt" for the portable scalar kernels on an AVX-512 machine, as the tests do)
-FLAG_VARIANTS = (["-march=native", "-fopenmp"], ["-march=native"], ["-mpopcnt", "-fopenmp"], ["-mpopcnt"], [])
+BASE_FLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno")
+VARIANT_ENV = "CBCN_CPU_VARIANT"
 
 
-def flag_variants() -> tuple[list[str], ...]:
-    forced = os.environ.get("CBCN_NATIVE_FLAGS")
-    return (forced.split(),) if forced is not None else FLAG_VARIANTS
+class VariantError(ValueError):
+    """A forced variant that cannot run here (one line; the CLI prints it and exits 2)."""
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One instruction-set build of the kernels (the table in ``simd.h`` says what each does).
+
+    ``flags`` enable its instructions; ``cpu_features`` are the ``/proc/cpuinfo`` flags the CPU
+    needs to execute them; ``object_code`` / ``not_in_object_code`` are regular expressions over
+    ``objdump -d`` of the build, checked by the tests (the instructions the variant exists for)."""
+
+    name: str
+    arch: str  # "x86_64", "aarch64" or "any"
+    flags: tuple[str, ...]
+    cpu_features: tuple[str, ...]
+    object_code: tuple[str, ...] = ()
+    not_in_object_code: tuple[str, ...] = ()
+
+    @property
+    def define(self) -> str:
+        return "-DCBCN_VARIANT_" + self.name.upper().replace("-", "_")
+
+
+_AVX512 = ("-mavx512f", "-mavx512bw", "-mfma", "-mpopcnt")
+VARIANTS = (  # fastest first
+    Variant("avx512-bitalg", "x86_64", _AVX512 + ("-mavx512vpopcntdq", "-mavx512bitalg"),
+            ("avx512f", "avx512bw", "fma", "popcnt", "avx512_vpopcntdq", "avx512_bitalg"),
+            (r"vpopcntd\s+%zmm", r"vpopcntw\s+%zmm")),
+    Variant("avx512-vpopcnt", "x86_64", _AVX512 + ("-mavx512vpopcntdq",),
+            ("avx512f", "avx512bw", "fma", "popcnt", "avx512_vpopcntdq"),
+            (r"vpopcntd\s+%zmm",), (r"vpopcntw",)),
+    Variant("avx512bw", "x86_64", _AVX512, ("avx512f", "avx512bw", "fma", "popcnt"),
+            (r"vpshufb\s+%zmm", r"vpmaddubsw\s+%zmm"), (r"vpopcnt[dwbq]",)),
+    Variant("avx2", "x86_64", ("-mavx2", "-mfma", "-mpopcnt"), ("avx2", "fma", "popcnt"),
+            (r"vpshufb\s+%ymm", r"vpmaddubsw\s+%ymm", r"vmovmskps\s+%ymm"), (r"%zmm",)),
+    Variant("neon", "aarch64", (), ("asimd",), (r"\bcnt\s+v\d+\.16b", r"\buaddlp\s+v\d+\.8h")),
+    Variant("scalar", "x86_64", ("-mpopcnt",), ("popcnt",), (r"\bpopcnt\b",), (r"%[yz]mm",)),
+    Variant("portable", "any", (), ()),
+)
+VARIANT_NAMES = tuple(v.name for v in VARIANTS)
+SIMD_VARIANTS = VARIANT_NAMES[:-2]  # the rest loop over one word at a time
+
+
+def variant(name: str) -> Variant:
+    """The variant called ``name`` (a ``VariantError`` listing the valid names otherwise)."""
+    for v in VARIANTS:
+        if v.name == name:
+            return v
+    raise VariantError(f"unknown CPU engine variant {name!r} (${VARIANT_ENV}); valid: {', '.join(VARIANT_NAMES)}")
+
+
+# --- this machine ---------------------------------------------------------------------------------
+def machine_arch() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_model() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or machine_arch()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_features() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (``flags`` on x86, ``Features`` on ARM)."""
+    features = set()
+    for line in _cpuinfo().splitlines():
+        if line.startswith(("flags", "Features")):
+            features |= set(line.split(":", 1)[1].split())
+    if machine_arch() == "aarch64":
+        features.add("asimd")  # NEON is part of every AArch64 CPU (macOS has no /proc/cpuinfo)
+    return frozenset(features)
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cannot_run(v: Variant) -> str | None:
+    """Why this CPU cannot execute variant ``v`` (``None`` if it can)."""
+    arch = machine_arch()
+    if v.arch not in ("any", arch):
+        return f"variant {v.name!r} is for {v.arch}, this machine is {arch}"
+    missing = [f for f in v.cpu_features if f not in cpu_features()]
+    if missing:
+        return f"variant {v.name!r} needs CPU features {', '.join(missing)}, which this CPU ({cpu_model()}) lacks"
+    return None
+
+
+# --- the build ----------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    return Path(os.environ.get("CBCN_CACHE_DIR") or Path.home() / ".cache" / "cbcn")
+
+
+def compiler() -> str | None:
+    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+class _CompileFailed(Exception):
+    """The compiler's complaint; raised inside ``atomic_path`` so the target is left untouched."""
+
+
+def build(v: Variant, openmp: bool = True, cc: str | None = None, isa_flags: tuple[str, ...] | None = None) -> Path:
+    """The shared library of variant ``v`` (compiled unless cached); ``_CompileFailed`` with the
+    compiler's last line if it does not build. ``cc`` (a cross-compiler) and ``isa_flags``
+    (instead of ``v.flags``, e.g. ``-DCBCN_SIMDE`` for an emulated build) serve the tests."""
+    cc = cc or compiler()
+    if cc is None:
+        raise _CompileFailed("no C compiler found (cc, gcc, clang or $CC)")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise _CompileFailed(f"C compiler {cc} does not run: {exc}") from None
+    flags = [*BASE_FLAGS, *(v.flags if isa_flags is None else isa_flags), *(("-fopenmp",) if openmp else ()), v.define]
+    key = hashlib.sha256(b"\0".join([*(p.read_bytes() for p in SOURCES), version.encode(), cc.encode(),
+                                     " ".join(flags).encode()])).hexdigest()[:16]
+    target = cache_dir() / "native" / f"{v.name}-{key}" / "libcbcn_bconv.so"
+    if target.exists():
+        return target
+    try:
+        with atomic_path(target) as tmp:
+            cmd = [cc, *flags, "-o", str(tmp), str(SOURCES[0]), "-lm"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+            if proc.returncode != 0:
+                lines = (proc.stderr or proc.stdout).strip().splitlines()
+                raise _CompileFailed(lines[-1] if lines else f"exit status {proc.returncode}")
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise _CompileFailed(str(exc)) from None
+    return target
+
+
+# --- the loaded library ------------------------------------------------------------------------
 class ConvParams(ctypes.Structure):
     """Mirror of ``cbcn_conv_params`` in bconv.c (the one parameter struct of a fused conv)."""
 
@@ -55,38 +202,50 @@ class ConvParams(ctypes.Structure):
         ("out_packed", ctypes.c_void_p), ("threads", ctypes.c_int64),
         ("src", ctypes.c_void_p), ("ss_n", ctypes.c_int64), ("ss_c", ctypes.c_int64),
         ("ss_h", ctypes.c_int64), ("ss_w", ctypes.c_int64),
-        # filled in by the kernel itself (the zero-haloed input and the weight sums): left 0 here
-        ("xh", ctypes.c_void_p), ("HP", ctypes.c_int64), ("WP", ctypes.c_int64), ("wsum", ctypes.c_void_p),
-        ("pairs", ctypes.c_void_p), ("row_class", ctypes.c_void_p), ("col_class", ctypes.c_void_p),
-        ("corr", ctypes.c_void_p), ("n_col_classes", ctypes.c_int64),
     ]
 
 
 class NativeLibrary:
-    """The loaded kernels: ``binary_conv(params)`` and ``pack_signs_f32(...)``."""
+    """The loaded kernels of one variant: ``prepare_weights``, ``binary_conv``, ``pack_signs_f32``."""
 
-    def __init__(self, path: Path, flags: list[str]):
-        self.path, self.flags = path, flags
+    def __init__(self, path: Path, v: Variant, openmp: bool, fallbacks: tuple[str, ...] = ()):
+        self.path, self.openmp, self.fallbacks = path, openmp, fallbacks
         lib = ctypes.CDLL(str(path))
         if lib.cbcn_abi_version() != ABI_VERSION:
             raise OSError(f"{path} has ABI {lib.cbcn_abi_version()}, this code needs {ABI_VERSION}")
+        lib.cbcn_variant.restype = ctypes.c_char_p
+        built = lib.cbcn_variant().decode()
+        if built != v.name:
+            raise OSError(f"{path} was built as variant {built!r}, not {v.name!r}")
+        self.variant = v.name
         lib.cbcn_binary_conv.argtypes = [ctypes.POINTER(ConvParams)]
         lib.cbcn_binary_conv.restype = ctypes.c_int
         lib.cbcn_pack_signs_f32.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 8 + [ctypes.c_void_p, ctypes.c_int64]
         lib.cbcn_pack_signs_f32.restype = ctypes.c_int
+        lib.cbcn_prepared_words.argtypes = [ctypes.c_int64] * 4
+        lib.cbcn_prepared_words.restype = ctypes.c_int64
+        lib.cbcn_prepare_weights.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p]
+        lib.cbcn_prepare_weights.restype = ctypes.c_int
         lib.cbcn_popcount_peak.argtypes = [ctypes.c_int64]
         lib.cbcn_popcount_peak.restype = ctypes.c_int64
         self.lanes = lib.cbcn_lanes()
-        self._simd = lib.cbcn_simd()
-        self.simd = self._simd > 0
-        self.openmp = "-fopenmp" in flags
+        self.simd = v.name in SIMD_VARIANTS
         self._lib = lib
 
-    @property
-    def variant(self) -> str:
-        """``avx512`` (16-lane popcount loops), ``avx512+bitalg`` (and two pixels per 16-bit-lane
-        popcount for layers of <= 16 input channels) or ``scalar``."""
-        return {0: "scalar", 1: "avx512", 2: "avx512+bitalg"}[self._simd]
+    def describe(self) -> str:
+        """e.g. ``avx2, openmp``; with the variants skipped because they did not build, and a
+        note where no SIMD variant runs (those loops may be slower than float)."""
+        parts = [self.variant] + (["openmp"] if self.openmp else [])
+        notes = [] if self.simd else ["no SIMD variant for this CPU: may be slower than float"]
+        notes += [f"{f.split(':', 1)[0]} did not build" for f in self.fallbacks]
+        return ", ".join(parts) + ("; " + "; ".join(notes) if notes else "")
+
+    def prepared_words(self, C_out: int, C_in: int, KH: int, KW: int) -> int:
+        return self._lib.cbcn_prepared_words(C_out, C_in, KH, KW)
+
+    def prepare_weights(self, w_ptr: int, C_out: int, C_in: int, KH: int, KW: int, out_ptr: int) -> None:
+        if self._lib.cbcn_prepare_weights(w_ptr, C_out, C_in, KH, KW, out_ptr) != 0:
+            raise RuntimeError("native weight preparation failed (bad arguments)")
 
     def binary_conv(self, params: ConvParams) -> None:
         rc = self._lib.cbcn_binary_conv(ctypes.byref(params))
@@ -94,8 +253,9 @@ class NativeLibrary:
             raise RuntimeError(f"native binary conv failed (code {rc}: {'bad arguments' if rc == -1 else 'out of memory'})")
 
     def popcount_peak_gmacs(self, seconds: float = 0.2) -> float:
-        """This machine's peak binary GMAC/s for the kernel's XOR + popcount arithmetic on one
-        thread (register-only chains, no memory traffic): the ceiling the per-layer tables use."""
+        """This variant's peak binary GMAC/s for the kernel's XOR + popcount arithmetic on one
+        thread (its own inner loop in registers, no memory traffic): the ceiling the per-layer
+        tables use."""
         import time
 
         iters = 1 << 16
@@ -113,82 +273,52 @@ class NativeLibrary:
             raise RuntimeError(f"native sign packing failed (code {rc})")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("CBCN_CACHE_DIR") or Path.home() / ".cache" / "cbcn")
-
-
-def _compiler() -> str | None:
-    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def _cpu_signature() -> str:
-    """The CPU model and flags, so that a ``-march=native`` build is never reused on another CPU."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
-        return "\n".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
-class _CompileFailed(Exception):
-    """The compiler's complaint; raised inside ``atomic_path`` so the target is left untouched."""
-
-
-def _compile(cc: str, flags: list[str], target: Path) -> str | None:
-    """Compile to ``target`` atomically (``cbcn.fileio``); returns the compiler's complaint on failure."""
-    try:
-        with atomic_path(target) as tmp:
-            cmd = [cc, *BASE_FLAGS, *flags, "-o", str(tmp), str(SOURCE), "-lm"]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
-            if proc.returncode != 0:
-                lines = (proc.stderr or proc.stdout).strip().splitlines()
-                raise _CompileFailed(lines[-1] if lines else f"exit status {proc.returncode}")
-        return None
-    except _CompileFailed as exc:
-        return str(exc)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return str(exc)
+def _load_variant(v: Variant, fallbacks: tuple[str, ...] = ()) -> tuple[NativeLibrary | None, str | None]:
+    """``v`` built (with OpenMP where the compiler has it) and loaded, or ``None`` and the complaint."""
+    complaints = []
+    for openmp in (True, False):
+        try:
+            return NativeLibrary(build(v, openmp), v, openmp, fallbacks), None
+        except _CompileFailed as exc:
+            complaints.append(str(exc))
+        except OSError as exc:
+            complaints.append(f"cannot load the build: {exc}")
+    return None, complaints[-1]
 
 
 _PROBLEM: list[str] = []
 
 
 @functools.lru_cache(maxsize=None)
-def load() -> NativeLibrary | None:
-    """The compiled kernels for this machine (built on first use), or ``None`` (see ``problem()``)."""
+def load(variant_name: str | None = None) -> NativeLibrary | None:
+    """The kernels of ``variant_name`` (else ``$CBCN_CPU_VARIANT``, else the fastest this machine
+    runs and builds), built on first use; ``None`` with the reason in ``problem()`` when none
+    builds. A forced variant that cannot run or build raises ``VariantError``."""
     if os.environ.get("CBCN_NATIVE", "1") == "0":
         _PROBLEM.append("disabled by CBCN_NATIVE=0")
         return None
-    cc = _compiler()
-    if cc is None:
+    forced = variant_name or os.environ.get(VARIANT_ENV) or None
+    if forced is not None:
+        v = variant(forced.strip().lower())
+        why = cannot_run(v)
+        if why:
+            raise VariantError(f"CPU engine variant {v.name!r} was requested but cannot run here: {why}")
+        lib, complaint = _load_variant(v)
+        if lib is None:
+            raise VariantError(f"CPU engine variant {v.name!r} was requested but does not build: {complaint}")
+        return lib
+    if compiler() is None:
         _PROBLEM.append("no C compiler found (cc, gcc, clang or $CC)")
         return None
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        _PROBLEM.append(f"C compiler {cc} does not run: {exc}")
-        return None
-    source = SOURCE.read_bytes()
-    complaints = []
-    for flags in flag_variants():
-        key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(BASE_FLAGS + flags).encode(),
-                                         _cpu_signature().encode()])).hexdigest()[:16]
-        target = cache_dir() / "native" / key / "libcbcn_bconv.so"
-        if not target.exists():
-            complaint = _compile(cc, flags, target)
-            if complaint is not None:
-                complaints.append(f"{' '.join(flags) or 'plain'}: {complaint}")
-                continue
-        try:
-            return NativeLibrary(target, flags)
-        except OSError as exc:
-            complaints.append(f"{' '.join(flags) or 'plain'}: cannot load {target}: {exc}")
-    _PROBLEM.append("could not build the native kernels: " + "; ".join(complaints))
+    fallbacks: list[str] = []
+    for v in VARIANTS:
+        if cannot_run(v):
+            continue
+        lib, complaint = _load_variant(v, tuple(fallbacks))
+        if lib is not None:
+            return lib
+        fallbacks.append(f"{v.name}: {complaint}")
+    _PROBLEM.append("could not build the native kernels: " + "; ".join(fallbacks))
     return None
 
 
