@@ -1,27 +1,36 @@
 #!/usr/bin/env python
-"""The CPU engine side by side with float: whole models, per layer, peak memory.
+"""The CPU engine side by side with what a practitioner would deploy instead: the fastest fp32 and
+the fastest int8 model of the same physical widths. Whole models, per layer, peak memory.
 
 Models (random weights, eval mode, 32×32 inputs): ResNet18 16-16-32-64 XNOR, ResNet18 16-16-32-64
 CBCN K=4 (physical widths 64-64-128-256) and LeNet 10-20-40-80 CBCN K=4 (physical 40-80-160-320).
 For each, in one process, the contenders are timed in turn in every round (drift on a shared
-machine hits them alike) and the medians are compared:
+machine hits them alike) and the medians are compared (``cbcn.harness.anchors`` builds them):
 
-- ``float (physical widths)``: method fp at the 1-bit model's physical widths, eager, channels-last;
-- ``float (learned widths)``: method fp at the learned widths (for CBCN, fp 16-16-32-64: the
-  model the paper's Table 4 sets beside CBCN; the same model as above for XNOR);
+- ``fp32 eager (channels-last)`` and ``fp32 compiled`` (``torch.compile``): the float model at the
+  1-bit model's physical widths, as plain ``nn.Conv2d`` modules; **best fp32** is the faster;
+- ``int8 fx (x86)`` (``torch.ao`` FX, FBGEMM) and ``int8 pt2e (x86 inductor)`` (torchao's
+  ``X86InductorQuantizer`` + ``torch.compile``, where torchao is installed): the same model
+  quantized to int8; **best int8** is the faster;
+- ``fp32 eager, learned widths``: method fp at the learned widths (for CBCN, fp 16-16-32-64: the
+  model the paper's Table 4 sets beside CBCN);
 - ``binary training model``: the model as trained (eval mode), float arithmetic — the oracle;
-- ``1-bit (cpu)``: ``convert_to_onebit`` on the ``cpu`` backend (``--reference`` adds the
-  ``reference`` backend, the 1-bit path before the CPU engine).
+- ``1-bit (cpu)``: ``convert_to_onebit`` on the ``cpu`` backend, its variant named in the header
+  (``--reference`` adds the ``reference`` backend).
 
-The 1-bit logits are checked ``torch.equal`` to the training model's. Batches 64 and 1, one and
-two threads (``--threads``). Timer: process CPU time with one thread (robust to other load on
-a shared machine; see cbcn/harness/measure.py), wall-clock time with more.
+A contender that cannot be built here (no torchao, no compiler for inductor) is reported as
+unavailable with the reason, never timed as zero. The 1-bit logits are checked ``torch.equal`` to
+the training model's. Batches 64 and 1, one and two threads (``--threads``). Timer: process CPU
+time with one thread (robust to other load on a shared machine; see cbcn/harness/measure.py),
+wall-clock time with more. Every row where the 1-bit model is slower than an anchor says so.
 
 ``--per-layer``: every binary conv of the 1-bit model timed alone with its fused epilogue
-(batch-norm, pooling, residual, packing the next layer's signs) against what the float model
-does for the same layer (conv, its batch-norm, pooling, ReLU, residual add; channels-last), with
-GMAC/s and the fraction of this machine's measured peak for each path: XOR + popcount
-(``native.popcount_peak_gmacs``) for the 1-bit layer, a large fp32 GEMM for the float layer.
+(batch-norm, pooling, residual, packing the next layer's signs) against what the fp32 model does
+for the same layer (conv, its batch-norm, pooling, ReLU, residual add; channels-last) and what
+the int8 model does (a quantized conv with the batch-norm folded in, pooling, quantized add),
+with GMAC/s and each path's fraction of its own peak measured here: the variant's XOR + popcount
+loop (``native.popcount_peak_gmacs``) for the 1-bit layer, a large fp32 GEMM for fp32, a large
+quantized linear (FBGEMM) for int8.
 
 Peak memory: the rise of the process's peak RSS during one batch-64 forward, each contender in a
 fresh subprocess (``/proc/self/clear_refs`` resets the peak), so native buffers count too.
@@ -31,7 +40,9 @@ environment variables) for every contender alike: otherwise large tensors are re
 every forward.
 
 Usage: python benchmarks/cpu_engine_bench.py [--out DIR] [--threads 1 2] [--batches 64 1]
-       [--repeats 15] [--per-layer] [--memory] [--reference] [--models xnor cbcn lenet]
+       [--repeats 15] [--per-layer] [--memory] [--reference] [--no-compile] [--models xnor cbcn lenet]
+Results per CPU: --out reports/benchmarks/cpu-engine/<variant>-<date> (results.json, results.md,
+the CPU's flags in both).
 """
 from __future__ import annotations
 
@@ -53,7 +64,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from cbcn.fileio import atomic_write_text  # noqa: E402
-from cbcn.harness import provenance  # noqa: E402
+from cbcn.harness import anchors, provenance  # noqa: E402
 from cbcn.harness.machine import host_description  # noqa: E402
 from cbcn.harness.measure import default_clock, interleaved_times, time_calls  # noqa: E402
 from cbcn.nn.models import build_model  # noqa: E402
@@ -115,47 +126,87 @@ def interleaved_medians(fns: dict, repeats: int, clock: str) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def contenders(case: ModelCase, with_reference: bool) -> dict:
-    """name -> (model, input memory format)."""
+FP32 = ("fp32 eager (channels-last)", "fp32 compiled")
+INT8 = ("int8 fx (x86)", "int8 pt2e (x86 inductor)")
+ONEBIT = "1-bit (cpu)"
+
+
+def contenders(case: ModelCase, x: torch.Tensor, with_reference: bool, compile_fp32: bool = True,
+               int8: bool = True) -> dict:
+    """name -> (model or None, input memory format, why unavailable or None)."""
     trained = case.build()
-    out = {
-        "float (physical widths)": (case.build("fp", case.physical_stages).to(memory_format=torch.channels_last),
-                                    torch.channels_last),
-        "float (learned widths)": (case.build("fp").to(memory_format=torch.channels_last), torch.channels_last),
-        "binary training model": (trained, torch.contiguous_format),
-        "1-bit (cpu)": (convert_to_onebit(trained, backend="cpu"), torch.contiguous_format),
-    }
+    physical = case.build("fp", case.physical_stages)
+    out = {}
+    for name, (fn, why) in anchors.fp32_contenders(physical, x, compile_fp32).items():
+        out[name] = (fn, torch.channels_last, why)
+    if int8:
+        for name, (fn, why) in anchors.int8_contenders(physical, x).items():
+            out[name] = (fn, torch.contiguous_format, why)
+    out["fp32 eager, learned widths"] = (case.build("fp").to(memory_format=torch.channels_last), torch.channels_last,
+                                         None)
+    out["binary training model"] = (trained, torch.contiguous_format, None)
+    out[ONEBIT] = (convert_to_onebit(trained, backend="cpu"), torch.contiguous_format, None)
     if with_reference:
-        out["1-bit (reference)"] = (convert_to_onebit(trained, backend="reference"), torch.contiguous_format)
+        out["1-bit (reference)"] = (convert_to_onebit(trained, backend="reference"), torch.contiguous_format, None)
     return out
 
 
-def whole_models(case: ModelCase, threads_list, batches, repeats, with_reference) -> list[dict]:
-    models = contenders(case, with_reference)
+def best_of(med: dict, names) -> tuple[str | None, float | None]:
+    """The fastest of ``names`` that was timed: ``(name, seconds)``, or ``(None, None)``."""
+    timed = [(med[n], n) for n in names if med.get(n) is not None]
+    return (min(timed)[1], min(timed)[0]) if timed else (None, None)
+
+
+def whole_models(case: ModelCase, threads_list, batches, repeats, with_reference, compile_fp32=True,
+                 int8=True) -> list[dict]:
     x = torch.randn(max(batches), case.in_channels, IMAGE, IMAGE, generator=torch.Generator().manual_seed(1))
+    models = contenders(case, x, with_reference, compile_fp32, int8)
     with torch.inference_mode():
-        exact = bool(torch.equal(models["1-bit (cpu)"][0](x), models["binary training model"][0](x)))
+        exact = bool(torch.equal(models[ONEBIT][0](x), models["binary training model"][0](x)))
+        plain = anchors.plain_float_model(case.build("fp", case.physical_stages))
+        twin_diff = float((plain(x) - case.build("fp", case.physical_stages)(x)).abs().max())
+    unavailable = {name: why for name, (fn, _, why) in models.items() if fn is None}
+    for name, why in unavailable.items():
+        print(f"[bench] {case.label:32s} {name}: unavailable: {why}", flush=True)
     rows = []
     for threads in threads_list:
         torch.set_num_threads(threads)
         clock = default_clock(torch.device("cpu"), threads)
         for batch in batches:
             fns = {}
-            for name, (model, fmt) in models.items():
+            for name, (model, fmt, _) in models.items():
+                if model is None:
+                    continue
                 xb = x[:batch].contiguous(memory_format=fmt)
+                try:
+                    with torch.inference_mode():
+                        model(xb)
+                except Exception as exc:  # e.g. a compiled graph that cannot take this batch: reported
+                    unavailable[name] = f"fails at batch {batch} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+                    print(f"[bench] {case.label:32s} {name}: unavailable: {unavailable[name]}", flush=True)
+                    continue
                 fns[name] = (lambda m=model, xb=xb: m(xb))
             med = interleaved_medians(fns, repeats, clock)
-            onebit = med["1-bit (cpu)"]
-            for name, seconds in med.items():
+            onebit = med[ONEBIT]
+            fp32_name, fp32_s = best_of(med, FP32)
+            int8_name, int8_s = best_of(med, INT8)
+            for name in models:
+                seconds = med.get(name)
                 rows.append({
                     "model": case.label, "threads": threads, "batch": batch, "contender": name,
-                    "ms": seconds * 1e3, "images_per_s": batch / seconds,
-                    "speedup_of_1bit": seconds / onebit, "timer": CLOCK_NAMES[clock], "repeats": repeats,
-                    "logits_equal": exact,
+                    "ms": None if seconds is None else seconds * 1e3,
+                    "images_per_s": None if seconds is None else batch / seconds,
+                    "speedup_of_1bit": None if seconds is None else seconds / onebit,
+                    "unavailable": unavailable.get(name), "timer": CLOCK_NAMES[clock], "repeats": repeats,
+                    "logits_equal": exact, "best_fp32": fp32_name, "best_int8": int8_name,
+                    "plain_fp32_twin_max_abs_diff": twin_diff, "engine": cpu_engine.describe(),
                 })
+            vs = [f"1-bit vs best fp32 ({fp32_name}) {fp32_s / onebit:.2f}x" if fp32_s else "no fp32 anchor",
+                  f"vs best int8 ({int8_name}) {int8_s / onebit:.2f}x" if int8_s else "no int8 anchor"]
+            slower = [a for a, t in (("best fp32", fp32_s), ("best int8", int8_s)) if t is not None and t < onebit]
             print(f"[bench] {case.label:32s} t={threads} b={batch:3d} " + " | ".join(
-                f"{n} {s * 1e3:.2f} ms" for n, s in med.items()) + f" | 1-bit vs float(phys) "
-                f"{med['float (physical widths)'] / onebit:.2f}x, exact={exact}", flush=True)
+                f"{n} {t * 1e3:.2f} ms" for n, t in med.items()) + " | " + ", ".join(vs) + f", exact={exact}"
+                + (f"  ** the 1-bit model is SLOWER than {' and '.join(slower)} here **" if slower else ""), flush=True)
     torch.set_num_threads(1)
     return rows
 
@@ -208,11 +259,56 @@ def float_layer(layer: OneBitConv2d, epilogue, x_packed: torch.Tensor):
     return run
 
 
+def int8_layer(layer: OneBitConv2d, epilogue, x_packed: torch.Tensor):
+    """What the int8 model (FBGEMM, x86) does for this layer: a quantized channels-last conv (its
+    batch-norm folded in, as FX quantization folds it), the pooling, the quantized residual add;
+    ``None`` where PyTorch's quantized engine is missing."""
+    if "x86" not in torch.backends.quantized.supported_engines:
+        return None
+    torch.backends.quantized.engine = "x86"
+    N, H, W, _ = x_packed.shape
+    C_in, C_out = layer.physical_in_channels, layer.physical_out_channels
+    conv = torch.ao.nn.quantized.Conv2d(C_in, C_out, layer.kernel_size, layer.stride, layer.padding)
+    w = torch.quantize_per_channel(torch.randn(C_out, C_in, layer.kernel_size, layer.kernel_size),
+                                   torch.rand(C_out) * 0.01 + 0.001, torch.zeros(C_out, dtype=torch.long), 0, torch.qint8)
+    conv.set_weight_bias(w, torch.zeros(C_out))
+    conv.scale, conv.zero_point = 0.05, 64
+    qx = torch.quantize_per_tensor(torch.randn(N, C_in, H, W).contiguous(memory_format=torch.channels_last), 0.05, 64,
+                                   torch.quint8)
+    qres = None
+    if epilogue.residual is not None:
+        qres = torch.quantize_per_tensor(torch.randn(epilogue.residual.shape).contiguous(
+            memory_format=torch.channels_last), 0.05, 64, torch.quint8)
+
+    def run():
+        y = conv(qx)
+        if epilogue.pool == "max2":
+            y = F.relu(F.max_pool2d(y, 2)) if epilogue.relu else F.max_pool2d(y, 2)
+        if qres is not None:
+            y = torch.ops.quantized.add(y, qres, 0.05, 64)
+        return y
+
+    return run
+
+
 def fp32_peak_gmacs(threads: int) -> float:
     """This machine's fp32 GEMM rate (a large matmul) on ``threads`` threads, GMAC/s."""
     torch.set_num_threads(threads)
     a, b = torch.randn(2048, 1024), torch.randn(1024, 1024)
     best = min(time_calls(lambda: a @ b, rounds=5, clock=default_clock(torch.device("cpu"), threads)))
+    return 2048 * 1024 * 1024 / best / 1e9
+
+
+def int8_peak_gmacs(threads: int) -> float | None:
+    """This machine's int8 GEMM rate in PyTorch's x86 quantized engine (FBGEMM): a large quantized
+    linear, GMAC/s; ``None`` without the engine."""
+    if "x86" not in torch.backends.quantized.supported_engines:
+        return None
+    torch.backends.quantized.engine = "x86"
+    torch.set_num_threads(threads)
+    lin = torch.ao.nn.quantized.Linear(1024, 1024)
+    qa = torch.quantize_per_tensor(torch.randn(2048, 1024), 0.05, 64, torch.quint8)
+    best = min(time_calls(lambda: lin(qa), rounds=5, clock=default_clock(torch.device("cpu"), threads)))
     return 2048 * 1024 * 1024 / best / 1e9
 
 
@@ -223,7 +319,7 @@ def per_layer(case: ModelCase, repeats: int, batch: int = 64) -> list[dict]:
     x = torch.randn(batch, case.in_channels, IMAGE, IMAGE, generator=torch.Generator().manual_seed(1))
     lib = cpu_engine.native.load()
     peak_binary = lib.popcount_peak_gmacs() if lib is not None else None
-    peak_fp32 = fp32_peak_gmacs(1)
+    peak_fp32, peak_int8 = fp32_peak_gmacs(1), int8_peak_gmacs(1)
     rows = []
     for name, layer, x_packed, epilogue, fmt in record_binary_calls(model, x):
         N, H, W, _ = x_packed.shape
@@ -232,26 +328,34 @@ def per_layer(case: ModelCase, repeats: int, batch: int = 64) -> list[dict]:
         macs = N * OH * OW * layer.physical_out_channels * layer.physical_in_channels * layer.kernel_size ** 2
         fused = [s for s, on in (("bn", epilogue.bn is not None), ("pool+relu", epilogue.pool == "max2"), ("residual",
                  epilogue.residual is not None), ("packed out", epilogue.packed), ("real out", epilogue.real)) if on]
-        med = interleaved_medians({
-            "float": float_layer(layer, epilogue, x_packed),
-            "1-bit": lambda layer=layer, xp=x_packed, ep=epilogue, fmt=fmt: layer.run(xp, ep, fmt),
-        }, repeats, clock)
-        binary_gmacs = macs / med["1-bit"] / 1e9
-        float_gmacs = macs / med["float"] / 1e9
+        fns = {"fp32": float_layer(layer, epilogue, x_packed),
+               "1-bit": lambda layer=layer, xp=x_packed, ep=epilogue, fmt=fmt: layer.run(xp, ep, fmt)}
+        int8_fn = int8_layer(layer, epilogue, x_packed)
+        if int8_fn is not None:
+            fns["int8"] = int8_fn
+        med = interleaved_medians(fns, repeats, clock)
+        rate = {k: macs / t / 1e9 for k, t in med.items()}
         rows.append({
             "model": case.label, "layer": name,
             "shape": f"{layer.physical_in_channels}->{layer.physical_out_channels} {H}x{W} s{layer.stride}",
-            "epilogue": ", ".join(fused), "float_ms": med["float"] * 1e3, "onebit_ms": med["1-bit"] * 1e3,
-            "speedup": med["float"] / med["1-bit"], "float_gmacs": float_gmacs,
-            "float_fraction_of_fp32_peak": float_gmacs / peak_fp32,
-            "onebit_binary_gmacs": binary_gmacs,
-            "onebit_fraction_of_popcount_peak": binary_gmacs / peak_binary if peak_binary else None,
+            "epilogue": ", ".join(fused), "fp32_ms": med["fp32"] * 1e3, "int8_ms": med["int8"] * 1e3 if "int8" in med else None,
+            "onebit_ms": med["1-bit"] * 1e3, "speedup_vs_fp32": med["fp32"] / med["1-bit"],
+            "speedup_vs_int8": med["int8"] / med["1-bit"] if "int8" in med else None,
+            "fp32_gmacs": rate["fp32"], "fp32_fraction_of_peak": rate["fp32"] / peak_fp32,
+            "int8_gmacs": rate.get("int8"),
+            "int8_fraction_of_peak": rate["int8"] / peak_int8 if "int8" in rate and peak_int8 else None,
+            "onebit_binary_gmacs": rate["1-bit"],
+            "onebit_fraction_of_popcount_peak": rate["1-bit"] / peak_binary if peak_binary else None,
             "onebit_path": cpu_engine.describe(), "batch": batch, "threads": 1, "timer": CLOCK_NAMES[clock],
         })
-        print(f"[layer] {case.label:32s} {name:18s} {rows[-1]['shape']:22s} float {med['float'] * 1e3:7.3f} ms "
-              f"| 1-bit {med['1-bit'] * 1e3:7.3f} ms | {rows[-1]['speedup']:5.2f}x | "
-              f"{binary_gmacs:6.0f} binary GMAC/s", flush=True)
-    return rows, {"popcount_peak_binary_gmacs_1thread": peak_binary, "fp32_gemm_peak_gmacs_1thread": peak_fp32}
+        r = rows[-1]
+        print(f"[layer] {case.label:32s} {name:18s} {r['shape']:22s} fp32 {med['fp32'] * 1e3:7.3f} ms | int8 "
+              + (f"{med['int8'] * 1e3:7.3f} ms" if "int8" in med else "   n/a    ")
+              + f" | 1-bit {med['1-bit'] * 1e3:7.3f} ms | {r['speedup_vs_fp32']:5.2f}x fp32 | "
+              f"{rate['1-bit']:6.0f} binary GMAC/s"
+              + (f" = {r['onebit_fraction_of_popcount_peak']:.0%} of peak" if peak_binary else ""), flush=True)
+    return rows, {"popcount_peak_binary_gmacs_1thread": peak_binary, "fp32_gemm_peak_gmacs_1thread": peak_fp32,
+                  "int8_gemm_peak_gmacs_1thread": peak_int8}
 
 
 # --- peak memory --------------------------------------------------------------------------------
@@ -267,8 +371,12 @@ def peak_memory_child(case_key: str, contender: str, batch: int) -> dict:
     torch.set_num_threads(1)
     keep_freed_memory()
     case = CASES[case_key]
-    model, fmt = contenders(case, contender == "1-bit (reference)")[contender]
-    x = torch.randn(batch, case.in_channels, IMAGE, IMAGE).contiguous(memory_format=fmt)
+    x = torch.randn(batch, case.in_channels, IMAGE, IMAGE)
+    model, fmt, why = contenders(case, x, contender == "1-bit (reference)", compile_fp32=contender == "fp32 compiled",
+                                 int8=contender in INT8)[contender]
+    if model is None:
+        raise RuntimeError(why)
+    x = x.contiguous(memory_format=fmt)
     with torch.inference_mode():
         model(x[:1])  # first-use work (native build, caches) outside the measurement
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (Linux >= 4.0)
@@ -279,7 +387,7 @@ def peak_memory_child(case_key: str, contender: str, batch: int) -> dict:
 
 
 def peak_memory(case: ModelCase, batch: int, with_reference: bool) -> list[dict]:
-    names = ["float (physical widths)", "float (learned widths)", "binary training model", "1-bit (cpu)"]
+    names = ["fp32 eager (channels-last)", "int8 fx (x86)", "fp32 eager, learned widths", "binary training model", ONEBIT]
     if with_reference:
         names.append("1-bit (reference)")
     rows = []
@@ -301,33 +409,43 @@ def peak_memory(case: ModelCase, batch: int, with_reference: bool) -> list[dict]
 def markdown_tables(results: dict) -> str:
     import pandas as pd
 
-    parts = [f"# CPU engine benchmark\n\n- machine: {results['machine']['cpu']} ({results['machine']['cpu_count']} "
-             f"CPUs), {results['machine']['platform']}\n- torch {results['versions']['torch']}; engine path: "
-             f"{results['engine_path']}; {results['allocator']}\n- code: {results['code']['revision']}"
-             f"{' (uncommitted changes)' if results['code'].get('dirty') else ''}\n- date: {results['date']}\n"
-             f"- data: random weights and inputs (seed 0/1), 32x32, eval mode\n"]
+    m = results["machine"]
+    parts = [f"# CPU engine benchmark\n\n- machine: {m['cpu']} ({m['cpu_count']} CPUs), {m['platform']}\n"
+             f"- CPU SIMD flags: {' '.join(m.get('simd_flags', [])) or 'none'}\n"
+             f"- torch {results['versions']['torch']}; engine: {results['engine_path']}; {results['allocator']}\n"
+             f"- code: {results['code']['revision']}{' (uncommitted changes)' if results['code'].get('dirty') else ''}\n"
+             f"- date: {results['date']}\n- data: random weights and inputs (seed 0/1), 32x32, eval mode\n"]
     whole = pd.DataFrame(results["whole_model"])
     if not whole.empty:
         table = whole.pivot_table(index=["model", "threads", "batch"], columns="contender", values="ms",
-                                  sort=False).reset_index()
-        onebit = table["1-bit (cpu)"]
-        table["1-bit vs float (physical)"] = table["float (physical widths)"] / onebit
-        table["1-bit vs float (learned)"] = table["float (learned widths)"] / onebit
+                                  sort=False, dropna=False).reset_index()
+        onebit = table[ONEBIT]
+        for label, names in (("best fp32", FP32), ("best int8", INT8)):
+            present = [n for n in names if n in table]
+            table[f"1-bit vs {label}"] = table[present].min(axis=1) / onebit if present else float("nan")
         table["1-bit vs training model"] = table["binary training model"] / onebit
         exact = whole.groupby("model", sort=False)["logits_equal"].all()
         table["logits equal"] = table["model"].map(exact)
         parts.append("## Whole models (ms per forward, medians of interleaved rounds)\n\n"
+                     "Best fp32 / best int8: the faster of the fp32 / int8 contenders of the same physical widths, "
+                     "timed in the same rounds. A ratio below 1 means the 1-bit model is slower.\n\n"
                      + table.to_markdown(index=False, floatfmt=".2f") + "\n")
+        missing = whole[whole["unavailable"].notna()][["model", "contender", "unavailable"]].drop_duplicates()
+        if not missing.empty:
+            parts.append("Unavailable contenders (not measured here):\n\n" + missing.to_markdown(index=False) + "\n")
     if results.get("per_layer"):
         layers = pd.DataFrame(results["per_layer"])[[
-            "model", "layer", "shape", "epilogue", "float_ms", "onebit_ms", "speedup", "float_gmacs",
-            "float_fraction_of_fp32_peak", "onebit_binary_gmacs", "onebit_fraction_of_popcount_peak"]]
+            "model", "layer", "shape", "epilogue", "fp32_ms", "int8_ms", "onebit_ms", "speedup_vs_fp32",
+            "speedup_vs_int8", "fp32_fraction_of_peak", "int8_fraction_of_peak", "onebit_binary_gmacs",
+            "onebit_fraction_of_popcount_peak"]]
         peaks = results["peaks"]
-        parts.append("## Per layer (batch 64, one thread)\n\nEach binary conv with its fused epilogue vs "
-                     "the float layer of the same physical shape (conv and the same steps as separate "
-                     "channels-last ops). Peaks measured here: XOR+popcount "
-                     f"{peaks['popcount_peak_binary_gmacs_1thread']:.0f} binary GMAC/s, fp32 GEMM "
-                     f"{peaks['fp32_gemm_peak_gmacs_1thread']:.0f} GMAC/s (one thread).\n\n"
+        int8_peak = peaks.get("int8_gemm_peak_gmacs_1thread")
+        parts.append("## Per layer (batch 64, one thread)\n\nEach binary conv with its fused epilogue vs the fp32 "
+                     "layer of the same physical shape (conv and the same steps as separate channels-last ops) and "
+                     "the int8 layer (quantized conv, batch-norm folded, quantized add). Peaks measured here, one "
+                     f"thread: the engine variant's XOR+popcount loop {peaks['popcount_peak_binary_gmacs_1thread']:.0f} "
+                     f"binary GMAC/s, fp32 GEMM {peaks['fp32_gemm_peak_gmacs_1thread']:.0f} GMAC/s, int8 GEMM "
+                     + (f"{int8_peak:.0f} GMAC/s" if int8_peak else "unavailable") + ".\n\n"
                      + layers.to_markdown(index=False, floatfmt=".3g") + "\n")
     if results.get("memory"):
         mem = pd.DataFrame(results["memory"])
@@ -336,6 +454,10 @@ def markdown_tables(results: dict) -> str:
                      + mem[["model", "contender", "peak_rise_MiB", "unavailable"]].to_markdown(index=False, floatfmt=".1f")
                      + "\n")
     return "\n".join(parts)
+
+
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq",
+              "avx512_bitalg", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "sve2")
 
 
 def main(argv=None) -> int:
@@ -348,6 +470,8 @@ def main(argv=None) -> int:
     ap.add_argument("--per-layer", action="store_true", help="also the per-layer table (one thread, batch 64)")
     ap.add_argument("--memory", action="store_true", help="also peak memory (a subprocess per contender)")
     ap.add_argument("--reference", action="store_true", help="also the 1-bit model on the reference backend")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile contenders (minutes to build)")
+    ap.add_argument("--no-int8", action="store_true", help="skip the int8 contenders")
     ap.add_argument("--_peak-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._peak_child:
@@ -358,8 +482,11 @@ def main(argv=None) -> int:
         print("error: --threads, --batches and --repeats must be positive", file=sys.stderr)
         return 2
     allocator = keep_freed_memory()
+    machine = {**host_description(), "arch": cpu_engine.native.machine_arch(),
+               "simd_flags": sorted(f for f in cpu_engine.native.cpu_features() if f in SIMD_FLAGS),
+               "cpu_flags": sorted(cpu_engine.native.cpu_features())}
     results = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": host_description(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine,
         "versions": provenance.package_versions(), "code": provenance.git_revision(),
         "engine_path": cpu_engine.describe(), "allocator": allocator, "args": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")},
@@ -368,7 +495,8 @@ def main(argv=None) -> int:
     print(f"[bench] {results['machine']['cpu']}, torch {torch.__version__}, engine {results['engine_path']}, "
           f"{allocator}", flush=True)
     for key in args.models:
-        results["whole_model"] += whole_models(CASES[key], args.threads, args.batches, args.repeats, args.reference)
+        results["whole_model"] += whole_models(CASES[key], args.threads, args.batches, args.repeats, args.reference,
+                                               not args.no_compile, not args.no_int8)
     if args.per_layer:
         for key in args.models:
             rows, peaks = per_layer(CASES[key], args.repeats)

@@ -28,8 +28,23 @@ from cbcn.nn.layers import BinaryConv2d
 Contender = tuple[Callable | None, str | None]
 
 
+class PlainForward(nn.Module):
+    """``classifier(forward_features(x))`` of a width-1 ``CBCNNet``: its forward without the input
+    check, whose data-dependent branch symbolic tracing (FX quantization) cannot follow."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        if getattr(getattr(net, "factory", None), "width", 1) != 1:
+            raise ValueError("a plain float model has width 1 (no CiF copies of the input)")
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.classifier(self.net.forward_features(x))
+
+
 def plain_float_model(model: nn.Module) -> nn.Module:
-    """A copy of a float model (method fp) whose ``BinaryConv2d`` layers are ``nn.Conv2d``."""
+    """A copy of a float model (method fp) whose ``BinaryConv2d`` layers are ``nn.Conv2d``, as a
+    ``PlainForward``."""
     model = copy.deepcopy(model).eval()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -44,7 +59,7 @@ def plain_float_model(model: nn.Module) -> nn.Module:
                 if child.bias is not None:
                     conv.bias.copy_(child.bias)
             setattr(parent, name, conv)
-    return model
+    return PlainForward(model).eval()
 
 
 def fp32_contenders(model: nn.Module, x: torch.Tensor, compile_model: bool = True) -> dict[str, Contender]:
@@ -108,7 +123,8 @@ def _int8_pt2e(plain: nn.Module, x: torch.Tensor, calibration) -> Contender:
         return None, f"torchao is not installed ({exc.name or exc}): pip install torchao"
     try:
         with torch.no_grad():
-            exported = torch.export.export(copy.deepcopy(plain).eval(), (x,)).module()
+            batch = {0: torch.export.Dim.AUTO}  # any batch size, as the other contenders
+            exported = torch.export.export(copy.deepcopy(plain).eval(), (x,), dynamic_shapes=(batch,)).module()
             quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
             prepared = prepare_pt2e(exported, quantizer)
             for batch in calibration:

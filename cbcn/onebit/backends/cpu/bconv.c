@@ -36,10 +36,9 @@
 #endif
 
 #define CBCN_ABI_VERSION 8
-#ifdef PIX_BLOCK_OVERRIDE
-#define PIX_BLOCK PIX_BLOCK_OVERRIDE
-#else
-#define PIX_BLOCK 8 /* output pixels (or pixel pairs) sharing each weight vector load */
+#define MAX_PIX_BLOCK 8
+#ifndef PIX_BLOCK
+#define PIX_BLOCK MAX_PIX_BLOCK /* output pixels (or pixel pairs) sharing each weight vector load (simd.h may set fewer) */
 #endif
 
 /* The one parameter struct of a fused binary conv (mirrored by ctypes in native.py). */
@@ -71,8 +70,9 @@ typedef struct {
     cbcn_conv_params p;
     int64_t COP;            /* C_out rounded up to LANES */
     int pairs;              /* two output pixels per word (pair_mode) */
-    const uint32_t *xd;     /* input digit words over the zero halo: (N, HP, WP, XW·DIGITS), pairs (N, HP, WP, DIGITS) */
-    int64_t HP, WP, XD;     /* haloed height and width; digit words per haloed pixel */
+    const uint32_t *xd;     /* input digit words over the zero halo, per image (HP, WP, XD), image n at xd + n·xd_n */
+    int64_t HP, WP, XD, xd_n; /* haloed height and width; digit words per haloed pixel (XW·DIGITS, pairs DIGITS);
+                               * the image stride (0: one image's buffer, reused per image) */
     const uint32_t *wd;     /* weight digits (COB, T, DIGITS, LANES) */
     const int32_t *wsum;    /* (COB, KH·KW, LANES): Σ_c of each tap's ±1 weights */
     int64_t T;              /* words per output pixel and lane: KH·KW·XW (pairs: KH·KW) */
@@ -99,8 +99,8 @@ static inline int pair_mode(int64_t C_in) { return CAN_PAIR && C_in <= 16; }
  * an mmap and a page fault per 4 KB on every call (glibc's default), which costs as much as a
  * small layer's arithmetic. Slot i of the calling thread grows as needed and is never freed
  * (a few MB at most per thread). Contents are not preserved between uses. */
-enum { SCRATCH_DIGITS, SCRATCH_XOFF, SCRATCH_VECTORS, SCRATCH_SUMS, SCRATCH_VALS, SCRATCH_SRC, SCRATCH_RES,
-       SCRATCH_OUT, SCRATCH_SLOTS };
+enum { SCRATCH_DIGITS, SCRATCH_XOFF, SCRATCH_VECTORS, SCRATCH_SUMS, SCRATCH_SRC, SCRATCH_RES, SCRATCH_OUT,
+       SCRATCH_SLOTS };
 static __thread void *scratch_ptr[SCRATCH_SLOTS];
 static __thread size_t scratch_size[SCRATCH_SLOTS];
 
@@ -187,20 +187,25 @@ static inline __attribute__((always_inline)) void conv_block(const conv_job *j, 
         const uint32_t *wp = j->wd + cob * T * DIGITS * LANES;
         for (int64_t i0 = 0; i0 < T; i0 += limit) {
             const int64_t i1 = min64(T, i0 + limit);
-            VI cnt[PIX_BLOCK];
+            VI cnt[MAX_PIX_BLOCK];
             for (int p = 0; p < NP; p++) cnt[p] = vi_zero();
             for (int64_t i = i0; i < i1; i++) {
                 const uint32_t *xi = xwin + j->xoff[i];
-                for (int d = 0; d < DIGITS; d++) {
-                    const VI wv = vi_load(wp + (i * DIGITS + d) * LANES);
-#if CAN_PAIR
-                    if (PAIRS) {
-                        for (int p = 0; p < NP; p++) cnt[p] = CNT16_ADD(cnt[p], CNT16(vi_xor(vi_bcast(xi + p * pstep + d), wv)));
-                        continue;
-                    }
+                const VI w0 = vi_load(wp + i * DIGITS * LANES);
+#if DIGITS == 2 /* both digits of a word per pixel: one count add per pixel and word */
+                const VI w1 = vi_load(wp + i * DIGITS * LANES + LANES);
+#define CBCN_WORD_COUNT(CNT_, ADD_, p) ADD_(CNT_(vi_xor(vi_bcast(xi + (p) * pstep), w0)), CNT_(vi_xor(vi_bcast(xi + (p) * pstep + 1), w1)))
+#else
+#define CBCN_WORD_COUNT(CNT_, ADD_, p) CNT_(vi_xor(vi_bcast(xi + (p) * pstep), w0))
 #endif
-                    for (int p = 0; p < NP; p++) cnt[p] = CNT_ADD(cnt[p], CNT(vi_xor(vi_bcast(xi + p * pstep + d), wv)));
+#if CAN_PAIR
+                if (PAIRS) {
+                    for (int p = 0; p < NP; p++) cnt[p] = CNT16_ADD(cnt[p], CBCN_WORD_COUNT(CNT16, CNT16_ADD, p));
+                    continue;
                 }
+#endif
+                for (int p = 0; p < NP; p++) cnt[p] = CNT_ADD(cnt[p], CBCN_WORD_COUNT(CNT, CNT_ADD, p));
+#undef CBCN_WORD_COUNT
             }
             const int first = i0 == 0, last = i1 == T;
             for (int p = 0; p < NP; p++) {
@@ -257,7 +262,7 @@ static void correct_border(const conv_job *j, int64_t oh, int32_t *sums) {
 /* Conv sums of output row oh of image n: sums (OW, COP). */
 static void conv_row(const conv_job *j, int64_t n, int64_t oh, int32_t *sums) {
     const int64_t COP = j->COP, s = j->p.stride, OW = j->p.OW, XD = j->XD;
-    const uint32_t *x_img = j->xd + (n * j->HP + oh * s) * j->WP * XD; /* the windows' first haloed row */
+    const uint32_t *x_img = j->xd + n * j->xd_n + oh * s * j->WP * XD; /* the windows' first haloed row */
     int64_t ow = 0;
 #if CAN_PAIR
     if (j->pairs) { /* an odd last pixel's pair also writes the pixel after the row: sums has room for it */
@@ -314,20 +319,30 @@ static inline void pack_row_signs(const float *v, int64_t C, uint32_t *words) {
     }
 }
 
-/* One final output row (n, r): one conv row, or two pooled into one. `sums` holds (2·OW + 1)·COP
- * values, `vals` OW·COP floats. The source, residual and output have contiguous channels
- * (cbcn_binary_conv stages NCHW tensors per image first: a channel-vector scatter over NCHW
- * planes thrashes the cache). The epilogue runs as one tight pass over the row per step, each
- * step's switch tested once per row rather than per pixel. */
-static void output_row(const conv_job *j, int64_t n, int64_t r, int32_t *sums, float *vals) {
+/* One final output row (n, r): one conv row, or two pooled into one, through the whole
+ * epilogue in one pass, LANES channels of one pixel at a time. `sums` holds (2·OW + 1)·COP
+ * values. The source, residual and output have contiguous channels (cbcn_binary_conv stages
+ * NCHW tensors per image first: a channel-vector scatter over NCHW planes thrashes the cache).
+ * POOL, RES, OUT and PACK are compile-time constants (output_row instantiates each combination),
+ * so the loop holds only the steps this layer has. */
+static inline __attribute__((always_inline)) void output_row_steps(const conv_job *j, int64_t n, int64_t r,
+                                                                   int32_t *sums, const int POOL, const int RES,
+                                                                   const int OUT, const int PACK) {
     const cbcn_conv_params *a = &j->p;
-    const int64_t COP = j->COP, C = a->C_out;
-    const int64_t PH = pooled_size(a->OH, a->pool), PW = pooled_size(a->OW, a->pool);
-    const int is_float = a->src != NULL;
-    const float *scale = j->scale, *bias = j->bias;
-    const int two_rows = a->pool && 2 * r + 1 < a->OH; /* avg2's last window may have one row */
-    const int32_t *row0 = source_row(j, n, a->pool ? 2 * r : r, sums);
-    const int32_t *row1 = two_rows ? source_row(j, n, 2 * r + 1, sums + a->OW * COP) : NULL;
+    const int64_t COP = j->COP, C = a->C_out, XWO = (C + 31) / 32;
+    const int64_t PH = pooled_size(a->OH, POOL), PW = pooled_size(a->OW, POOL);
+    const int is_float = a->src != NULL, relu = (int)a->relu, bn_fma = (int)a->bn_fma;
+    const float *scale = j->scale, *bias = j->bias, *bn_mul = j->bn_mul, *bn_add = j->bn_add;
+    const int two_rows = POOL && 2 * r + 1 < a->OH; /* avg2's last window may have one row */
+    const int32_t *row0 = source_row(j, n, POOL ? 2 * r : r, sums);
+    const int32_t *row1 = two_rows ? source_row(j, n, 2 * r + 1, sums + a->OW * COP) : row0;
+    const float *res_row = RES ? a->residual + n * a->rs_n + r * a->rs_h : NULL;
+    float *out_row = OUT ? a->out + n * a->os_n + r * a->os_h : NULL;
+    uint32_t *packed_row = PACK ? a->out_packed + (n * PH + r) * PW * XWO : NULL;
+    const int64_t rs_w = a->rs_w, os_w = a->os_w;
+    if (RES && r + 1 < PH) /* the next row's residual, a stream from memory: fetched while this row computes */
+        for (int64_t b = 0; b < PW * rs_w * (int64_t)sizeof(float); b += 64)
+            __builtin_prefetch((const char *)(res_row + a->rs_h) + b);
 #define CBCN_VALUE(ptr, c0) ({ \
         const VI raw_ = vi_load((ptr) + (c0)); \
         VF v_; \
@@ -335,74 +350,63 @@ static void output_row(const conv_job *j, int64_t n, int64_t r, int32_t *sums, f
         if (scale) v_ = vf_mul(v_, vf_load(scale + (c0))); \
         if (bias) v_ = vf_add(v_, vf_load(bias + (c0))); \
         v_; })
-    /* 1. scale, bias and the pooling */
-    for (int64_t c0 = 0; c0 < COP; c0 += LANES) {
-        if (!a->pool) {
-            for (int64_t w = 0; w < PW; w++) vf_store(vals + w * COP + c0, CBCN_VALUE(row0 + w * COP, c0));
-        } else if (a->pool == 2) { /* max over the window in MaxPool2d's scan order (row by row) */
-            for (int64_t w = 0; w < PW; w++) {
-                const int32_t *s00 = row0 + (2 * w) * COP, *s10 = row1 + (2 * w) * COP;
+    for (int64_t w = 0; w < PW; w++) {
+        const int two_cols = 2 * w + 1 < a->OW;
+        const int32_t *s00 = row0 + (POOL ? 2 * w : w) * COP, *s10 = row1 + 2 * w * COP;
+        for (int64_t wd = 0; wd < XWO; wd++) { /* 32 channels: one packed word */
+            const int whole = 32 * wd + 32 <= C;
+            uint32_t bits = 0;
+            for (int k = 0; k < 32 / LANES; k++) { /* unrolled: LANES channels per step */
+                const int64_t c0 = 32 * wd + k * LANES;
+                if (!whole && c0 >= C) break;
+                const int64_t nc = whole ? LANES : min64(LANES, C - c0);
                 VF v = CBCN_VALUE(s00, c0);
-                v = vf_max(CBCN_VALUE(s00 + COP, c0), v);
-                v = vf_max(CBCN_VALUE(s10, c0), v);
-                v = vf_max(CBCN_VALUE(s10 + COP, c0), v);
-                vf_store(vals + w * COP + c0, v);
-            }
-        } else { /* average: the window's sum in row-major order over the elements inside, / count */
-            for (int64_t w = 0; w < PW; w++) {
-                const int two_cols = 2 * w + 1 < a->OW;
-                const int32_t *s00 = row0 + (2 * w) * COP;
-                VF v = CBCN_VALUE(s00, c0);
-                if (two_cols) v = vf_add(v, CBCN_VALUE(s00 + COP, c0));
-                if (two_rows) {
-                    const int32_t *s10 = row1 + (2 * w) * COP;
-                    v = vf_add(v, CBCN_VALUE(s10, c0));
-                    if (two_cols) v = vf_add(v, CBCN_VALUE(s10 + COP, c0));
+                if (POOL == 2) { /* max over the window in MaxPool2d's scan order (row by row) */
+                    v = vf_max(CBCN_VALUE(s00 + COP, c0), v);
+                    v = vf_max(CBCN_VALUE(s10, c0), v);
+                    v = vf_max(CBCN_VALUE(s10 + COP, c0), v);
+                } else if (POOL == 3) { /* average: the sum in row-major order over the elements inside, / count */
+                    if (two_cols) v = vf_add(v, CBCN_VALUE(s00 + COP, c0));
+                    if (two_rows) {
+                        v = vf_add(v, CBCN_VALUE(s10, c0));
+                        if (two_cols) v = vf_add(v, CBCN_VALUE(s10 + COP, c0));
+                    }
+                    v = vf_div(v, vf_set1((float)((1 + two_rows) * (1 + two_cols))));
                 }
-                v = vf_div(v, vf_set1((float)((1 + two_rows) * (1 + two_cols))));
-                vf_store(vals + w * COP + c0, v);
+                if (relu) v = vf_relu(v);
+                if (bn_mul) {
+                    const VF mul = vf_load(bn_mul + c0), add = vf_load(bn_add + c0);
+                    v = bn_fma ? vf_fma(v, mul, add) : vf_add(vf_mul(v, mul), add);
+                }
+                if (RES) {
+                    const float *rp = res_row + w * rs_w + c0;
+                    v = vf_add(v, nc == LANES ? vf_load(rp) : vf_load_part(rp, nc));
+                }
+                if (OUT) {
+                    float *op = out_row + w * os_w + c0;
+                    if (nc == LANES) vf_store(op, v); else vf_store_part(op, v, nc);
+                }
+                if (PACK) /* bit c of the word: set where !(v >= 0) */
+                    bits |= (nc == LANES ? vf_negbits(v) : vf_negbits(v) & (uint32_t)((1u << nc) - 1)) << (k * LANES);
             }
+            if (PACK) packed_row[w * XWO + wd] = bits;
         }
     }
 #undef CBCN_VALUE
-    /* 2. ReLU, batch-norm, residual */
-    if (a->relu || j->bn_mul || a->residual) {
-        const float *res_row = a->residual ? a->residual + n * a->rs_n + r * a->rs_h : NULL;
-        for (int64_t c0 = 0; c0 < COP; c0 += LANES) {
-            const int64_t nc = min64(LANES, C - c0);
-            const VF mul = j->bn_mul ? vf_load(j->bn_mul + c0) : vf_zero();
-            const VF add = j->bn_mul ? vf_load(j->bn_add + c0) : vf_zero();
-            for (int64_t w = 0; w < PW; w++) {
-                VF v = vf_load(vals + w * COP + c0);
-                if (a->relu) v = vf_relu(v);
-                if (j->bn_mul) v = a->bn_fma ? vf_fma(v, mul, add) : vf_add(vf_mul(v, mul), add);
-                if (res_row) {
-                    const float *rp = res_row + w * a->rs_w + c0;
-                    v = vf_add(v, nc == LANES ? vf_load(rp) : vf_load_part(rp, nc));
-                }
-                vf_store(vals + w * COP + c0, v);
-            }
-        }
-    }
-    /* 3. the float output */
-    if (a->out) {
-        float *out_row = a->out + n * a->os_n + r * a->os_h;
-        if (a->os_w == COP) {
-            memcpy(out_row, vals, (size_t)(PW * COP) * sizeof(float));
-        } else {
-            for (int64_t w = 0; w < PW; w++)
-                for (int64_t c0 = 0; c0 < C; c0 += LANES) {
-                    const int64_t nc = min64(LANES, C - c0);
-                    const VF v = vf_load(vals + w * COP + c0);
-                    if (nc == LANES) vf_store(out_row + w * a->os_w + c0, v); else vf_store_part(out_row + w * a->os_w + c0, v, nc);
-                }
-        }
-    }
-    /* 4. the packed signs */
-    if (a->out_packed) {
-        const int64_t XWO = (C + 31) / 32;
-        uint32_t *prow = a->out_packed + (n * PH + r) * PW * XWO;
-        for (int64_t w = 0; w < PW; w++) pack_row_signs(vals + w * COP, C, prow + w * XWO);
+}
+
+static void output_row(const conv_job *j, int64_t n, int64_t r, int32_t *sums) {
+    const cbcn_conv_params *a = &j->p;
+    const int key = (int)a->pool * 8 + (a->residual != NULL) * 4 + (a->out != NULL) * 2 + (a->out_packed != NULL);
+    switch (key) {
+#define CBCN_ROW(pool, res, out, pack) \
+        case pool * 8 + res * 4 + out * 2 + pack: output_row_steps(j, n, r, sums, pool, res, out, pack); break;
+#define CBCN_ROWS(pool) CBCN_ROW(pool, 0, 0, 1) CBCN_ROW(pool, 0, 1, 0) CBCN_ROW(pool, 0, 1, 1) \
+        CBCN_ROW(pool, 1, 0, 1) CBCN_ROW(pool, 1, 1, 0) CBCN_ROW(pool, 1, 1, 1)
+        CBCN_ROWS(0) CBCN_ROWS(2) CBCN_ROWS(3)
+#undef CBCN_ROWS
+#undef CBCN_ROW
+        default: break; /* no output at all: nothing to compute */
     }
 }
 
@@ -468,50 +472,48 @@ static int border_tables(conv_job *j, border_classes *b) {
     return 1;
 }
 
-/* The input as digit words over a zero halo (pad pixels on every side), and the offset of each
- * of the T words of a window. Pixel pairs: the haloed word at column c holds the signs of
- * columns c and c + stride (the next output pixel's tap), low and high half-word. */
-static int setup_input(conv_job *j) {
+/* The haloed geometry and the offset of each of the T words of a window. */
+static int setup_windows(conv_job *j) {
     const cbcn_conv_params *a = &j->p;
-    const int64_t pad = a->pad, XW = a->XW, HP = a->H + 2 * pad, WP = a->W + 2 * pad, s = a->stride;
-    const int64_t XD = j->pairs ? DIGITS : XW * DIGITS;
-    uint32_t *xd = (uint32_t *)scratch(SCRATCH_DIGITS, (size_t)(a->N * HP * WP * XD) * sizeof(uint32_t));
+    const int64_t XW = a->XW, words = j->pairs ? 1 : XW;
+    j->HP = a->H + 2 * a->pad;
+    j->WP = a->W + 2 * a->pad;
+    j->XD = j->pairs ? DIGITS : XW * DIGITS;
     int32_t *xoff = (int32_t *)scratch(SCRATCH_XOFF, (size_t)(j->T) * sizeof(int32_t));
-    if (!xd || !xoff) return 0;
-    memset(xd, 0, (size_t)(a->N * HP * WP * XD) * sizeof(uint32_t));
-    for (int64_t n = 0; n < a->N; n++)
-        for (int64_t h = 0; h < a->H; h++) {
-            const uint32_t *src = a->x + (n * a->H + h) * a->W * XW;
-            uint32_t *dst = xd + ((n * HP + h + pad) * WP + pad) * XD;
-            for (int64_t w = 0; w < a->W; w++) {
-                if (j->pairs) {
-                    /* haloed column c = w + pad; its partner c + s is input column w + s, or halo (0) */
-                    uint32_t word = src[w] & 0xFFFFu;
-                    if (w + s < a->W) word |= (src[w + s] & 0xFFFFu) << 16;
-                    split_digits(word, dst + w * XD);
-                } else {
-                    for (int64_t x = 0; x < XW; x++) split_digits(src[w * XW + x], dst + w * XD + x * DIGITS);
-                }
-            }
-            if (j->pairs) /* halo columns on the left whose partner is inside the image */
-                for (int64_t c = 0; c < pad; c++)
-                    if (c + s >= pad && c + s - pad < a->W) {
-                        uint32_t d[DIGITS];
-                        split_digits((src[c + s - pad] & 0xFFFFu) << 16, d);
-                        for (int k = 0; k < DIGITS; k++) xd[((n * HP + h + pad) * WP + c) * XD + k] = d[k];
-                    }
-        }
-    const int64_t words = j->pairs ? 1 : XW;
+    if (!xoff) return 0;
     for (int64_t kh = 0; kh < a->KH; kh++)
         for (int64_t kw = 0; kw < a->KW; kw++)
             for (int64_t x = 0; x < words; x++)
-                xoff[(kh * a->KW + kw) * words + x] = (int32_t)((kh * WP + kw) * XD + x * DIGITS);
-    j->xd = xd;
+                xoff[(kh * a->KW + kw) * words + x] = (int32_t)((kh * j->WP + kw) * j->XD + x * DIGITS);
     j->xoff = xoff;
-    j->HP = HP;
-    j->WP = WP;
-    j->XD = XD;
     return 1;
+}
+
+/* Image n of the input as digit words over a zero halo (pad pixels on every side) into dst
+ * (HP, WP, XD). Pixel pairs: the haloed word at column c holds the signs of columns c and
+ * c + stride (the next output pixel's tap), low and high half-word. */
+static void image_digits(const conv_job *j, int64_t n, uint32_t *dst) {
+    const cbcn_conv_params *a = &j->p;
+    const int64_t pad = a->pad, XW = a->XW, WP = j->WP, XD = j->XD, s = a->stride, row_words = WP * XD;
+    memset(dst, 0, (size_t)(pad * row_words) * sizeof(uint32_t)); /* the top and bottom halo rows */
+    memset(dst + (pad + a->H) * row_words, 0, (size_t)(pad * row_words) * sizeof(uint32_t));
+    for (int64_t h = 0; h < a->H; h++) {
+        const uint32_t *src = a->x + (n * a->H + h) * a->W * XW;
+        uint32_t *row = dst + (h + pad) * row_words;
+        memset(row, 0, (size_t)(pad * XD) * sizeof(uint32_t)); /* the left and right halo columns */
+        memset(row + (pad + a->W) * XD, 0, (size_t)(pad * XD) * sizeof(uint32_t));
+        if (j->pairs) {
+            /* haloed column c holds input columns c − pad and c − pad + s (each 0 outside the image) */
+            for (int64_t c = pad - s > 0 ? pad - s : 0; c < pad + a->W; c++) {
+                const int64_t w0 = c - pad, w1 = c - pad + s;
+                const uint32_t lo = w0 >= 0 ? src[w0] & 0xFFFFu : 0, hi = w1 < a->W ? src[w1] & 0xFFFFu : 0;
+                split_digits(lo | hi << 16, row + c * XD);
+            }
+        } else {
+            uint32_t *d = row + pad * XD;
+            for (int64_t i = 0; i < a->W * XW; i++) split_digits(src[i], d + i * DIGITS);
+        }
+    }
 }
 
 /* The per-channel vectors, zero-padded to COP so that whole vectors can be loaded. */
@@ -595,28 +597,44 @@ int cbcn_binary_conv(const cbcn_conv_params *params) {
         job.T = a->KH * a->KW * (job.pairs ? 1 : a->XW);
         job.wd = a->w;
         job.wsum = (const int32_t *)(a->w + (COP / LANES) * job.T * DIGITS * LANES);
-        if (!setup_input(&job)) return -2;
+        if (!setup_windows(&job)) return -2;
         if (a->pad > 0 && !border_tables(&job, &classes)) return -2;
     }
-    const conv_job *j = &job;
-    const int stage_src = a->src && a->ss_c != 1, stage_res = a->residual && a->rs_c != 1;
-    const int stage_out = a->out && a->os_c != 1, by_image = stage_src || stage_res || stage_out;
-    const int64_t work = by_image ? a->N : a->N * rows;
-    const size_t sums_bytes = (size_t)(2 * a->OW + 1) * COP * sizeof(int32_t); /* two rows and a pair's spare pixel */
-    const size_t vals_bytes = (size_t)2 * a->OW * COP * sizeof(float);
-    const size_t src_bytes = stage_src ? (size_t)a->OH * a->OW * COP * sizeof(float) : 1;
-    const size_t img_bytes = (stage_res || stage_out) ? (size_t)PH * PW * COP * sizeof(float) : 1;
-    int failed = 0;
 #ifdef _OPENMP
     const int threads = a->threads > 1 ? (int)a->threads : 1;
+#else
+    const int threads = 1;
+#endif
+    const int stage_src = a->src && a->ss_c != 1, stage_res = a->residual && a->rs_c != 1;
+    const int stage_out = a->out && a->os_c != 1;
+    /* By image where there are images enough for the threads (each image's digits then built
+     * just before its rows read them, while they fit the caches) or an NCHW tensor to stage;
+     * else by output row, over the digits of the whole batch built once. */
+    const int by_image = stage_src || stage_res || stage_out || a->N >= threads;
+    const int64_t image_words = job.HP * job.WP * job.XD;
+    if (!a->src && !by_image) {
+        uint32_t *xd = (uint32_t *)scratch(SCRATCH_DIGITS, (size_t)(a->N * image_words) * sizeof(uint32_t));
+        if (!xd) { free_border_tables(&classes); return -2; }
+        for (int64_t n = 0; n < a->N; n++) image_digits(&job, n, xd + n * image_words);
+        job.xd = xd;
+        job.xd_n = image_words;
+    }
+    const conv_job *j = &job;
+    const int64_t work = by_image ? a->N : a->N * rows;
+    const size_t sums_bytes = (size_t)(2 * a->OW + 1) * COP * sizeof(int32_t); /* two rows and a pair's spare pixel */
+    const size_t src_bytes = stage_src ? (size_t)a->OH * a->OW * COP * sizeof(float) : 1;
+    const size_t img_bytes = (stage_res || stage_out) ? (size_t)PH * PW * COP * sizeof(float) : 1;
+    const size_t digits_bytes = (!a->src && by_image) ? (size_t)image_words * sizeof(uint32_t) : 1;
+    int failed = 0;
+#ifdef _OPENMP
 #pragma omp parallel num_threads(threads) reduction(| : failed)
 #endif
     {
         int32_t *sums = (int32_t *)scratch(SCRATCH_SUMS, sums_bytes);
-        float *vals = (float *)scratch(SCRATCH_VALS, vals_bytes);
         float *src_img = (float *)scratch(SCRATCH_SRC, src_bytes), *res_img = (float *)scratch(SCRATCH_RES, img_bytes);
         float *out_img = (float *)scratch(SCRATCH_OUT, img_bytes);
-        if (!sums || !vals || !src_img || !res_img || !out_img) {
+        uint32_t *digits = by_image ? (uint32_t *)scratch(SCRATCH_DIGITS, digits_bytes) : NULL;
+        if (!sums || !src_img || !res_img || !out_img || (by_image && !digits)) {
             failed = 1;
         } else {
 #ifdef _OPENMP
@@ -624,10 +642,15 @@ int cbcn_binary_conv(const cbcn_conv_params *params) {
 #endif
             for (int64_t i = 0; i < work; i++) {
                 if (!by_image) {
-                    output_row(j, i / rows, i % rows, sums, vals);
+                    output_row(j, i / rows, i % rows, sums);
                     continue;
                 }
-                conv_job b = *j; /* image i, with its staged buffers in place of NCHW tensors */
+                conv_job b = *j; /* image i, with its digits and its staged buffers in place of NCHW tensors */
+                if (!a->src) {
+                    image_digits(j, i, digits);
+                    b.xd = digits;
+                    b.xd_n = 0;
+                }
                 if (stage_src) {
                     stage_image(src_img, a->src, i, a->C_out, a->OH, a->OW, COP, a->ss_n, a->ss_c, a->ss_h, a->ss_w, 1);
                     b.p.src = src_img - i * a->OH * a->OW * COP;
@@ -642,7 +665,7 @@ int cbcn_binary_conv(const cbcn_conv_params *params) {
                     b.p.out = out_img - i * PH * PW * COP;
                     b.p.os_n = PH * PW * COP; b.p.os_c = 1; b.p.os_h = PW * COP; b.p.os_w = COP;
                 }
-                for (int64_t r = 0; r < rows; r++) output_row(&b, i, r, sums, vals);
+                for (int64_t r = 0; r < rows; r++) output_row(&b, i, r, sums);
                 if (stage_out) stage_image(out_img, a->out, i, a->C_out, PH, PW, COP, a->os_n, a->os_c, a->os_h, a->os_w, 0);
             }
         }
@@ -741,10 +764,14 @@ int64_t cbcn_popcount_peak(int64_t iters) {
         for (int p = 0; p < PIX_BLOCK; p++) cnt[p] = vi_zero();
         for (int64_t it = it0; it < it1; it++) {
             const uint32_t *xp = buf + (it & 7) * PIX_BLOCK * DIGITS;
-            for (int d = 0; d < DIGITS; d++) {
-                const VI wv = vi_load(wbuf + d * LANES);
-                for (int p = 0; p < PIX_BLOCK; p++) cnt[p] = CNT_ADD(cnt[p], CNT(vi_xor(vi_bcast(xp + p * DIGITS + d), wv)));
-            }
+            const VI w0 = vi_load(wbuf);
+#if DIGITS == 2
+            const VI w1 = vi_load(wbuf + LANES);
+            for (int p = 0; p < PIX_BLOCK; p++)
+                cnt[p] = CNT_ADD(cnt[p], CNT_ADD(CNT(vi_xor(vi_bcast(xp + p * DIGITS), w0)), CNT(vi_xor(vi_bcast(xp + p * DIGITS + 1), w1))));
+#else
+            for (int p = 0; p < PIX_BLOCK; p++) cnt[p] = CNT_ADD(cnt[p], CNT(vi_xor(vi_bcast(xp + p), w0)));
+#endif
         }
         for (int p = 0; p < PIX_BLOCK; p++) total = vi_add32(total, WIDEN32(cnt[p]));
     }

@@ -11,7 +11,8 @@
  *   neon               4      1     cnt per byte (vcntq_u8)                    yes (byte counts)
  *   scalar / portable  1      1     popcount of one word                       no
  *
- * LANES: output channels per weight vector (32-bit lanes). DIGITS: a packed word is stored as
+ * LANES: output channels per weight vector (32-bit lanes); PIX_BLOCK (bconv.c, default 8): output
+ * pixels whose counters the inner loop keeps in registers. DIGITS: a packed word is stored as
  * DIGITS digit words — its low and high nibbles (w & 0x0F0F0F0F, (w >> 4) & 0x0F0F0F0F) for the
  * nibble-table variants, so that a digit of x XOR a digit of w is already a table index and the
  * count is one vpshufb (no shift or mask in the inner loop). popcount(x ^ w) is the sum of the
