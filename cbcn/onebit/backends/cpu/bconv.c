@@ -99,8 +99,8 @@ static inline int pair_mode(int64_t C_in) { return CAN_PAIR && C_in <= 16; }
  * an mmap and a page fault per 4 KB on every call (glibc's default), which costs as much as a
  * small layer's arithmetic. Slot i of the calling thread grows as needed and is never freed
  * (a few MB at most per thread). Contents are not preserved between uses. */
-enum { SCRATCH_DIGITS, SCRATCH_XOFF, SCRATCH_VECTORS, SCRATCH_SUMS, SCRATCH_SRC, SCRATCH_RES, SCRATCH_OUT,
-       SCRATCH_SLOTS };
+enum { SCRATCH_DIGITS, SCRATCH_XOFF, SCRATCH_VECTORS, SCRATCH_SUMS, SCRATCH_VALS, SCRATCH_SRC, SCRATCH_RES,
+       SCRATCH_OUT, SCRATCH_SLOTS };
 static __thread void *scratch_ptr[SCRATCH_SLOTS];
 static __thread size_t scratch_size[SCRATCH_SLOTS];
 
@@ -319,94 +319,149 @@ static inline void pack_row_signs(const float *v, int64_t C, uint32_t *words) {
     }
 }
 
-/* One final output row (n, r): one conv row, or two pooled into one, through the whole
- * epilogue in one pass, LANES channels of one pixel at a time. `sums` holds (2·OW + 1)·COP
- * values. The source, residual and output have contiguous channels (cbcn_binary_conv stages
- * NCHW tensors per image first: a channel-vector scatter over NCHW planes thrashes the cache).
- * POOL, RES, OUT and PACK are compile-time constants (output_row instantiates each combination),
- * so the loop holds only the steps this layer has. */
-static inline __attribute__((always_inline)) void output_row_steps(const conv_job *j, int64_t n, int64_t r,
-                                                                   int32_t *sums, const int POOL, const int RES,
-                                                                   const int OUT, const int PACK) {
-    const cbcn_conv_params *a = &j->p;
-    const int64_t COP = j->COP, C = a->C_out, XWO = (C + 31) / 32;
-    const int64_t PH = pooled_size(a->OH, POOL), PW = pooled_size(a->OW, POOL);
-    const int is_float = a->src != NULL, relu = (int)a->relu, bn_fma = (int)a->bn_fma;
-    const float *scale = j->scale, *bias = j->bias, *bn_mul = j->bn_mul, *bn_add = j->bn_add;
-    const int two_rows = POOL && 2 * r + 1 < a->OH; /* avg2's last window may have one row */
-    const int32_t *row0 = source_row(j, n, POOL ? 2 * r : r, sums);
-    const int32_t *row1 = two_rows ? source_row(j, n, 2 * r + 1, sums + a->OW * COP) : row0;
-    const float *res_row = RES ? a->residual + n * a->rs_n + r * a->rs_h : NULL;
-    float *out_row = OUT ? a->out + n * a->os_n + r * a->os_h : NULL;
-    uint32_t *packed_row = PACK ? a->out_packed + (n * PH + r) * PW * XWO : NULL;
-    const int64_t rs_w = a->rs_w, os_w = a->os_w;
-    if (RES && r + 1 < PH) /* the next row's residual, a stream from memory: fetched while this row computes */
-        for (int64_t b = 0; b < PW * rs_w * (int64_t)sizeof(float); b += 64)
-            __builtin_prefetch((const char *)(res_row + a->rs_h) + b);
-#define CBCN_VALUE(ptr, c0) ({ \
-        const VI raw_ = vi_load((ptr) + (c0)); \
-        VF v_; \
-        if (is_float) v_ = vf_from_bits(raw_); else v_ = vf_from_int(raw_); \
-        if (scale) v_ = vf_mul(v_, vf_load(scale + (c0))); \
-        if (bias) v_ = vf_add(v_, vf_load(bias + (c0))); \
-        v_; })
-    for (int64_t w = 0; w < PW; w++) {
-        const int two_cols = 2 * w + 1 < a->OW;
-        const int32_t *s00 = row0 + (POOL ? 2 * w : w) * COP, *s10 = row1 + 2 * w * COP;
-        for (int64_t wd = 0; wd < XWO; wd++) { /* 32 channels: one packed word */
-            const int whole = 32 * wd + 32 <= C;
-            uint32_t bits = 0;
-            for (int k = 0; k < 32 / LANES; k++) { /* unrolled: LANES channels per step */
-                const int64_t c0 = 32 * wd + k * LANES;
-                if (!whole && c0 >= C) break;
-                const int64_t nc = whole ? LANES : min64(LANES, C - c0);
-                VF v = CBCN_VALUE(s00, c0);
-                if (POOL == 2) { /* max over the window in MaxPool2d's scan order (row by row) */
-                    v = vf_max(CBCN_VALUE(s00 + COP, c0), v);
-                    v = vf_max(CBCN_VALUE(s10, c0), v);
-                    v = vf_max(CBCN_VALUE(s10 + COP, c0), v);
-                } else if (POOL == 3) { /* average: the sum in row-major order over the elements inside, / count */
-                    if (two_cols) v = vf_add(v, CBCN_VALUE(s00 + COP, c0));
-                    if (two_rows) {
-                        v = vf_add(v, CBCN_VALUE(s10, c0));
-                        if (two_cols) v = vf_add(v, CBCN_VALUE(s10 + COP, c0));
-                    }
-                    v = vf_div(v, vf_set1((float)((1 + two_rows) * (1 + two_cols))));
-                }
-                if (relu) v = vf_relu(v);
-                if (bn_mul) {
-                    const VF mul = vf_load(bn_mul + c0), add = vf_load(bn_add + c0);
-                    v = bn_fma ? vf_fma(v, mul, add) : vf_add(vf_mul(v, mul), add);
-                }
-                if (RES) {
-                    const float *rp = res_row + w * rs_w + c0;
-                    v = vf_add(v, nc == LANES ? vf_load(rp) : vf_load_part(rp, nc));
-                }
-                if (OUT) {
-                    float *op = out_row + w * os_w + c0;
-                    if (nc == LANES) vf_store(op, v); else vf_store_part(op, v, nc);
-                }
-                if (PACK) /* bit c of the word: set where !(v >= 0) */
-                    bits |= (nc == LANES ? vf_negbits(v) : vf_negbits(v) & (uint32_t)((1u << nc) - 1)) << (k * LANES);
-            }
-            if (PACK) packed_row[w * XWO + wd] = bits;
-        }
-    }
-#undef CBCN_VALUE
+/* The epilogue of one output row runs as a few passes over the row's values `vals` (PW, COP),
+ * kept in L1: each pass is one step for every pixel and channel, a tight loop with no per-value
+ * test, and steps the layer does not have are skipped once per row. */
+
+/* One conv (or source) value of channel vector c0 with the scale and bias: compile-time
+ * FLOAT / SCALE / BIAS, so that each instantiation's loop holds only its own operations. */
+static inline __attribute__((always_inline)) VF scaled_value(const int32_t *p, const float *scale, const float *bias,
+                                                             int64_t c0, const int FLOAT, const int SCALE,
+                                                             const int BIAS) {
+    const VI raw = vi_load(p + c0);
+    VF v;
+    if (FLOAT) v = vf_from_bits(raw); else v = vf_from_int(raw);
+    if (SCALE) v = vf_mul(v, vf_load(scale + c0));
+    if (BIAS) v = vf_add(v, vf_load(bias + c0));
+    return v;
 }
 
-static void output_row(const conv_job *j, int64_t n, int64_t r, int32_t *sums) {
+/* Pass 1: v = value · scale (+ bias), pooled over the window (rows row0 and row1 of (OW, COP)). */
+static inline __attribute__((always_inline)) void values_pass(const conv_job *j, const int32_t *row0,
+                                                              const int32_t *row1, int two_rows, float *vals,
+                                                              const int FLOAT, const int SCALE, const int BIAS,
+                                                              const int POOL) {
+    const int64_t COP = j->COP, OW = j->p.OW, PW = pooled_size(OW, POOL);
+    const float *scale = j->scale, *bias = j->bias;
+#define CBCN_V(ptr, c0) scaled_value((ptr), scale, bias, (c0), FLOAT, SCALE, BIAS)
+    for (int64_t w = 0; w < PW; w++) {
+        const int32_t *s00 = row0 + (POOL ? 2 * w : w) * COP, *s10 = row1 + 2 * w * COP;
+        float *out = vals + w * COP;
+        if (POOL == 0) {
+            for (int64_t c0 = 0; c0 < COP; c0 += LANES) vf_store(out + c0, CBCN_V(s00, c0));
+        } else if (POOL == 2) { /* max over the window in MaxPool2d's scan order (row by row) */
+            for (int64_t c0 = 0; c0 < COP; c0 += LANES) {
+                VF v = CBCN_V(s00, c0);
+                v = vf_max(CBCN_V(s00 + COP, c0), v);
+                v = vf_max(CBCN_V(s10, c0), v);
+                v = vf_max(CBCN_V(s10 + COP, c0), v);
+                vf_store(out + c0, v);
+            }
+        } else { /* average: the sum in row-major order over the elements inside, / count */
+            const int two_cols = 2 * w + 1 < OW;
+            const VF count = vf_set1((float)((1 + two_rows) * (1 + two_cols)));
+            for (int64_t c0 = 0; c0 < COP; c0 += LANES) {
+                VF v = CBCN_V(s00, c0);
+                if (two_cols) v = vf_add(v, CBCN_V(s00 + COP, c0));
+                if (two_rows) {
+                    v = vf_add(v, CBCN_V(s10, c0));
+                    if (two_cols) v = vf_add(v, CBCN_V(s10 + COP, c0));
+                }
+                vf_store(out + c0, vf_div(v, count));
+            }
+        }
+    }
+#undef CBCN_V
+}
+
+static void values_row(const conv_job *j, const int32_t *row0, const int32_t *row1, int two_rows, float *vals) {
+    const int key = (j->p.src != NULL) * 4 + (j->scale != NULL) * 2 + (j->bias != NULL);
+    switch ((int)j->p.pool * 8 + key) {
+#define CBCN_VP(pool, f, s, b) case pool * 8 + f * 4 + s * 2 + b: values_pass(j, row0, row1, two_rows, vals, f, s, b, pool); break;
+#define CBCN_VPS(pool) CBCN_VP(pool, 0, 0, 0) CBCN_VP(pool, 0, 0, 1) CBCN_VP(pool, 0, 1, 0) CBCN_VP(pool, 0, 1, 1) \
+        CBCN_VP(pool, 1, 0, 0) CBCN_VP(pool, 1, 0, 1) CBCN_VP(pool, 1, 1, 0) CBCN_VP(pool, 1, 1, 1)
+        CBCN_VPS(0) CBCN_VPS(2) CBCN_VPS(3)
+#undef CBCN_VPS
+#undef CBCN_VP
+        default: break;
+    }
+}
+
+/* One final output row (n, r): one conv row, or two pooled into one. `sums` holds (2·OW + 1)·COP
+ * values, `vals` PW·COP floats. The source, residual and output have contiguous channels
+ * (cbcn_binary_conv stages NCHW tensors per image first: a channel-vector scatter over NCHW
+ * planes thrashes the cache). */
+static void output_row(const conv_job *j, int64_t n, int64_t r, int32_t *sums, float *vals) {
     const cbcn_conv_params *a = &j->p;
-    const int key = (int)a->pool * 8 + (a->residual != NULL) * 4 + (a->out != NULL) * 2 + (a->out_packed != NULL);
-    switch (key) {
-#define CBCN_ROW(pool, res, out, pack) \
-        case pool * 8 + res * 4 + out * 2 + pack: output_row_steps(j, n, r, sums, pool, res, out, pack); break;
-#define CBCN_ROWS(pool) CBCN_ROW(pool, 0, 0, 1) CBCN_ROW(pool, 0, 1, 0) CBCN_ROW(pool, 0, 1, 1) \
-        CBCN_ROW(pool, 1, 0, 1) CBCN_ROW(pool, 1, 1, 0) CBCN_ROW(pool, 1, 1, 1)
-        CBCN_ROWS(0) CBCN_ROWS(2) CBCN_ROWS(3)
-#undef CBCN_ROWS
-#undef CBCN_ROW
-        default: break; /* no output at all: nothing to compute */
+    const int64_t COP = j->COP, C = a->C_out, XWO = (C + 31) / 32;
+    const int64_t PH = pooled_size(a->OH, a->pool), PW = pooled_size(a->OW, a->pool), total = PW * COP;
+    const int64_t CF = C - C % LANES; /* channels in whole vectors */
+    const int two_rows = a->pool && 2 * r + 1 < a->OH; /* avg2's last window may have one row */
+    const int32_t *row0 = source_row(j, n, a->pool ? 2 * r : r, sums);
+    const int32_t *row1 = two_rows ? source_row(j, n, 2 * r + 1, sums + a->OW * COP) : row0;
+    if (a->residual && r + 1 < PH) /* the next row's residual, a stream from memory: fetched while this row computes */
+        for (int64_t b = 0; b < PW * a->rs_w * (int64_t)sizeof(float); b += 64)
+            __builtin_prefetch((const char *)(a->residual + n * a->rs_n + (r + 1) * a->rs_h) + b);
+    /* 1. scale, bias and the pooling */
+    values_row(j, row0, row1, two_rows, vals);
+    /* 2. ReLU */
+    if (a->relu)
+        for (int64_t i = 0; i < total; i += LANES) vf_store(vals + i, vf_relu(vf_load(vals + i)));
+    /* 3. batch-norm */
+    if (j->bn_mul) {
+        for (int64_t w = 0; w < PW; w++) {
+            float *v = vals + w * COP;
+            if (a->bn_fma)
+                for (int64_t c0 = 0; c0 < COP; c0 += LANES)
+                    vf_store(v + c0, vf_fma(vf_load(v + c0), vf_load(j->bn_mul + c0), vf_load(j->bn_add + c0)));
+            else
+                for (int64_t c0 = 0; c0 < COP; c0 += LANES)
+                    vf_store(v + c0, vf_add(vf_mul(vf_load(v + c0), vf_load(j->bn_mul + c0)), vf_load(j->bn_add + c0)));
+        }
+    }
+    /* 4. the residual */
+    if (a->residual) {
+        const float *res_row = a->residual + n * a->rs_n + r * a->rs_h;
+        for (int64_t w = 0; w < PW; w++) {
+            float *v = vals + w * COP;
+            const float *rp = res_row + w * a->rs_w;
+            for (int64_t c0 = 0; c0 < CF; c0 += LANES) vf_store(v + c0, vf_add(vf_load(v + c0), vf_load(rp + c0)));
+            if (CF < C) vf_store(v + CF, vf_add(vf_load(v + CF), vf_load_part(rp + CF, C - CF)));
+        }
+    }
+    /* 5. the float output */
+    if (a->out) {
+        float *out_row = a->out + n * a->os_n + r * a->os_h;
+        if (a->os_w == COP) {
+            memcpy(out_row, vals, (size_t)total * sizeof(float));
+        } else {
+            for (int64_t w = 0; w < PW; w++) {
+                const float *v = vals + w * COP;
+                float *op = out_row + w * a->os_w;
+                for (int64_t c0 = 0; c0 < CF; c0 += LANES) vf_store(op + c0, vf_load(v + c0));
+                if (CF < C) vf_store_part(op + CF, vf_load(v + CF), C - CF);
+            }
+        }
+    }
+    /* 6. the packed signs: bit c of word c/32 set where !(v >= 0); padding bits 0 */
+    if (a->out_packed) {
+        uint32_t *packed_row = a->out_packed + (n * PH + r) * PW * XWO;
+        const int64_t whole = C / 32;
+        for (int64_t w = 0; w < PW; w++) {
+            const float *v = vals + w * COP;
+            uint32_t *words = packed_row + w * XWO;
+            for (int64_t wd = 0; wd < whole; wd++) {
+                uint32_t bits = 0;
+                for (int k = 0; k < 32 / LANES; k++) bits |= vf_negbits(vf_load(v + 32 * wd + k * LANES)) << (k * LANES);
+                words[wd] = bits;
+            }
+            if (whole < XWO) {
+                uint32_t bits = 0;
+                for (int64_t c0 = 32 * whole; c0 < C; c0 += LANES)
+                    bits |= vf_negbits(vf_load(v + c0)) << (c0 % 32);
+                words[whole] = bits & (uint32_t)((1ull << (C % 32)) - 1);
+            }
+        }
     }
 }
 
@@ -631,10 +686,11 @@ int cbcn_binary_conv(const cbcn_conv_params *params) {
 #endif
     {
         int32_t *sums = (int32_t *)scratch(SCRATCH_SUMS, sums_bytes);
+        float *vals = (float *)scratch(SCRATCH_VALS, (size_t)(PW * COP) * sizeof(float) + 1);
         float *src_img = (float *)scratch(SCRATCH_SRC, src_bytes), *res_img = (float *)scratch(SCRATCH_RES, img_bytes);
         float *out_img = (float *)scratch(SCRATCH_OUT, img_bytes);
         uint32_t *digits = by_image ? (uint32_t *)scratch(SCRATCH_DIGITS, digits_bytes) : NULL;
-        if (!sums || !src_img || !res_img || !out_img || (by_image && !digits)) {
+        if (!sums || !vals || !src_img || !res_img || !out_img || (by_image && !digits)) {
             failed = 1;
         } else {
 #ifdef _OPENMP
@@ -642,7 +698,7 @@ int cbcn_binary_conv(const cbcn_conv_params *params) {
 #endif
             for (int64_t i = 0; i < work; i++) {
                 if (!by_image) {
-                    output_row(j, i / rows, i % rows, sums);
+                    output_row(j, i / rows, i % rows, sums, vals);
                     continue;
                 }
                 conv_job b = *j; /* image i, with its digits and its staged buffers in place of NCHW tensors */
@@ -665,7 +721,7 @@ int cbcn_binary_conv(const cbcn_conv_params *params) {
                     b.p.out = out_img - i * PH * PW * COP;
                     b.p.os_n = PH * PW * COP; b.p.os_c = 1; b.p.os_h = PW * COP; b.p.os_w = COP;
                 }
-                for (int64_t r = 0; r < rows; r++) output_row(&b, i, r, sums);
+                for (int64_t r = 0; r < rows; r++) output_row(&b, i, r, sums, vals);
                 if (stage_out) stage_image(out_img, a->out, i, a->C_out, PH, PW, COP, a->os_n, a->os_c, a->os_h, a->os_w, 0);
             }
         }
