@@ -222,6 +222,19 @@ def test_a_variant_the_compiler_rejects_falls_back_and_says_so(tmp_path):
     assert f"{chosen} did not build" in res.stdout and f"VARIANT {chosen} " not in res.stdout, res.stdout
 
 
+def test_a_large_output_written_with_streaming_stores_is_exact():
+    """Float outputs over 2 MB are written with non-temporal stores (bconv.c, STREAM_BYTES)."""
+    if not NATIVE:
+        pytest.skip(native.problem())
+    g = torch.Generator().manual_seed(21)
+    x = reference.pack_signs(_rand(9, 64, 32, 32, g=g))
+    w = reference.pack_signs(_rand(64, 64, 3, 3, g=g))
+    residual = _rand(9, 64, 32, 32, g=g).contiguous(memory_format=torch.channels_last)
+    ep = Epilogue(scale=torch.rand(64, generator=g) + 0.1, residual=residual, real=True, packed=True)
+    assert 9 * 64 * 32 * 32 * 4 > 2 << 20
+    _assert_same(reference.fused_conv2d_reference(x, w, 64, 1, 1, ep), cpu.fused_conv2d(x, w, 64, 1, 1, ep), "large")
+
+
 def test_keyword_api_equals_reference():
     g = torch.Generator().manual_seed(3)
     x = reference.pack_signs(_rand(2, 37, 7, 6, g=g))

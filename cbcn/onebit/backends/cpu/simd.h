@@ -23,6 +23,9 @@
  * 32-bit lanes. Pixel pairs (layers of <= 16 input channels: two pixels' half-words in one
  * 32-bit word) need counts that do not cross 16-bit halves: CNT16 / WIDEN16 (CAN_PAIR).
  *
+ * vf_stream stores with a non-temporal hint (aligned to the vector), for outputs too large to stay
+ * cached; vf_stream_fence orders them before the call returns.
+ *
  * Floats: LANES-wide vectors with IEEE single rounding per operation, FMA only where asked
  * (vf_fma: one rounding, as fmaf). vf_max(t, v) is (t > v ? t : v) and vf_relu(v) is
  * (v < 0 ? 0 : v), NaN and signed zeros included, as the scalar code has them.
@@ -87,6 +90,12 @@ typedef __m512 VF;
 #define vf_zero() _mm512_setzero_ps()
 #define vf_load(p) _mm512_loadu_ps(p)
 #define vf_store(p, v) _mm512_storeu_ps((p), (v))
+#if defined(CBCN_SIMDE)
+#define vf_stream(p, v) _mm512_storeu_ps((p), (v)) /* SIMDe 0.7.4 has no 512-bit stream store */
+#else
+#define vf_stream(p, v) _mm512_stream_ps((p), (v)) /* 64-byte aligned p */
+#endif
+#define vf_stream_fence() _mm_sfence()
 #define vf_set1(x) _mm512_set1_ps(x)
 #define vf_from_int(v) _mm512_cvtepi32_ps(v)
 #define vf_from_bits(v) _mm512_castsi512_ps(v)
@@ -200,6 +209,8 @@ typedef __m256 VF;
 #define vf_zero() _mm256_setzero_ps()
 #define vf_load(p) _mm256_loadu_ps(p)
 #define vf_store(p, v) _mm256_storeu_ps((p), (v))
+#define vf_stream(p, v) _mm256_stream_ps((p), (v)) /* 32-byte aligned p */
+#define vf_stream_fence() _mm_sfence()
 #define vf_set1(x) _mm256_set1_ps(x)
 #define vf_from_int(v) _mm256_cvtepi32_ps(v)
 #define vf_from_bits(v) _mm256_castsi256_ps(v)
@@ -270,6 +281,8 @@ typedef float32x4_t VF;
 #define vf_zero() vdupq_n_f32(0.0f)
 #define vf_load(p) vld1q_f32(p)
 #define vf_store(p, v) vst1q_f32((p), (v))
+#define vf_stream(p, v) vst1q_f32((p), (v)) /* no non-temporal hint used */
+#define vf_stream_fence() ((void)0)
 #define vf_set1(x) vdupq_n_f32(x)
 #define vf_from_int(v) vcvtq_f32_s32(vreinterpretq_s32_u32(v))
 #define vf_from_bits(v) vreinterpretq_f32_u32(v)
@@ -326,6 +339,8 @@ typedef float VF;
 #define vf_zero() 0.0f
 #define vf_load(p) (*(p))
 #define vf_store(p, v) (*(p) = (v))
+#define vf_stream(p, v) (*(p) = (v))
+#define vf_stream_fence() ((void)0)
 #define vf_set1(x) (x)
 static inline float vf_from_int(uint32_t v) { return (float)(int32_t)v; }
 static inline float vf_from_bits(uint32_t v) { float f; memcpy(&f, &v, sizeof f); return f; }
