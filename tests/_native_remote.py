@@ -58,6 +58,9 @@ class RemoteLibrary:
         self.variant, self.driver, self.openmp = variant, driver, False
         self.emulator = CROSS[variant][2]
 
+    def describe(self) -> str:
+        return f"{self.variant} under {self.emulator}"
+
     def prepared_words(self, C_out, C_in, KH, KW) -> int:
         return C_out * KH * KW * ((C_in + 31) // 32)  # the plain bank: the driver prepares it
 

@@ -33,6 +33,19 @@ import _native_remote as remote
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE = native.load() is not None
 SIMDE_HEADER = Path("/usr/include/simde/x86/avx512.h")  # Debian's libsimde-dev
+SIMDE_FLAGS = ("-DCBCN_SIMDE", "-O1", "-mavx2", "-mfma")  # SIMDe fuses fmadd only with FMA; -O1: 17 s a build at -O3
+AVX512 = tuple(v.name for v in native.VARIANTS if v.name.startswith("avx512"))
+
+
+def _emulated(variant: str):
+    """The x86 variant's kernels with SIMDe's emulation of its intrinsics (a ``NativeLibrary``),
+    or ``pytest.skip`` where that cannot be built here."""
+    if native.compiler() is None or native.machine_arch() != "x86_64":
+        pytest.skip("needs a C compiler on x86-64")
+    if not SIMDE_HEADER.exists():
+        pytest.skip("SIMDe headers not found (apt-get install libsimde-dev)")
+    v = native.variant(variant)
+    return native.NativeLibrary(native.build(v, openmp=False, isa_flags=SIMDE_FLAGS), v, False)
 
 
 def _rand(*shape, g):
@@ -137,18 +150,12 @@ def _run_with(lib):
     return lambda x, w, C, s, p, ep, fmt: cpu.run_native(lib, ep, fmt, cpu.fused_batchnorm_mode(), conv=(x, w, C, s, p, 1))
 
 
-@pytest.mark.parametrize("variant", [v.name for v in native.VARIANTS if v.name.startswith("avx")])
-def test_x86_variants_are_exact_under_simde_emulation(variant):
-    """The x86 variants' code with every intrinsic emulated (SIMDe): the kernels of an ISA this
-    CPU lacks (AVX-512 on an AVX2 machine), exercised here; the object code test checks that
-    the real build uses the instructions."""
-    if native.compiler() is None or native.machine_arch() != "x86_64":
-        pytest.skip("needs a C compiler on x86-64")
-    if not SIMDE_HEADER.exists():
-        pytest.skip("SIMDe headers not found (apt-get install libsimde-dev)")
-    v = native.variant(variant)
-    emulated = ("-DCBCN_SIMDE", "-O1", "-mavx2", "-mfma")  # SIMDe fuses fmadd only with FMA; -O1: 17 s per build at -O3
-    lib = native.NativeLibrary(native.build(v, openmp=False, isa_flags=emulated), v, False)
+@pytest.mark.parametrize("variant", AVX512)
+def test_avx512_variants_are_exact_under_simde_emulation(variant):
+    """The AVX-512 variants' code with every intrinsic emulated (SIMDe): the kernels of an ISA this
+    CPU may lack, exercised here; the object code test checks that the real build uses the
+    instructions."""
+    lib = _emulated(variant)
     _sweep(_run_with(lib), lambda t: cpu.pack_native(lib, t), seed=12, cases=25)
 
 
@@ -345,6 +352,53 @@ def test_onebit_models_on_the_cpu_backend_are_exact(name, method, stages, K, ima
         assert torch.equal(unfused(xb), model(xb))
 
 
+WHOLE_MODELS = [  # (name, method, stages, K, image): one of each kind of fused block and epilogue
+    ("resnet18", "xnor", (8, 8, 16, 16), 1, 9),
+    ("resnet18", "cbcn", (4, 4, 8, 8), 4, 8),
+    ("lenet", "cbcn", (2, 3, 4, 5), 4, 16),
+]
+
+
+@pytest.mark.parametrize("variant", list(native.VARIANT_NAMES) + [f"{v} (simde)" for v in AVX512]
+                         + [f"{v} (qemu)" for v in sorted(remote.CROSS)])
+def test_whole_models_are_exact_on_every_variant(variant, monkeypatch, tmp_path):
+    """The 1-bit model's logits equal the training model's with every variant the engine can run
+    here forced in place of its own choice, the AVX-512 ones also under SIMDe and NEON through
+    qemu-user."""
+    name = variant.split()[0]
+    if variant.endswith("(simde)"):
+        lib = _emulated(name)
+    elif variant.endswith("(qemu)"):
+        if remote.missing_tools(name):
+            pytest.skip(remote.missing_tools(name))
+        lib = remote.RemoteLibrary(name, remote.build_driver(name, tmp_path))
+    else:
+        why = native.cannot_run(native.variant(name))
+        if why or native.compiler() is None:
+            pytest.skip(why or "no C compiler here")
+        lib = native.load(name)
+    monkeypatch.setattr(native, "load", lambda variant_name=None: lib)
+    monkeypatch.setattr(cpu, "_auto_path", lambda: "native")
+    g = torch.Generator().manual_seed(5)
+    for model_name, method, stages, K, image in WHOLE_MODELS:
+        torch.manual_seed(0)
+        in_ch = 1 if model_name == "lenet" else 3
+        extra = {"image_size": image} if model_name == "lenet" else {}
+        model = build_model(model_name, method=method, stages=stages, K=K, in_channels=in_ch, **extra)
+        x, y = _rand(2, in_ch, image, image, g=g), torch.randint(0, 10, (2,), generator=g)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.eval()
+        onebit = convert_to_onebit(model, backend="cpu")
+        assert f"native[{lib.describe()}]" in repr(onebit)
+        xb = _rand(3, in_ch, image, image, g=g)
+        with torch.no_grad():
+            assert torch.equal(onebit(xb), model(xb)), (variant, model_name, method, K)
+
+
 def test_cbcn_bank_is_cached_until_the_weights_change():
     model = build_model("resnet18", method="cbcn", stages=(2, 2, 4, 4), K=4).eval()
     onebit = convert_to_onebit(model, backend="cpu")
@@ -370,8 +424,11 @@ def test_fused_blocks_carry_packed_signs_between_layers():
     assert carried_packed_signs(h) is None
 
 
-def _run_engine_probe(env_extra: dict, code: str, tmp_path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CBCN_CACHE_DIR": str(tmp_path), **env_extra,
+def _run_engine_probe(env_extra: dict, code: str, tmp_path=None) -> subprocess.CompletedProcess:
+    """``code`` in a fresh process with ``env_extra``; builds cached under ``tmp_path`` (a fresh
+    cache) or, without it, where this process caches them."""
+    cache = {"CBCN_CACHE_DIR": str(tmp_path if tmp_path is not None else native.cache_dir())}
+    env = {**os.environ, **cache, **env_extra,
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for k in ("CBCN_CPU_PATH", "CBCN_BACKEND"):
         if k not in env_extra:
@@ -410,7 +467,7 @@ def test_path_choice_falls_back_and_shows_in_the_repr(tmp_path):
                                   tmp_path / "c")
     assert no_int_mm.returncode == 0 and "PATH reference |" in no_int_mm.stdout, no_int_mm.stderr[-2000:]
     if NATIVE:
-        auto = _run_engine_probe({}, PROBE, tmp_path / "d")
+        auto = _run_engine_probe({}, PROBE)
         assert auto.returncode == 0 and "PATH native |" in auto.stdout, auto.stderr[-2000:]
 
 
