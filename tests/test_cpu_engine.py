@@ -304,6 +304,24 @@ def test_batchnorm_fusion_is_exact_where_it_is_used():
     assert torch.equal(cpu.run_epilogue(y, ep, torch.contiguous_format)[0], bn(y))
 
 
+def _trained_model(name, method, stages, K, image, g, stem=None, batch=2, steps=1):
+    """``build_model`` after ``steps`` SGD steps on random data (non-trivial batch-norm statistics
+    and weights), in eval mode; with its input channels."""
+    torch.manual_seed(0)
+    in_ch = 1 if name == "lenet" else 3
+    extra = {} if stem is None else {"stem": stem}
+    model = build_model(name, method=method, stages=stages, K=K, in_channels=in_ch,
+                        image_size=image if name == "lenet" else 32, **extra)
+    x, y = _rand(batch, in_ch, image, image, g=g), torch.randint(0, 10, (batch,), generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), in_ch
+
+
 @pytest.mark.parametrize(
     "name,method,stages,K,image,stem",
     [
@@ -325,20 +343,8 @@ def test_batchnorm_fusion_is_exact_where_it_is_used():
     ],
 )
 def test_onebit_models_on_the_cpu_backend_are_exact(name, method, stages, K, image, stem):
-    torch.manual_seed(0)
-    in_ch = 1 if name == "lenet" else 3
-    extra = {} if stem is None else {"stem": stem}
-    model = build_model(name, method=method, stages=stages, K=K, in_channels=in_ch,
-                        image_size=image if name == "lenet" else 32, **extra)
     g = torch.Generator().manual_seed(1)
-    x, y = _rand(4, in_ch, image, image, g=g), torch.randint(0, 10, (4,), generator=g)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(2):  # non-trivial batch-norm statistics and weights
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model, in_ch = _trained_model(name, method, stages, K, image, g, stem=stem, batch=4, steps=2)
     onebit = convert_to_onebit(model, backend="cpu")
     assert onebit.fused_blocks > 0
     for batch in (1, 3):
@@ -381,17 +387,7 @@ def test_whole_models_are_exact_on_every_variant(variant, monkeypatch, tmp_path)
     monkeypatch.setattr(cpu, "_auto_path", lambda: "native")
     g = torch.Generator().manual_seed(5)
     for model_name, method, stages, K, image in WHOLE_MODELS:
-        torch.manual_seed(0)
-        in_ch = 1 if model_name == "lenet" else 3
-        extra = {"image_size": image} if model_name == "lenet" else {}
-        model = build_model(model_name, method=method, stages=stages, K=K, in_channels=in_ch, **extra)
-        x, y = _rand(2, in_ch, image, image, g=g), torch.randint(0, 10, (2,), generator=g)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        model.eval()
+        model, in_ch = _trained_model(model_name, method, stages, K, image, g)
         onebit = convert_to_onebit(model, backend="cpu")
         assert f"native[{lib.describe()}]" in repr(onebit)
         xb = _rand(3, in_ch, image, image, g=g)
@@ -500,3 +496,18 @@ def test_native_build_failure_says_why(tmp_path):
     """
     res = _run_engine_probe({"CC": "/bin/false", "PATH": "/nonexistent"}, code, tmp_path)
     assert res.returncode == 0 and "WHY could not build the native kernels" in res.stdout, res.stdout + res.stderr
+
+
+def test_native_ab_compares_a_revision_with_the_working_tree():
+    """benchmarks/native_ab.py: a git revision's kernels built and timed beside the working tree's,
+    logits checked; bad input is one line and exit status 2."""
+    if not NATIVE or shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs the native kernels and a git checkout")
+    script = [sys.executable, str(ROOT / "benchmarks" / "native_ab.py")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ok = subprocess.run(script + ["--rev", "HEAD", "--models", "lenet", "--batch", "2", "--rounds", "2"],
+                        capture_output=True, text=True, env=env, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert ok.stdout.count("[ab] lenet") == 2 and "NOT exact" not in ok.stdout, ok.stdout
+    bad = subprocess.run(script + ["--rev", "no-such-revision"], capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: no-such-revision") and "Traceback" not in bad.stderr

@@ -225,25 +225,20 @@ static inline __attribute__((always_inline)) void conv_block(const conv_job *j, 
     }
 }
 
-static void conv_pixels(const conv_job *j, const uint32_t *xwin, int64_t pstep, int64_t np, int32_t *sums) {
-    switch (np) {
-#define CBCN_NP(n) case n: conv_block(j, xwin, pstep, n, 0, sums); break;
-        CBCN_NP(1) CBCN_NP(2) CBCN_NP(3) CBCN_NP(4) CBCN_NP(5) CBCN_NP(6) CBCN_NP(7) CBCN_NP(8)
-#undef CBCN_NP
-        default: break;
-    }
-}
-
+/* conv_block for a run-time block size np (single pixels, or pixel pairs where PAIRS). */
+static void conv_pixels(const conv_job *j, const uint32_t *xwin, int64_t pstep, int64_t np, int pairs, int32_t *sums) {
+    switch (2 * np + (pairs != 0)) {
 #if CAN_PAIR
-static void conv_pixel_pairs(const conv_job *j, const uint32_t *xwin, int64_t pstep, int64_t np, int32_t *sums) {
-    switch (np) {
-#define CBCN_NP(n) case n: conv_block(j, xwin, pstep, n, 1, sums); break;
+#define CBCN_NP(n) case 2 * n: conv_block(j, xwin, pstep, n, 0, sums); break; \
+                   case 2 * n + 1: conv_block(j, xwin, pstep, n, 1, sums); break;
+#else
+#define CBCN_NP(n) case 2 * n: conv_block(j, xwin, pstep, n, 0, sums); break;
+#endif
         CBCN_NP(1) CBCN_NP(2) CBCN_NP(3) CBCN_NP(4) CBCN_NP(5) CBCN_NP(6) CBCN_NP(7) CBCN_NP(8)
 #undef CBCN_NP
         default: break;
     }
 }
-#endif
 
 /* Zero padding: the halo counted each of its taps as +1 (bits 0), adding the tap's weight sum
  * Σ_c w[co][c][kh][kw]; subtract, per border pixel, the sum over its taps outside the image. Those
@@ -270,14 +265,14 @@ static void conv_row(const conv_job *j, int64_t n, int64_t oh, int32_t *sums) {
     if (j->pairs) { /* an odd last pixel's pair also writes the pixel after the row: sums has room for it */
         for (; ow < OW;) {
             const int64_t np = min64(PIX_BLOCK, (OW - ow + 1) / 2);
-            conv_pixel_pairs(j, x_img + ow * s * XD, 2 * s * XD, np, sums + ow * COP);
+            conv_pixels(j, x_img + ow * s * XD, 2 * s * XD, np, 1, sums + ow * COP);
             ow += 2 * np;
         }
     }
 #endif
     for (; ow < OW;) {
         const int64_t np = min64(PIX_BLOCK, OW - ow);
-        conv_pixels(j, x_img + ow * s * XD, s * XD, np, sums + ow * COP);
+        conv_pixels(j, x_img + ow * s * XD, s * XD, np, 0, sums + ow * COP);
         ow += np;
     }
     if (j->p.pad) correct_border(j, oh, sums);
