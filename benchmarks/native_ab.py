@@ -38,19 +38,18 @@ class BuildError(Exception):
 
 
 def build_revision(rev: str, v: native.Variant, folder: Path) -> Path:
-    """The kernels of git revision ``rev`` built for variant ``v`` into ``folder``."""
+    """The kernels of git revision ``rev`` built for variant ``v`` (``native.build`` on a copy of
+    the revision's sources in ``folder``)."""
     for source in native.SOURCES:
         rel = source.relative_to(ROOT)
         text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{rel}"], capture_output=True, text=True)
         if text.returncode != 0:
             raise BuildError(f"{rev} has no {rel} ({text.stderr.strip().splitlines()[-1]})")
         (folder / source.name).write_text(text.stdout)
-    target = folder / "libcbcn_bconv.so"
-    cmd = [native.compiler(), *native.BASE_FLAGS, *v.flags, v.define, "-o", str(target), str(folder / "bconv.c"), "-lm"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise BuildError(f"{rev} does not build as {v.name}: {(res.stderr or res.stdout).strip().splitlines()[-1]}")
-    return target
+    try:
+        return native.build(v, openmp=False, folder=folder)
+    except native.CompileFailed as exc:
+        raise BuildError(f"{rev} does not build as {v.name}: {exc}") from None
 
 
 def main(argv=None) -> int:

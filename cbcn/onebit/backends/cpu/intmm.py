@@ -45,7 +45,7 @@ def available() -> bool:
 def speed_vs_float() -> tuple[float, float]:
     """GMAC/s of ``torch._int_mm`` and of an fp32 ``torch.mm`` on the same product — one binary
     layer's im2col GEMM, 512 × 576 × 64 — best of three each, on the current threads. Without
-    VNNI or AMX, oneDNN's int8 path is far slower than fp32 (0.5 against 40 GMAC/s on an AVX2
+    VNNI or AMX, oneDNN's int8 path is far slower than fp32 (0.8–1.5 against 24–36 GMAC/s on an AVX2
     EPYC), and the engine must not pick it there."""
     M, K, N = 512, 576, 64
     g = torch.Generator().manual_seed(0)

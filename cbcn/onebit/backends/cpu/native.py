@@ -151,36 +151,39 @@ def compiler() -> str | None:
     return None
 
 
-class _CompileFailed(Exception):
+class CompileFailed(Exception):
     """The compiler's complaint; raised inside ``atomic_path`` so the target is left untouched."""
 
 
-def build(v: Variant, openmp: bool = True, cc: str | None = None, isa_flags: tuple[str, ...] | None = None) -> Path:
-    """The shared library of variant ``v`` (compiled unless cached); ``_CompileFailed`` with the
-    compiler's last line if it does not build. ``cc`` (a cross-compiler) and ``isa_flags``
-    (instead of ``v.flags``, e.g. ``-DCBCN_SIMDE`` for an emulated build) serve the tests."""
+def build(v: Variant, openmp: bool = True, cc: str | None = None, isa_flags: tuple[str, ...] | None = None,
+          folder: Path = FOLDER) -> Path:
+    """The shared library of variant ``v`` (compiled unless cached); ``CompileFailed`` with the
+    compiler's last line if it does not build. ``cc`` (a cross-compiler), ``isa_flags`` (instead
+    of ``v.flags``, e.g. ``-DCBCN_SIMDE`` for an emulated build) and ``folder`` (another copy of
+    ``bconv.c`` and ``simd.h``, e.g. a git revision's) serve the tests and benchmarks."""
+    sources = [folder / p.name for p in SOURCES]
     cc = cc or compiler()
     if cc is None:
-        raise _CompileFailed("no C compiler found (cc, gcc, clang or $CC)")
+        raise CompileFailed("no C compiler found (cc, gcc, clang or $CC)")
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        raise _CompileFailed(f"C compiler {cc} does not run: {exc}") from None
+        raise CompileFailed(f"C compiler {cc} does not run: {exc}") from None
     flags = [*BASE_FLAGS, *(v.flags if isa_flags is None else isa_flags), *(("-fopenmp",) if openmp else ()), v.define]
-    key = hashlib.sha256(b"\0".join([*(p.read_bytes() for p in SOURCES), version.encode(), cc.encode(),
+    key = hashlib.sha256(b"\0".join([*(p.read_bytes() for p in sources), version.encode(), cc.encode(),
                                      " ".join(flags).encode()])).hexdigest()[:16]
     target = cache_dir() / "native" / f"{v.name}-{key}" / "libcbcn_bconv.so"
     if target.exists():
         return target
     try:
         with atomic_path(target) as tmp:
-            cmd = [cc, *flags, "-o", str(tmp), str(SOURCES[0]), "-lm"]
+            cmd = [cc, *flags, "-o", str(tmp), str(sources[0]), "-lm"]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
             if proc.returncode != 0:
                 lines = (proc.stderr or proc.stdout).strip().splitlines()
-                raise _CompileFailed(lines[-1] if lines else f"exit status {proc.returncode}")
+                raise CompileFailed(lines[-1] if lines else f"exit status {proc.returncode}")
     except (OSError, subprocess.SubprocessError) as exc:
-        raise _CompileFailed(str(exc)) from None
+        raise CompileFailed(str(exc)) from None
     return target
 
 
@@ -279,7 +282,7 @@ def _load_variant(v: Variant, fallbacks: tuple[str, ...] = ()) -> tuple[NativeLi
     for openmp in (True, False):
         try:
             return NativeLibrary(build(v, openmp), v, openmp, fallbacks), None
-        except _CompileFailed as exc:
+        except CompileFailed as exc:
             complaints.append(str(exc))
         except OSError as exc:
             complaints.append(f"cannot load the build: {exc}")
