@@ -80,9 +80,10 @@ def main(argv=None) -> int:
             folder = Path(tmp) / rev.replace("/", "_")
             folder.mkdir()
             try:
-                builds[rev] = native.NativeLibrary(build_revision(rev, v, folder), v, openmp=False)
-            except (BuildError, OSError) as exc:
-                print(f"error: {rev}: {exc}", file=sys.stderr)
+                builds[rev] = native.NativeLibrary(build_revision(rev, v, folder), v, openmp=False,
+                                                   name=f"{v.name}@{rev}")
+            except (BuildError, OSError, RuntimeError) as exc:  # RuntimeError: the operators refused it (ABI)
+                print(f"error: {rev}: {str(exc).splitlines()[0]}", file=sys.stderr)
                 return 2
         print(f"[ab] {native.cpu_model()}, variant {v.name}, batch {args.batch}, {args.rounds} rounds, one thread")
         for key in args.models:

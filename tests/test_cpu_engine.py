@@ -45,7 +45,7 @@ def _emulated(variant: str):
     if not SIMDE_HEADER.exists():
         pytest.skip("SIMDe headers not found (apt-get install libsimde-dev)")
     v = native.variant(variant)
-    return native.NativeLibrary(native.build(v, openmp=False, isa_flags=SIMDE_FLAGS), v, False)
+    return native.NativeLibrary(native.build(v, openmp=False, isa_flags=SIMDE_FLAGS), v, False, name=f"{variant} (SIMDe)")
 
 
 def _rand(*shape, g):
@@ -165,7 +165,7 @@ def test_cross_compiled_variants_are_exact_under_qemu(variant, tmp_path):
     missing = remote.missing_tools(variant)
     if missing:
         pytest.skip(missing)
-    lib = remote.RemoteLibrary(variant, remote.build_driver(variant, tmp_path))
+    lib = remote.remote_engine(variant, remote.build_driver(variant, tmp_path))
     _sweep(_run_with(lib), lambda t: cpu.pack_native(lib, t), seed=13, cases=20)
     y = torch.randn(2, 40, 9, 8, generator=torch.Generator().manual_seed(3))
     ep = Epilogue(pool="max2", relu=True, packed=True)
@@ -377,7 +377,7 @@ def test_whole_models_are_exact_on_every_variant(variant, monkeypatch, tmp_path)
     elif variant.endswith("(qemu)"):
         if remote.missing_tools(name):
             pytest.skip(remote.missing_tools(name))
-        lib = remote.RemoteLibrary(name, remote.build_driver(name, tmp_path))
+        lib = remote.remote_engine(name, remote.build_driver(name, tmp_path))
     else:
         why = native.cannot_run(native.variant(name))
         if why or native.compiler() is None:

@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
 
 import torch
 
 from cbcn.onebit.backends import reference
-from cbcn.onebit.backends.contract import check_conv_args, num_words, tensor_version
-from cbcn.onebit.backends.cpu import intmm, native
+from cbcn.onebit.backends.contract import check_conv_args
+from cbcn.onebit.backends.cpu import intmm, native, operators
 from cbcn.onebit.backends.epilogue import Epilogue, legacy_epilogue
 
 PATHS = ("native", "intmm", "reference")
-POOL_CODES = {"": 0, "max2": 2, "avg2": 3}  # Epilogue.pool -> bconv.c's pool field
 ENV_VAR = "CBCN_CPU_PATH"
 
 unpack_signs = reference.unpack_signs
@@ -91,14 +89,6 @@ def prefers_ksum(requested: str | None = None) -> bool:
     return engine_path(requested) != "native"
 
 
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
-
-
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
 def _native_library(cpu_path: str | None, cpu_variant: str | None) -> native.NativeLibrary | None:
     """The native kernels to run: those of ``cpu_variant`` when one is forced, else of the
     engine's own variant when its path is ``native``, else ``None``."""
@@ -109,7 +99,7 @@ def _native_library(cpu_path: str | None, cpu_variant: str | None) -> native.Nat
 
 def pack_signs(x: torch.Tensor, cpu_variant: str | None = None) -> torch.Tensor:
     """``(N, C, H, W)`` -> ``(N, H, W, ceil(C/32))`` packed signs (as ``reference.pack_signs``),
-    in one native pass for float32 CPU tensors of any layout."""
+    in one native pass (``cbcn::pack_signs``) for float32 CPU tensors of any layout."""
     lib = _native_library(None, cpu_variant)
     if lib is None or x.dtype != torch.float32 or x.dim() != 4 or x.device.type != "cpu" or x.shape[1] < 1:
         return reference.pack_signs(x)
@@ -117,43 +107,8 @@ def pack_signs(x: torch.Tensor, cpu_variant: str | None = None) -> torch.Tensor:
 
 
 def pack_native(lib, x: torch.Tensor) -> torch.Tensor:
-    """``pack_signs`` of a float32 CPU tensor ``(N, C, H, W)`` by ``lib``'s kernel."""
-    N, C, H, W = x.shape
-    out = torch.empty((N, H, W, num_words(C)), dtype=torch.int32)
-    if out.numel():
-        lib.pack_signs_f32(x.data_ptr(), N, C, H, W, x.stride(), out.data_ptr(), _threads())
-    return out
-
-
-# --- weights prepared for the native kernel, cached per weight tensor and version ----------------
-_PREPARED: dict = {}
-
-
-def _full_bank(w_packed: torch.Tensor, in_channels: int, ksum: int) -> torch.Tensor:
-    """The full packed bank over the physical channels from a K-sum bank (each map's filter
-    repeated over its K input channels, as the CiF bank holds it)."""
-    maps = in_channels // ksum
-    signs = reference.unpack_signs(w_packed, maps)  # (C_out, maps, KH, KW)
-    return reference.pack_signs(signs.repeat_interleave(ksum, dim=1))
-
-
-def prepared_weights(lib: native.NativeLibrary, w_packed: torch.Tensor, in_channels: int, ksum: int = 1) -> torch.Tensor:
-    """The bank ``(C_out, KH, KW, words)`` in the layout ``lib``'s variant reads (its weight
-    vectors, digits and per-tap weight sums: ``cbcn_prepare_weights``), cached until
-    ``w_packed`` changes or dies."""
-    key = id(w_packed)
-    entry = _PREPARED.get(key)
-    stamp = (w_packed.data_ptr(), tensor_version(w_packed), in_channels, ksum, lib)
-    if entry is not None and entry[0] == stamp:
-        return entry[1]
-    bank = (_full_bank(w_packed, in_channels, ksum) if ksum > 1 else w_packed).contiguous()
-    C_out, KH, KW, _ = bank.shape
-    prepared = torch.empty(lib.prepared_words(C_out, in_channels, KH, KW), dtype=torch.int32)
-    lib.prepare_weights(bank.data_ptr(), C_out, in_channels, KH, KW, prepared.data_ptr())
-    if entry is None:
-        weakref.finalize(w_packed, _PREPARED.pop, key, None)
-    _PREPARED[key] = (stamp, prepared)
-    return prepared
+    """``pack_signs`` of a float32 CPU tensor ``(N, C, H, W)`` by ``lib``'s engine."""
+    return torch.ops.cbcn.pack_signs(x, operators.engine_argument(lib.name))
 
 
 # --- the fused batch-norm: only where it is bit-identical to PyTorch's ---------------------------
@@ -199,66 +154,35 @@ def _batchnorm_probe(mode: int, shape, g) -> bool:
 
 # --- the convolution ---------------------------------------------------------------------------------
 def run_native(lib, ep: Epilogue, memory_format, bn_mode: int | None, conv=None, src: torch.Tensor | None = None):
-    """The native kernel of ``lib`` (a ``native.NativeLibrary``, or anything with its
-    ``prepared_words`` / ``prepare_weights`` / ``binary_conv``) on a binary conv (``conv = (x_packed, w_packed, in_channels, stride,
-    padding, ksum)``) or on the values of a float tensor ``src`` (N, C, H, W), with as much of
+    """The ``cbcn`` operators on ``lib``'s engine (a ``native.NativeLibrary``): a binary conv
+    (``conv = (x_packed, w_packed, in_channels, stride, padding, ksum)``, ``cbcn::binary_conv2d``)
+    or the values of a float tensor ``src`` (N, C, H, W) (``cbcn::epilogue``), with as much of
     ``ep`` fused as is exact; the rest runs in PyTorch after it."""
-    if conv is not None:
-        x_packed, w_packed, in_channels, stride, padding, ksum = conv
-        N, H, W, XW = x_packed.shape
-        C_out, KH, KW, _ = w_packed.shape
-        OH, OW = (H + 2 * padding - KH) // stride + 1, (W + 2 * padding - KW) // stride + 1
-    else:
-        N, C_out, OH, OW = src.shape
-    if ep.pool == "max2" and (OH < 2 or OW < 2):
-        raise ValueError(f"a 2x2 max-pool needs an input of at least 2x2, got {OH}x{OW}")
-    PH, PW = ep.output_size(OH, OW)
     fuse_bn = ep.bn is None or bn_mode is not None
     # what PyTorch finishes when the batch-norm cannot be fused: the batch-norm, then the residual
     tail = None if fuse_bn else Epilogue(bn=ep.bn, residual=ep.residual, real=ep.real, packed=ep.packed,
                                          out_dtype=ep.out_dtype)
-    want_real = ep.real or tail is not None
-    want_packed = ep.packed and tail is None
     if ep.bn is not None and fuse_bn:
-        bn_mul, bn_add, fma = *ep.bn.affine(), bn_mode
+        (bn_mul, bn_add), fma = ep.bn.affine(), bool(bn_mode)
     elif ep.affine is not None:
-        bn_mul, bn_add, fma = ep.affine[0].float().contiguous(), ep.affine[1].float().contiguous(), 0
+        bn_mul, bn_add, fma = ep.affine[0], ep.affine[1], False
     else:
         bn_mul = bn_add = None
-        fma = 0
-    residual = ep.residual if tail is None else None
-    if residual is not None:
-        if tuple(residual.shape) != (N, C_out, PH, PW):
-            raise ValueError(f"residual must have the output's shape {(N, C_out, PH, PW)}, got {tuple(residual.shape)}")
-        residual = residual.float()
-    real = torch.empty((N, C_out, PH, PW), dtype=torch.float32, memory_format=memory_format) if want_real else None
-    packed = torch.empty((N, PH, PW, num_words(C_out)), dtype=torch.int32) if want_packed else None
-    vectors = [None if v is None else v.detach().float().contiguous() for v in (ep.scale, ep.bias)]
-    p = native.ConvParams(
-        N=N, C_out=C_out, OH=OH, OW=OW, scale=_ptr(vectors[0]), bias=_ptr(vectors[1]), pool=POOL_CODES[ep.pool],
-        relu=int(ep.relu), bn_mul=_ptr(bn_mul), bn_add=_ptr(bn_add), bn_fma=fma, residual=_ptr(residual),
-        out=_ptr(real), out_packed=_ptr(packed), threads=_threads(),
-    )
+        fma = False
+    epilogue_args = (ep.scale, ep.bias, operators.POOL_CODES[ep.pool], ep.relu, bn_mul, bn_add, fma,
+                     ep.residual if tail is None else None, ep.real or tail is not None, ep.packed and tail is None,
+                     memory_format == torch.channels_last, operators.engine_argument(lib.name))
     if conv is not None:
-        x = x_packed.contiguous()
-        weights = prepared_weights(lib, w_packed, in_channels, ksum)
-        p.x, p.H, p.W, p.XW, p.C_in = x.data_ptr(), H, W, XW, in_channels
-        p.w, p.KH, p.KW, p.stride, p.pad = weights.data_ptr(), KH, KW, stride, padding
+        x_packed, w_packed, in_channels, stride, padding, ksum = conv
+        real, packed = torch.ops.cbcn.binary_conv2d(x_packed, w_packed, in_channels, stride, padding, ksum,
+                                                    *epilogue_args)
     else:
-        source = src.float()
-        p.src = source.data_ptr()
-        p.ss_n, p.ss_c, p.ss_h, p.ss_w = source.stride()
-    if residual is not None:
-        p.rs_n, p.rs_c, p.rs_h, p.rs_w = residual.stride()
-    if real is not None:
-        p.os_n, p.os_c, p.os_h, p.os_w = real.stride()
-    if N and PH and PW:
-        lib.binary_conv(p)
+        real, packed = torch.ops.cbcn.epilogue(src, *epilogue_args)
     if tail is not None:
         return tail.outputs(tail.apply(real), pack_signs)
-    if real is not None and ep.out_dtype != torch.float32:
+    if ep.real and ep.out_dtype != torch.float32:
         real = real.to(ep.out_dtype)
-    return (real if ep.real else None), packed
+    return (real if ep.real else None), (packed if ep.packed else None)
 
 
 def run_epilogue(x: torch.Tensor, epilogue: Epilogue, memory_format=torch.channels_last, cpu_path: str | None = None,

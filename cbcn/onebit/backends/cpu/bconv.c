@@ -29,42 +29,19 @@
 #include <string.h>
 #include <math.h>
 
+#include "bconv.h"
 #include "simd.h"
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-#define CBCN_ABI_VERSION 8
 #define MAX_PIX_BLOCK 8
 #define STREAM_BYTES ((int64_t)2 << 20) /* float outputs larger than a core's L2: non-temporal stores */
 #ifndef PIX_BLOCK
 #define PIX_BLOCK MAX_PIX_BLOCK /* output pixels (or pixel pairs) sharing each weight vector load (simd.h may set fewer) */
 #endif
 
-/* The one parameter struct of a fused binary conv (mirrored by ctypes in native.py). */
-typedef struct {
-    const uint32_t *x;      /* packed input (N, H, W, XW) */
-    int64_t N, H, W, XW, C_in;
-    const uint32_t *w;      /* the bank as cbcn_prepare_weights wrote it */
-    int64_t C_out, KH, KW, stride, pad;
-    int64_t OH, OW;         /* conv output size */
-    const float *scale;     /* per output channel, or NULL */
-    const float *bias;      /* per output channel, or NULL */
-    int64_t pool;           /* 0; 2: MaxPool2d(2) (floor); 3: AvgPool2d(2, 2, ceil_mode, no padding counted) */
-    int64_t relu;
-    const float *bn_mul;    /* batch-norm affine (per channel), or NULL */
-    const float *bn_add;
-    int64_t bn_fma;         /* 1: fmaf(v, mul, add); 0: v*mul, then + add */
-    const float *residual;  /* added last, shaped like the (pooled) output, or NULL */
-    int64_t rs_n, rs_c, rs_h, rs_w;
-    float *out;             /* float output (N, C_out, PH, PW) with these strides, or NULL */
-    int64_t os_n, os_c, os_h, os_w;
-    uint32_t *out_packed;   /* packed signs of the output (N, PH, PW, ceil(C_out/32)), or NULL */
-    int64_t threads;
-    const float *src;       /* instead of a conv (x, w NULL): the values of a float tensor (N, C_out, OH, OW) */
-    int64_t ss_n, ss_c, ss_h, ss_w;
-} cbcn_conv_params;
 
 /* One call's working state: the caller's parameters and what is derived from them once. */
 typedef struct {

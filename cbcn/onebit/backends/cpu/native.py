@@ -14,7 +14,8 @@ Built on first use, no extra install step: ``cc`` (``$CC``) with ``-O3``, the va
 OpenMP where the compiler has it, and ``-ffp-contract=off`` so that every float step rounds as the
 separate PyTorch ops do. The shared library is cached under ``$CBCN_CACHE_DIR`` (default
 ``~/.cache/cbcn``) in a folder named by a hash of the sources, the compiler, its flags and the
-variant, and written atomically, so concurrent first uses are safe.
+variant, and written atomically, so concurrent first uses are safe. A build is loaded into the
+``cbcn`` PyTorch operators (``operators.py``, ``ops.cpp``), which call it through ``bconv.h``.
 
 No compiler, or no variant that builds: ``load()`` returns ``None`` with the reason in
 ``problem()``, and the engine takes its next path (``cbcn.onebit.backends.cpu``).
@@ -22,7 +23,6 @@ No compiler, or no variant that builds: ``load()`` returns ``None`` with the rea
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import os
@@ -35,8 +35,7 @@ from pathlib import Path
 from cbcn.fileio import atomic_path
 
 FOLDER = Path(__file__).parent
-SOURCES = (FOLDER / "bconv.c", FOLDER / "simd.h")
-ABI_VERSION = 8
+SOURCES = (FOLDER / "bconv.c", FOLDER / "bconv.h", FOLDER / "simd.h")
 COMPILE_TIMEOUT_S = 120
 BASE_FLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno")
 VARIANT_ENV = "CBCN_CPU_VARIANT"
@@ -161,7 +160,7 @@ def build(v: Variant, openmp: bool = True, cc: str | None = None, isa_flags: tup
     compiler's last line if it does not build. ``cc`` (a cross-compiler), ``isa_flags`` (instead
     of ``v.flags``, e.g. ``-DCBCN_SIMDE`` for an emulated build) and ``folder`` (another copy of
     ``bconv.c`` and ``simd.h``, e.g. a git revision's) serve the tests and benchmarks."""
-    sources = [folder / p.name for p in SOURCES]
+    sources = [folder / p.name for p in SOURCES if (folder / p.name).exists()]  # older revisions: no bconv.h
     cc = cc or compiler()
     if cc is None:
         raise CompileFailed("no C compiler found (cc, gcc, clang or $CC)")
@@ -187,53 +186,19 @@ def build(v: Variant, openmp: bool = True, cc: str | None = None, isa_flags: tup
     return target
 
 
-# --- the loaded library ------------------------------------------------------------------------
-class ConvParams(ctypes.Structure):
-    """Mirror of ``cbcn_conv_params`` in bconv.c (the one parameter struct of a fused conv)."""
-
-    _fields_ = [
-        ("x", ctypes.c_void_p), ("N", ctypes.c_int64), ("H", ctypes.c_int64), ("W", ctypes.c_int64),
-        ("XW", ctypes.c_int64), ("C_in", ctypes.c_int64),
-        ("w", ctypes.c_void_p), ("C_out", ctypes.c_int64), ("KH", ctypes.c_int64), ("KW", ctypes.c_int64),
-        ("stride", ctypes.c_int64), ("pad", ctypes.c_int64), ("OH", ctypes.c_int64), ("OW", ctypes.c_int64),
-        ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("pool", ctypes.c_int64), ("relu", ctypes.c_int64),
-        ("bn_mul", ctypes.c_void_p), ("bn_add", ctypes.c_void_p), ("bn_fma", ctypes.c_int64),
-        ("residual", ctypes.c_void_p), ("rs_n", ctypes.c_int64), ("rs_c", ctypes.c_int64),
-        ("rs_h", ctypes.c_int64), ("rs_w", ctypes.c_int64),
-        ("out", ctypes.c_void_p), ("os_n", ctypes.c_int64), ("os_c", ctypes.c_int64),
-        ("os_h", ctypes.c_int64), ("os_w", ctypes.c_int64),
-        ("out_packed", ctypes.c_void_p), ("threads", ctypes.c_int64),
-        ("src", ctypes.c_void_p), ("ss_n", ctypes.c_int64), ("ss_c", ctypes.c_int64),
-        ("ss_h", ctypes.c_int64), ("ss_w", ctypes.c_int64),
-    ]
-
-
+# --- the loaded engine ---------------------------------------------------------------------------
 class NativeLibrary:
-    """The loaded kernels of one variant: ``prepare_weights``, ``binary_conv``, ``pack_signs_f32``."""
+    """One variant's build, loaded into the ``cbcn`` operators under ``name`` (its variant name,
+    or e.g. ``avx512-bitalg (SIMDe)`` for a test build): pass ``name`` as the operators' ``engine``
+    to run it rather than the default engine."""
 
-    def __init__(self, path: Path, v: Variant, openmp: bool, fallbacks: tuple[str, ...] = ()):
+    def __init__(self, path: Path, v: Variant, openmp: bool, fallbacks: tuple[str, ...] = (), name: str | None = None):
+        from cbcn.onebit.backends.cpu import operators
+
         self.path, self.openmp, self.fallbacks = path, openmp, fallbacks
-        lib = ctypes.CDLL(str(path))
-        if lib.cbcn_abi_version() != ABI_VERSION:
-            raise OSError(f"{path} has ABI {lib.cbcn_abi_version()}, this code needs {ABI_VERSION}")
-        lib.cbcn_variant.restype = ctypes.c_char_p
-        built = lib.cbcn_variant().decode()
-        if built != v.name:
-            raise OSError(f"{path} was built as variant {built!r}, not {v.name!r}")
-        self.variant = v.name
-        lib.cbcn_binary_conv.argtypes = [ctypes.POINTER(ConvParams)]
-        lib.cbcn_binary_conv.restype = ctypes.c_int
-        lib.cbcn_pack_signs_f32.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 8 + [ctypes.c_void_p, ctypes.c_int64]
-        lib.cbcn_pack_signs_f32.restype = ctypes.c_int
-        lib.cbcn_prepared_words.argtypes = [ctypes.c_int64] * 4
-        lib.cbcn_prepared_words.restype = ctypes.c_int64
-        lib.cbcn_prepare_weights.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p]
-        lib.cbcn_prepare_weights.restype = ctypes.c_int
-        lib.cbcn_popcount_peak.argtypes = [ctypes.c_int64]
-        lib.cbcn_popcount_peak.restype = ctypes.c_int64
-        self.lanes = lib.cbcn_lanes()
+        self.variant, self.name = v.name, name or v.name
+        self.lanes = operators.load_engine(self.name, path)
         self.simd = v.name in SIMD_VARIANTS
-        self._lib = lib
 
     def describe(self) -> str:
         """e.g. ``avx2, openmp``; with the variants skipped because they did not build, and a
@@ -243,49 +208,38 @@ class NativeLibrary:
         notes += [f"{f.split(':', 1)[0]} did not build" for f in self.fallbacks]
         return ", ".join(parts) + ("; " + "; ".join(notes) if notes else "")
 
-    def prepared_words(self, C_out: int, C_in: int, KH: int, KW: int) -> int:
-        return self._lib.cbcn_prepared_words(C_out, C_in, KH, KW)
-
-    def prepare_weights(self, w_ptr: int, C_out: int, C_in: int, KH: int, KW: int, out_ptr: int) -> None:
-        if self._lib.cbcn_prepare_weights(w_ptr, C_out, C_in, KH, KW, out_ptr) != 0:
-            raise RuntimeError("native weight preparation failed (bad arguments)")
-
-    def binary_conv(self, params: ConvParams) -> None:
-        rc = self._lib.cbcn_binary_conv(ctypes.byref(params))
-        if rc != 0:
-            raise RuntimeError(f"native binary conv failed (code {rc}: {'bad arguments' if rc == -1 else 'out of memory'})")
-
     def popcount_peak_gmacs(self, seconds: float = 0.2) -> float:
         """This variant's peak binary GMAC/s for the kernel's XOR + popcount arithmetic on one
         thread (its own inner loop in registers, no memory traffic): the ceiling the per-layer
         tables use."""
         import time
 
+        import torch
+
         iters = 1 << 16
         while True:
             t0 = time.perf_counter()
-            macs = self._lib.cbcn_popcount_peak(iters)
+            macs = torch.ops.cbcn.popcount_peak(iters, self.name)
             dt = time.perf_counter() - t0
             if dt >= seconds:
                 return macs / dt / 1e9
             iters *= 2
 
-    def pack_signs_f32(self, ptr, N, C, H, W, strides, out_ptr, threads) -> None:
-        rc = self._lib.cbcn_pack_signs_f32(ptr, N, C, H, W, *strides, out_ptr, threads)
-        if rc != 0:
-            raise RuntimeError(f"native sign packing failed (code {rc})")
-
 
 def _load_variant(v: Variant, fallbacks: tuple[str, ...] = ()) -> tuple[NativeLibrary | None, str | None]:
     """``v`` built (with OpenMP where the compiler has it) and loaded, or ``None`` and the complaint."""
+    from cbcn.onebit.backends.cpu.operators import OperatorsUnavailable
+
     complaints = []
     for openmp in (True, False):
         try:
             return NativeLibrary(build(v, openmp), v, openmp, fallbacks), None
+        except OperatorsUnavailable:
+            raise  # not this variant's fault: the engine cannot run any
         except CompileFailed as exc:
             complaints.append(str(exc))
-        except OSError as exc:
-            complaints.append(f"cannot load the build: {exc}")
+        except (OSError, RuntimeError) as exc:  # RuntimeError: the operators refused it (ABI, dlopen)
+            complaints.append(f"cannot load the build: {str(exc).splitlines()[0]}")
     return None, complaints[-1]
 
 
@@ -295,24 +249,42 @@ _PROBLEM: list[str] = []
 @functools.lru_cache(maxsize=None)
 def load(variant_name: str | None = None) -> NativeLibrary | None:
     """The kernels of ``variant_name`` (else ``$CBCN_CPU_VARIANT``, else the fastest this machine
-    runs and builds), built on first use; ``None`` with the reason in ``problem()`` when none
+    runs and builds), built on first use and loaded into the ``cbcn`` operators (without
+    ``variant_name``: as their default engine); ``None`` with the reason in ``problem()`` when none
     builds. A forced variant that cannot run or build raises ``VariantError``."""
+    from cbcn.onebit.backends.cpu import operators
+
     if os.environ.get("CBCN_NATIVE", "1") == "0":
         _PROBLEM.append("disabled by CBCN_NATIVE=0")
         return None
     forced = variant_name or os.environ.get(VARIANT_ENV) or None
-    if forced is not None:
-        v = variant(forced.strip().lower())
-        why = cannot_run(v)
-        if why:
-            raise VariantError(f"CPU engine variant {v.name!r} was requested but cannot run here: {why}")
-        lib, complaint = _load_variant(v)
-        if lib is None:
-            raise VariantError(f"CPU engine variant {v.name!r} was requested but does not build: {complaint}")
-        return lib
-    if compiler() is None:
+    if compiler() is None and forced is None:
         _PROBLEM.append("no C compiler found (cc, gcc, clang or $CC)")
         return None
+    try:
+        lib = _load_forced(forced.strip().lower()) if forced is not None else _load_fastest()
+    except operators.OperatorsUnavailable as exc:
+        if forced is not None:
+            raise VariantError(f"CPU engine variant {forced!r} was requested but {exc}") from None
+        _PROBLEM.append(str(exc))
+        return None
+    if lib is not None and variant_name is None:
+        operators.set_default_engine(lib.name)
+    return lib
+
+
+def _load_forced(name: str) -> NativeLibrary:
+    v = variant(name)
+    why = cannot_run(v)
+    if why:
+        raise VariantError(f"CPU engine variant {v.name!r} was requested but cannot run here: {why}")
+    lib, complaint = _load_variant(v)
+    if lib is None:
+        raise VariantError(f"CPU engine variant {v.name!r} was requested but does not build: {complaint}")
+    return lib
+
+
+def _load_fastest() -> NativeLibrary | None:
     fallbacks: list[str] = []
     for v in VARIANTS:
         if cannot_run(v):
