@@ -70,6 +70,7 @@ from cbcn.harness.measure import default_clock, interleaved_times, time_calls  #
 from cbcn.nn.models import build_model  # noqa: E402
 from cbcn.onebit.backends import cpu as cpu_engine  # noqa: E402
 from cbcn.onebit.convert import OneBitConv2d, convert_to_onebit  # noqa: E402
+from cbcn.onebit.export import agreement  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -126,18 +127,30 @@ def interleaved_medians(fns: dict, repeats: int, clock: str) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-FP32 = ("fp32 eager (channels-last)", "fp32 compiled")
+FP32 = ("fp32 eager (channels-last)", "fp32 compiled", "fp32 AOTInductor")
 INT8 = ("int8 fx (x86)", "int8 pt2e (x86 inductor)")
-ONEBIT = "1-bit (cpu)"
+ONEBIT = "1-bit (cpu)"  # eager: the exact reference mode
+ONEBIT_COMPILED = ("1-bit compiled", "1-bit AOTInductor")  # the cbcn operators in a graph (cbcn.onebit.export)
+
+
+def _compiled_onebit(model: nn.Module, x: torch.Tensor):
+    """``torch.compile(model, fullgraph=True)``, compiled now; ``(None, why)`` if it cannot be."""
+    try:
+        compiled = torch.compile(model, fullgraph=True)
+        with torch.inference_mode():
+            compiled(x)
+        return compiled, None
+    except Exception as exc:
+        return None, f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
 
 
 def contenders(case: ModelCase, x: torch.Tensor, with_reference: bool, compile_fp32: bool = True,
-               int8: bool = True) -> dict:
+               int8: bool = True, aoti: bool = False) -> dict:
     """name -> (model or None, input memory format, why unavailable or None)."""
     trained = case.build()
     physical = case.build("fp", case.physical_stages)
     out = {}
-    for name, (fn, why) in anchors.fp32_contenders(physical, x, compile_fp32).items():
+    for name, (fn, why) in anchors.fp32_contenders(physical, x, compile_fp32, aoti).items():
         out[name] = (fn, torch.channels_last, why)
     if int8:
         for name, (fn, why) in anchors.int8_contenders(physical, x).items():
@@ -146,6 +159,12 @@ def contenders(case: ModelCase, x: torch.Tensor, with_reference: bool, compile_f
                                          None)
     out["binary training model"] = (trained, torch.contiguous_format, None)
     out[ONEBIT] = (convert_to_onebit(trained, backend="cpu"), torch.contiguous_format, None)
+    if compile_fp32:
+        fn, why = _compiled_onebit(out[ONEBIT][0], x)
+        out["1-bit compiled"] = (fn, torch.contiguous_format, why)
+    if aoti:
+        fn, why = anchors.aoti_contender(out[ONEBIT][0], x, onebit=True)
+        out["1-bit AOTInductor"] = (fn, torch.contiguous_format, why)
     if with_reference:
         out["1-bit (reference)"] = (convert_to_onebit(trained, backend="reference"), torch.contiguous_format, None)
     return out
@@ -158,11 +177,13 @@ def best_of(med: dict, names) -> tuple[str | None, float | None]:
 
 
 def whole_models(case: ModelCase, threads_list, batches, repeats, with_reference, compile_fp32=True,
-                 int8=True) -> list[dict]:
+                 int8=True, aoti=False) -> list[dict]:
     x = torch.randn(max(batches), case.in_channels, IMAGE, IMAGE, generator=torch.Generator().manual_seed(1))
-    models = contenders(case, x, with_reference, compile_fp32, int8)
+    models = contenders(case, x, with_reference, compile_fp32, int8, aoti)
     with torch.inference_mode():
         exact = bool(torch.equal(models[ONEBIT][0](x), models["binary training model"][0](x)))
+        agree = {name: str(agreement(models[ONEBIT][0], models[name][0], [x])) for name in ONEBIT_COMPILED
+                 if models.get(name, (None,))[0] is not None}
         plain = anchors.plain_float_model(case.build("fp", case.physical_stages))
         twin_diff = float((plain(x) - case.build("fp", case.physical_stages)(x)).abs().max())
     unavailable = {name: why for name, (fn, _, why) in models.items() if fn is None}
@@ -200,14 +221,56 @@ def whole_models(case: ModelCase, threads_list, batches, repeats, with_reference
                     "unavailable": unavailable.get(name), "timer": CLOCK_NAMES[clock], "repeats": repeats,
                     "logits_equal": exact, "best_fp32": fp32_name, "best_int8": int8_name,
                     "plain_fp32_twin_max_abs_diff": twin_diff, "engine": cpu_engine.describe(),
+                    "agreement_with_eager_1bit": agree.get(name),
+                    "fp32_over_this": None if seconds is None or fp32_s is None else fp32_s / seconds,
+                    "int8_over_this": None if seconds is None or int8_s is None else int8_s / seconds,
                 })
-            vs = [f"1-bit vs best fp32 ({fp32_name}) {fp32_s / onebit:.2f}x" if fp32_s else "no fp32 anchor",
-                  f"vs best int8 ({int8_name}) {int8_s / onebit:.2f}x" if int8_s else "no int8 anchor"]
-            slower = [a for a, t in (("best fp32", fp32_s), ("best int8", int8_s)) if t is not None and t < onebit]
             print(f"[bench] {case.label:32s} t={threads} b={batch:3d} " + " | ".join(
-                f"{n} {t * 1e3:.2f} ms" for n, t in med.items()) + " | " + ", ".join(vs) + f", exact={exact}"
-                + (f"  ** the 1-bit model is SLOWER than {' and '.join(slower)} here **" if slower else ""), flush=True)
+                f"{n} {t * 1e3:.2f} ms" for n, t in med.items()), flush=True)
+            for form in (ONEBIT, *ONEBIT_COMPILED):
+                if med.get(form) is None:
+                    continue
+                t = med[form]
+                vs = [f"vs best fp32 ({fp32_name}) {fp32_s / t:.2f}x" if fp32_s else "no fp32 anchor",
+                      f"vs best int8 ({int8_name}) {int8_s / t:.2f}x" if int8_s else "no int8 anchor"]
+                slower = [a for a, u in (("best fp32", fp32_s), ("best int8", int8_s)) if u is not None and u < t]
+                print(f"[bench]   {form:18s} " + ", ".join(vs) + (f", exact={exact}" if form == ONEBIT else
+                                                                    f", {agree.get(form)}")
+                      + (f"  ** SLOWER than {' and '.join(slower)} here **" if slower else ""), flush=True)
     torch.set_num_threads(1)
+    return rows
+
+
+# --- host overhead at batch 1 -------------------------------------------------------------------
+def host_overhead(case: ModelCase, repeats: int, aoti: bool, calls: int = 50) -> list[dict]:
+    """Per 1-bit form (eager, compiled, AOTInductor), batch 1, one thread: the forward's median time
+    (process CPU time, interleaved), the time ``torch.profiler`` attributes to operators (the self
+    times of ``cbcn::`` and ``aten::`` events, averaged over ``calls`` forwards) and what is left per
+    binary layer: Python, dispatch, Dynamo's guards, the compiled graph's own glue and small
+    kernels. The profiler's own cost per event counts as operator time, so the overhead is if
+    anything underestimated."""
+    torch.set_num_threads(1)
+    x1 = torch.randn(1, case.in_channels, IMAGE, IMAGE, generator=torch.Generator().manual_seed(2))
+    eager = convert_to_onebit(case.build(), backend="cpu")
+    forms = {ONEBIT: eager, "1-bit compiled": _compiled_onebit(eager, x1)[0]}
+    if aoti:
+        forms["1-bit AOTInductor"] = anchors.aoti_contender(eager, x1, onebit=True)[0]
+    forms = {k: v for k, v in forms.items() if v is not None}
+    layers = sum(isinstance(m, OneBitConv2d) for m in eager.modules())
+    med = interleaved_medians({k: (lambda m=m: m(x1)) for k, m in forms.items()}, repeats, "cpu")
+    rows = []
+    for name, model in forms.items():
+        with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                model(x1)
+        ops_s = sum(e.self_cpu_time_total for e in prof.key_averages()
+                    if e.key.startswith(("cbcn::", "aten::"))) / calls / 1e6
+        rows.append({"model": case.label, "form": name, "batch": 1, "threads": 1, "binary_layers": layers,
+                     "forward_us": med[name] * 1e6, "operators_us": ops_s * 1e6,
+                     "host_overhead_us_per_binary_layer": (med[name] - ops_s) * 1e6 / layers})
+        print(f"[bench] {case.label:32s} {name:18s} batch 1: forward {med[name] * 1e6:7.0f} us, operators "
+              f"{ops_s * 1e6:7.0f} us, host overhead {rows[-1]['host_overhead_us_per_binary_layer']:6.1f} us "
+              f"per binary layer ({layers} layers)", flush=True)
     return rows
 
 
@@ -420,10 +483,14 @@ def markdown_tables(results: dict) -> str:
     if not whole.empty:
         table = whole.pivot_table(index=["model", "threads", "batch"], columns="contender", values="ms",
                                   sort=False, dropna=False).reset_index()
+        for form in (ONEBIT, *ONEBIT_COMPILED):
+            if form not in table:
+                continue
+            short = {ONEBIT: "1-bit", "1-bit compiled": "compiled 1-bit", "1-bit AOTInductor": "AOTI 1-bit"}[form]
+            for label, names in (("best fp32", FP32), ("best int8", INT8)):
+                present = [n for n in names if n in table]
+                table[f"{short} vs {label}"] = table[present].min(axis=1) / table[form] if present else float("nan")
         onebit = table[ONEBIT]
-        for label, names in (("best fp32", FP32), ("best int8", INT8)):
-            present = [n for n in names if n in table]
-            table[f"1-bit vs {label}"] = table[present].min(axis=1) / onebit if present else float("nan")
         table["1-bit vs training model"] = table["binary training model"] / onebit
         exact = whole.groupby("model", sort=False)["logits_equal"].all()
         table["logits equal"] = table["model"].map(exact)
@@ -431,9 +498,20 @@ def markdown_tables(results: dict) -> str:
                      "Best fp32 / best int8: the faster of the fp32 / int8 contenders of the same physical widths, "
                      "timed in the same rounds. A ratio below 1 means the 1-bit model is slower.\n\n"
                      + table.to_markdown(index=False, floatfmt=".2f") + "\n")
+        agree = whole[whole["agreement_with_eager_1bit"].notna()][["model", "contender", "agreement_with_eager_1bit"]]
+        if not agree.empty:
+            parts.append("Compiled forms against the eager 1-bit model (same inputs):\n\n"
+                         + agree.drop_duplicates().to_markdown(index=False) + "\n")
         missing = whole[whole["unavailable"].notna()][["model", "contender", "unavailable"]].drop_duplicates()
         if not missing.empty:
             parts.append("Unavailable contenders (not measured here):\n\n" + missing.to_markdown(index=False) + "\n")
+    if results.get("host_overhead"):
+        host = pd.DataFrame(results["host_overhead"])
+        parts.append("## Host overhead per binary layer (batch 1, one thread)\n\nThe forward's median time minus the "
+                     "time torch.profiler attributes to operators (self times of cbcn:: and aten:: events), per binary "
+                     "layer: Python, dispatch, Dynamo's guards and the compiled graph's own glue and small kernels.\n\n"
+                     + host[["model", "form", "forward_us", "operators_us", "host_overhead_us_per_binary_layer"]]
+                     .to_markdown(index=False, floatfmt=".1f") + "\n")
     if results.get("per_layer"):
         layers = pd.DataFrame(results["per_layer"])[[
             "model", "layer", "shape", "epilogue", "fp32_ms", "int8_ms", "onebit_ms", "speedup_vs_fp32",
@@ -473,6 +551,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reference", action="store_true", help="also the 1-bit model on the reference backend")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile contenders (minutes to build)")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 contenders")
+    ap.add_argument("--aoti", action="store_true",
+                    help="also the AOTInductor packages of the fp32 and the 1-bit models (a minute or two each)")
+    ap.add_argument("--host-overhead", action="store_true",
+                    help="also the host overhead per binary layer at batch 1 (profiler), per 1-bit form")
     ap.add_argument("--_peak-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._peak_child:
@@ -491,13 +573,16 @@ def main(argv=None) -> int:
         "versions": provenance.package_versions(), "code": provenance.git_revision(),
         "engine_path": cpu_engine.describe(), "allocator": allocator, "args": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")},
-        "cases": {k: asdict(CASES[k]) for k in args.models}, "whole_model": [], "per_layer": [], "memory": [],
+        "cases": {k: asdict(CASES[k]) for k in args.models}, "whole_model": [], "per_layer": [], "memory": [], "host_overhead": [],
     }
     print(f"[bench] {results['machine']['cpu']}, torch {torch.__version__}, engine {results['engine_path']}, "
           f"{allocator}", flush=True)
     for key in args.models:
         results["whole_model"] += whole_models(CASES[key], args.threads, args.batches, args.repeats, args.reference,
-                                               not args.no_compile, not args.no_int8)
+                                               not args.no_compile, not args.no_int8, args.aoti)
+    if args.host_overhead:
+        for key in args.models:
+            results["host_overhead"] += host_overhead(CASES[key], args.repeats, args.aoti)
     if args.per_layer:
         for key in args.models:
             rows, peaks = per_layer(CASES[key], args.repeats)

@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
     from cbcn.harness import reproduce, summary
-    for module in (reproduce, summary):
+    from cbcn.onebit import export
+    for module in (reproduce, summary, export):
         module.add_subcommands(subparsers)
     return parser
 

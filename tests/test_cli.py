@@ -92,7 +92,7 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
 def test_every_subcommand_is_registered_and_user_errors_are_one_class(tmp_path):
     parser = cli.build_parser()
     action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    assert set(action.choices) == {"train", "eval", "reproduce", "list", "status", "report", "summary"}
+    assert set(action.choices) == {"train", "eval", "reproduce", "list", "status", "report", "summary", "export"}
     # under `python -m cbcn.cli` the CLI module is __main__; a subcommand's CLIError must still be caught
     out = subprocess.run([sys.executable, "-m", "cbcn.cli", "reproduce", "--row", "no-such-row-*", "--out",
                           str(tmp_path / "runs")],

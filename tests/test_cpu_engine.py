@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cbcn.nn.models import build_model
 from cbcn.onebit.backends import cpu, reference
@@ -29,6 +28,7 @@ from cbcn.onebit.backends.epilogue import BatchNormEval, Epilogue
 from cbcn.onebit.convert import OneBitConv2d, carried_packed_signs, convert_to_onebit
 
 import _native_remote as remote
+from _trained import trained_model
 
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE = native.load() is not None
@@ -304,24 +304,6 @@ def test_batchnorm_fusion_is_exact_where_it_is_used():
     assert torch.equal(cpu.run_epilogue(y, ep, torch.contiguous_format)[0], bn(y))
 
 
-def _trained_model(name, method, stages, K, image, g, stem=None, batch=2, steps=1):
-    """``build_model`` after ``steps`` SGD steps on random data (non-trivial batch-norm statistics
-    and weights), in eval mode; with its input channels."""
-    torch.manual_seed(0)
-    in_ch = 1 if name == "lenet" else 3
-    extra = {} if stem is None else {"stem": stem}
-    model = build_model(name, method=method, stages=stages, K=K, in_channels=in_ch,
-                        image_size=image if name == "lenet" else 32, **extra)
-    x, y = _rand(batch, in_ch, image, image, g=g), torch.randint(0, 10, (batch,), generator=g)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(steps):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), in_ch
-
-
 @pytest.mark.parametrize(
     "name,method,stages,K,image,stem",
     [
@@ -344,7 +326,7 @@ def _trained_model(name, method, stages, K, image, g, stem=None, batch=2, steps=
 )
 def test_onebit_models_on_the_cpu_backend_are_exact(name, method, stages, K, image, stem):
     g = torch.Generator().manual_seed(1)
-    model, in_ch = _trained_model(name, method, stages, K, image, g, stem=stem, batch=4, steps=2)
+    model, in_ch = trained_model(name, method, stages, K, image, g, stem=stem, batch=4, steps=2)
     onebit = convert_to_onebit(model, backend="cpu")
     assert onebit.fused_blocks > 0
     for batch in (1, 3):
@@ -387,7 +369,7 @@ def test_whole_models_are_exact_on_every_variant(variant, monkeypatch, tmp_path)
     monkeypatch.setattr(cpu, "_auto_path", lambda: "native")
     g = torch.Generator().manual_seed(5)
     for model_name, method, stages, K, image in WHOLE_MODELS:
-        model, in_ch = _trained_model(model_name, method, stages, K, image, g)
+        model, in_ch = trained_model(model_name, method, stages, K, image, g)
         onebit = convert_to_onebit(model, backend="cpu")
         assert f"native[{lib.describe()}]" in repr(onebit)
         xb = _rand(3, in_ch, image, image, g=g)

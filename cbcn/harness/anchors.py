@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -62,12 +63,16 @@ def plain_float_model(model: nn.Module) -> nn.Module:
     return PlainForward(model).eval()
 
 
-def fp32_contenders(model: nn.Module, x: torch.Tensor, compile_model: bool = True) -> dict[str, Contender]:
-    """``fp32 eager (channels-last)`` and ``fp32 compiled`` for ``plain_float_model(model)``."""
+def fp32_contenders(model: nn.Module, x: torch.Tensor, compile_model: bool = True,
+                    aoti: bool = False) -> dict[str, Contender]:
+    """``fp32 eager (channels-last)``, ``fp32 compiled`` and (``aoti``) ``fp32 AOTInductor`` for
+    ``plain_float_model(model)``."""
     plain = plain_float_model(model).to(memory_format=torch.channels_last)
     out: dict[str, Contender] = {"fp32 eager (channels-last)": (plain, None)}
     if compile_model:
         out["fp32 compiled"] = _compiled(plain, x.contiguous(memory_format=torch.channels_last))
+    if aoti:
+        out["fp32 AOTInductor"] = aoti_contender(plain, x.contiguous(memory_format=torch.channels_last))
     return out
 
 
@@ -79,6 +84,26 @@ def _compiled(model: nn.Module, x: torch.Tensor) -> Contender:
         return compiled, None
     except Exception as exc:  # no C++ compiler, an inductor failure: reported, not fatal
         return None, f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+
+
+def aoti_contender(model: nn.Module, x: torch.Tensor, onebit: bool = False) -> Contender:
+    """``model`` exported with a dynamic batch and compiled by AOTInductor into a package (in a
+    temporary folder), loaded back: a 1-bit model through ``cbcn.onebit.export`` and the ``cbcn``
+    operators, any other model as is."""
+    import tempfile
+
+    from cbcn.onebit import ops
+    from cbcn.onebit.export import write_package
+
+    try:
+        path = write_package(model, x, Path(tempfile.mkdtemp(prefix="cbcn-aoti-")) / "model.pt2",
+                             require_operators=onebit)
+        runner = ops.load_package(path) if onebit else torch._inductor.aoti_load_package(str(path))
+        with torch.inference_mode():
+            runner(x)
+        return runner, None
+    except Exception as exc:  # no C++ compiler, an export or inductor failure: reported, not fatal
+        return None, f"AOTInductor failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
 
 
 def int8_contenders(model: nn.Module, x: torch.Tensor, calibration_batches: int = 4) -> dict[str, Contender]:

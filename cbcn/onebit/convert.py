@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from cbcn.nn.layers import BinaryConv2d
 from cbcn.onebit.backends import Ops, describe_backend, get_ops, requested_backend, resolve_backend
-from cbcn.onebit.backends.contract import num_words, tensor_version
+from cbcn.onebit.backends.contract import derived, num_words, tensor_version
 from cbcn.onebit.backends.epilogue import Epilogue
 from cbcn.onebit.backends.reference import pack_signs, unpack_signs
 
@@ -45,13 +45,17 @@ _CARRIED = "_cbcn_packed_signs"  # attribute of a real activation that carries i
 
 def attach_packed_signs(real: torch.Tensor, packed: torch.Tensor | None) -> torch.Tensor:
     """Let ``real`` carry its packed signs to the next binary layer, which then need not pack it
-    again (valid while ``real`` is not modified in place; any new tensor starts without)."""
-    if packed is not None:
+    again (valid while ``real`` is not modified in place; any new tensor starts without). Not
+    while torch.compile's Dynamo traces, which sets no attributes on tensors: the fused models
+    hand the signs on explicitly there (``cbcn.onebit.fused``)."""
+    if packed is not None and not torch.compiler.is_dynamo_compiling():
         setattr(real, _CARRIED, (packed, tensor_version(real)))
     return real
 
 
 def carried_packed_signs(x: torch.Tensor) -> torch.Tensor | None:
+    if torch.compiler.is_dynamo_compiling():
+        return None
     entry = getattr(x, _CARRIED, None)
     return entry[0] if entry is not None and entry[1] == tensor_version(x) else None
 
@@ -134,12 +138,8 @@ class OneBitConv2d(nn.Module):
         if self.alpha is None or not self.cbconv:
             return self.alpha
         a = self.alpha
-        key = (a.data_ptr(), tensor_version(a), a.device, a.dtype)
-        cached = self.__dict__.get("_scale_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, a.repeat_interleave(self.K))
-            self.__dict__["_scale_cache"] = cached
-        return cached[1]
+        return derived(self.__dict__.setdefault("_scale_cache", {}), [a], lambda: a.repeat_interleave(self.K),
+                       (a.device, a.dtype))
 
     def ops(self, device=None) -> Ops:
         """The backend's operations for tensors on ``device`` (default: this layer's)."""
@@ -169,21 +169,18 @@ class OneBitConv2d(nn.Module):
         ops = ops or self.ops()
         ksum = self.ksum_for(ops) > 1
         w = self.packed_weight
-        key = (ops.name, ksum, w.data_ptr(), tensor_version(w), w.device)
-        cached = self.__dict__.get("_bank_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, ops.cif_pack_bank(w, self.K, in_channels=self.in_maps, ksum=ksum))
-            self.__dict__["_bank_cache"] = cached
-        return cached[1]
+        return derived(self.__dict__.setdefault("_bank_cache", {}), [w],
+                       lambda: ops.cif_pack_bank(w, self.K, in_channels=self.in_maps, ksum=ksum),
+                       (ops.name, ksum, w.device))
 
-    def pack_input(self, x: torch.Tensor, ops: Ops | None = None) -> torch.Tensor:
-        """The packed signs of this layer's input: carried by ``x`` when the previous fused layer
-        wrote them, else packed now."""
+    def pack_input(self, x: torch.Tensor, ops: Ops | None = None, packed: torch.Tensor | None = None) -> torch.Tensor:
+        """The packed signs of this layer's input: ``packed`` when given (the previous fused layer
+        wrote them), or carried by ``x``, else packed now."""
         if x.dim() != 4 or x.shape[1] != self.physical_in_channels:
             raise ValueError(f"1-bit conv expects input (N, {self.physical_in_channels}, H, W), got {tuple(x.shape)}")
         if self.act_shift is not None:  # ABC-Net: H_v(x) = sign(2(x + v) − 1), as the training layer
             return (ops or self.ops(x.device)).pack_signs(2 * (x + self.act_shift) - 1)
-        carried = carried_packed_signs(x)
+        carried = packed if packed is not None else carried_packed_signs(x)
         return carried if carried is not None else (ops or self.ops(x.device)).pack_signs(x)
 
     def run(self, x_packed: torch.Tensor, epilogue: Epilogue = Epilogue(), memory_format=torch.channels_last,

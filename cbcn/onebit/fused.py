@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from cbcn.nn.models import BasicBlock, LeNet, ResNet
 from cbcn.onebit.backends.epilogue import BatchNormEval, Epilogue
-from cbcn.onebit.convert import OneBitConv2d, attach_packed_signs
+from cbcn.onebit.convert import OneBitConv2d, attach_packed_signs, carried_packed_signs
 
 
 def batchnorm_eval(bn: nn.BatchNorm2d) -> BatchNormEval:
@@ -70,9 +70,14 @@ class OneBitBasicBlock(BasicBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:
             return super().forward(x)
+        return attach_packed_signs(*self.forward_packed(x))
+
+    def forward_packed(self, x: torch.Tensor, x_packed: torch.Tensor | None = None):
+        """``(out, out_packed)`` of input ``x`` whose packed signs are ``x_packed`` (packed here
+        when ``None`` and not carried by ``x``); ``out_packed`` is ``None`` without ``emit_packed``."""
         identity = self.shortcut(x)
         ops = self.conv1.ops(x.device)
-        x_packed = self.conv1.pack_input(x, ops)
+        x_packed = self.conv1.pack_input(x, ops, x_packed)
         bn1, bn2 = batchnorm_eval(self.bn1), batchnorm_eval(self.bn2)
         if self.shortcut_kind == "double":
             y, y_packed = self.conv1.run(x_packed, Epilogue(bn=bn1, residual=identity, packed=True), ops=ops)
@@ -80,9 +85,24 @@ class OneBitBasicBlock(BasicBlock):
         else:
             _, y_packed = self.conv1.run(x_packed, Epilogue(bn=bn1, real=False, packed=True), ops=ops)
             shortcut = identity
-        out, out_packed = self.conv2.run(y_packed, Epilogue(bn=bn2, residual=shortcut, packed=self.emit_packed),
-                                         self.output_format, ops=ops)
-        return attach_packed_signs(out, out_packed)
+        return self.conv2.run(y_packed, Epilogue(bn=bn2, residual=shortcut, packed=self.emit_packed),
+                              self.output_format, ops=ops)
+
+
+class OneBitBlocks(nn.Sequential):
+    """A ResNet's blocks, each fused block handing its packed signs to the next explicitly (the
+    same as carrying them on the tensor, and what a torch.compile trace can follow)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            return super().forward(x)
+        packed = carried_packed_signs(x)
+        for block in self:
+            if isinstance(block, OneBitBasicBlock):
+                x, packed = block.forward_packed(x, packed)
+            else:
+                x, packed = block(x), None
+        return attach_packed_signs(x, packed)
 
 
 class OneBitStem(nn.Sequential):
@@ -172,6 +192,8 @@ def fuse_blocks(model: nn.Module) -> int:
                 new.emit_packed = not last and _is_fusable_block(blocks[i + 1])
                 model.blocks[i] = new
                 fused += 1
+        if isinstance(model.blocks, nn.Sequential) and not isinstance(model.blocks, OneBitBlocks):
+            model.blocks = OneBitBlocks(*model.blocks)  # the same children: the same state dict
     elif isinstance(model, LeNet):
         units = list(model.units)
         if len(units) > 1 and all(_lenet_unit_fusable(u) for u in units[1:]):

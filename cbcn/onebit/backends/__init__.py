@@ -24,7 +24,6 @@ All give bit-identical results. Triton is imported lazily, so ``cbcn`` works wit
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Callable
 
 import torch
 
+from cbcn.memo import memoize
 from cbcn.onebit.backends.epilogue import Epilogue
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
@@ -53,7 +53,7 @@ class Ops:
     describe: Callable[[], str]  # e.g. "cpu[native[avx512, openmp]]"
 
 
-@functools.lru_cache(maxsize=None)
+@memoize
 def triton_available() -> bool:
     """Whether ``triton`` and this project's ``triton_kernels`` import."""
     try:
@@ -118,7 +118,7 @@ def _reference_run_epilogue(x, epilogue, memory_format=torch.channels_last, **_i
     return reference.run_epilogue(x, epilogue, memory_format)
 
 
-@functools.lru_cache(maxsize=None)
+@memoize
 def get_ops(backend: str) -> Ops:
     """The operations of a resolved backend (``reference``, ``cpu`` or ``triton``)."""
     if backend == "reference":

@@ -30,8 +30,28 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
 
 def tensor_version(t: torch.Tensor) -> int:
     """``t._version``, the in-place-modification counter that keys the caches of derived data
-    (banks, prepared weights, carried packed signs); inference-mode tensors have none (-1)."""
+    (banks, prepared weights, carried packed signs); inference-mode tensors have none (-1), nor
+    have the tensors torch.compile traces (0: a traced forward modifies nothing in place)."""
+    if torch.compiler.is_compiling():
+        return 0
     return -1 if t.is_inference() else t._version
+
+
+def derived(cache: dict, sources, compute, extra: tuple = ()):
+    """``compute()`` — data derived from the tensors ``sources`` (a CBConv bank, a scale vector, a
+    batch-norm affine) — kept in ``cache`` until a source changes (its data pointer or in-place
+    version) or ``extra`` does.
+
+    While torch.compile or torch.export traces, the sources are fake tensors without data: the
+    value of the last eager call (same ``extra``) is then taken as a constant of the graph — a
+    compiled or exported model is a snapshot, as ``cbcn.onebit.export.export_program`` makes it
+    right after an eager call — and without one it is computed in the graph."""
+    if torch.compiler.is_compiling():
+        return cache["value"] if cache.get("extra") == extra and "value" in cache else compute()
+    key = tuple((t.data_ptr(), tensor_version(t)) for t in sources)
+    if cache.get("key") != key or cache.get("extra") != extra:
+        cache.update(key=key, extra=extra, value=compute())
+    return cache["value"]
 
 
 def check_packed(t: torch.Tensor, what: str) -> None:

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cbcn.onebit.backends.contract import check_vector, tensor_version
+from cbcn.onebit.backends.contract import check_vector, derived
 
 POOLS = ("", "max2", "avg2")  # none; MaxPool2d(2) (floor); AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)
 
@@ -66,17 +66,17 @@ class BatchNormEval:
         ``bias − mean · mul`` is kept: ``mul = bn(1)`` with mean and bias 0, ``add = bn(0)``.
         Cached until one of the statistics changes."""
         tensors = [t for t in (self.running_mean, self.running_var, self.weight, self.bias) if t is not None]
-        key = tuple((t.data_ptr(), tensor_version(t)) for t in tensors)
-        if self._affine.get("key") != key:
-            with torch.no_grad():
-                C, dev = self.num_features, self.running_mean.device
-                zeros = torch.zeros(C, device=dev, dtype=self.running_mean.dtype)
-                ones = torch.ones(1, C, 1, 1, device=dev, dtype=self.running_mean.dtype)
-                mul = F.batch_norm(ones, zeros, self.running_var, self.weight, None, False, 0.0, self.eps)
-                add = F.batch_norm(torch.zeros_like(ones), self.running_mean, self.running_var, self.weight,
-                                   self.bias, False, 0.0, self.eps)
-            self._affine.update(key=key, value=(mul.reshape(C).float().contiguous(), add.reshape(C).float().contiguous()))
-        return self._affine["value"]
+        return derived(self._affine, tensors, self._compute_affine)
+
+    def _compute_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            C, dev = self.num_features, self.running_mean.device
+            zeros = torch.zeros(C, device=dev, dtype=self.running_mean.dtype)
+            ones = torch.ones(1, C, 1, 1, device=dev, dtype=self.running_mean.dtype)
+            mul = F.batch_norm(ones, zeros, self.running_var, self.weight, None, False, 0.0, self.eps)
+            add = F.batch_norm(torch.zeros_like(ones), self.running_mean, self.running_var, self.weight,
+                               self.bias, False, 0.0, self.eps)
+        return mul.reshape(C).float().contiguous(), add.reshape(C).float().contiguous()
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,12 +23,19 @@ _BYTE_WEIGHTS: dict = {}  # device -> the uint8 weights 1, 2, ..., 128 of a byte
 _SIGN_TABLES: dict = {}  # (dtype, device) -> (256, 8) table: the ±1 of each bit of each byte value
 
 
+def _constant(cache: dict, key, make) -> torch.Tensor:
+    """``make()`` made once per key (no host-to-device copy per call), as a normal tensor whatever
+    mode asks first; while torch.compile / torch.export traces, a constant of the graph instead."""
+    if torch.compiler.is_compiling():
+        return make()
+    if key not in cache:
+        with torch.inference_mode(False):
+            cache[key] = make()
+    return cache[key]
+
+
 def _byte_weights(device) -> torch.Tensor:
-    key = str(device)
-    if key not in _BYTE_WEIGHTS:  # made once per device: no host-to-device copy per call
-        with torch.inference_mode(False):  # a normal tensor, whatever mode asks first
-            _BYTE_WEIGHTS[key] = (2 ** torch.arange(8)).to(dtype=torch.uint8, device=device)
-    return _BYTE_WEIGHTS[key]
+    return _constant(_BYTE_WEIGHTS, str(device), lambda: (2 ** torch.arange(8)).to(dtype=torch.uint8, device=device))
 
 
 def _words_from_bytes(b: torch.Tensor) -> torch.Tensor:
@@ -47,12 +54,11 @@ def _bytes_from_words(words: torch.Tensor) -> torch.Tensor:
 
 
 def _sign_table(dtype: torch.dtype, device) -> torch.Tensor:
-    key = (dtype, str(device))
-    if key not in _SIGN_TABLES:
-        with torch.inference_mode(False):  # a normal tensor, whatever mode asks first
-            bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
-            _SIGN_TABLES[key] = (1 - 2 * bits).to(dtype=dtype, device=device)
-    return _SIGN_TABLES[key]
+    def make():
+        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+        return (1 - 2 * bits).to(dtype=dtype, device=device)
+
+    return _constant(_SIGN_TABLES, (dtype, str(device)), make)
 
 
 def pack_signs(x: torch.Tensor) -> torch.Tensor:

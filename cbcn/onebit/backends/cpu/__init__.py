@@ -22,11 +22,11 @@ otherwise it runs as a PyTorch op after the kernel.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 
+from cbcn.memo import memoize
 from cbcn.onebit.backends import reference
 from cbcn.onebit.backends.contract import check_conv_args
 from cbcn.onebit.backends.cpu import intmm, native, operators
@@ -66,7 +66,7 @@ def engine_path(requested: str | None = None) -> str:
     return _auto_path()
 
 
-@functools.lru_cache(maxsize=None)
+@memoize
 def _auto_path() -> str:
     return next(p for p in PATHS if _path_problem(p, auto=True) is None)
 
@@ -112,7 +112,7 @@ def pack_native(lib, x: torch.Tensor) -> torch.Tensor:
 
 
 # --- the fused batch-norm: only where it is bit-identical to PyTorch's ---------------------------
-@functools.lru_cache(maxsize=None)
+@memoize
 def fused_batchnorm_mode() -> int | None:
     """How PyTorch's CPU batch-norm rounds on this machine, as the native kernel's ``bn_fma``
     flag: 1 (one fused multiply-add with ``BatchNormEval.affine()``), 0 (a multiply, then an

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cbcn.fileio import atomic_path
+from cbcn.memo import memoize
 
 FOLDER = Path(__file__).parent
 SOURCES = (FOLDER / "bconv.c", FOLDER / "bconv.h", FOLDER / "simd.h")
@@ -246,7 +247,7 @@ def _load_variant(v: Variant, fallbacks: tuple[str, ...] = ()) -> tuple[NativeLi
 _PROBLEM: list[str] = []
 
 
-@functools.lru_cache(maxsize=None)
+@memoize
 def load(variant_name: str | None = None) -> NativeLibrary | None:
     """The kernels of ``variant_name`` (else ``$CBCN_CPU_VARIANT``, else the fastest this machine
     runs and builds), built on first use and loaded into the ``cbcn`` operators (without
