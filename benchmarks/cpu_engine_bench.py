@@ -119,11 +119,15 @@ def keep_freed_memory() -> str:
         return "not glibc: allocator left as is"
 
 
+MIN_SAMPLE_S = 0.05  # a sample repeats a short call (batch 1) for about this long: steady state, as in a serving loop
+
+
 def interleaved_medians(fns: dict, repeats: int, clock: str) -> dict:
     """Median seconds per call of each function, timed interleaved in shuffled orders
-    (``cbcn.harness.measure.interleaved_times``, two warm-up rounds: caches, first-use builds, allocator)."""
+    (``cbcn.harness.measure.interleaved_times``, two warm-up rounds: caches, first-use builds, allocator;
+    each sample at least ``MIN_SAMPLE_S`` long)."""
     with torch.inference_mode():
-        times = interleaved_times(fns, rounds=repeats, warmup=2, clock=clock)
+        times = interleaved_times(fns, rounds=repeats, warmup=2, clock=clock, min_sample_s=MIN_SAMPLE_S)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -242,13 +246,30 @@ def whole_models(case: ModelCase, threads_list, batches, repeats, with_reference
 
 
 # --- host overhead at batch 1 -------------------------------------------------------------------
-def host_overhead(case: ModelCase, repeats: int, aoti: bool, calls: int = 50) -> list[dict]:
+def host_overhead(case: ModelCase, repeats: int, aoti: bool) -> list[dict]:
+    """``host_overhead_here`` in a fresh process (the models compiled before in this one share
+    their forward's code objects with it, and Dynamo's state would skew the compiled form)."""
+    proc = subprocess.run([sys.executable, __file__, "--_host-child", case.key, str(repeats), str(int(aoti))],
+                          capture_output=True, text=True, timeout=1800)
+    for line in proc.stdout.splitlines():
+        if line.startswith("[bench]"):
+            print(line, flush=True)
+    if proc.returncode != 0:
+        print(f"[bench] {case.label:32s} host overhead: unavailable: "
+              f"{(proc.stderr.strip().splitlines() or ['failed'])[-1]}", flush=True)
+        return []
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def host_overhead_here(case: ModelCase, repeats: int, aoti: bool, calls: int = 50) -> list[dict]:
     """Per 1-bit form (eager, compiled, AOTInductor), batch 1, one thread: the forward's median time
-    (process CPU time, interleaved), the time ``torch.profiler`` attributes to operators (the self
-    times of ``cbcn::`` and ``aten::`` events, averaged over ``calls`` forwards) and what is left per
-    binary layer: Python, dispatch, Dynamo's guards, the compiled graph's own glue and small
-    kernels. The profiler's own cost per event counts as operator time, so the overhead is if
-    anything underestimated."""
+    (process CPU time, interleaved), the time ``torch.profiler`` attributes to kernels (the self
+    times of the ``cbcn engine`` events around each call of the engine's arithmetic, and of
+    ``aten::`` events, averaged over ``calls`` forwards) and what is left per binary layer: Python,
+    dispatch, Dynamo's guards, the operators' argument handling and output allocation, the compiled
+    graph's own glue and Inductor's small generated kernels (pooling, ReLU: not profiled). The
+    profiler's own cost per event counts as kernel time, so the overhead is if anything
+    underestimated."""
     torch.set_num_threads(1)
     x1 = torch.randn(1, case.in_channels, IMAGE, IMAGE, generator=torch.Generator().manual_seed(2))
     eager = convert_to_onebit(case.build(), backend="cpu")
@@ -264,7 +285,7 @@ def host_overhead(case: ModelCase, repeats: int, aoti: bool, calls: int = 50) ->
             for _ in range(calls):
                 model(x1)
         ops_s = sum(e.self_cpu_time_total for e in prof.key_averages()
-                    if e.key.startswith(("cbcn::", "aten::"))) / calls / 1e6
+                    if e.key == "cbcn engine" or e.key.startswith("aten::")) / calls / 1e6
         rows.append({"model": case.label, "form": name, "batch": 1, "threads": 1, "binary_layers": layers,
                      "forward_us": med[name] * 1e6, "operators_us": ops_s * 1e6,
                      "host_overhead_us_per_binary_layer": (med[name] - ops_s) * 1e6 / layers})
@@ -508,8 +529,9 @@ def markdown_tables(results: dict) -> str:
     if results.get("host_overhead"):
         host = pd.DataFrame(results["host_overhead"])
         parts.append("## Host overhead per binary layer (batch 1, one thread)\n\nThe forward's median time minus the "
-                     "time torch.profiler attributes to operators (self times of cbcn:: and aten:: events), per binary "
-                     "layer: Python, dispatch, Dynamo's guards and the compiled graph's own glue and small kernels.\n\n"
+                     "time torch.profiler attributes to kernels (the engine's arithmetic, 'cbcn engine' events, and aten:: "
+                     "ops), per binary layer: Python, dispatch, Dynamo's guards, the operators' argument handling, the "
+                     "compiled graph's glue and Inductor's own small kernels.\n\n"
                      + host[["model", "form", "forward_us", "operators_us", "host_overhead_us_per_binary_layer"]]
                      .to_markdown(index=False, floatfmt=".1f") + "\n")
     if results.get("per_layer"):
@@ -554,9 +576,16 @@ def main(argv=None) -> int:
     ap.add_argument("--aoti", action="store_true",
                     help="also the AOTInductor packages of the fp32 and the 1-bit models (a minute or two each)")
     ap.add_argument("--host-overhead", action="store_true",
-                    help="also the host overhead per binary layer at batch 1 (profiler), per 1-bit form")
+                    help="also the host overhead per binary layer at batch 1 (profiler), per 1-bit form, in a fresh "
+                         "process per model")
     ap.add_argument("--_peak-child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--_host-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args._host_child:
+        key, repeats, aoti = args._host_child
+        keep_freed_memory()
+        print(json.dumps(host_overhead_here(CASES[key], int(repeats), aoti == "1")))
+        return 0
     if args._peak_child:
         key, name, batch = args._peak_child
         print(json.dumps(peak_memory_child(key, name, int(batch))))

@@ -8,16 +8,24 @@ result computed once in eager mode is a constant of the compiled graph.
 from __future__ import annotations
 
 import functools
+import inspect
 
 
 def memoize(fn):
-    """``fn`` with its results kept per argument tuple (hashable arguments); ``cache_clear()``
+    """``fn`` with its results kept per argument tuple, defaults filled in (``f()`` and
+    ``f(None)`` are one entry when ``None`` is the default; hashable arguments); ``cache_clear()``
     forgets them, as for ``functools.cache``."""
     results: dict = {}
+    signature = inspect.signature(fn)
+    defaults = tuple(p.default for p in signature.parameters.values())
 
     @functools.wraps(fn)
     def cached(*args, **kwargs):
-        key = args + tuple(sorted(kwargs.items())) if kwargs else args
+        if kwargs:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            args = tuple(bound.arguments.values())
+        key = args + defaults[len(args):]
         if key in results:
             return results[key]
         value = fn(*args, **kwargs)
@@ -26,3 +34,19 @@ def memoize(fn):
 
     cached.cache_clear = results.clear
     return cached
+
+
+def constant_tensor(cache: dict, key, make):
+    """``make()`` — a tensor that depends only on ``key`` (a lookup table, a gather index) — made
+    once per key, as a normal tensor whatever mode asks first (an inference tensor could not be
+    saved for a later backward or traced by torch.export). While torch.compile or torch.export
+    traces, a constant of the graph instead, and nothing is stored: a tensor stored during a trace
+    would be the compiled graph's output, made in whatever mode that graph later runs."""
+    import torch
+
+    if torch.compiler.is_compiling():
+        return make()
+    if key not in cache:
+        with torch.inference_mode(False):
+            cache[key] = make()
+    return cache[key]

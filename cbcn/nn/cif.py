@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from cbcn.memo import constant_tensor
+
 VALID_K = (1, 2, 4, 8)
 
 
@@ -85,14 +87,8 @@ _GATHER_INDEX: dict[tuple[int, int, str], torch.Tensor] = {}
 def _bank_gather_index(H: int, K: int, device: torch.device) -> torch.Tensor:
     """``M`` flattened to ``(K*H*H,)`` on ``device``, built once per (H, K, device): every
     circulant layer calls this in every forward, and a host-to-device copy per call is waste."""
-    key = (H, K, str(device))
-    index = _GATHER_INDEX.get(key)
-    if index is None:
-        # a normal tensor even when first asked for under inference_mode (e.g. a model profiled
-        # before it is trained): an inference tensor could not be saved for a later backward
-        with torch.inference_mode(False):
-            index = _GATHER_INDEX[key] = transfer_matrix(H, K).reshape(-1).to(device)
-    return index
+    return constant_tensor(_GATHER_INDEX, (H, K, str(device)),
+                           lambda: transfer_matrix(H, K).reshape(-1).to(device))
 
 
 def inverse_transfer_matrix(H: int, K: int) -> torch.Tensor:

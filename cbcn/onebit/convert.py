@@ -246,6 +246,7 @@ def convert_to_onebit(model: nn.Module, backend: str | None = None, path: str = 
                              "convs is not implemented (M = N = 1 converts)")
         raise ValueError("model has no layer with binary weights and activations to pack (fp/bwn models stay float)")
     model.onebit_layers = replaced
+    _prepare_backends(model)
     if fuse and any(m.act_shift is not None for m in model.modules() if isinstance(m, OneBitConv2d)):
         fuse = False  # ABC-Net's shifted input signs are not those a fused epilogue carries
     if fuse:
@@ -253,6 +254,13 @@ def convert_to_onebit(model: nn.Module, backend: str | None = None, path: str = 
 
         model.fused_blocks = fuse_blocks(model)
     return model
+
+
+def _prepare_backends(model: nn.Module) -> None:
+    """Resolve each 1-bit layer's backend for its device now (``Ops.prepare``), so that the first
+    forward — possibly a torch.compile trace — finds the engine built and loaded."""
+    for ops in {m.ops() for m in model.modules() if isinstance(m, OneBitConv2d)}:
+        ops.prepare()
 
 
 def set_backend(model: nn.Module, backend: str | None = None, path: str | None = None) -> nn.Module:
@@ -266,6 +274,7 @@ def set_backend(model: nn.Module, backend: str | None = None, path: str | None =
                 if path not in PATHS:
                     raise ValueError(f"unknown packed-conv path {path!r}; valid: {PATHS}")
                 m.path = path
+    _prepare_backends(model)
     return model
 
 

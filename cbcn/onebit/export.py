@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from cbcn.fileio import atomic_path
+from cbcn.onebit.backends.cpu import operators
 from cbcn.onebit.convert import OneBitConv2d
 
 DEFAULT_MAX_BATCH = 4096
@@ -81,15 +82,16 @@ def write_package(model: nn.Module, example: torch.Tensor, path: str | os.PathLi
     """The AOTInductor package of ``model`` at ``path`` (written atomically); its path."""
     program = export_program(model, example, max_batch, require_operators)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        staged = tmp.with_name(tmp.name + ".pt2")  # AOTInductor wants the suffix
-        try:
-            torch._inductor.aoti_compile_and_package(
-                program, package_path=str(staged),
-                inductor_configs={"aot_inductor.metadata": {"needs": "import cbcn.onebit.ops before loading"}})
-            os.replace(staged, tmp)
-        finally:
-            staged.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # staged under its own name (the package's folders are named after the file) beside the target,
+    # then moved into place in one step: an interrupted export leaves no partial package
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        staged = Path(tmp) / path.name
+        configs = {"aot_inductor.metadata": {"needs": "import cbcn.onebit.ops before loading"}}
+        if require_operators:  # the package calls the operators' C shims directly
+            configs["aot_inductor.custom_ops_to_c_shims"] = operators.aoti_shims()
+        torch._inductor.aoti_compile_and_package(program, package_path=str(staged), inductor_configs=configs)
+        os.replace(staged, path)
     return path
 
 

@@ -29,8 +29,12 @@ from cbcn.onebit.convert import OneBitConv2d, attach_packed_signs, carried_packe
 
 def batchnorm_eval(bn: nn.BatchNorm2d) -> BatchNormEval:
     """The ``BatchNormEval`` of ``bn``, kept on the module (its affine is cached there) and rebuilt
-    when the module's tensors are replaced (``.to()``, ``load_state_dict(assign=True)``)."""
+    when the module's tensors are replaced (``.to()``, ``load_state_dict(assign=True)``). While
+    torch.compile / torch.export trace, the module's tensors are stand-ins: the kept one is used
+    (its affine, a constant of the graph: ``contract.derived``)."""
     cached = bn.__dict__.get("_cbcn_bn_eval")
+    if cached is not None and torch.compiler.is_compiling():
+        return cached
     if cached is None or cached.running_mean is not bn.running_mean or cached.running_var is not bn.running_var \
             or cached.weight is not (bn.weight if bn.affine else None):
         cached = BatchNormEval.from_module(bn)

@@ -51,6 +51,9 @@ class Ops:
     cif_pack_bank: Callable
     prefers_ksum: Callable[[str], bool]  # path -> whether CBConv layers should hand it the K-sum bank
     describe: Callable[[], str]  # e.g. "cpu[native[avx512, openmp]]"
+    # resolves once what a forward asks (the engine, its batch-norm mode), so that a torch.compile
+    # trace finds it memoised (cbcn.memo) rather than tracing into building it
+    prepare: Callable[[], None] = lambda: None
 
 
 @memoize
@@ -132,7 +135,8 @@ def get_ops(backend: str) -> Ops:
 
         return Ops("cpu", cpu.pack_signs, cpu.unpack_signs, cpu.packed_conv2d, cpu.fused_conv2d, cpu.run_epilogue,
                    cpu.cif_pack_bank,
-                   prefers_ksum=lambda path: cpu.prefers_ksum(), describe=lambda: f"cpu[{cpu.describe()}]")
+                   prefers_ksum=lambda path: cpu.prefers_ksum(), describe=lambda: f"cpu[{cpu.describe()}]",
+                   prepare=cpu.prepare)
     if backend == "triton":
         tk = importlib.import_module("triton_kernels")
         return Ops("triton", tk.pack_signs, tk.unpack_signs, tk.packed_conv2d,

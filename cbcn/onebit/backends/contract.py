@@ -50,7 +50,8 @@ def derived(cache: dict, sources, compute, extra: tuple = ()):
         return cache["value"] if cache.get("extra") == extra and "value" in cache else compute()
     key = tuple((t.data_ptr(), tensor_version(t)) for t in sources)
     if cache.get("key") != key or cache.get("extra") != extra:
-        cache.update(key=key, extra=extra, value=compute())
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable in a later trace
+            cache.update(key=key, extra=extra, value=compute())
     return cache["value"]
 
 

@@ -16,6 +16,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from cbcn.memo import constant_tensor
 from cbcn.onebit.backends.contract import WORD_BITS, check_cif_weight, check_conv_args, check_packed, num_words
 from cbcn.onebit.backends.epilogue import Epilogue, legacy_epilogue
 
@@ -23,19 +24,8 @@ _BYTE_WEIGHTS: dict = {}  # device -> the uint8 weights 1, 2, ..., 128 of a byte
 _SIGN_TABLES: dict = {}  # (dtype, device) -> (256, 8) table: the ±1 of each bit of each byte value
 
 
-def _constant(cache: dict, key, make) -> torch.Tensor:
-    """``make()`` made once per key (no host-to-device copy per call), as a normal tensor whatever
-    mode asks first; while torch.compile / torch.export traces, a constant of the graph instead."""
-    if torch.compiler.is_compiling():
-        return make()
-    if key not in cache:
-        with torch.inference_mode(False):
-            cache[key] = make()
-    return cache[key]
-
-
 def _byte_weights(device) -> torch.Tensor:
-    return _constant(_BYTE_WEIGHTS, str(device), lambda: (2 ** torch.arange(8)).to(dtype=torch.uint8, device=device))
+    return constant_tensor(_BYTE_WEIGHTS, str(device), lambda: (2 ** torch.arange(8)).to(dtype=torch.uint8, device=device))
 
 
 def _words_from_bytes(b: torch.Tensor) -> torch.Tensor:
@@ -58,7 +48,7 @@ def _sign_table(dtype: torch.dtype, device) -> torch.Tensor:
         bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
         return (1 - 2 * bits).to(dtype=dtype, device=device)
 
-    return _constant(_SIGN_TABLES, (dtype, str(device)), make)
+    return constant_tensor(_SIGN_TABLES, (dtype, str(device)), make)
 
 
 def pack_signs(x: torch.Tensor) -> torch.Tensor:

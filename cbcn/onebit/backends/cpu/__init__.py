@@ -83,6 +83,13 @@ def describe(requested: str | None = None) -> str:
     return path + (f" ({'; '.join(notes)})" if notes else "")
 
 
+def prepare() -> None:
+    """Resolve the engine's path, load its default engine and find its batch-norm mode now (each
+    memoised), as a forward would on its first call."""
+    if engine_path() == "native":
+        fused_batchnorm_mode()
+
+
 def prefers_ksum(requested: str | None = None) -> bool:
     """Whether CBConv layers should hand this engine the K-sum bank (fewer multiply-adds on the
     integer-GEMM paths) rather than the full CiF bank (what XNOR + popcount needs)."""

@@ -16,10 +16,12 @@ path (``cbcn.onebit.backends.cpu``).
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import hashlib
 import io
-import contextlib
+import os
 from pathlib import Path
 
 import torch
@@ -70,8 +72,23 @@ def load() -> str:
         text = (str(exc) + "\n" + log.getvalue()).splitlines()
         lines = [ln for ln in text if ": error:" in ln or "fatal error" in ln] or text[:1]
         raise OperatorsUnavailable(f"the cbcn operator library did not build: {lines[0].strip()}") from None
+    path = folder / f"{LIBRARY_NAME}.so"
+    # its symbols global: an AOTInductor package calls the C shims (aoti_shims) by name
+    ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL | os.RTLD_NOLOAD)
     _register_fakes()
-    return str(folder / f"{LIBRARY_NAME}.so")
+    return str(path)
+
+
+def aoti_shims() -> dict:
+    """``aot_inductor.custom_ops_to_c_shims`` for the ``cbcn`` operators: each operator's C shim
+    declaration (``ops.cpp``), so that a package calls it directly, not through AOTInductor's
+    proxy executor (which boxes every argument and dispatches, per call)."""
+    load()
+    shims = {}
+    for declaration in torch.ops.cbcn.aoti_shims():
+        name = declaration.split("aoti_torch_cpu_", 1)[1].split("(", 1)[0]
+        shims[getattr(torch.ops.cbcn, name).default] = [declaration]
+    return shims
 
 
 _DEFAULT_ENGINE: list[str] = []  # mirrors the library's default engine (the first one loaded, or set)

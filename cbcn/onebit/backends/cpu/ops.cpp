@@ -21,9 +21,12 @@
  * tensor lives unmodified (a deployed model's constants are prepared once).
  */
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/intrusive_ptr.h>
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/inductor/aoti_torch/utils.h>
 #include <torch/library.h>
 
 #include <dlfcn.h>
@@ -39,6 +42,10 @@
 #include "bconv.h"
 
 namespace {
+
+/* The profiler event around each engine call: what the engine's own arithmetic takes, apart from
+ * the operator's argument handling and whatever calls it (benchmarks/cpu_engine_bench.py). */
+constexpr const char *ENGINE_EVENT = "cbcn engine";
 
 /* One variant's build of bconv.c, loaded. */
 struct Engine {
@@ -244,6 +251,7 @@ std::tuple<at::Tensor, at::Tensor> run(const Engine &e, cbcn_conv_params &p, int
     if (packed) p.out_packed = reinterpret_cast<uint32_t *>(out_packed.data_ptr<int32_t>());
     p.threads = at::get_num_threads();
     if (N > 0 && PH > 0 && PW > 0) {
+        RECORD_FUNCTION(ENGINE_EVENT, std::vector<c10::IValue>());
         const int rc = e.binary_conv(&p);
         TORCH_CHECK(rc == 0, "cbcn: the engine failed (code ", rc, ": ", rc == -1 ? "bad arguments" : "out of memory",
                     ")");
@@ -310,6 +318,7 @@ at::Tensor pack_signs(const at::Tensor &x, const std::optional<std::string> &eng
     const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
     at::Tensor out = at::empty({N, H, W, words_for(C)}, at::TensorOptions().dtype(at::kInt));
     if (out.numel()) {
+        RECORD_FUNCTION(ENGINE_EVENT, std::vector<c10::IValue>());
         const int rc = e.pack_signs_f32(x.data_ptr<float>(), N, C, H, W, x.stride(0), x.stride(1), x.stride(2),
                                         x.stride(3), reinterpret_cast<uint32_t *>(out.data_ptr<int32_t>()),
                                         at::get_num_threads());
@@ -322,7 +331,84 @@ int64_t popcount_peak(int64_t iters, const std::optional<std::string> &engine_na
     return engine(engine_name).popcount_peak(iters);
 }
 
+/* ---- the C shims an AOTInductor package calls directly -------------------------------------------
+ * AOTInductor calls a custom operator through its proxy executor (boxing every argument, a
+ * dispatcher call) unless it is told of a C function with the operator's arguments in its C ABI
+ * (config aot_inductor.custom_ops_to_c_shims, declarations in operators.py: AOTI_SHIMS); these are
+ * they, named aoti_torch_cpu_<operator>. Tensor? arrives as a pointer to a handle (NULL: None),
+ * bool as int32_t, str? as a pointer to a C string; the outputs are written to handle pointers. */
+std::optional<at::Tensor> optional_tensor(AtenTensorHandle *handle) {
+    if (handle == nullptr) return std::nullopt;
+    return *torch::aot_inductor::tensor_handle_to_tensor_pointer(*handle);
+}
+
+std::optional<std::string> optional_string(const char **text) {
+    return text == nullptr ? std::nullopt : std::optional<std::string>(*text);
+}
+
+const at::Tensor &tensor(AtenTensorHandle handle) { return *torch::aot_inductor::tensor_handle_to_tensor_pointer(handle); }
+
+void set_outputs(std::tuple<at::Tensor, at::Tensor> outputs, AtenTensorHandle *real, AtenTensorHandle *packed) {
+    if (real != nullptr) *real = torch::aot_inductor::new_tensor_handle(std::move(std::get<0>(outputs)));
+    if (packed != nullptr) *packed = torch::aot_inductor::new_tensor_handle(std::move(std::get<1>(outputs)));
+}
+
 }  // namespace
+
+/* Each shim's parameter list, written once: the definition below and the declaration AOTInductor
+ * puts in a package's code (cbcn::aoti_shims) are both made from it. */
+#define CBCN_BINARY_CONV2D_SHIM_ARGS                                                                          \
+    (AtenTensorHandle x_packed, AtenTensorHandle weight, int64_t in_channels, int64_t stride, int64_t padding,  \
+     int64_t ksum, AtenTensorHandle *scale, AtenTensorHandle *bias, int64_t pool, int32_t relu,                 \
+     AtenTensorHandle *bn_mul, AtenTensorHandle *bn_add, int32_t bn_fma, AtenTensorHandle *residual,             \
+     int32_t real, int32_t packed, int32_t channels_last, const char **engine_name, AtenTensorHandle *out_real, \
+     AtenTensorHandle *out_packed)
+#define CBCN_EPILOGUE_SHIM_ARGS                                                                              \
+    (AtenTensorHandle src, AtenTensorHandle *scale, AtenTensorHandle *bias, int64_t pool, int32_t relu,        \
+     AtenTensorHandle *bn_mul, AtenTensorHandle *bn_add, int32_t bn_fma, AtenTensorHandle *residual,             \
+     int32_t real, int32_t packed, int32_t channels_last, const char **engine_name, AtenTensorHandle *out_real, \
+     AtenTensorHandle *out_packed)
+#define CBCN_PACK_SIGNS_SHIM_ARGS (AtenTensorHandle x, const char **engine_name, AtenTensorHandle *out)
+#define CBCN_TEXT(x) #x
+#define CBCN_TEXT_OF(x) CBCN_TEXT(x)
+
+namespace {
+std::vector<std::string> aoti_shims() {
+    return {"AOTITorchError aoti_torch_cpu_binary_conv2d" CBCN_TEXT_OF(CBCN_BINARY_CONV2D_SHIM_ARGS),
+            "AOTITorchError aoti_torch_cpu_epilogue" CBCN_TEXT_OF(CBCN_EPILOGUE_SHIM_ARGS),
+            "AOTITorchError aoti_torch_cpu_pack_signs" CBCN_TEXT_OF(CBCN_PACK_SIGNS_SHIM_ARGS)};
+}
+}  // namespace
+
+extern "C" {
+
+AOTI_TORCH_EXPORT AOTITorchError aoti_torch_cpu_binary_conv2d CBCN_BINARY_CONV2D_SHIM_ARGS {
+    AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+        set_outputs(binary_conv2d(tensor(x_packed), tensor(weight), in_channels, stride, padding, ksum,
+                                  optional_tensor(scale), optional_tensor(bias), pool, relu != 0,
+                                  optional_tensor(bn_mul), optional_tensor(bn_add), bn_fma != 0,
+                                  optional_tensor(residual), real != 0, packed != 0, channels_last != 0,
+                                  optional_string(engine_name)),
+                    out_real, out_packed);
+    });
+}
+
+AOTI_TORCH_EXPORT AOTITorchError aoti_torch_cpu_epilogue CBCN_EPILOGUE_SHIM_ARGS {
+    AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+        set_outputs(epilogue(tensor(src), optional_tensor(scale), optional_tensor(bias), pool, relu != 0,
+                             optional_tensor(bn_mul), optional_tensor(bn_add), bn_fma != 0, optional_tensor(residual),
+                             real != 0, packed != 0, channels_last != 0, optional_string(engine_name)),
+                    out_real, out_packed);
+    });
+}
+
+AOTI_TORCH_EXPORT AOTITorchError aoti_torch_cpu_pack_signs CBCN_PACK_SIGNS_SHIM_ARGS {
+    AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+        *out = torch::aot_inductor::new_tensor_handle(pack_signs(tensor(x), optional_string(engine_name)));
+    });
+}
+
+}  // extern "C"
 
 #define CBCN_EPILOGUE_ARGS                                                                                  \
     "Tensor? scale, Tensor? bias, int pool, bool relu, Tensor? bn_mul, Tensor? bn_add, bool bn_fma, "      \
@@ -337,6 +423,7 @@ TORCH_LIBRARY(cbcn, m) {
     m.def("set_default_engine(str name) -> ()", &set_default_engine);
     m.def("default_engine() -> str", &current_engine);
     m.def("popcount_peak(int iters, str? engine=None) -> int", &popcount_peak);
+    m.def("aoti_shims() -> str[]", &aoti_shims);
 }
 
 TORCH_LIBRARY_IMPL(cbcn, CPU, m) {
