@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -77,9 +78,8 @@ def main(argv=None) -> int:
                         rng.shuffle(order)
                         for name in order:
                             out = subprocess.run([sys.executable, "-c", CHILD, spec], capture_output=True, text=True,
-                                                 cwd=checkouts[name], env={"PYTHONPATH": str(checkouts[name]),
-                                                                           "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
-                                                                           "HOME": str(Path.home())})
+                                                 cwd=checkouts[name], env={**os.environ, "OMP_NUM_THREADS": "1",
+                                                                           "PYTHONPATH": str(checkouts[name])})
                             if out.returncode != 0:
                                 print(f"error: {name}: {out.stderr.strip().splitlines()[-1]}", file=sys.stderr)
                                 return 1

@@ -33,7 +33,7 @@ def test_every_part_and_module_is_documented_and_exists():
 
 def test_top_level_of_cbcn_is_the_five_parts_and_the_shared_helpers():
     top = {p.name for p in (ROOT / "cbcn").iterdir() if not p.name.startswith(("_", "."))}
-    assert top == {"nn", "data", "training", "onebit", "harness", "cli.py", "errors.py", "fileio.py"}
+    assert top == {"nn", "data", "training", "onebit", "harness", "cli.py", "errors.py", "fileio.py", "memo.py"}
     listing = DOC.split("```text", 1)[1].split("```", 1)[0]
     for name in top:
         assert name.removesuffix(".py") in listing
