@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from cbcn.fileio import atomic_write_bytes
+
 FOLDER = Path(__file__).parent
 SOURCES = (FOLDER / "ops.cpp", FOLDER / "bconv.h")
 LIBRARY_NAME = "cbcn_ops"
@@ -61,11 +63,15 @@ def load() -> str:
     if not cpp_extension.is_ninja_available():
         raise OperatorsUnavailable("the cbcn operators are compiled on first use and need ninja (pip install ninja)")
     folder = build_folder()
-    folder.mkdir(parents=True, exist_ok=True)
+    sources = folder / "src"  # a copy per key: checkouts elsewhere with the same sources share the build
+    sources.mkdir(parents=True, exist_ok=True)
+    for source in SOURCES:
+        if not (sources / source.name).exists():
+            atomic_write_bytes(sources / source.name, source.read_bytes())
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            cpp_extension.load(LIBRARY_NAME, [str(SOURCES[0])], extra_include_paths=[str(FOLDER)],
+            cpp_extension.load(LIBRARY_NAME, [str(sources / SOURCES[0].name)], extra_include_paths=[str(sources)],
                                extra_cflags=["-O2"], build_directory=str(folder), is_python_module=False,
                                verbose=False)
     except Exception as exc:  # compiler missing or failing: cpp_extension raises RuntimeError / OSError / ...
