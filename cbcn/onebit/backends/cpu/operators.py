@@ -47,7 +47,10 @@ def _loaded_elsewhere() -> bool:
 def build_folder() -> Path:
     from cbcn.onebit.backends.cpu.native import cache_dir
 
-    key = hashlib.sha256(b"\0".join([*(p.read_bytes() for p in SOURCES), torch.__version__.encode()])).hexdigest()[:16]
+    # the torch install too: cpp_extension writes its include paths into the build, and two virtual
+    # environments sharing one folder would rebuild it in turn
+    torch_id = f"{torch.__version__} {Path(torch.__file__).parent}".encode()
+    key = hashlib.sha256(b"\0".join([*(p.read_bytes() for p in SOURCES), torch_id])).hexdigest()[:16]
     return cache_dir() / "ops" / key
 
 
