@@ -10,7 +10,9 @@ of these paths that works on this machine and is worth taking (``engine_path()``
   VPOPCNTDQ/BITALG, AVX-512BW, AVX2, NEON, scalar; ``$CBCN_CPU_VARIANT`` forces one), with the
   whole ``Epilogue`` fused — scale, bias, max-pool, ReLU, the batch-norm, the residual — and the
   next layer's packed signs written by the same pass. No im2col, no unpacking: the activations
-  stay packed between binary layers.
+  stay packed between binary layers. Called as the ``cbcn`` PyTorch operators
+  (``cbcn::binary_conv2d``, ``cbcn::epilogue``, ``cbcn::pack_signs``: ``ops.cpp``, built by
+  ``operators.py``), so ``torch.compile`` and ``torch.export`` see them as opaque nodes.
 - ``intmm``: int8 im2col and ``torch._int_mm`` (``intmm.py``), where no C compiler is present and
   ``torch._int_mm`` is at least as fast as fp32 here (VNNI / AMX; measured once per process).
 - ``reference``: ``cbcn.onebit.backends.reference``, otherwise (float arithmetic on ±1 values).
