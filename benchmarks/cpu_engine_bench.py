@@ -137,17 +137,6 @@ ONEBIT = "1-bit (cpu)"  # eager: the exact reference mode
 ONEBIT_COMPILED = ("1-bit compiled", "1-bit AOTInductor")  # the cbcn operators in a graph (cbcn.onebit.export)
 
 
-def _compiled_onebit(model: nn.Module, x: torch.Tensor):
-    """``torch.compile(model, fullgraph=True)``, compiled now; ``(None, why)`` if it cannot be."""
-    try:
-        compiled = torch.compile(model, fullgraph=True)
-        with torch.inference_mode():
-            compiled(x)
-        return compiled, None
-    except Exception as exc:
-        return None, f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-
-
 def contenders(case: ModelCase, x: torch.Tensor, with_reference: bool, compile_fp32: bool = True,
                int8: bool = True, aoti: bool = False) -> dict:
     """name -> (model or None, input memory format, why unavailable or None)."""
@@ -164,7 +153,7 @@ def contenders(case: ModelCase, x: torch.Tensor, with_reference: bool, compile_f
     out["binary training model"] = (trained, torch.contiguous_format, None)
     out[ONEBIT] = (convert_to_onebit(trained, backend="cpu"), torch.contiguous_format, None)
     if compile_fp32:
-        fn, why = _compiled_onebit(out[ONEBIT][0], x)
+        fn, why = anchors.compiled_contender(out[ONEBIT][0], x, fullgraph=True)
         out["1-bit compiled"] = (fn, torch.contiguous_format, why)
     if aoti:
         fn, why = anchors.aoti_contender(out[ONEBIT][0], x, onebit=True)
@@ -273,7 +262,7 @@ def host_overhead_here(case: ModelCase, repeats: int, aoti: bool, calls: int = 5
     torch.set_num_threads(1)
     x1 = torch.randn(1, case.in_channels, IMAGE, IMAGE, generator=torch.Generator().manual_seed(2))
     eager = convert_to_onebit(case.build(), backend="cpu")
-    forms = {ONEBIT: eager, "1-bit compiled": _compiled_onebit(eager, x1)[0]}
+    forms = {ONEBIT: eager, "1-bit compiled": anchors.compiled_contender(eager, x1, fullgraph=True)[0]}
     if aoti:
         forms["1-bit AOTInductor"] = anchors.aoti_contender(eager, x1, onebit=True)[0]
     forms = {k: v for k, v in forms.items() if v is not None}

@@ -70,19 +70,21 @@ def fp32_contenders(model: nn.Module, x: torch.Tensor, compile_model: bool = Tru
     plain = plain_float_model(model).to(memory_format=torch.channels_last)
     out: dict[str, Contender] = {"fp32 eager (channels-last)": (plain, None)}
     if compile_model:
-        out["fp32 compiled"] = _compiled(plain, x.contiguous(memory_format=torch.channels_last))
+        out["fp32 compiled"] = compiled_contender(plain, x.contiguous(memory_format=torch.channels_last))
     if aoti:
         out["fp32 AOTInductor"] = aoti_contender(plain, x.contiguous(memory_format=torch.channels_last))
     return out
 
 
-def _compiled(model: nn.Module, x: torch.Tensor) -> Contender:
+def compiled_contender(model: nn.Module, x: torch.Tensor, fullgraph: bool = False) -> Contender:
+    """``torch.compile(model)``, compiled now (one call on ``x``, outside any timing), or the reason
+    it cannot be (no C++ compiler, an Inductor or Dynamo failure)."""
     try:
-        compiled = torch.compile(model)
+        compiled = torch.compile(model, fullgraph=fullgraph)
         with torch.inference_mode():
-            compiled(x)  # compile now, outside any timing
+            compiled(x)
         return compiled, None
-    except Exception as exc:  # no C++ compiler, an inductor failure: reported, not fatal
+    except Exception as exc:  # reported, not fatal
         return None, f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
 
 
@@ -155,6 +157,6 @@ def _int8_pt2e(plain: nn.Module, x: torch.Tensor, calibration) -> Contender:
             for batch in calibration:
                 prepared(batch)
             quantized = convert_pt2e(prepared)
-        return _compiled(quantized, x)
+        return compiled_contender(quantized, x)
     except Exception as exc:
         return None, f"PT2E quantization failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
