@@ -10,11 +10,12 @@ this Python side's ABI is refused with the reason. The 1-bit logits are checked 
 the training model's for every build.
 
 Usage: python benchmarks/native_ab.py --rev HEAD~1 [--rev REV ...] [--models xnor cbcn lenet]
-       [--batch 64] [--rounds 15] [--variant avx2]
+       [--batch 64] [--rounds 15] [--variant avx2] [--per-layer]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 import subprocess
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from cpu_engine_bench import CASES, IMAGE, keep_freed_memory
+from cpu_engine_bench import CASES, IMAGE, keep_freed_memory, record_binary_calls
 
 from cbcn.onebit.backends.cpu import native
 from cbcn.onebit.convert import convert_to_onebit
@@ -52,6 +53,40 @@ def build_revision(rev: str, v: native.Variant, folder: Path) -> Path:
         raise BuildError(f"{rev} does not build as {v.name}: {exc}") from None
 
 
+@contextlib.contextmanager
+def engine(lib: native.NativeLibrary):
+    """The 1-bit models run on ``lib`` (its name is what ``native.load()`` answers) inside."""
+    real_load = native.load
+    native.load = lambda *_: lib
+    try:
+        yield
+    finally:
+        native.load = real_load
+
+
+def interleaved(builds: dict, fn, rounds: int) -> dict[str, list[float]]:
+    """Process-CPU seconds of ``fn()`` per build, each round in a shuffled order of the builds."""
+    times = {name: [] for name in builds}
+    order, rng = list(builds), random.Random(0)
+    with torch.inference_mode():
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for name in order:
+                with engine(builds[name]):
+                    t0 = time.process_time()
+                    fn()
+                    times[name].append(time.process_time() - t0)
+    return times
+
+
+def report(label: str, times: dict[str, list[float]]) -> None:
+    base = statistics.median(times["working tree"])
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"[ab] {label:32s} {name:14s} median {med * 1e3:8.3f} ms  min {min(ts) * 1e3:8.3f} ms  "
+              f"{med / base:5.2f}x the working tree's time", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rev", action="append", default=[], help="a git revision to compare with the working tree")
@@ -59,6 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--variant", default=None, help="the variant to build (default: the engine's own)")
+    ap.add_argument("--per-layer", action="store_true", help="also each binary layer alone (its fused call)")
     args = ap.parse_args(argv)
     if args.batch < 1 or args.rounds < 1:
         print("error: --batch and --rounds must be positive", file=sys.stderr)
@@ -74,8 +110,10 @@ def main(argv=None) -> int:
         print(f"error: no native kernels here: {native.problem()}", file=sys.stderr)
         return 2
     v = native.variant(own.variant)
-    builds = {"working tree": own}
     with tempfile.TemporaryDirectory() as tmp:
+        # every build without OpenMP, so that they differ only in their kernels
+        builds = {"working tree": native.NativeLibrary(native.build(v, openmp=False), v, openmp=False,
+                                                       name=f"{v.name}@working-tree")}
         for rev in args.rev:
             folder = Path(tmp) / rev.replace("/", "_")
             folder.mkdir()
@@ -91,30 +129,17 @@ def main(argv=None) -> int:
             trained = case.build()
             model = convert_to_onebit(trained, backend="cpu")
             x = torch.randn(args.batch, case.in_channels, IMAGE, IMAGE, generator=torch.Generator().manual_seed(1))
-            times = {name: [] for name in builds}
-            real_load = native.load
-            try:
-                with torch.inference_mode():
-                    expected = trained(x)
-                    for name, lib in builds.items():
-                        native.load = lambda *_, lib=lib: lib
+            with torch.inference_mode():
+                expected = trained(x)
+                for name, lib in builds.items():
+                    with engine(lib):
                         if not torch.equal(model(x), expected):
                             print(f"[ab] {case.label}: {name} is NOT exact")
-                    order, rng = list(builds), random.Random(0)
-                    for _ in range(args.rounds):
-                        rng.shuffle(order)
-                        for name in order:
-                            native.load = lambda *_, lib=builds[name]: lib
-                            t0 = time.process_time()
-                            model(x)
-                            times[name].append(time.process_time() - t0)
-            finally:
-                native.load = real_load
-            base = statistics.median(times["working tree"])
-            for name, ts in times.items():
-                med = statistics.median(ts)
-                print(f"[ab] {case.label:32s} {name:14s} median {med * 1e3:8.2f} ms  min {min(ts) * 1e3:8.2f} ms  "
-                      f"{med / base:5.2f}x the working tree's time")
+            report(case.label, interleaved(builds, lambda: model(x), args.rounds))
+            if args.per_layer:
+                for layer_name, layer, xp, ep, fmt in record_binary_calls(model, x):
+                    label = f"  {layer_name} {layer.physical_in_channels}->{layer.physical_out_channels} {xp.shape[1]}x{xp.shape[2]}"
+                    report(label, interleaved(builds, lambda l=layer, xp=xp, ep=ep, fmt=fmt: l.run(xp, ep, fmt), args.rounds))
     return 0
 
 

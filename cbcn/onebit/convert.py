@@ -160,14 +160,15 @@ class OneBitConv2d(nn.Module):
         """``ksum_for`` this layer's backend on its weights' device."""
         return self.ksum_for(self.ops())
 
-    def weight_bank(self, ops: Ops | None = None) -> torch.Tensor:
+    def weight_bank(self, ops: Ops | None = None, ksum: int | None = None) -> torch.Tensor:
         """The packed bank actually convolved: ``(C_out, H, H, ceil(C_in/32))`` over physical
-        channels, or for the K-sum form the rotated bank ``(C_out, H, H, ceil(in_maps/32))``.
-        CBConv banks are expanded once and cached until the packed weight changes."""
+        channels, or for the K-sum form (``ksum``, default ``ksum_for(ops)``) the rotated bank
+        ``(C_out, H, H, ceil(in_maps/32))``. CBConv banks are expanded once and cached until the
+        packed weight changes."""
         if not self.cbconv:
             return self.packed_weight
         ops = ops or self.ops()
-        ksum = self.ksum_for(ops) > 1
+        ksum = (self.ksum_for(ops) if ksum is None else ksum) > 1
         w = self.packed_weight
         return derived(self.__dict__.setdefault("_bank_cache", {}), [w],
                        lambda: ops.cif_pack_bank(w, self.K, in_channels=self.in_maps, ksum=ksum),
@@ -192,8 +193,9 @@ class OneBitConv2d(nn.Module):
         ep = epilogue
         epilogue = Epilogue(self.scale(), self.bias, ep.pool, ep.relu, ep.bn, ep.affine, ep.residual, ep.real,
                             ep.packed, ep.out_dtype)
-        return ops.fused_conv2d(x_packed, self.weight_bank(ops), self.physical_in_channels, self.stride,
-                                self.padding, epilogue, self.ksum_for(ops), memory_format=memory_format, **kwargs)
+        ksum = self.ksum_for(ops)
+        return ops.fused_conv2d(x_packed, self.weight_bank(ops, ksum), self.physical_in_channels, self.stride,
+                                self.padding, epilogue, ksum, memory_format=memory_format, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ops = self.ops(x.device)

@@ -64,12 +64,16 @@ class OneBitBasicBlock(BasicBlock):
         ds = self.downsample
         if ds is None:
             return x
-        if _is_avgpool2(ds[0]) and x.dtype == torch.float32:  # the pooling, NHWC in, NCHW out, one pass
-            pooled, _ = self.conv1.ops(x.device).run_epilogue(x, Epilogue(pool="avg2"), torch.contiguous_format)
-            return ds[1:](pooled)
-        if isinstance(ds[0], nn.AvgPool2d) and not x.is_contiguous():
-            return ds[1:](ds[0](x).contiguous())
-        return ds(x.contiguous())
+        pool, *rest = ds  # (no ds[1:]: slicing a Sequential builds a new module on every call)
+        if _is_avgpool2(pool) and x.dtype == torch.float32:  # the pooling, NHWC in, NCHW out, one pass
+            y, _ = self.conv1.ops(x.device).run_epilogue(x, Epilogue(pool="avg2"), torch.contiguous_format)
+        elif isinstance(pool, nn.AvgPool2d):
+            y = pool(x).contiguous()
+        else:
+            return ds(x.contiguous())
+        for module in rest:
+            y = module(y)
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:

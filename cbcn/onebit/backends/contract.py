@@ -48,7 +48,7 @@ def derived(cache: dict, sources, compute, extra: tuple = ()):
     right after an eager call — and without one it is computed in the graph."""
     if torch.compiler.is_compiling():
         return cache["value"] if cache.get("extra") == extra and "value" in cache else compute()
-    key = tuple((t.data_ptr(), tensor_version(t)) for t in sources)
+    key = [(t.data_ptr(), -1 if t.is_inference() else t._version) for t in sources]  # tensor_version, inlined
     if cache.get("key") != key or cache.get("extra") != extra:
         with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable in a later trace
             cache.update(key=key, extra=extra, value=compute())

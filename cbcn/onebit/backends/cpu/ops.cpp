@@ -198,14 +198,22 @@ at::Tensor prepared_weights(const Engine &e, const at::Tensor &weight, int64_t i
 }
 
 /* ---- the epilogue's arguments into the parameter struct; the outputs allocated --------------- */
+/* `t` itself where it is already float32 (and contiguous, if asked): no dispatcher call on the
+ * common path, which at batch 1 costs as much as a small layer's arithmetic; else a converted
+ * copy, kept alive in `keep` for the engine call. */
+const at::Tensor &as_float(const at::Tensor &t, bool contiguous, std::vector<at::Tensor> &keep) {
+    if (t.scalar_type() == at::kFloat && (!contiguous || t.is_contiguous())) return t;
+    keep.push_back(contiguous ? t.to(at::kFloat).contiguous() : t.to(at::kFloat));
+    return keep.back();
+}
+
 const float *vector_arg(const std::optional<at::Tensor> &v, int64_t C_out, const char *what,
                         std::vector<at::Tensor> &keep) {
     if (!v.has_value()) return nullptr;
     TORCH_CHECK(v->device().is_cpu() && v->is_floating_point(), "cbcn: ", what, " must be a floating CPU tensor");
     TORCH_CHECK(v->dim() == 1 && v->size(0) == C_out, "cbcn: ", what, " must have shape (", C_out, "), got ",
                 v->sizes());
-    keep.push_back(v->to(at::kFloat).contiguous());
-    return keep.back().data_ptr<float>();
+    return as_float(*v, true, keep).data_ptr<float>();
 }
 
 int64_t pooled(int64_t n, int64_t pool) { return pool == 2 ? n / 2 : pool == 3 ? (n + 1) / 2 : n; }
@@ -233,8 +241,7 @@ std::tuple<at::Tensor, at::Tensor> run(const Engine &e, cbcn_conv_params &p, int
                         residual->size(1) == C_out && residual->size(2) == PH && residual->size(3) == PW,
                     "cbcn: residual must have the output's shape (", N, ", ", C_out, ", ", PH, ", ", PW, "), got ",
                     residual->sizes());
-        keep.push_back(residual->to(at::kFloat));
-        const at::Tensor &r = keep.back();
+        const at::Tensor &r = as_float(*residual, false, keep);
         p.residual = r.data_ptr<float>();
         p.rs_n = r.stride(0), p.rs_c = r.stride(1), p.rs_h = r.stride(2), p.rs_w = r.stride(3);
     }
@@ -281,11 +288,12 @@ std::tuple<at::Tensor, at::Tensor> binary_conv2d(
     TORCH_CHECK(OH >= 1 && OW >= 1, "cbcn: input ", H, "x", W, " too small for a ", KH, "x", KW,
                 " kernel with padding ", padding);
     const Engine &e = engine(engine_name);
-    std::vector<at::Tensor> keep;
-    keep.push_back(x_packed.contiguous());
+    std::vector<at::Tensor> keep;  // converted copies of the arguments, alive until the engine returns
+    keep.reserve(6);
+    const at::Tensor &x = x_packed.is_contiguous() ? x_packed : keep.emplace_back(x_packed.contiguous());
     at::Tensor words = prepared_weights(e, weight, in_channels, ksum);
     cbcn_conv_params p = {};
-    p.x = reinterpret_cast<const uint32_t *>(keep.back().data_ptr<int32_t>());
+    p.x = reinterpret_cast<const uint32_t *>(x.data_ptr<int32_t>());
     p.H = H, p.W = W, p.XW = XW, p.C_in = in_channels;
     p.w = reinterpret_cast<const uint32_t *>(words.data_ptr<int32_t>());
     p.KH = KH, p.KW = KW, p.stride = stride, p.pad = padding;
@@ -301,9 +309,9 @@ std::tuple<at::Tensor, at::Tensor> epilogue(
     TORCH_CHECK(src.device().is_cpu() && src.dim() == 4 && src.is_floating_point() && src.size(1) >= 1,
                 "cbcn: the epilogue's source must be a floating CPU tensor (N, C, H, W), got ", src.sizes());
     const Engine &e = engine(engine_name);
-    std::vector<at::Tensor> keep;
-    keep.push_back(src.to(at::kFloat));
-    const at::Tensor &s = keep.back();
+    std::vector<at::Tensor> keep;  // converted copies of the arguments, alive until the engine returns
+    keep.reserve(6);
+    const at::Tensor &s = as_float(src, false, keep);
     cbcn_conv_params p = {};
     p.src = s.data_ptr<float>();
     p.ss_n = s.stride(0), p.ss_c = s.stride(1), p.ss_h = s.stride(2), p.ss_w = s.stride(3);
