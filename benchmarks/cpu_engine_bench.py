@@ -52,6 +52,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -250,14 +251,16 @@ def host_overhead(case: ModelCase, repeats: int, aoti: bool) -> list[dict]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def host_overhead_here(case: ModelCase, repeats: int, aoti: bool, calls: int = 50) -> list[dict]:
-    """Per 1-bit form (eager, compiled, AOTInductor), batch 1, one thread: the forward's median time
-    (process CPU time, interleaved), the time ``torch.profiler`` attributes to kernels (the self
-    times of the ``cbcn engine`` events around each call of the engine's arithmetic, and of
-    ``aten::`` events, averaged over ``calls`` forwards) and what is left per binary layer: Python,
-    dispatch, Dynamo's guards, the operators' argument handling and output allocation, the compiled
-    graph's own glue and Inductor's small generated kernels (pooling, ReLU: not profiled). The
-    profiler's own cost per event counts as kernel time, so the overhead is if anything
+def host_overhead_here(case: ModelCase, repeats: int, aoti: bool, calls: int = 20) -> list[dict]:
+    """Per 1-bit form (eager, compiled, AOTInductor), batch 1, one thread: in each of ``repeats``
+    rounds, the mean forward time of ``calls`` unprofiled forwards (process CPU time) and, right
+    after, the time ``torch.profiler`` attributes to kernels in ``calls`` profiled forwards (the
+    self times of the ``cbcn engine`` events around each call of the engine's arithmetic, and of
+    ``aten::`` events); the median over rounds of their difference, per binary layer. What is left
+    is Python, dispatch, Dynamo's guards, the operators' argument handling and output allocation,
+    the compiled graph's own glue and Inductor's small generated kernels (pooling, ReLU: not
+    profiled). Each round's two halves run seconds apart, so the machine's drift mostly cancels;
+    the profiler's own cost per event counts as kernel time, so the overhead is if anything
     underestimated."""
     torch.set_num_threads(1)
     x1 = torch.randn(1, case.in_channels, IMAGE, IMAGE, generator=torch.Generator().manual_seed(2))
@@ -267,20 +270,32 @@ def host_overhead_here(case: ModelCase, repeats: int, aoti: bool, calls: int = 5
         forms["1-bit AOTInductor"] = anchors.aoti_contender(eager, x1, onebit=True)[0]
     forms = {k: v for k, v in forms.items() if v is not None}
     layers = sum(isinstance(m, OneBitConv2d) for m in eager.modules())
-    med = interleaved_medians({k: (lambda m=m: m(x1)) for k, m in forms.items()}, repeats, "cpu")
+    rounds = {name: [] for name in forms}
+    with torch.inference_mode():
+        for model in forms.values():
+            model(x1)
+        for _ in range(repeats):
+            for name, model in forms.items():
+                t0 = time.process_time()
+                for _ in range(calls):
+                    model(x1)
+                forward = (time.process_time() - t0) / calls
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                    for _ in range(calls):
+                        model(x1)
+                kernels = sum(e.self_cpu_time_total for e in prof.key_averages()
+                              if e.key == "cbcn engine" or e.key.startswith("aten::")) / calls / 1e6
+                rounds[name].append((forward, kernels))
     rows = []
-    for name, model in forms.items():
-        with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            for _ in range(calls):
-                model(x1)
-        ops_s = sum(e.self_cpu_time_total for e in prof.key_averages()
-                    if e.key == "cbcn engine" or e.key.startswith("aten::")) / calls / 1e6
+    for name, pairs in rounds.items():
+        forward, kernels = (statistics.median(v) for v in zip(*pairs))
+        host = statistics.median(f - k for f, k in pairs) / layers
         rows.append({"model": case.label, "form": name, "batch": 1, "threads": 1, "binary_layers": layers,
-                     "forward_us": med[name] * 1e6, "operators_us": ops_s * 1e6,
-                     "host_overhead_us_per_binary_layer": (med[name] - ops_s) * 1e6 / layers})
-        print(f"[bench] {case.label:32s} {name:18s} batch 1: forward {med[name] * 1e6:7.0f} us, operators "
-              f"{ops_s * 1e6:7.0f} us, host overhead {rows[-1]['host_overhead_us_per_binary_layer']:6.1f} us "
-              f"per binary layer ({layers} layers)", flush=True)
+                     "forward_us": forward * 1e6, "operators_us": kernels * 1e6,
+                     "host_overhead_us_per_binary_layer": host * 1e6})
+        print(f"[bench] {case.label:32s} {name:18s} batch 1: forward {forward * 1e6:7.0f} us, kernels "
+              f"{kernels * 1e6:7.0f} us, host overhead {host * 1e6:6.1f} us per binary layer ({layers} layers)",
+              flush=True)
     return rows
 
 
@@ -517,10 +532,11 @@ def markdown_tables(results: dict) -> str:
             parts.append("Unavailable contenders (not measured here):\n\n" + missing.to_markdown(index=False) + "\n")
     if results.get("host_overhead"):
         host = pd.DataFrame(results["host_overhead"])
-        parts.append("## Host overhead per binary layer (batch 1, one thread)\n\nThe forward's median time minus the "
-                     "time torch.profiler attributes to kernels (the engine's arithmetic, 'cbcn engine' events, and aten:: "
-                     "ops), per binary layer: Python, dispatch, Dynamo's guards, the operators' argument handling, the "
-                     "compiled graph's glue and Inductor's own small kernels.\n\n"
+        parts.append("## Host overhead per binary layer (batch 1, one thread)\n\nPer round, the mean time of unprofiled "
+                     "forwards minus, from profiled forwards right after, the time torch.profiler attributes to kernels "
+                     "(the engine's arithmetic, 'cbcn engine' events, and aten:: ops); the median over rounds, per binary "
+                     "layer: Python, dispatch, Dynamo's guards, the operators' argument handling and output allocation, "
+                     "the compiled graph's glue and Inductor's own small kernels.\n\n"
                      + host[["model", "form", "forward_us", "operators_us", "host_overhead_us_per_binary_layer"]]
                      .to_markdown(index=False, floatfmt=".1f") + "\n")
     if results.get("per_layer"):

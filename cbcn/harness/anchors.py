@@ -100,7 +100,7 @@ def aoti_contender(model: nn.Module, x: torch.Tensor, onebit: bool = False) -> C
     try:
         path = write_package(model, x, Path(tempfile.mkdtemp(prefix="cbcn-aoti-")) / "model.pt2",
                              require_operators=onebit)
-        runner = ops.load_package(path) if onebit else torch._inductor.aoti_load_package(str(path))
+        runner = ops.load_package(path) if onebit else ops.Package(torch._inductor.aoti_load_package(str(path)))
         with torch.inference_mode():
             runner(x)
         return runner, None

@@ -20,10 +20,10 @@
  * is cached per weight tensor, engine and version: computed on the first call, reused while the
  * tensor lives unmodified (a deployed model's constants are prepared once).
  */
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/util/intrusive_ptr.h>
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/inductor/aoti_torch/utils.h>
@@ -31,6 +31,7 @@
 
 #include <dlfcn.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -63,6 +64,7 @@ struct Engine {
 std::mutex engines_mutex;
 std::map<std::string, std::unique_ptr<Engine>> engines;  // never removed: cached weights point at them
 std::string default_engine;
+std::atomic<const Engine *> default_engine_ptr{nullptr};  // the same, without the lock and the lookup
 
 template <typename F>
 F symbol(void *handle, const char *name, const std::string &path) {
@@ -95,15 +97,21 @@ int64_t load_engine(const std::string &name, const std::string &path) {
     e->prepare_weights = symbol<decltype(e->prepare_weights)>(handle, "cbcn_prepare_weights", path);
     e->popcount_peak = symbol<decltype(e->popcount_peak)>(handle, "cbcn_popcount_peak", path);
     const int64_t lanes = e->lanes;
+    const Engine *loaded = e.get();
     engines.emplace(name, std::move(e));
-    if (default_engine.empty()) default_engine = name;
+    if (default_engine.empty()) {
+        default_engine = name;
+        default_engine_ptr = loaded;
+    }
     return lanes;
 }
 
 void set_default_engine(const std::string &name) {
     std::lock_guard<std::mutex> lock(engines_mutex);
-    TORCH_CHECK(engines.count(name), "cbcn: no engine '", name, "' is loaded");
+    auto found = engines.find(name);
+    TORCH_CHECK(found != engines.end(), "cbcn: no engine '", name, "' is loaded");
     default_engine = name;
+    default_engine_ptr = found->second.get();
 }
 
 std::string current_engine() {
@@ -112,6 +120,8 @@ std::string current_engine() {
 }
 
 const Engine &engine(const std::optional<std::string> &name) {
+    if (!name.has_value())
+        if (const Engine *e = default_engine_ptr.load(std::memory_order_acquire)) return *e;
     std::lock_guard<std::mutex> lock(engines_mutex);
     const std::string &key = name.has_value() ? *name : default_engine;
     TORCH_CHECK(!key.empty(), "cbcn: no CPU engine is loaded; `import cbcn.onebit.ops` (or call "
@@ -122,6 +132,12 @@ const Engine &engine(const std::optional<std::string> &name) {
 }
 
 int64_t words_for(int64_t channels) { return (channels + 31) / 32; }
+
+/* A CPU tensor for an operator's output, allocated directly (at::empty goes through the dispatcher). */
+at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype,
+                        at::MemoryFormat format = at::MemoryFormat::Contiguous) {
+    return at::detail::empty_cpu(sizes, dtype, /*pin_memory=*/false, format);
+}
 
 void check_packed(const at::Tensor &t, const char *what, int64_t dims) {
     TORCH_CHECK(t.device().is_cpu(), "cbcn: ", what, " must be a CPU tensor, got ", t.device());
@@ -135,7 +151,7 @@ void check_packed(const at::Tensor &t, const char *what, int64_t dims) {
 at::Tensor full_bank(const at::Tensor &bank, int64_t in_channels, int64_t ksum) {
     const int64_t C_out = bank.size(0), KH = bank.size(1), KW = bank.size(2), WW = bank.size(3);
     const int64_t XW = words_for(in_channels), maps = in_channels / ksum;
-    at::Tensor full = at::empty({C_out, KH, KW, XW}, bank.options());
+    at::Tensor full = empty_output({C_out, KH, KW, XW}, at::kInt);
     const uint32_t *src = reinterpret_cast<const uint32_t *>(bank.data_ptr<int32_t>());
     uint32_t *dst = reinterpret_cast<uint32_t *>(full.data_ptr<int32_t>());
     for (int64_t t = 0; t < C_out * KH * KW; t++) {
@@ -182,7 +198,7 @@ at::Tensor prepared_weights(const Engine &e, const at::Tensor &weight, int64_t i
     at::Tensor bank = weight.contiguous();
     if (ksum > 1) bank = full_bank(bank, in_channels, ksum);
     const int64_t C_out = bank.size(0), KH = bank.size(1), KW = bank.size(2);
-    at::Tensor words = at::empty({e.prepared_words(C_out, in_channels, KH, KW)}, bank.options());
+    at::Tensor words = empty_output({e.prepared_words(C_out, in_channels, KH, KW)}, at::kInt);
     const int rc = e.prepare_weights(reinterpret_cast<const uint32_t *>(bank.data_ptr<int32_t>()), C_out, in_channels,
                                      KH, KW, reinterpret_cast<uint32_t *>(words.data_ptr<int32_t>()));
     TORCH_CHECK(rc == 0, "cbcn: the engine could not prepare the weights (code ", rc, ")");
@@ -245,12 +261,10 @@ std::tuple<at::Tensor, at::Tensor> run(const Engine &e, cbcn_conv_params &p, int
         p.residual = r.data_ptr<float>();
         p.rs_n = r.stride(0), p.rs_c = r.stride(1), p.rs_h = r.stride(2), p.rs_w = r.stride(3);
     }
-    const auto cpu_float = at::TensorOptions().dtype(at::kFloat);
-    at::Tensor out = real ? at::empty({N, C_out, PH, PW}, cpu_float.memory_format(
-                                          channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous))
-                          : at::empty({0}, cpu_float);
-    at::Tensor out_packed = at::empty(packed ? std::vector<int64_t>{N, PH, PW, words_for(C_out)} : std::vector<int64_t>{0},
-                                      at::TensorOptions().dtype(at::kInt));
+    at::Tensor out = real ? empty_output({N, C_out, PH, PW}, at::kFloat,
+                                         channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)
+                          : empty_output({0}, at::kFloat);
+    at::Tensor out_packed = packed ? empty_output({N, PH, PW, words_for(C_out)}, at::kInt) : empty_output({0}, at::kInt);
     if (real) {
         p.out = out.data_ptr<float>();
         p.os_n = out.stride(0), p.os_c = out.stride(1), p.os_h = out.stride(2), p.os_w = out.stride(3);
@@ -324,7 +338,7 @@ at::Tensor pack_signs(const at::Tensor &x, const std::optional<std::string> &eng
                 "cbcn: pack_signs packs a float32 CPU tensor (N, C, H, W), got ", x.scalar_type(), " ", x.sizes());
     const Engine &e = engine(engine_name);
     const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-    at::Tensor out = at::empty({N, H, W, words_for(C)}, at::TensorOptions().dtype(at::kInt));
+    at::Tensor out = empty_output({N, H, W, words_for(C)}, at::kInt);
     if (out.numel()) {
         RECORD_FUNCTION(ENGINE_EVENT, std::vector<c10::IValue>());
         const int rc = e.pack_signs_f32(x.data_ptr<float>(), N, C, H, W, x.stride(0), x.stride(1), x.stride(2),
