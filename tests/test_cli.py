@@ -120,3 +120,17 @@ def test_packages_the_code_needs_are_main_dependencies():
     deps = " ".join(tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"])
     uses_markdown = any("to_markdown(" in p.read_text() for p in (root / "cbcn").rglob("*.py"))
     assert not uses_markdown or "tabulate" in deps
+
+
+def test_a_cpu_install_does_not_pull_triton():
+    """Triton (~1 GB installed) is the ``gpu`` extra: ``pip install -c constraints-cpu.txt .``
+    installs none, the tests' extra keeps it for the interpreter tests, and nothing the main job
+    imports needs it (tests/test_onebit.py::test_cbcn_imports_without_triton)."""
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.lower().startswith("triton")]
+    for extra in ("gpu", "test"):
+        assert [d for d in project["optional-dependencies"][extra] if d.lower().startswith("triton")], extra
