@@ -154,7 +154,7 @@ def contenders(case: ModelCase, x: torch.Tensor, with_reference: bool, compile_f
     out["binary training model"] = (trained, torch.contiguous_format, None)
     out[ONEBIT] = (convert_to_onebit(trained, backend="cpu"), torch.contiguous_format, None)
     if compile_fp32:
-        fn, why = anchors.compiled_contender(out[ONEBIT][0], x, fullgraph=True)
+        fn, why = anchors.compiled_contender(out[ONEBIT][0], x, fullgraph=True, onebit=True)
         out["1-bit compiled"] = (fn, torch.contiguous_format, why)
     if aoti:
         fn, why = anchors.aoti_contender(out[ONEBIT][0], x, onebit=True)
@@ -265,7 +265,7 @@ def host_overhead_here(case: ModelCase, repeats: int, aoti: bool, calls: int = 2
     torch.set_num_threads(1)
     x1 = torch.randn(1, case.in_channels, IMAGE, IMAGE, generator=torch.Generator().manual_seed(2))
     eager = convert_to_onebit(case.build(), backend="cpu")
-    forms = {ONEBIT: eager, "1-bit compiled": anchors.compiled_contender(eager, x1, fullgraph=True)[0]}
+    forms = {ONEBIT: eager, "1-bit compiled": anchors.compiled_contender(eager, x1, fullgraph=True, onebit=True)[0]}
     if aoti:
         forms["1-bit AOTInductor"] = anchors.aoti_contender(eager, x1, onebit=True)[0]
     forms = {k: v for k, v in forms.items() if v is not None}

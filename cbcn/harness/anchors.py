@@ -76,16 +76,29 @@ def fp32_contenders(model: nn.Module, x: torch.Tensor, compile_model: bool = Tru
     return out
 
 
-def compiled_contender(model: nn.Module, x: torch.Tensor, fullgraph: bool = False) -> Contender:
+def compiled_contender(model: nn.Module, x: torch.Tensor, fullgraph: bool = False, onebit: bool = False) -> Contender:
     """``torch.compile(model)``, compiled now (one call on ``x``, outside any timing), or the reason
-    it cannot be (no C++ compiler, an Inductor or Dynamo failure)."""
-    try:
-        compiled = torch.compile(model, fullgraph=fullgraph)
-        with torch.inference_mode():
-            compiled(x)
-        return compiled, None
-    except Exception as exc:  # reported, not fatal
-        return None, f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    it cannot be (no C++ compiler, an Inductor or Dynamo failure).
+
+    With Inductor's C++ wrapper (the graph's glue in C++, not Python: at batch 1 about half of a
+    small model's time) and, for a 1-bit model (``onebit``), the ``cbcn`` operators called through
+    their C shims as in an AOTInductor package; where that does not compile, the default Python
+    wrapper."""
+    cpp = {"cpp_wrapper": True}
+    if onebit:
+        from cbcn.onebit.backends.cpu import operators
+
+        cpp["aot_inductor.custom_ops_to_c_shims"] = operators.aoti_shims()
+    failure = None
+    for options in (cpp, None):
+        try:
+            compiled = torch.compile(model, fullgraph=fullgraph, options=options)
+            with torch.inference_mode():
+                compiled(x)
+            return compiled, None
+        except Exception as exc:  # reported, not fatal
+            failure = f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    return None, failure
 
 
 def aoti_contender(model: nn.Module, x: torch.Tensor, onebit: bool = False) -> Contender:
