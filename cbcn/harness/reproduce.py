@@ -16,7 +16,7 @@ import signal
 import sys
 import textwrap
 
-from cbcn.errors import CLIError
+from cbcn.errors import CLIError, Terminated, raise_terminated
 
 EXAMPLES = """\
 examples:
@@ -270,14 +270,6 @@ def cmd_status(args) -> int:
     return 0
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that a sweep stops as cleanly as on Ctrl-C."""
-
-
-def _terminated(signum, frame):
-    raise Terminated()
-
-
 def cmd_list(args) -> int:
     import pandas as pd
 
@@ -330,7 +322,7 @@ def cmd_reproduce(args) -> int:
     if args.launcher:
         return _cmd_launch(args, exps)
     log = lambda line: print(line, flush=True)
-    previous = signal.signal(signal.SIGTERM, _terminated)  # batch schedulers send SIGTERM before SIGKILL
+    previous = signal.signal(signal.SIGTERM, raise_terminated)  # batch schedulers send SIGTERM before SIGKILL
     try:
         summary = run_sweep(exps, args.profile, args.out, data_root=args.data_root, seed=args.seed,
                             force=args.force, repair=args.repair, shard=shard, device=args.device,

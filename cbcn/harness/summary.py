@@ -291,6 +291,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def summary_of_options(args) -> Summary:
+    from cbcn.cli import model_K
     from cbcn.data import dataset_info
     from cbcn.nn.models import build_model
 
@@ -298,7 +299,7 @@ def summary_of_options(args) -> Summary:
     info = dataset_info(dataset)
     switches = {k: getattr(args, k) for k in SWITCHES
                 if getattr(args, k, None) is not None}
-    model = build_model(args.model, method=args.method, stages=args.stages, K=args.K, num_classes=info.num_classes,
+    model = build_model(args.model, method=args.method, stages=args.stages, K=model_K(args), num_classes=info.num_classes,
                         in_channels=info.in_channels, stem="imagenet" if info.family == "imagenet" else "cifar",
                         image_size=info.image_size if args.model == "lenet" else 32,
                         weight_bases=args.weight_bases, act_bases=args.act_bases, **switches)

@@ -28,6 +28,7 @@ class MethodSpec:
     shortcut: str  # "standard": one per block; "double": one per conv (Bi-Real, CBCN Fig. 7)
     description: str
     bases: bool = False  # ABC-Net: weights and activations as sums of M / N shifted binary bases
+    default_K: int = 1  # orientations when none are asked for: CBCN's is the paper's K = 4 (Sec. 4.1)
 
     def with_switches(self, cbconv=None, shortcut=None, act_surrogate=None, weight_surrogate=None) -> "MethodSpec":
         """The spec with the Table 3 ablation switches applied (``None`` keeps the default)."""
@@ -55,7 +56,8 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("bwn", True, False, True, None, "ste", False, "standard", "binary-weight network: sign(W)·α, real activations"),
         MethodSpec("xnor", True, True, True, "ste", "ste", False, "standard", "XNOR-Net: sign weights and activations, α per output channel"),
         MethodSpec("bireal", True, True, True, "approx", "ste", False, "double", "Bi-Real Net: XNOR + polynomial gradient + a shortcut per conv"),
-        MethodSpec("cbcn", True, True, True, "gauss", "gauss", True, "double", "CBCN: circulant binary filters, Gaussian gradient (Eq. 10), doubled shortcuts"),
+        MethodSpec("cbcn", True, True, True, "gauss", "gauss", True, "double", "CBCN: circulant binary filters, Gaussian gradient (Eq. 10), doubled shortcuts",
+                   default_K=4),
         MethodSpec("abcnet", True, True, True, "ste", "ste", False, "standard",
                    "ABC-Net: M shifted binary weight bases (least-squares α), N shifted binary activations "
                    "(learned β, v)", bases=True),
