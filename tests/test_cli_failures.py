@@ -186,6 +186,33 @@ def test_claims_are_exclusive_and_die_with_their_process(tmp_path):
     assert not (claims / "k.claim").exists()
 
 
+def test_status_shows_the_epoch_of_a_running_run(tmp_path):
+    """``cbcn status``: a running run says how far its training is (it showed no epoch)."""
+    from cbcn.harness.status import run_states
+    from cbcn.harness.store import record_key, training_dir
+
+    key = record_key("t2-mnist-lenet-5-10-20-40-xnor", "quick", 0)
+    run_dir = training_dir(tmp_path, key)
+    run_dir.mkdir(parents=True)
+    (run_dir / "history.csv").write_text("epoch,train_loss\n1,0.5\n2,0.4\n")
+    (run_dir / "config.json").write_text('{"epochs": 10}')
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from cbcn.harness.claims import try_claim
+        claim, _ = try_claim(__import__("pathlib").Path({str(tmp_path / "results" / ".claims")!r}), {key!r})
+        print("held" if claim else "refused", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (running,) = run_states(tmp_path).query("state == 'running'").itertuples()
+        assert running.detail.endswith("epoch 2 of 10 done"), running.detail
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_two_concurrent_sweeps_train_each_row_once(tmp_path):
     out = tmp_path / "runs"
     args = ["reproduce", "--profile", "smoke", "--out", str(out), "--train-progress", "none",
@@ -225,7 +252,7 @@ def test_sweep_lines_are_short_and_say_elapsed_and_left(tmp_path, capsys):
     data = [line for line in log.splitlines() if line.startswith("data: ")]
     assert data and all(len(line) < 200 for line in data), data  # one short line; the full text is in the log
     assert not any(line.startswith("model: {") for line in log.splitlines())  # no JSON dump on the console
-    train_log = next((tmp_path / "runs" / "runs").glob("*/train.log")).read_text()
+    train_log = next((tmp_path / "runs" / "training").glob("*/train.log")).read_text()
     assert "data (full description): train: " in train_log and "model (full description): {" in train_log
 
 
@@ -240,3 +267,14 @@ def test_the_recipe_says_how_many_images_were_used(tmp_path, capsys):
     assert cli.main(["train", *SMOKE, "--max-train-samples", "100", "--output", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "(this run: 100 training, 32 test images)" in out
+
+
+def test_training_folders_do_not_nest_and_an_older_store_resumes_in_place(tmp_path):
+    """A sweep's run folders are ``OUT/training/<key>`` (they nested as ``runs/runs/<key>`` under the
+    default ``--out runs``); a store written before keeps its ``OUT/runs/<key>``, so its checkpoint
+    resumes rather than being trained again."""
+    from cbcn.harness.store import TRAINING, training_dir
+
+    assert training_dir(tmp_path / "runs", "k") == tmp_path / "runs" / TRAINING / "k"
+    (tmp_path / "runs" / "runs" / "k").mkdir(parents=True)
+    assert training_dir(tmp_path / "runs", "k") == tmp_path / "runs" / "runs" / "k"

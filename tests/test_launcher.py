@@ -21,6 +21,7 @@ from cbcn.harness.launcher import (LauncherError, LaunchSettings, SweepTask, lau
                                    require_submitit, slurm_parameters, wait)
 from cbcn.harness.status import run_states  # noqa: E402
 from cbcn.harness.store import ResultStore, record_key  # noqa: E402
+from cbcn.harness.store import training_dir  # noqa: E402
 from cbcn.training.profiles import Profile, Schedule, get_profile  # noqa: E402
 
 SMOKE = get_profile("smoke")
@@ -36,7 +37,7 @@ def tasks(out, ids, profile=SMOKE):
 
 def trainings(out, exp_id, profile="smoke"):
     """How many times a run was trained: the header lines its training log holds."""
-    log = Path(out) / "runs" / record_key(exp_id, profile, 0) / "train.log"
+    log = training_dir(Path(out), record_key(exp_id, profile, 0)) / "train.log"
     return log.read_text().count("cbcn train:") if log.exists() else 0
 
 
@@ -75,7 +76,7 @@ def test_preempted_task_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
                    schedules={"mnist": Schedule(epochs=6, batch_size=32, max_train_samples=1024, max_test_samples=64)})
     (task,) = tasks(tmp_path, FOUR[:1], profile=slow)
     job = make_executor(LOCAL, tmp_path / "launch").submit(task)
-    history = tmp_path / "runs" / record_key(task.experiment_id, "launchtest", 0) / "history.csv"
+    history = training_dir(tmp_path, record_key(task.experiment_id, "launchtest", 0)) / "history.csv"
     deadline = time.time() + 120
     while not (history.exists() and len(history.read_text().splitlines()) >= 2):  # header + epoch 1
         assert time.time() < deadline and not job.done(), "the task never finished an epoch"
@@ -91,7 +92,7 @@ def test_preempted_task_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
 
 def test_failing_task_leaves_the_others_finished_and_a_clear_failed_entry(tmp_path):
     bad = FOUR[1]
-    run_dir = tmp_path / "runs" / record_key(bad, "smoke", 0)
+    run_dir = training_dir(tmp_path, record_key(bad, "smoke", 0))
     run_dir.mkdir(parents=True)
     (run_dir / "last.pt").write_bytes(b"not a checkpoint")  # its resume raises
     run = launch(tasks(tmp_path, FOUR[:2]), LOCAL, tmp_path, log=lambda line: None)
@@ -190,5 +191,5 @@ def test_a_task_with_two_ranks_trains_one_data_parallel_run(tmp_path):
     job = executor.submit(task)
     assert [r["outcome"] for r in job.results()] == ["finished", "finished"]
     record = ResultStore(tmp_path).state(task.experiment_id, "smoke", 0)[1]
-    log = (tmp_path / "runs" / record_key(task.experiment_id, "smoke", 0) / "train.log").read_text()
+    log = (training_dir(tmp_path, record_key(task.experiment_id, "smoke", 0)) / "train.log").read_text()
     assert record["status"] == "finished" and "2 ranks (gloo)" in log

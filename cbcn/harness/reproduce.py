@@ -80,7 +80,7 @@ def add_subcommands(subparsers) -> None:
             record per experiment in OUT/results/, then write the report to OUT/report/ (report.html,
             report.md, table*.csv, plots/). Finished experiments are skipped on a rerun (--force retrains
             them, --repair only those whose record is unreadable); an interrupted sweep (Ctrl-C,
-            SIGTERM) loses at most the experiment in progress, whose training checkpoint in OUT/runs/
+            SIGTERM) loses at most the experiment in progress, whose training checkpoint in OUT/training/
             lets the next run resume it. Sweeps may share one OUT: each experiment is claimed before
             it trains, so none is trained twice. Experiments whose dataset is
             missing or corrupt stop the sweep before it starts if you selected them explicitly;
@@ -310,6 +310,7 @@ def cmd_list(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from cbcn.harness.report import build_report
+    from cbcn.harness.store import TRAINING
     from cbcn.harness.sweep import Shard, SweepError, run_sweep
     from cbcn.training.distributed import DistInfo
     try:
@@ -338,7 +339,7 @@ def cmd_reproduce(args) -> int:
         records, _ = ResultStore(args.out).scan()
         print(f"cbcn reproduce: {how}. {len(records)} finished experiment records are stored in "
               f"{os.path.join(args.out, 'results')}; the experiment in progress resumes from its last "
-              f"epoch's checkpoint under {os.path.join(args.out, 'runs')}; rerun the same command to finish "
+              f"epoch's checkpoint under {os.path.join(args.out, TRAINING)}; rerun the same command to finish "
               "the rest.", file=sys.stderr, flush=True)
         return 143 if isinstance(e, Terminated) else 130
     finally:

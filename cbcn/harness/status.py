@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from cbcn.harness.claims import held_claims
-from cbcn.harness.store import ResultStore, parse_key, record_key
+from cbcn.harness.store import ResultStore, parse_key, record_key, training_dir
 
 STATE_ORDER = ("done", "unreadable", "running", "failed", "unavailable", "not runnable", "submitted", "missing")
 
@@ -37,6 +37,17 @@ def launched_jobs(out: str | os.PathLike) -> dict[str, dict]:
             key = record_key(job["experiment_id"], data.get("profile"), data.get("seed"))
             jobs[key] = {**job, "launcher": data.get("launcher"), "launch": manifest.parent.name}
     return jobs
+
+
+def training_progress(run_dir: Path) -> str:
+    """``epoch 3 of 10 done`` for a run folder of ``cbcn train`` (its history.csv and config.json,
+    both written atomically after each epoch), or ``''`` before its first epoch ends."""
+    try:
+        done = len((run_dir / "history.csv").read_text().strip().splitlines()) - 1  # the header
+        total = json.loads((run_dir / "config.json").read_text()).get("epochs")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f"epoch {done} of {total} done" if done > 0 else ""
 
 
 def run_states(out: str | os.PathLike, selected_keys: list[str] | None = None) -> pd.DataFrame:
@@ -66,7 +77,8 @@ def run_states(out: str | os.PathLike, selected_keys: list[str] | None = None) -
             r["detail"] += f"; job log {r['log']}"
     for key, holder in held_claims(store.results_dir / ".claims").items():
         r = row(key)
-        r.update(state="running", detail=str(holder))
+        progress = training_progress(training_dir(out, key))
+        r.update(state="running", detail=str(holder) + (f", {progress}" if progress else ""))
         if holder.job:
             r["job"] = holder.job
     for p in problems:

@@ -47,6 +47,17 @@ def record_key(experiment_id: str, profile: str, seed: int) -> str:
     return f"{experiment_id}__{profile}__seed{int(seed)}"
 
 
+TRAINING = "training"  # <out>/training/<key>/: each experiment's run folder (checkpoint, history, log)
+
+
+def training_dir(out: Path, key: str) -> Path:
+    """The run folder of the experiment record ``key`` in the store ``out``: ``<out>/training/<key>``,
+    or where a store written before (``<out>/runs/<key>``, which nested as ``runs/runs/`` under the
+    default ``--out runs``) already holds one, that one, so that its checkpoint resumes."""
+    legacy = Path(out) / "runs" / key
+    return legacy if legacy.is_dir() else Path(out) / TRAINING / key
+
+
 def parse_key(key: str) -> tuple[str, str, int]:
     m = _KEY_RE.match(key)
     if not m:

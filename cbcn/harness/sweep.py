@@ -4,7 +4,7 @@ Why this shape: a sweep is a loop over independent experiments, each ending in o
 record (``cbcn.harness.store``). Everything that can go wrong with one experiment — its dataset is not
 on this machine, its method is not implemented, its record is corrupt, training fails — is
 reported and recorded as a status, and the loop goes on; only an interrupt stops it, losing at
-most the experiment in progress (whose training checkpoint, under ``<out>/runs/<key>/``, lets the
+most the experiment in progress (whose training checkpoint, under ``<out>/training/<key>/``, lets the
 next sweep resume it). ``--shard i/n`` gives each of n cluster jobs a disjoint part of the
 selection; experiments that are the same run (equal ``config_key``) stay in one shard, so the
 second one reuses the first's training instead of repeating it.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from cbcn.harness.experiments import Experiment
-from cbcn.harness.store import RECORD_KIND, SCHEMA_VERSION, ResultStore, record_key
+from cbcn.harness.store import RECORD_KIND, SCHEMA_VERSION, TRAINING, ResultStore, record_key, training_dir
 from cbcn.nn.methods import SWITCHES
 from cbcn.training.distributed import DistInfo
 from cbcn.training.profiles import Profile, get_profile
@@ -114,7 +114,7 @@ def _config_for(exp: Experiment, profile: Profile, data_root: str | None, seed: 
                 out: Path, resume: bool, progress: str, download: bool = False, compile: bool = False):
     from cbcn.training.train import TrainConfig
     switches = {k: v for k, v in exp.switches.items() if k in SWITCHES}
-    run_dir = out / "runs" / record_key(exp.id, profile.name, seed)
+    run_dir = training_dir(out, record_key(exp.id, profile.name, seed))
     return TrainConfig.from_recipe(
         profile, exp.model, exp.dataset, method=exp.method, K=exp.K,
         stages=tuple(profile.stages_for(exp)), data_root=data_root, seed=seed, device=device,
@@ -290,7 +290,7 @@ def run_sweep(experiments: Sequence[Experiment], profile: str | Profile = "quick
         except Exception as e:  # one failed experiment must not end the sweep
             msg = f"{type(e).__name__}: {e}"
             if type(e).__name__ == "CheckpointError":
-                msg += f" (its training checkpoint is in {out / 'runs'}; rerun with --force to start afresh)"
+                msg += f" (its training checkpoint is in {out / TRAINING}; rerun with --force to start afresh)"
             summary.failed[exp.id] = msg
             if is_main:
                 store.write_status(exp.id, profile.name, seed, "failed", msg)
