@@ -11,7 +11,8 @@
 #   layers   benchmarks/gpu_conv_bench.py: per ResNet18 layer, fp8 vs int8 GEMMs, mma_packed, the
 #            fused layer (int8 / fp8, plain / K-sum) and cuDNN, batch 256 then 1
 #   model    benchmarks/gpu_model_bench.py: whole ResNet18s, OneBitRunner with and without CUDA
-#            graphs vs the float model (eager, torch.compile), batch 256 then 1
+#            graphs, the 1-bit model eager and torch.compiled, vs the float model (eager,
+#            torch.compile), batch 256 then 1
 #   profile  benchmarks/gpu_profile.py: torch.profiler kernel table of one fused 1-bit forward
 #   tests    tests/test_kernels_gpu.py on the GPU (a skip counts as a failure there: recorded as
 #            step no_gpu_skips), over 8 processes with pytest-xdist (compilation dominates)

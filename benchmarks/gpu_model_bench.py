@@ -28,7 +28,9 @@ network, not per layer. For each model and batch (256 first, then 1), this scrip
      the compile time is recorded apart in ``float_fp16_cl_compile_s``); timed last, after every
      row is measured and saved (a cold compile takes tens of seconds and must not cost the batch-1
      rows their runner numbers), while ``COMPILE_RESERVE_S`` of the budget is left; skipped on the
-     CPU dry run unless ``--compile``.
+     CPU dry run unless ``--compile``; ``onebit_exact_compiled``: ``torch.compile`` of the 1-bit
+     model (the converted fp16 model on the Triton kernels, ``path="mma"``; its compile time in
+     ``onebit_exact_compiled_compile_s``), timed after the float one under the same rules.
    Times are milliseconds of one call, the median of ``triton.testing.do_bench`` (eager calls; a
    runner with ``graphs=True`` replays its own graph per call) or, for ``float_fp16_cl_graph``,
    ``do_bench_cudagraph``. Speed-ups: ``*_speedup_vs_fp16cl`` = float_fp16_cl / this,
@@ -85,12 +87,13 @@ DRY_MODELS = [("tiny-cbcn-K4", dict(name="resnet18", method="cbcn", K=4, stages=
 # timed in this order (see the module docstring); the graph contenders need CUDA
 CONTENDERS = ("float_fp16_cl", "runner_fused_graph", "runner_fused_fp8_graph", "runner_fused", "runner_fused_fp8",
               "runner_fused_async_graph", "runner_exact_graph", "onebit_exact_eager", "float_fp16_cl_graph", "sim_fp16_cl", "float_fp32",
-              "float_fp16_cl_compiled")
+              "float_fp16_cl_compiled", "onebit_exact_compiled")
+COMPILED = ("float_fp16_cl_compiled", "onebit_exact_compiled")  # torch.compile: timed after every row
 GRAPH_CONTENDERS = ("runner_fused_graph", "runner_fused_fp8_graph", "runner_fused_async_graph", "runner_exact_graph",
                     "float_fp16_cl_graph")
 ONEBIT = tuple(c for c in CONTENDERS if c.startswith(("runner_", "onebit_")))
 PROBE_IMAGES = 8  # the exactness check's batch: bit-equality does not need more
-COMPILE_RESERVE_S = 60  # torch.compile starts only with this much of --budget-s left (its cost: float_fp16_cl_compile_s)
+COMPILE_RESERVE_S = 60  # torch.compile starts only with this much of --budget-s left (its cost: <contender>_compile_s)
 # torch.compile's time is unbounded (30-70 s per model cold): it runs after every row is measured and
 # saved, so it cannot cost a row (batch 1 above all) its runner numbers
 DEFERRED = "deferred: timed after every row (torch.compile last)"
@@ -137,7 +140,7 @@ def _skip_reason(contender, ctx, args) -> str | None:
         from triton_kernels.async_mma import async_mma_problem
 
         return async_mma_problem(ctx.device)
-    if contender == "float_fp16_cl_compiled":
+    if contender in COMPILED:
         if args.no_compile:
             return "--no-compile"
         if args.dry_run and not args.compile:
@@ -152,14 +155,16 @@ def _runner(ctx, model, mode, graphs):
     return partial(runner, ctx.x16)
 
 
-def _compiled(ctx, row):
-    """``torch.compile`` of the fp16 float model, compiled by one call here (its time recorded)."""
-    compiled = torch.compile(ctx.float16, dynamic=False)
+def _compiled(ctx, row, contender):
+    """``torch.compile`` (``dynamic=False``) of the fp16 float model or of the 1-bit model (the
+    converted fp16 model, Triton kernels, ``path="mma"``), compiled by one call here (its time
+    recorded as ``<contender>_compile_s``)."""
+    compiled = torch.compile(ctx.float16 if contender == "float_fp16_cl_compiled" else ctx.onebit16, dynamic=False)
     t = time.time()
     compiled(ctx.x16)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
-    row["float_fp16_cl_compile_s"] = time.time() - t
+    row[f"{contender}_compile_s"] = time.time() - t
     return partial(compiled, ctx.x16)
 
 
@@ -177,7 +182,8 @@ def _builders(ctx, row) -> dict:
         "float_fp16_cl_graph": lambda: partial(ctx.float16, ctx.x16),
         "sim_fp16_cl": lambda: partial(ctx.train16, ctx.x16),
         "float_fp32": lambda: partial(ctx.float32, ctx.x),
-        "float_fp16_cl_compiled": lambda: _compiled(ctx, row),
+        "float_fp16_cl_compiled": lambda: _compiled(ctx, row, "float_fp16_cl_compiled"),
+        "onebit_exact_compiled": lambda: _compiled(ctx, row, "onebit_exact_compiled"),
     }
 
 
@@ -256,7 +262,7 @@ def _measure_row(label, batch, image, model, floating, ctx_base, args, timer, t_
     with torch.no_grad():
         for contender in CONTENDERS:
             reason = _skip_reason(contender, ctx, args)
-            if reason is None and contender == "float_fp16_cl_compiled":
+            if reason is None and contender in COMPILED:
                 reason = DEFERRED  # _compile_pass
             if reason is None and args.budget_s - (time.time() - t_start) < 0:
                 reason = f"time budget of {args.budget_s:.0f}s spent"
@@ -286,42 +292,44 @@ def _measure_row(label, batch, image, model, floating, ctx_base, args, timer, t_
 
 
 def _compile_pass(rows, prepared, device, args, timer, t_start, save) -> None:
-    """``float_fp16_cl_compiled`` for the rows that deferred it, batch 256 first, each only with
-    ``COMPILE_RESERVE_S`` of the budget left; results saved after each. Same model and input as
-    the row's other contenders (the input's seed is the batch size)."""
+    """The ``COMPILED`` contenders of the rows that deferred them, batch 256 first, the float model
+    before the 1-bit one, each only with ``COMPILE_RESERVE_S`` of the budget left; results saved
+    after each. Same models and input as the row's other contenders (the input's seed is the batch
+    size)."""
     for row in rows:
-        if row.get("float_fp16_cl_compiled_skipped") != DEFERRED:
-            continue
-        left = args.budget_s - (time.time() - t_start)
-        if left < COMPILE_RESERVE_S:
-            row["float_fp16_cl_compiled_skipped"] = (f"time budget of {args.budget_s:.0f}s spent "
-                                                     f"(torch.compile needs about {COMPILE_RESERVE_S}s)")
-            continue
-        del row["float_fp16_cl_compiled_skipped"]
-        _, floating, _ = prepared[row["model"]]
-        batch, image = row["batch"], row["image"]
-        x = torch.randn(batch, 3, image, image, generator=torch.Generator().manual_seed(batch)).to(device)
-        ctx = SimpleNamespace(device=device, x16=x.half().contiguous(memory_format=torch.channels_last),
-                              float16=copy.deepcopy(floating).to(device).half().to(memory_format=torch.channels_last))
-        call = None
-        try:
-            with torch.no_grad():
-                call = _compiled(ctx, row)
-                row["float_fp16_cl_compiled_ms"] = timer.eager(call)
-                row["float_fp16_cl_compiled_peak_MB"] = _peak_mb(call, device)
-        except Exception as exc:  # noqa: BLE001 - report, go on with the rest
-            row["float_fp16_cl_compiled_error"] = f"{type(exc).__name__}: {exc}"[:300]
-            print(f"[model-bench] {row['model']} b{batch} float_fp16_cl_compiled: {row['float_fp16_cl_compiled_error']}",
-                  flush=True)
-        del call, ctx, x
-        _speedups(row)
-        if hasattr(torch, "_dynamo"):
-            torch._dynamo.reset()
-        _release(device)
-        print(f"[model-bench] {row['model']} b{batch} torch.compile: "
-              f"{row.get('float_fp16_cl_compiled_ms', float('nan')):.3f} ms (compiled in "
-              f"{row.get('float_fp16_cl_compile_s', float('nan')):.0f}s)", flush=True)
-        save()
+        for contender in COMPILED:
+            if row.get(f"{contender}_skipped") != DEFERRED:
+                continue
+            left = args.budget_s - (time.time() - t_start)
+            if left < COMPILE_RESERVE_S:
+                row[f"{contender}_skipped"] = (f"time budget of {args.budget_s:.0f}s spent "
+                                               f"(torch.compile needs about {COMPILE_RESERVE_S}s)")
+                continue
+            del row[f"{contender}_skipped"]
+            model, floating, _ = prepared[row["model"]]
+            batch, image = row["batch"], row["image"]
+            x = torch.randn(batch, 3, image, image, generator=torch.Generator().manual_seed(batch)).to(device)
+            half = dict(dtype=torch.float16, memory_format=torch.channels_last)
+            ctx = SimpleNamespace(
+                device=device, x16=x.half().contiguous(memory_format=torch.channels_last),
+                float16=copy.deepcopy(floating).to(device).to(**half) if contender == "float_fp16_cl_compiled" else None,
+                onebit16=convert_to_onebit(copy.deepcopy(model).to(device).to(**half), backend="triton", path="mma")
+                if contender == "onebit_exact_compiled" else None)
+            call = None
+            try:
+                with torch.no_grad():
+                    call = _compiled(ctx, row, contender)
+                    row[f"{contender}_ms"] = timer.eager(call)
+                    row[f"{contender}_peak_MB"] = _peak_mb(call, device)
+            except Exception as exc:  # noqa: BLE001 - report, go on with the rest
+                row[f"{contender}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                print(f"[model-bench] {row['model']} b{batch} {contender}: {row[f'{contender}_error']}", flush=True)
+            del call, ctx, x
+            _speedups(row)
+            if hasattr(torch, "_dynamo"):
+                torch._dynamo.reset()
+            _release(device)
+            save()
 
 
 def _speedups(row) -> None:

@@ -153,7 +153,7 @@ def test_model_bench_dry_run(tmp_path):
     for contender in bench.CONTENDERS:
         if contender in bench.GRAPH_CONTENDERS:
             assert row[f"{contender}_skipped"] == "CUDA graphs need a GPU"
-        elif contender == "float_fp16_cl_compiled":
+        elif contender in bench.COMPILED:
             assert "--compile" in row[f"{contender}_skipped"]
         else:
             assert row[f"{contender}_ms"] > 0 and f"{contender}_speedup_vs_fp16cl" in row, contender
@@ -285,21 +285,25 @@ def test_model_bench_times_torch_compile_last(tmp_path, monkeypatch):
     bench = _load("gpu_model_bench")
     order = []
 
-    def stand_in(ctx, row):
-        order.append((row["model"], row["batch"], len(list(tmp_path.glob("results.csv")))))
-        row["float_fp16_cl_compile_s"] = 0.0
-        return lambda: ctx.float16(ctx.x16)
+    def stand_in(ctx, row, contender):
+        order.append((row["model"], row["batch"], contender, len(list(tmp_path.glob("results.csv")))))
+        row[f"{contender}_compile_s"] = 0.0
+        model = ctx.float16 if contender == "float_fp16_cl_compiled" else ctx.onebit16
+        return lambda: model(ctx.x16)
 
     monkeypatch.setattr(bench, "_compiled", stand_in)
     monkeypatch.setattr(bench, "COMPILE_RESERVE_S", 0)
     rows = bench.main(["--dry-run", "--compile", "--out", str(tmp_path), "--batches", "2,1", "--rep-ms", "1"])
-    assert [(r["model"], r["batch"]) for r in rows] == [(m, b) for m, b, _ in order]
-    assert all(saved for _, _, saved in order)  # the rows were on disk before the first compile
+    # the float model, then the 1-bit model (the converted model on the kernels), row by row
+    assert [(r["model"], r["batch"], c) for r in rows for c in bench.COMPILED] == [o[:3] for o in order]
+    assert all(saved for *_, saved in order)  # the rows were on disk before the first compile
     for row in rows:
-        assert row["float_fp16_cl_compiled_ms"] > 0 and "float_fp16_cl_compiled_skipped" not in row
+        for contender in bench.COMPILED:
+            assert row[f"{contender}_ms"] > 0 and f"{contender}_skipped" not in row
+        assert row["onebit_exact_compiled_speedup_vs_fp16cl"] > 0
     monkeypatch.setattr(bench, "COMPILE_RESERVE_S", 10**6)
     rows = bench.main(["--dry-run", "--compile", "--out", str(tmp_path / "b"), "--batches", "1", "--rep-ms", "1"])
-    assert "budget" in rows[0]["float_fp16_cl_compiled_skipped"]
+    assert all("budget" in rows[0][f"{c}_skipped"] for c in bench.COMPILED)
 
 
 def test_model_bench_saves_each_measurement(tmp_path, monkeypatch):
