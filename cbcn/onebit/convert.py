@@ -189,13 +189,12 @@ class OneBitConv2d(nn.Module):
         """The conv on packed input with this layer's α and bias, then ``epilogue``'s further
         steps (batch-norm, pooling, residual, ...): ``(real, packed)`` as ``fused_conv2d``."""
         ops = ops or self.ops(x_packed.device)
-        kwargs = {"path": self.path} if ops.name == "triton" else {}
         ep = epilogue
         epilogue = Epilogue(self.scale(), self.bias, ep.pool, ep.relu, ep.bn, ep.affine, ep.residual, ep.real,
                             ep.packed, ep.out_dtype)
         ksum = self.ksum_for(ops)
         return ops.fused_conv2d(x_packed, self.weight_bank(ops, ksum), self.physical_in_channels, self.stride,
-                                self.padding, epilogue, ksum, memory_format=memory_format, **kwargs)
+                                self.padding, epilogue, ksum, memory_format, self.path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ops = self.ops(x.device)

@@ -1,15 +1,17 @@
 """The 1-bit backends behind one API: the reference, the CPU engine and the Triton kernels.
 
-Every backend offers the same operations with the same signatures (``Ops``):
+Every backend offers the same operations with the same signatures (``Ops``; no backend swallows
+unknown keywords, so a misspelt one is an error everywhere):
 
 - ``pack_signs(x)`` / ``unpack_signs(packed, channels)`` — the packing format of ``contract``;
 - ``packed_conv2d(x_packed, w_packed, in_channels, stride, padding, scale, bias, bn_scale,
-  bn_shift, binarize_output, out_dtype, ksum)`` — a binary conv with the keyword epilogue;
-- ``fused_conv2d(x_packed, w_packed, in_channels, stride, padding, epilogue, ksum)`` — a binary
-  conv with a whole ``epilogue.Epilogue`` (batch-norm, pooling, residual, next layer's signs);
-  returns ``(real, packed)``;
-- ``run_epilogue(x, epilogue)`` — an ``Epilogue`` applied to a float tensor instead of conv sums
-  (a full-precision layer's output on its way into the first binary conv);
+  bn_shift, binarize_output, out_dtype, ksum, path)`` — a binary conv with the keyword epilogue;
+- ``fused_conv2d(x_packed, w_packed, in_channels, stride, padding, epilogue, ksum, memory_format,
+  path)`` — a binary conv with a whole ``epilogue.Epilogue`` (batch-norm, pooling, residual, next
+  layer's signs); returns ``(real, packed)``. ``path`` is the layer's GEMM path: it picks the Triton
+  kernel and, computing the same integers, changes nothing on the reference and the CPU engine;
+- ``run_epilogue(x, epilogue, memory_format)`` — an ``Epilogue`` applied to a float tensor instead
+  of conv sums (a full-precision layer's output on its way into the first binary conv);
 - ``cif_pack_bank(W, K, in_channels, ksum)`` — a CBConv's packed filter bank.
 
 Backends (``CBCN_BACKEND=auto|reference|cpu|triton`` or ``backend=``; default ``auto``):
@@ -107,15 +109,15 @@ def _fused_via_packed_conv(packed_conv2d, pack_signs):
     kernel, the ``Epilogue`` in PyTorch after it (exact: the same ops as the reference)."""
 
     def fused_conv2d(x_packed, w_packed, in_channels, stride=1, padding=0, epilogue: Epilogue = Epilogue(),
-                     ksum=1, memory_format=torch.channels_last, **kwargs):
-        sums = packed_conv2d(x_packed, w_packed, in_channels, stride, padding, ksum=ksum, **kwargs)
+                     ksum=1, memory_format=torch.channels_last, path: str = "mma"):
+        sums = packed_conv2d(x_packed, w_packed, in_channels, stride, padding, ksum=ksum, path=path)
         real, packed = epilogue.outputs(epilogue.apply(sums), pack_signs)
         return (None if real is None else real.contiguous(memory_format=memory_format)), packed
 
     return fused_conv2d
 
 
-def _reference_run_epilogue(x, epilogue, memory_format=torch.channels_last, **_ignored):
+def _reference_run_epilogue(x, epilogue, memory_format=torch.channels_last):
     from cbcn.onebit.backends import reference
 
     return reference.run_epilogue(x, epilogue, memory_format)

@@ -109,9 +109,9 @@ def conv_sums_reference(x_packed, w_packed, in_channels: int, stride: int = 1, p
 
 def fused_conv2d_reference(x_packed, w_packed, in_channels: int, stride: int = 1, padding: int = 0,
                            epilogue: Epilogue = Epilogue(), ksum: int = 1, memory_format=torch.contiguous_format,
-                           **_ignored):
+                           path: str | None = None):
     """A binary conv and its whole ``Epilogue``: returns ``(real, packed)`` (``None`` where the
-    epilogue does not ask for it), the real output in ``memory_format``."""
+    epilogue does not ask for it), the real output in ``memory_format``. ``path`` (the layer's GEMM path, which picks a Triton kernel) does not change the integers, so it is not used here."""
     check_conv_args(x_packed, w_packed, in_channels, stride, padding, None, None, None, None, ksum)
     epilogue.check(w_packed.shape[0], x_packed.device)
     y = epilogue.apply(conv_sums_reference(x_packed, w_packed, in_channels, stride, padding, ksum))
@@ -119,7 +119,7 @@ def fused_conv2d_reference(x_packed, w_packed, in_channels: int, stride: int = 1
     return (None if real is None else real.contiguous(memory_format=memory_format)), packed
 
 
-def run_epilogue(x: torch.Tensor, epilogue: Epilogue, memory_format=torch.contiguous_format, **_ignored):
+def run_epilogue(x: torch.Tensor, epilogue: Epilogue, memory_format=torch.contiguous_format):
     """``epilogue`` applied to the values of a float tensor ``x`` (N, C, H, W) instead of conv
     sums (e.g. a full-precision layer's output on its way to the first binary conv):
     ``(real, packed)``."""
@@ -141,7 +141,7 @@ def packed_conv2d_reference(
     binarize_output: bool = False,
     out_dtype: torch.dtype = torch.float32,
     ksum: int = 1,
-    **_ignored,
+    path: str | None = None,
 ) -> torch.Tensor:
     """Binary convolution of packed operands with the keyword epilogue (``legacy_epilogue``):
     ``conv · scale + bias``, then the folded batch-norm ``· bn_scale + bn_shift``.

@@ -208,10 +208,10 @@ def run_epilogue(x: torch.Tensor, epilogue: Epilogue, memory_format=torch.channe
 
 def fused_conv2d(x_packed, w_packed, in_channels: int, stride: int = 1, padding: int = 0,
                  epilogue: Epilogue = Epilogue(), ksum: int = 1, memory_format=torch.channels_last,
-                 cpu_path: str | None = None, cpu_variant: str | None = None, **_ignored):
+                 path: str | None = None, cpu_path: str | None = None, cpu_variant: str | None = None):
     """A binary conv with its whole ``Epilogue``: ``(real, packed)`` as
     ``reference.fused_conv2d_reference``, the real output in ``memory_format``
-    (``cpu_path`` forces one of ``PATHS``, ``cpu_variant`` one of ``native.VARIANTS``)."""
+    (``cpu_path`` forces one of ``PATHS``, ``cpu_variant`` one of ``native.VARIANTS``). ``path`` (the layer's GEMM path, which picks a Triton kernel) does not change the integers, so it is not used here."""
     check_conv_args(x_packed, w_packed, in_channels, stride, padding, None, None, None, None, ksum)
     epilogue.check(w_packed.shape[0], x_packed.device)
     chosen = "native" if cpu_variant is not None else engine_path(cpu_path)
@@ -229,10 +229,9 @@ def fused_conv2d(x_packed, w_packed, in_channels: int, stride: int = 1, padding:
 
 def packed_conv2d(x_packed, w_packed, in_channels: int, stride: int = 1, padding: int = 0, scale=None, bias=None,
                   bn_scale=None, bn_shift=None, binarize_output: bool = False, out_dtype=torch.float32, ksum: int = 1,
-                  cpu_path: str | None = None, cpu_variant: str | None = None, **_ignored):
+                  path: str | None = None, cpu_path: str | None = None, cpu_variant: str | None = None):
     """``reference.packed_conv2d_reference``'s signature and results, on the engine's path
-    (``cpu_path``: force one of ``PATHS``, ``cpu_variant`` a native variant; the ``path`` keyword
-    of the Triton version is ignored)."""
+    (``cpu_path``: force one of ``PATHS``, ``cpu_variant`` a native variant). ``path`` (the layer's GEMM path, which picks a Triton kernel) does not change the integers, so it is not used here."""
     check_conv_args(x_packed, w_packed, in_channels, stride, padding, scale, bias, bn_scale, bn_shift, ksum)
     epilogue = legacy_epilogue(scale, bias, bn_scale, bn_shift, binarize_output, out_dtype)
     real, packed = fused_conv2d(x_packed, w_packed, in_channels, stride, padding, epilogue, ksum, cpu_path=cpu_path,
