@@ -278,3 +278,12 @@ def test_training_folders_do_not_nest_and_an_older_store_resumes_in_place(tmp_pa
     assert training_dir(tmp_path / "runs", "k") == tmp_path / "runs" / TRAINING / "k"
     (tmp_path / "runs" / "runs" / "k").mkdir(parents=True)
     assert training_dir(tmp_path / "runs", "k") == tmp_path / "runs" / "runs" / "k"
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+def test_a_missing_dataset_names_the_command_line_option(tmp_path, capsys, dataset):
+    """The error says what to type (``--download``), not the Python argument first (it read
+    "download=True (--download)")."""
+    assert cli.main(["train", "--dataset", dataset, "--data-root", str(tmp_path), *SMOKE]) == 2
+    err = _one_error_line(capsys, "add --download to fetch")
+    assert "download=True (--download)" not in err

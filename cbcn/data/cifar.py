@@ -65,7 +65,7 @@ def load_cifar(variant: str, root: str | os.PathLike, train: bool, max_samples: 
     d = find_cifar_dir(root, variant)
     if d is None:
         raise DatasetNotFound(f"{variant}: no '{lay['folder']}' folder with the official python pickles under "
-                           f"{root}; pass the folder that holds it, or download=True (--download)")
+                           f"{root}; pass the folder that holds it, or add --download to fetch it (from Python: download=True)")
     wanted = lay["train"] if train else lay["test"]
     present = [f for f in wanted if (d / f).is_file()]
     if not present:

@@ -93,7 +93,7 @@ def load_mnist(root: str | os.PathLike, train: bool, max_samples: int | None = N
         raise DatasetNotFound(
             f"MNIST files {missing} (optionally .gz) not found under {root} "
             f"(looked in {', '.join(str(d) for d in mnist_dir_candidates(root))}); "
-            f"pass the folder that holds them, or download=True (--download) to fetch them")
+            f"pass the folder that holds them, or add --download to fetch them (from Python: download=True)")
     (images, ok_i), (labels, ok_l) = (read_mnist_file(p) for p in paths)
     if labels.min() < 0 or labels.max() > 9:
         raise DatasetCorrupt(f"{paths[1]}: labels outside 0..9 (read {labels.min()}..{labels.max()})")

