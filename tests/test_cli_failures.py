@@ -287,3 +287,19 @@ def test_a_missing_dataset_names_the_command_line_option(tmp_path, capsys, datas
     assert cli.main(["train", "--dataset", dataset, "--data-root", str(tmp_path), *SMOKE]) == 2
     err = _one_error_line(capsys, "add --download to fetch")
     assert "download=True (--download)" not in err
+
+
+def test_list_shows_the_state_of_the_profile_the_store_holds(tmp_path, capsys):
+    """``cbcn list --out STORE`` without --profile reads the store's own profile (it assumed quick,
+    so a smoke-only store showed every row missing), in the states ``cbcn status`` names."""
+    from test_store import make_record
+
+    ResultStore(tmp_path).write(make_record("t2-mnist-lenet-5-10-20-40-xnor", profile="smoke"))
+    assert cli.main(["list", "--out", str(tmp_path), "--table", "2"]) == 0
+    out = capsys.readouterr().out
+    row = next(line.strip() for line in out.splitlines() if line.strip().startswith("t2-mnist-lenet-5-10-20-40-xnor "))
+    assert row.endswith("done") and "state for profile smoke" in out
+    assert cli.main(["list", "--out", str(tmp_path), "--table", "2", "--profile", "quick"]) == 0
+    out = capsys.readouterr().out
+    row = next(line.strip() for line in out.splitlines() if line.strip().startswith("t2-mnist-lenet-5-10-20-40-xnor "))
+    assert row.endswith("missing")

@@ -270,6 +270,17 @@ def cmd_status(args) -> int:
     return 0
 
 
+def stored_profile(store, seed: int) -> str:
+    """The profile ``cbcn list`` shows the state of when none is given: the one with the most
+    records and statuses for ``seed`` in the store (``quick`` for an empty store)."""
+    from collections import Counter
+
+    records, _ = store.scan()
+    counts = Counter(r["profile"] for r in records if r.get("seed") == seed)
+    counts.update(s["profile"] for s in store.statuses() if s["seed"] == seed)
+    return counts.most_common(1)[0][0] if counts else "quick"
+
+
 def cmd_list(args) -> int:
     import pandas as pd
 
@@ -282,7 +293,7 @@ def cmd_list(args) -> int:
     show_state = store.results_dir.is_dir()
     statuses = {}
     if show_state:
-        profile = args.profile or "quick"
+        profile = args.profile or stored_profile(store, args.seed)
         for s in store.statuses():
             if s["profile"] == profile and s["seed"] == args.seed:
                 statuses[s["experiment_id"]] = f"{s['status']}: {s['reason']}"
@@ -293,9 +304,8 @@ def cmd_list(args) -> int:
                "stages": e.stage_label, "method": e.method, "K": e.K, "dataset": e.dataset, "paper %": paper,
                "note": ("quoted" if e.quoted else "") + ("" if e.runnable else ", not runnable")}
         if show_state:
-            state, found = store.state(e.id, profile, args.seed)
-            row["state"] = {"finished": "finished", "problem": "UNREADABLE RECORD"}.get(
-                state, statuses.get(e.id, "missing"))
+            state, found = store.state(e.id, profile, args.seed)  # the states of `cbcn status`
+            row["state"] = {"finished": "done", "problem": "unreadable"}.get(state, statuses.get(e.id, "missing"))
         rows.append(row)
     if not rows:
         print("no experiment matches")
