@@ -3,6 +3,7 @@ stays right when several sweeps share it; output that says what was actually don
 
 Each test here failed on the code before these fixes (the exit codes, the tracebacks, the lock,
 the --force/--repair split, the console lines)."""
+import json
 import os
 import signal
 import subprocess
@@ -228,6 +229,27 @@ def test_two_concurrent_sweeps_train_each_row_once(tmp_path):
     assert sorted(trained) == sorted(set(trained)) and len(trained) == 6, outs  # each row trained once
     assert len(list((out / "results").glob("*.json"))) == 6
     assert not list((out / "results" / ".claims").glob("*.claim"))  # all released
+
+
+def test_two_concurrent_sweeps_train_a_shared_configuration_once(tmp_path):
+    """Rows that are the same run (in the smoke profile LeNet 5-10-20-40 and 10-20-40-80 both
+    shrink to one configuration), in two sweeps started together: one trains it, the other waits
+    and reuses its record (before, claims were per row and both trained it)."""
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("CBCN_DATA", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "cbcn.cli", "reproduce", "--profile", "smoke", "--out", str(out),
+                               "--train-progress", "none", "--no-report", "--row", row], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env)
+             for row in ("t2-mnist-lenet-5-10-20-40-xnor", "t2-mnist-lenet-10-20-40-80-xnor")]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0 and "Traceback" not in e, e
+    trained = [line for o, _ in outs for line in o.splitlines() if ": training " in line]
+    assert len(trained) == 1, outs
+    records = [json.loads(f.read_text()) for f in (out / "results").glob("*.json")]
+    assert len(records) == 2 and sorted(r["reused_from"] is None for r in records) == [False, True], records
+    assert not list((out / "results" / ".claims").rglob("*.claim"))  # all released
 
 
 # --- 8. merge conflicts -----------------------------------------------------------------------------

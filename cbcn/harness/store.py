@@ -208,6 +208,17 @@ class ResultStore:
 
         return try_claim(self.results_dir / ".claims", record_key(experiment_id, profile, seed))
 
+    def claim_configuration(self, config_key: tuple, profile: str, seed: int):
+        """As ``claim``, for the training of one configuration (``Experiment.config_key``): rows that
+        are the same run share it, so that two sweeps never train it twice (the second waits and
+        reuses the first's record)."""
+        import hashlib
+
+        from cbcn.harness.claims import try_claim
+
+        digest = hashlib.sha1(repr(config_key).encode()).hexdigest()[:20]
+        return try_claim(self.results_dir / ".claims" / "configurations", f"{digest}__{profile}__seed{int(seed)}")
+
     # --- statuses of runs without a record ---
     def write_status(self, experiment_id: str, profile: str, seed: int, status: str, reason: str) -> None:
         atomic_write_json(self.status_path(experiment_id, profile, seed), {

@@ -314,12 +314,48 @@ def run_sweep(experiments: Sequence[Experiment], profile: str | Profile = "quick
     return summary
 
 
+CONFIGURATION_POLL_S = 2.0  # how often a sweep waiting for another's training of the same run looks again
+
+
 def _run_one(exp, profile, store, seed, force, done_now, tag, log, is_main, out, **run_args):
     """Train ``exp`` (or reuse an identical run's result) and store its record: ``(record, path)``."""
     key = exp.config_key(profile.stages_for(exp))
     twin = done_now.get(key)
     if twin is None and not force:
         twin = _find_twin(store, exp, profile, seed)
+    configuration = None
+    if twin is None and not force and is_main and not DistInfo.from_env().enabled:  # torchrun: ranks must not diverge
+        configuration, twin = _claim_configuration(store, exp, profile, seed, key, tag, log)
+    try:
+        return _train_or_reuse(exp, profile, store, seed, force, twin, tag, log, is_main, out, **run_args)
+    finally:
+        if configuration is not None:
+            configuration.release()
+
+
+def _claim_configuration(store, exp, profile, seed, key, tag, log):
+    """``(claim, None)`` once this sweep may train ``exp``'s configuration, or ``(None, record)``
+    when another sweep trained it meanwhile: while another process holds the configuration (it is
+    training a row that is the same run), wait for it and reuse its record; if it dies without
+    one, its claim dies with it and this sweep trains."""
+    waiting = False
+    while True:
+        claim, holder = store.claim_configuration(key, profile.name, seed)
+        twin = _find_twin(store, exp, profile, seed)
+        if twin is not None:
+            if claim is not None:
+                claim.release()
+            return None, twin
+        if claim is not None:
+            return claim, None
+        if not waiting:
+            log(f"{tag}: the same run is being trained by another sweep ({holder}); waiting to reuse its result")
+            waiting = True
+        time.sleep(CONFIGURATION_POLL_S)
+
+
+def _train_or_reuse(exp, profile, store, seed, force, twin, tag, log, is_main, out, **run_args):
+    """Reuse ``twin``'s record, or train ``exp``; store the record: ``(record, path)``."""
     if twin is not None:
         record = reuse_record(twin, exp)
         log(f"{tag}: same run as {record['reused_from'].split('__')[0]} (identical configuration); its result reused")
