@@ -325,3 +325,21 @@ def test_list_shows_the_state_of_the_profile_the_store_holds(tmp_path, capsys):
     out = capsys.readouterr().out
     row = next(line.strip() for line in out.splitlines() if line.strip().startswith("t2-mnist-lenet-5-10-20-40-xnor "))
     assert row.endswith("missing")
+
+
+def test_the_sweeps_time_left_weighs_rows_by_their_recipe():
+    """The time left is the rows' recipe cost (epochs x images), not their count: after one cheap
+    MNIST row took a minute, a paper-profile CIFAR row ahead is hours, not "~2 min"."""
+    from cbcn.harness.experiments import get_experiment
+    from cbcn.harness.sweep import SweepClock, recipe_cost
+    from cbcn.training.profiles import get_profile
+
+    paper = get_profile("paper")
+    rows = [get_experiment("t2-mnist-lenet-5-10-20-40-xnor"), get_experiment("t2-cifar10-resnet18-16-16-32-64-xnor")]
+    costs = [recipe_cost(e, paper) for e in rows]
+    assert costs[1] > 3 * costs[0]  # 200 epochs x 50,000 images against 50 x 60,000
+    clock = SweepClock(costs)
+    clock.last -= 60  # the MNIST row took a minute
+    clock.finished(1)
+    left = clock.progress(2).split("~")[1]
+    assert left == f"{max(1, round(costs[1] / costs[0]))} min left", left
