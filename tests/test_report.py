@@ -196,3 +196,13 @@ def test_last_epochs_metric_averages_the_curve_tail():
     assert last_epochs_metric(curves, "accuracy") == pytest.approx(100 - 32 / 5)
     assert last_epochs_metric(curves, "top5") == pytest.approx(100 - 3.2 / 5)
     assert last_epochs_metric(curves[:4], "error") is None and last_epochs_metric(None, "error") is None
+
+
+def test_numbers_read_one_way_in_every_table():
+    """One style of thousands separator (``8642`` sat beside ``29,522``) and counts as whole
+    numbers (byte counts printed as ``360.000``)."""
+    from cbcn.harness.report import _fmt
+
+    assert [_fmt(8642), _fmt(29522), _fmt(360)] == ["8,642", "29,522", "360"]
+    assert _fmt(360.0, "1-bit bytes") == "360" and _fmt(1234567.0, "BOPs") == "1,234,567"
+    assert _fmt(0.5, "error") == "0.50" and _fmt(1.5, "diff (points)") == "+1.50"

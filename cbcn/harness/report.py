@@ -40,17 +40,22 @@ def footnote_unavailable(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return df.apply(lambda col: col.map(short)) if len(df) else df, notes
 
 
+_COUNT_WORDS = ("bytes", "params", "bops", "macs", "ops", "images")  # columns of counts: whole numbers
+
+
 def _fmt(v, col: str = "") -> str:
+    """One cell for reading: thousands separators on every number from 1,000 (one style in a
+    column), counts (bytes, parameters, operations) as whole numbers, signed differences."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, int):
-        return f"{v:,}" if abs(v) >= 10000 else str(v)
+        return f"{v:,}"
     if isinstance(v, float):
         if col.startswith("diff") or "margin" in col:
             return f"{v:+.2f}"
-        if abs(v) >= 10000:
+        if abs(v) >= 1000 or (v.is_integer() and any(w in col.lower() for w in _COUNT_WORDS)):
             return f"{v:,.0f}"
         if v != 0 and abs(v) < 0.01:
             return f"{v:.3g}"
@@ -350,7 +355,7 @@ def _render_markdown(sections, rdir: Path) -> str:
         elif kind == "details":
             summary = item[1]
             out.append(f"<details><summary>{html.escape(summary.title)}</summary>\n\n"
-                       + summary.table().to_markdown(index=False, floatfmt=",.3f", intfmt=",") + "\n\n"
+                       + to_markdown(summary.table()) + "\n\n"
                        + "\n".join(f"- {s}" for s in summary.totals_lines()) + "\n\n</details>\n")
     return "\n".join(out)
 
