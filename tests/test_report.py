@@ -128,6 +128,8 @@ def test_claims_flagged(report):
     assert s.loc["CBCN K=4 beats XNOR (ConvComp)", "measured"] == "holds"
     assert "not runnable" in s.loc["CBCN beats ABC-Net (top-1)", "measured"]
     assert (c["paper"] == "holds").all()
+    md = (out / "report" / "report.md").read_text()  # the summary's margins as the tables print them
+    assert "paper margin +11.50, measured margin -5.00" in md and "-0.7812" not in md
 
 
 def test_inconsistencies_shown(report):

@@ -223,8 +223,8 @@ def _summary_lines(tables, claims) -> list[str]:
         lines.append(f"the paper's claims, measured: **{hold} hold**, "
                      + (f"**{fail} do NOT hold**" if fail else "0 fail") + f", {open_} cannot be checked yet")
         for _, c in claims[verdicts.str.startswith("does NOT hold")].iterrows():
-            lines.append(f"does NOT hold ({c['profile']}): {c['claim']} — paper margin {c['paper margin']}, "
-                         f"measured margin {c['measured margin']}")
+            lines.append(f"does NOT hold ({c['profile']}): {c['claim']} — paper margin {_fmt(c['paper margin'], 'margin')}, "
+                         f"measured margin {_fmt(c['measured margin'], 'margin')}")
     return lines
 
 
