@@ -208,3 +208,13 @@ def test_numbers_read_one_way_in_every_table():
     assert [_fmt(8642), _fmt(29522), _fmt(360)] == ["8,642", "29,522", "360"]
     assert _fmt(360.0, "1-bit bytes") == "360" and _fmt(1234567.0, "BOPs") == "1,234,567"
     assert _fmt(0.5, "error") == "0.50" and _fmt(1.5, "diff (points)") == "+1.50"
+
+
+def test_a_column_with_no_value_is_not_shown():
+    """Table 2's ``quoted`` column is blank in every row: shown, the HTML split it into a 30-row
+    table of its own. The shown table drops it (the CSV keeps every column)."""
+    from cbcn.harness.report import display, to_html_table
+
+    df = pd.DataFrame({"id": ["a", "b"], "error": [1.0, 2.0], "quoted": [None, ""]})
+    assert list(display(df).columns) == ["id", "error"]
+    assert "quoted" not in to_html_table(df) and "quoted" not in to_markdown(df)

@@ -64,8 +64,10 @@ def _fmt(v, col: str = "") -> str:
 
 
 def display(df: pd.DataFrame) -> pd.DataFrame:
-    """All cells as strings, numbers rounded for reading."""
-    return pd.DataFrame({c: [_fmt(v, str(c)) for v in df[c].tolist()] for c in df.columns}, index=df.index)
+    """All cells as strings, numbers rounded for reading; a column with no value in any row is left
+    out (in HTML it became a table of its own, e.g. Table 2's blank ``quoted``: the CSV keeps it)."""
+    cells = {c: [_fmt(v, str(c)) for v in df[c].tolist()] for c in df.columns}
+    return pd.DataFrame({c: v for c, v in cells.items() if any(v) or not len(df)}, index=df.index)
 
 
 def to_markdown(df: pd.DataFrame) -> str:
