@@ -139,6 +139,9 @@ def test_inconsistencies_shown(report):
     assert set(first["paper accuracy"].round(2)) == {91.06, 94.84}
     md = (out / "report" / "report.md").read_text()
     assert "Table 4 gives 94.84 %" in md
+    # a profile is named only beside a measurement (unmeasured cells showed profile quick)
+    assert (inc["profile"].eq("—") == inc["measured accuracy"].isna()).all()
+    assert not inc.duplicated(["#", "cell", "profile"]).any()
 
 
 def test_unavailable_not_zero_and_problems_listed(report):

@@ -238,19 +238,21 @@ def claims_frame(results: Results) -> pd.DataFrame:
 
 
 def inconsistencies_frame(results: Results) -> pd.DataFrame:
+    """Each cell of the paper's inconsistencies with our measurement under each profile that has
+    one; a cell measured under none gets one row without a profile (it showed ``quick`` there)."""
     rows = []
-    profiles = results.profiles or [None]
     for i, inc in enumerate(INCONSISTENCIES, 1):
         for cell in inc.cells:
             exp = BY_ID[cell]
-            paper_acc = round(accuracy_of(exp, exp.paper), 4)
-            for profile in profiles:
-                m = _measured(results, cell, profile) if profile else None
+            base = {"#": i, "inconsistency": inc.text, "source": inc.source, "cell": cell, "table": exp.table,
+                    "table cell": f"{exp.row} / {exp.column}", "paper accuracy": round(accuracy_of(exp, exp.paper), 4)}
+            measured = []
+            for profile in results.profiles:
+                m = _measured(results, cell, profile)
                 acc = m.get("accuracy_pct") if m else None
-                rows.append({"#": i, "inconsistency": inc.text, "source": inc.source, "cell": cell,
-                             "table": exp.table, "table cell": f"{exp.row} / {exp.column}",
-                             "paper accuracy": paper_acc, "profile": profile or "—",
-                             "measured accuracy": acc if _finite(acc) else None})
+                if _finite(acc):
+                    measured.append({**base, "profile": profile, "measured accuracy": acc})
+            rows += measured or [{**base, "profile": "—", "measured accuracy": None}]
     return pd.DataFrame(rows)
 
 
