@@ -20,14 +20,14 @@ class Terminated(KeyboardInterrupt):
     schedulers send SIGTERM before SIGKILL); the commands exit with status 143 and say so."""
 
 
-def raise_terminated(signum, frame):
+def _raise_terminated(signum, frame):
     raise Terminated()
 
 
 @contextlib.contextmanager
 def sigterm_raises():
     """Inside, SIGTERM raises ``Terminated`` (main thread only)."""
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:

@@ -82,7 +82,8 @@ def compiled_contender(model: nn.Module, x: torch.Tensor, fullgraph: bool = Fals
 
     A 1-bit model (``onebit``) is compiled with Inductor's C++ wrapper (the graph's glue in C++,
     not Python) and calls the ``cbcn`` operators through their C shims, as an AOTInductor package
-    does: at batch 1 that halves its time, where the Python wrapper's per-operator cost is paid 16
+    does: XNOR ResNet18 at batch 1 took 1.30 ms instead of 1.7-2.5 ms on the AVX2 EPYC (variant
+    avx2; docs/BENCHMARKS.md, "Batch 1"), the Python wrapper's per-operator cost being paid 16
     times a forward. Where that does not compile, and for any other model, the default Python
     wrapper (the float models' C++-wrapped form is their AOTInductor contender)."""
     attempts = [None]

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import textwrap
 
-from cbcn.errors import CLIError, Terminated, raise_terminated
+from cbcn.errors import CLIError, Terminated, sigterm_raises
 
 EXAMPLES = """\
 examples:
@@ -333,13 +332,13 @@ def cmd_reproduce(args) -> int:
     if args.launcher:
         return _cmd_launch(args, exps)
     log = lambda line: print(line, flush=True)
-    previous = signal.signal(signal.SIGTERM, raise_terminated)  # batch schedulers send SIGTERM before SIGKILL
     try:
-        summary = run_sweep(exps, args.profile, args.out, data_root=args.data_root, seed=args.seed,
-                            force=args.force, repair=args.repair, shard=shard, device=args.device,
-                            strict_data=explicit and not args.skip_unavailable, log=log,
-                            train_progress=args.train_progress, download=args.download,
-                            compile=args.compile)
+        with sigterm_raises():  # batch schedulers send SIGTERM before SIGKILL
+            summary = run_sweep(exps, args.profile, args.out, data_root=args.data_root, seed=args.seed,
+                                force=args.force, repair=args.repair, shard=shard, device=args.device,
+                                strict_data=explicit and not args.skip_unavailable, log=log,
+                                train_progress=args.train_progress, download=args.download,
+                                compile=args.compile)
     except SweepError as e:
         raise CLIError(str(e)) from None
     except KeyboardInterrupt as e:
@@ -352,8 +351,6 @@ def cmd_reproduce(args) -> int:
               f"epoch's checkpoint under {os.path.join(args.out, TRAINING)}; rerun the same command to finish "
               "the rest.", file=sys.stderr, flush=True)
         return 143 if isinstance(e, Terminated) else 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if not args.no_report and DistInfo.from_env().is_main:
         files = build_report(args.out)
         print(f"report: {files.html} (also {files.markdown.name}, {len(files.csv)} CSV files and "
