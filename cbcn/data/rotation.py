@@ -21,6 +21,12 @@ ROTATION_RANGES = {
     "cifar10-rot": (0.0, 360.0),    # paper §4: "between [0, 360°]"; 360° ≡ 0°, so [0, 360)
 }
 
+#: how a rotated data set's training images get their angles: ``fixed`` — one seeded angle per
+#: image, drawn once (a published rotated data set; the test split is always this); ``per-epoch`` —
+#: a new uniform angle every time an image is drawn (rotation as augmentation). The paper (§4)
+#: says only "randomly rotated"; SPEC's reading is ``fixed``.
+ROTATION_DRAWS = ("fixed", "per-epoch")
+
 
 def stream_seed(dataset: str, train: bool, seed: int) -> int:
     """A stable integer seed per (dataset, split, user seed): train and test get independent

@@ -71,6 +71,7 @@ class TrainConfig:
     max_train_samples: int | None = None
     max_test_samples: int | None = None
     data_seed: int = 0                      # rotation angles of -rot data sets (not the training order)
+    rotation: str = "fixed"                 # -rot training images: fixed seeded angles, or per-epoch (cbcn.data.rotation)
     # optimisation (the profile's recipe, cbcn.training.profiles)
     profile: str = "quick"
     epochs: int = 2
@@ -127,7 +128,7 @@ class TrainConfig:
 #: may change, e.g. to extend a run or move the data)
 IDENTITY_FIELDS = ("model", "method", "stages", "K", *SWITCHES, "weight_bases", "act_bases", "dropout", "lenet_classifier",
                    "freeze_bn",
-                   "dataset", "subset", "max_train_samples", "max_test_samples", "data_seed", "batch_size", "lr", "momentum",
+                   "dataset", "subset", "max_train_samples", "max_test_samples", "data_seed", "rotation", "batch_size", "lr", "momentum",
                    "weight_decay", "lr_step", "lr_gamma", "center_loss", "center_lambda", "center_alpha", "seed")
 
 
@@ -455,7 +456,8 @@ def _set_up(config: TrainConfig, dinfo: DistInfo, device: torch.device, progress
             load_dataset(config.dataset, train=True, max_samples=1, **ds_args)
         barrier(dinfo)
         ds_args["download"] = False
-    train_ds = load_dataset(config.dataset, train=True, max_samples=config.max_train_samples, **ds_args)
+    train_ds = load_dataset(config.dataset, train=True, max_samples=config.max_train_samples,
+                            rotation=config.rotation, **ds_args)
     test_ds = load_dataset(config.dataset, train=False, max_samples=config.max_test_samples, **ds_args)
     data_description = f"train: {train_ds.description} | test: {test_ds.description}"
     recipe_text = get_profile(config.profile).describe_recipe(config.dataset) + \
