@@ -316,4 +316,4 @@ def test_shards_merge_into_the_full_sweep(tmp_path, fake_training, capsys):
                                                         for i in (1, 2, 3)), [])) == 0
     assert len(ResultStore(merged).scan()[0]) == 12
     t2 = pd.read_csv(merged / "report" / "table2.csv")
-    assert (t2[t2["id"].isin([e.id for e in exps])]["status"] == "measured").all()
+    assert (t2[t2["id"].isin([e.id for e in exps])]["state"] == "done").all()

@@ -20,8 +20,12 @@ from cbcn.fileio import atomic_path, atomic_write_text
 from cbcn.harness.experiments import INCONSISTENCIES, TABLE_METRICS, TABLE_TITLES
 from cbcn.harness.hardware import CONVENTIONS
 from cbcn.harness.markdown import markdown_table
-from cbcn.harness.tables import (SPEED_FIELDS, Results, claims_frame, hardware_frame, inconsistencies_frame,
+from cbcn.harness.reference import describe as describe_reference
+from cbcn.harness.reference import load_reference
+from cbcn.harness.tables import (DONE, SPEED_FIELDS, Results, claims_frame, hardware_frame, inconsistencies_frame,
                                  load_results, table_frame)
+from cbcn.harness.verdicts import (CLAIM_KINDS, CLAIM_SIZE_FRACTION, COMPARABLE_PROFILE, ROW_KINDS, SEED_STD_FACTOR,
+                                   TOLERANCE_FLOOR, kind_of)
 
 
 def footnote_unavailable(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -102,16 +106,28 @@ def split_columns(df: pd.DataFrame, width_px: float = HTML_TABLE_WIDTH_PX) -> li
     return parts
 
 
+_VERDICT_KINDS = {**ROW_KINDS, **CLAIM_KINDS}
+
+
+def _css_class(kind: str) -> str:
+    return "v-" + "-".join(kind.lower().split())
+
+
+def _mark_verdict(match) -> str:
+    kind = kind_of(html.unescape(match.group(1)), _VERDICT_KINDS)
+    return f"<td class='{_css_class(kind)}'>{match.group(1)}" if kind else match.group(0)
+
+
 def to_html_table(df: pd.DataFrame) -> str:
     """HTML tables that fit a 1400-px window (wide ones split by columns, ``split_columns``; a box
-    that scrolls if one column alone is wider); cells that say a claim does not hold are marked
-    (coloured by the stylesheet)."""
+    that scrolls if one column alone is wider); verdict cells (reproduced, worse, holds, …) get the
+    class of their kind, coloured by the stylesheet and explained by the legend."""
+    import re
     shown = display(df)
     out = []
     for part in split_columns(shown):
         table = part.to_html(index=False, escape=True, border=0, classes="t")
-        table = table.replace("<td>does NOT hold", "<td class='fail'>does NOT hold").replace(
-            "<td>holds", "<td class='ok'>holds")
+        table = re.sub(r"<td>([^<]*)", _mark_verdict, table)
         out.append(f"<div class='scroll'>{table}</div>")
     return "\n".join(out)
 
@@ -127,10 +143,11 @@ class ReportFiles:
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:110em}table.t{border-collapse:collapse;
 font-size:13px;margin:1em 0}table.t th,table.t td{border:1px solid #ccc;padding:2px 6px;text-align:left;
 white-space:nowrap}table.t th{background:#eee}div.scroll{overflow-x:auto;max-width:100%}
-td.fail{background:#fbe3e3;color:#a00;font-weight:bold}td.ok{color:#060}
+span.key{display:inline-block;padding:0 .5em;margin-right:.3em;border:1px solid #ccc}
 img{max-width:100%;width:60em;display:block;margin:1em 0}.warn{color:#a00}code{background:#f4f4f4}
 .summary{border:1px solid #ccc;background:#fafafa;padding:.5em 1em}details{margin:.4em 0}
-summary{cursor:pointer;font-weight:bold}"""
+summary{cursor:pointer;font-weight:bold}""" + "".join(
+    f"td.{_css_class(k)},span.{_css_class(k)}{{background:{c}}}" for k, c in {**ROW_KINDS, **CLAIM_KINDS}.items())
 
 
 def build_report(out: str | os.PathLike, report_dir: str | os.PathLike | None = None) -> ReportFiles:
@@ -144,8 +161,9 @@ def build_report(out: str | os.PathLike, report_dir: str | os.PathLike | None = 
     results = load_results(out)
     files = ReportFiles(rdir / "report.md", rdir / "report.html")
 
-    tables = {t: table_frame(results, t) for t in TABLE_METRICS}
-    claims = claims_frame(results)
+    reference = load_reference()
+    tables = {t: table_frame(results, t, reference) for t in TABLE_METRICS}
+    claims = claims_frame(results, reference)
     incons = inconsistencies_frame(results)
     hw = hardware_frame(results)
     for t, df in tables.items():
@@ -158,7 +176,7 @@ def build_report(out: str | os.PathLike, report_dir: str | os.PathLike | None = 
     figures = plots.make_all(results, pdir)          # list of plots.Figure
     files.plots = [f.path for f in figures if f.path is not None]
 
-    sections = _sections(results, tables, claims, incons, hw, figures, out)
+    sections = _sections(results, tables, claims, incons, hw, figures, out, reference)
     _atomic_text(files.markdown, _render_markdown(sections, rdir))
     _atomic_text(files.html, _render_html(sections))
     return files
@@ -205,32 +223,73 @@ def _data_text(description) -> str:
     return text
 
 
+def _count(verdicts: pd.Series, kinds: dict[str, str]) -> dict[str, int]:
+    """How many verdicts of each kind (in the kinds' order; kinds with none left out)."""
+    found = verdicts.map(lambda v: kind_of(v, kinds)).value_counts()
+    return {k: int(found[k]) for k in kinds if k in found}
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    words = {"not measured": "cannot be checked yet"}
+    return ", ".join(f"**{n} {k}**" if k.startswith(("worse", "does NOT")) else f"{n} {words.get(k, k)}"
+                     for k, n in counts.items())
+
+
 def _summary_lines(tables, claims) -> list[str]:
-    """The report at a glance: rows measured and not, claims that hold, fail or cannot be checked."""
+    """The report at a glance: rows measured and not, their verdicts and the reference's, the
+    claims graded per profile."""
     rows = pd.concat([df.assign(table=t) for t, df in tables.items()], ignore_index=True)
-    measured = rows[rows["status"] == "measured"]
+    measured = rows[rows["state"] == DONE]
     lines = [f"**{measured['id'].nunique()} of {rows['id'].nunique()} table rows measured** "
              f"({len(measured)} row × profile results); "
-             + ", ".join(f"Table {t}: {int((df['status'] == 'measured').sum())}/{df['id'].nunique()}"
+             + ", ".join(f"Table {t}: {int((df['state'] == DONE).sum())}/{df['id'].nunique()}"
                          for t, df in tables.items())]
-    not_run = rows[rows["status"] != "measured"]
+    if len(measured):
+        lines.append("this store against the paper: " + _counts_text(_count(measured["verdict"], ROW_KINDS))
+                     + f" of {len(measured)} row × profile results")
+    ref = rows.drop_duplicates("id")
+    ref = ref[ref["reference verdict"] != ""]
+    if len(ref):
+        lines.append("the committed reference result (the paper's recipe) against the paper: "
+                     + _counts_text(_count(ref["reference verdict"], ROW_KINDS)) + f" of {len(ref)} rows")
+    not_run = rows[rows["state"] != DONE]
     if len(not_run):
-        kinds = not_run["status"].str.split(":").str[0].value_counts()
+        kinds = not_run["state"].str.split(":").str[0].value_counts()
         lines.append("not measured: " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
+    for profile, c in claims.groupby("profile", sort=False) if len(claims) else ():
+        counts = _count(c["measured"], CLAIM_KINDS)
+        if any(k != "not measured" for k in counts):
+            lines.append(f"the paper's claims, measured (profile {profile}): " + _counts_text(counts))
+        for _, row in c[c["measured"].str.startswith("does NOT hold")].iterrows():
+            lines.append(f"does NOT hold ({row['profile']}): {row['claim']} — paper margin "
+                         f"{_fmt(row['paper margin'], 'margin')}, measured margin {_fmt(row['measured margin'], 'margin')}")
     if len(claims):
-        verdicts = claims["measured"]
-        hold = int((verdicts == "holds").sum())
-        fail = int(verdicts.str.startswith("does NOT hold").sum())
-        open_ = len(claims) - hold - fail
-        lines.append(f"the paper's claims, measured: **{hold} hold**, "
-                     + (f"**{fail} do NOT hold**" if fail else "0 fail") + f", {open_} cannot be checked yet")
-        for _, c in claims[verdicts.str.startswith("does NOT hold")].iterrows():
-            lines.append(f"does NOT hold ({c['profile']}): {c['claim']} — paper margin {_fmt(c['paper margin'], 'margin')}, "
-                         f"measured margin {_fmt(c['measured margin'], 'margin')}")
+        ref_claims = claims.drop_duplicates("claim")
+        ref_claims = ref_claims[ref_claims["reference"] != ""]
+        if len(ref_claims):
+            lines.append("the paper's claims in the reference result: "
+                         + _counts_text(_count(ref_claims["reference"], CLAIM_KINDS)))
     return lines
 
 
-def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) -> list[tuple]:
+def _legend() -> list[tuple[str, str, str]]:
+    """(kind, colour, meaning) of every verdict the tables show."""
+    return [
+        ("reproduced", ROW_KINDS["reproduced"], f"|measured − paper| ≤ max({TOLERANCE_FLOOR} points, "
+                                                f"{SEED_STD_FACTOR:g} × the seeds' std); the tolerance is printed"),
+        ("worse", ROW_KINDS["worse"], "further from the paper than the tolerance, in the worse direction"),
+        ("better", ROW_KINDS["better"], "further from the paper than the tolerance, in the better direction"),
+        ("not comparable", ROW_KINDS["not comparable"], f"a shortened profile: only `{COMPARABLE_PROFILE}` "
+                                                        "runs the paper's recipe"),
+        ("holds", CLAIM_KINDS["holds"], f"the claim's sign, with at least {100 * CLAIM_SIZE_FRACTION:.0f} % "
+                                        "of the paper's margin"),
+        ("holds in sign only", CLAIM_KINDS["holds in sign only"],
+         f"the right sign, but less than {100 * CLAIM_SIZE_FRACTION:.0f} % of the paper's margin"),
+        ("does NOT hold", CLAIM_KINDS["does NOT hold"], "the measured margin has the wrong sign (or is a tie)"),
+    ]
+
+
+def _sections(results: Results, tables, claims, incons, hw, figures, out: Path, reference: dict) -> list[tuple]:
     """The report as (kind, payload) items shared by the Markdown and HTML renderers."""
     S: list[tuple] = [("h1", "cbcn reproduction report — Circulant Binary Convolutional Networks (CVPR 2019)")]
     f = results.frame
@@ -243,6 +302,7 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) 
                    f"Code revisions: {', '.join(revs) or '—'}. "
                    f"Devices: {', '.join(devices) or '—'}."))
     S.append(("summary", _summary_lines(tables, claims)))
+    S.append(("legend", _legend()))
     if results.profiles:
         S.append(("p", "Profiles (every number below names the profile that produced it; only `paper` "
                        "runs the paper's recipes, the others are shortened and not comparable with the paper):"))
@@ -257,9 +317,11 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) 
         S.append(("ul", [p.error for p in results.problems]))
     for t, df in tables.items():
         S.append(("h2", TABLE_TITLES[t]))
-        S.append(("p", "`diff` = measured − paper (percentage points); `measured` is the final epoch's, averaged "
-                       "over `seeds` runs with their standard deviation `std`; `last-5-epochs` averages each run's "
-                       "last 5 epochs first (one epoch of a binary network can jump by points). Quoted rows are "
+        S.append(("p", "Paper | reference | this store. `diff` = measured − paper (percentage points); "
+                       "`measured` is the final epoch's, averaged over `seeds` runs with their standard deviation "
+                       "`std`; `last-5-epochs` averages each run's last 5 epochs first (one epoch of a binary "
+                       "network can jump by points); `verdict` judges `measured` against the paper (legend above). "
+                       + describe_reference(reference) + ", judged in `reference verdict`. Quoted rows are "
                        "numbers the paper took from other papers."))
         S.append(("table", df.drop(columns=["notes"]), f"table{t}.csv"))
         by_note: dict[str, list[str]] = {}
@@ -270,7 +332,9 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path) 
             S.append(("ul", [f"{n} ({_rows_text(ids, len(df['id'].unique()))})" for n, ids in by_note.items()]))
     S.append(("h2", "The paper's claims, checked"))
     S.append(("p", "A claim is that one cell beats another (lower error, higher accuracy, top-1 for Table 5). "
-                   "`paper margin` is the paper's advantage, `measured margin` ours (percentage points)."))
+                   "`paper margin` is the paper's advantage, `reference margin` the committed reference result's, "
+                   "`measured margin` this store's (percentage points); the verdicts grade the size as well as "
+                   "the sign (legend above)."))
     measured = claims[~claims["measured"].str.startswith("not measured")] if len(claims) else claims
     if len(measured):
         S.append(("table", measured.drop(columns=["better", "worse"]), "claims.csv"))
@@ -354,6 +418,8 @@ def _render_markdown(sections, rdir: Path) -> str:
             out.append(f"**{title}**\n\n![{title}]({Path(path).relative_to(rdir).as_posix()})\n\n{caption}\n")
         elif kind == "summary":
             out.append("\n".join(f"> {line}  " for line in item[1]) + "\n")
+        elif kind == "legend":
+            out.append("Verdicts: " + "; ".join(f"**{k}**: {meaning}" for k, _, meaning in item[1]) + ".\n")
         elif kind == "details":
             summary = item[1]
             out.append(f"<details><summary>{html.escape(summary.title)}</summary>\n\n"
@@ -398,6 +464,10 @@ def _render_html(sections) -> str:
             body.append("<div class='summary'>" + "".join(
                 f"<p class='warn'>{_md_inline(x)}</p>" if x.startswith("does NOT hold") else f"<p>{_md_inline(x)}</p>"
                 for x in item[1]) + "</div>")
+        elif kind == "legend":
+            body.append("<p class='legend'>Verdicts: " + " ".join(
+                f"<span class='key {_css_class(k)}'>{html.escape(k)}</span> {_md_inline(meaning)};"
+                for k, _, meaning in item[1]) + "</p>")
         elif kind == "details":
             summary = item[1]
             body.append(f"<details><summary>{html.escape(summary.title)}</summary>"

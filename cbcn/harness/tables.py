@@ -9,7 +9,6 @@ these tables; ``cbcn.harness.plots`` draws them.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,14 @@ import pandas as pd
 
 from cbcn.harness.experiments import BY_ID, CLAIMS, EXPERIMENTS, INCONSISTENCIES, accuracy_of
 from cbcn.harness.store import ResultStore, StoreProblem, parse_key
+from cbcn.harness.verdicts import COMPARABLE_PROFILE, claim_verdict, is_number, row_verdict
 
 #: metrics shown per table (percent)
 TABLE_COLUMNS = {2: ("error",), 3: ("accuracy",), 4: ("accuracy",), 5: ("top1", "top5")}
-NOT_RUN = "not run"
+#: state of a row with no record and no sweep status: ``cbcn status``'s word for it
+NOT_RUN = "missing"
+#: state of a row with a record (``cbcn status``'s word)
+DONE = "done"
 #: the report also shows each metric averaged over the last epochs: a single epoch's test error of a
 #: binary network can jump by points (issue 14), the trend over a few epochs is steadier
 LAST_EPOCHS = 5
@@ -95,7 +98,7 @@ def last_epochs_metric(curves: list[dict] | None, metric: str, epochs: int = LAS
     key, flip = {"error": ("test_error", False), "accuracy": ("test_error", True), "top1": ("test_error", True),
                  "top5": ("test_top5", False)}[metric]
     values = [c.get(key) for c in (curves or [])[-epochs:]]
-    if len(values) < epochs or not all(_finite(v) for v in values):
+    if len(values) < epochs or not all(is_number(v) for v in values):
         return None
     mean = sum(values) / epochs
     return 100.0 - mean if flip else mean
@@ -163,18 +166,20 @@ def _status_map(results: Results) -> dict[tuple[str, str], str]:
     return out
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
-
-
-def table_frame(results: Results, table: int) -> pd.DataFrame:
-    """Paper vs measured for one table: a row per (experiment, profile) with a record or a status,
-    and one 'not run' row for every experiment without either, so the paper column is complete."""
+def table_frame(results: Results, table: int, reference: dict | None = None) -> pd.DataFrame:
+    """Paper | reference | this store for one table: a row per (experiment, profile) with a record
+    or a status, and one 'missing' row for every experiment without either, so the paper column is
+    complete. ``verdict`` judges the measured number against the paper's (``cbcn.harness.verdicts``);
+    ``reference`` (``cbcn.harness.reference.load_reference()``) adds the committed reference result
+    and its own verdict beside each row it covers."""
     status = _status_map(results)
     profiles = results.profiles
+    ref_rows = (reference or {}).get("rows") or {}
+    first = TABLE_COLUMNS[table][0]
     rows = []
     for exp in (e for e in EXPERIMENTS if e.table == table):
         pairs = [p for p in profiles if _measured(results, exp.id, p) is not None or (exp.id, p) in status]
+        ref = ref_rows.get(exp.id)
         for profile in pairs or [None]:
             m = _measured(results, exp.id, profile) if profile else None
             row = {"id": exp.id, "row": exp.row, "column": exp.column, "profile": profile or "—"}
@@ -182,18 +187,26 @@ def table_frame(results: Results, table: int) -> pd.DataFrame:
                 paper = exp.paper.get(metric)
                 measured = m.get(metric) if m else None
                 row[f"paper {metric}"] = paper
-                row[f"measured {metric}"] = measured if _finite(measured) else None
-                row[f"diff {metric}"] = round(measured - paper, 4) if _finite(measured) and paper is not None else None
+                row[f"reference {metric}"] = ref.get(metric) if ref else None
+                if metric == first:
+                    row["reference std"] = ref.get(f"{metric}_std") if ref else None
+                    row["reference verdict"] = row_verdict(
+                        COMPARABLE_PROFILE, metric, ref.get(metric), paper, ref.get(f"{metric}_std"),
+                        ref["seeds"]) if ref else ""
+                row[f"measured {metric}"] = measured if is_number(measured) else None
+                row[f"diff {metric}"] = round(measured - paper, 4) if is_number(measured) and paper is not None else None
                 last = m.get(f"{metric}_last{LAST_EPOCHS}") if m else None
-                row[f"last-{LAST_EPOCHS}-epochs {metric}"] = last if _finite(last) else None
+                row[f"last-{LAST_EPOCHS}-epochs {metric}"] = last if is_number(last) else None
             if m:
                 row["seeds"] = int(m["seeds"])
-                std = m.get(TABLE_COLUMNS[table][0] + "_std")
-                row["std"] = std if _finite(std) else None
-                row["status"] = "measured"
+                std = m.get(first + "_std")
+                row["std"] = std if is_number(std) else None
+                row["verdict"] = row_verdict(profile, first, m.get(first), exp.paper.get(first), row["std"],
+                                             row["seeds"])
+                row["state"] = DONE
             else:
-                row["seeds"], row["std"] = 0, None
-                row["status"] = status.get((exp.id, profile), NOT_RUN) if profile else (
+                row["seeds"], row["std"], row["verdict"] = 0, None, ""
+                row["state"] = status.get((exp.id, profile), NOT_RUN) if profile else (
                     f"not runnable: {exp.not_runnable_reason}" if not exp.runnable else NOT_RUN)
             row["quoted"] = f"quoted from {exp.quoted_from}" if exp.quoted else ""
             row["notes"] = exp.notes
@@ -201,24 +214,28 @@ def table_frame(results: Results, table: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def claims_frame(results: Results) -> pd.DataFrame:
-    """Each claim of the paper, whether the paper's own numbers support it, and whether the
+def claims_frame(results: Results, reference: dict | None = None) -> pd.DataFrame:
+    """Each claim of the paper, whether the paper's own numbers support it, whether the committed
+    reference result does (``reference``, as in ``table_frame``), and whether this store's
     measurement does (per profile). The margin is the winner's advantage in percentage points;
-    for a claim about the size of a win (``Claim.than``), how much larger that advantage is."""
+    for a claim about the size of a win (``Claim.than``), how much larger that advantage is. The
+    verdicts grade the size as well as the sign (``cbcn.harness.verdicts.claim_verdict``)."""
     rows = []
     profiles = results.profiles or [None]
+    ref_rows = (reference or {}).get("rows") or {}
     for c in CLAIMS:
         pairs = [(c.better, c.worse)] + ([c.than] if c.than else [])
         sign = -1 if c.metric == "error" else 1
 
         def margin(values: dict[str, float | None]) -> float | None:
-            if not all(_finite(values[e]) for pair in pairs for e in pair):
+            if not all(is_number(values.get(e)) for pair in pairs for e in pair):
                 return None
             wins = [sign * (values[b] - values[w]) for b, w in pairs]
             return round(wins[0] - (wins[1] if c.than else 0.0), 4) + 0.0
 
         ids = [e for pair in pairs for e in pair]
         paper_margin = margin({e: BY_ID[e].paper.get(c.metric) for e in ids})
+        ref_margin = margin({e: (ref_rows.get(e) or {}).get(c.metric) for e in ids})
         for profile in profiles:
             measured = {}
             for e in ids:
@@ -226,13 +243,15 @@ def claims_frame(results: Results) -> pd.DataFrame:
                 measured[e] = m.get(c.metric) if m else None
             value = margin(measured)
             if value is not None:
-                verdict = "holds" if value > 0 else ("does NOT hold (tie)" if value == 0 else "does NOT hold")
+                verdict = claim_verdict(value, paper_margin)
             else:
                 verdict = "not measured: " + ", ".join(
                     f"{e} ({'not runnable' if not BY_ID[e].runnable else 'no result'})"
-                    for e in dict.fromkeys(ids) if not _finite(measured[e]))
+                    for e in dict.fromkeys(ids) if not is_number(measured[e]))
             rows.append({"table": c.table, "claim": c.text, "metric": c.metric, "profile": profile or "—",
                          "paper margin": paper_margin, "paper": "holds" if paper_margin and paper_margin > 0 else "does NOT hold",
+                         "reference margin": ref_margin,
+                         "reference": claim_verdict(ref_margin, paper_margin) if ref_margin is not None else "",
                          "measured margin": value, "measured": verdict, "better": c.better, "worse": c.worse})
     return pd.DataFrame(rows)
 
@@ -250,7 +269,7 @@ def inconsistencies_frame(results: Results) -> pd.DataFrame:
             for profile in results.profiles:
                 m = _measured(results, cell, profile)
                 acc = m.get("accuracy_pct") if m else None
-                if _finite(acc):
+                if is_number(acc):
                     measured.append({**base, "profile": profile, "measured accuracy": acc})
             rows += measured or [{**base, "profile": "—", "measured accuracy": None}]
     return pd.DataFrame(rows)
