@@ -278,3 +278,48 @@ def test_shipped_reference_is_what_the_committed_store_gives():
     if not (store / "results").is_dir():
         pytest.skip(f"{REFERENCE_STORE} is not in this checkout (an installed package)")
     assert load_reference() == json.loads(json.dumps(build_reference(store)))
+
+
+def test_latency_plot_uses_the_deployed_1bit_model_and_the_report_says_when_it_is_slower(tmp_path):
+    """The latency axis is the packed 1-bit forward (0.48 ms here), not the float-simulated training
+    model (0.80 ms); a 1-bit model slower than its float twin is named, with the device and backend."""
+    from cbcn.harness import plots
+    from cbcn.harness.tables import load_results
+    store = ResultStore(tmp_path)
+    rec = record("t2-mnist-lenet-5-10-20-40-xnor", **acc(95.0))
+    rec["hardware"].update(latency_b1_s=0.0008, packed_latency_b1_s=0.00048, float_physical_latency_b1_s=0.0004,
+                           packed_backend="cpu[native[avx2]]", onebit_speedup_vs_float_physical_b1=0.83,
+                           onebit_speedup_vs_float_physical_batch=1.4)
+    rec["hardware"]["unavailable"].pop("packed_latency_b1_s")
+    store.write(rec)
+    store.write(record("t2-mnist-lenet-5-10-20-40-fp", **acc(99.0)))
+    results = load_results(tmp_path)
+    row = results.frame.set_index("method").loc["xnor"].to_dict()
+    assert plots._deployed_latency({**row, "method": "xnor"}) == pytest.approx(0.48)
+    assert plots._deployed_latency(results.frame.set_index("method").loc["fp"].to_dict() | {"method": "fp"}) \
+        == pytest.approx(1.0)  # a float model's own forward (1 ms in the fixture)
+    latency = [f for f in plots.cost(results, tmp_path / "plots") if f.title.startswith("Accuracy vs latency")][0]
+    assert latency.path is not None and "packed 1-bit forwards on cpu[native[avx2]]" in latency.caption
+    files = build_report(tmp_path)
+    md = files.markdown.read_text()
+    assert ("the 1-bit model is slower than float on Test CPU (backend cpu[native[avx2]]) for 1 of 1 binary models "
+            "(1 at batch 1, 0 at the throughput batch)") in md
+    assert "`t2-mnist-lenet-5-10-20-40-xnor` seed 0 0.83× / 1.40×" in md
+    assert (tmp_path / "report" / "plots" / "table2_paper_vs_measured.png").stat().st_size > 2000
+
+
+def test_labels_are_placed_without_overlapping():
+    """Two models at nearly the same point (the issue's "5-10-20-40 mnist" over "10-20-40-80 mnist")
+    get labels whose boxes do not overlap."""
+    from cbcn.harness import plots
+    fig, ax = plots._new()
+    pts = [(1.0 + 0.01 * i, 97.0 + 0.02 * i, f"{'5-10-20-40' if i % 2 else '10-20-40-80'} mnist", "C0")
+           for i in range(6)]
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts])
+    ax.set_xlim(0.5, 2.0)
+    ax.set_ylim(90, 100)
+    texts = plots.place_labels(ax, pts)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    assert len(boxes) == 6
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -2,7 +2,9 @@
 
 - training/test error curves per dataset and backbone, as the paper's Fig. 8–9 (CBCN vs XNOR);
 - Table 3: accuracy vs K and vs the ablation switches, paper (dashed) and measured (solid);
-- accuracy vs cost: 1-bit model bytes, batch-1 latency, energy per image.
+- paper against measured per table, with seed error bars and the committed reference result;
+- accuracy vs cost: 1-bit model bytes, the deployed model's batch-1 latency beside the float model
+  of the same widths, energy per image.
 
 A figure with nothing to draw is returned with ``path=None`` and the reason as its caption, so
 that the report says why it is missing (e.g. energy unavailable on a CPU) instead of showing an
@@ -148,13 +150,57 @@ def table3(results, pdir: Path) -> list[Figure]:
 
 COSTS = (("onebit_bytes", "deployed model size (bytes): binary models packed to 1 bit, float models in fp32",
           "log", "bytes"),
-         ("latency_b1_ms", "latency at batch 1 (ms)", "log", "latency"),
+         ("deployed_latency_b1_ms", "latency at batch 1 (ms) of the deployed model (hollow: float, same widths)",
+          "log", "latency"),
          ("energy_per_image_mj", "energy per image (mJ)", "log", "energy"))
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+def _deployed_latency(row) -> float | str | None:
+    """What a user deploys: a binary model's packed 1-bit forward, a float model's own forward;
+    for a binary model without a packed forward, the reason (the float-simulated training model's
+    latency is not what deployment costs)."""
+    if row.get("method") == "fp":
+        return row.get("latency_b1_ms")
+    return row.get("packed_latency_b1_ms")
+
+
+def place_labels(ax, points: list[tuple[float, float, str, str]], fontsize: int = 7) -> list:
+    """Annotate each ``(x, y, text, colour)`` at the first of a ring of offsets whose box overlaps
+    no label placed before it and no point (greedy, in display pixels), so that neighbouring
+    labels do not print over each other; returns the text artists."""
+    fig = ax.figure
+    fig.canvas.draw()  # fixes the axes' transforms (log scales, limits) before measuring
+    renderer = fig.canvas.get_renderer()
+    marks = [ax.transData.transform((x, y)) for x, y, _, _ in points]
+    placed, texts = [], []
+    offsets = [(dx * r, dy * r) for r in (6, 14, 24, 36) for dx, dy in
+               ((1, 0.3), (1, -1), (-1, 0.3), (-1, -1), (0, 1.2), (0, -1.6), (1, 1.2), (-1, 1.2))]
+    for x, y, text, colour in points:
+        for dx, dy in offsets:
+            t = ax.annotate(text, (x, y), fontsize=fontsize, color=colour, textcoords="offset points",
+                            xytext=(dx, dy), ha="left" if dx >= 0 else "right")
+            box = t.get_window_extent(renderer).expanded(1.05, 1.15)
+            if not any(box.overlaps(b) for b in placed) and not any(box.contains(*m) for m in marks):
+                break
+            t.remove()
+        else:  # no free place: the last try stays (an overlap beats a missing label)
+            t = ax.annotate(text, (x, y), fontsize=fontsize, color=colour, textcoords="offset points",
+                            xytext=offsets[-1])
+            box = t.get_window_extent(renderer)
+        placed.append(box)
+        texts.append(t)
+    return texts
 
 
 def cost(results, pdir: Path) -> list[Figure]:
     """Measured accuracy against each cost figure, one point per run (reused runs once)."""
     f = results.frame
+    if not f.empty:
+        f = f.assign(deployed_latency_b1_ms=[_deployed_latency(r) for r in f.to_dict("records")])
     out = []
     for col, xlabel, scale, slug in COSTS:
         title = f"Accuracy vs {xlabel.split(' (')[0].split(':')[0]}"
@@ -162,35 +208,104 @@ def cost(results, pdir: Path) -> list[Figure]:
             out.append(Figure(title, None, "no measured results in the store yet"))
             continue
         rows = f[f["reused_from"].isna()] if "reused_from" in f else f
-        ok = rows[rows[col].map(lambda v: isinstance(v, (int, float)) and v == v)
-                  & rows["accuracy_pct"].map(lambda v: isinstance(v, (int, float)) and v == v)]
+        ok = rows[rows[col].map(_number) & rows["accuracy_pct"].map(_number)]
         if ok.empty:
             reasons = sorted({str(v) for v in rows[col] if isinstance(v, str)})
             out.append(Figure(title, None, "; ".join(reasons) or "no measured values"))
             continue
         fig, ax = _new((9.0, 5.4))
-        n = 0
+        labels = []
+        twins = col == "deployed_latency_b1_ms" and "float_physical_latency_b1_ms" in ok
         for i, ((profile, method), g) in enumerate(ok.groupby(["profile", "method"], sort=True)):
-            ax.scatter(g[col].astype(float), g["accuracy_pct"].astype(float), color=f"C{i % 10}",
-                       label=f"{method} ({profile})", s=28)
+            colour = f"C{i % 10}"
+            ax.scatter(g[col].astype(float), g["accuracy_pct"].astype(float), color=colour,
+                       label=f"{method} ({profile})", s=28, zorder=3)
             for _, r in g.sort_values(col).iterrows():
-                # a short label (stages and data set; the legend says the method), staggered so that
-                # neighbours do not print over each other
-                label = f"{r['stages']} {r['dataset']}" if r.get("stages") else str(r["experiment_id"])
-                ax.annotate(label, (float(r[col]), float(r["accuracy_pct"])), fontsize=7, color=f"C{i % 10}",
-                            textcoords="offset points", xytext=(5, (n % 4) * 7 - 10))
-                n += 1
+                x, y = float(r[col]), float(r["accuracy_pct"])
+                twin = r.get("float_physical_latency_b1_ms") if twins and method != "fp" else None
+                if _number(twin):  # the float model of the same widths, joined to its 1-bit model
+                    ax.scatter([twin], [y], facecolors="none", edgecolors=colour, s=28, zorder=3)
+                    ax.plot([twin, x], [y, y], color=colour, lw=0.8, alpha=0.6)
+                # a short label (stages and data set; the legend says the method)
+                labels.append((x, y, f"{r['stages']} {r['dataset']}" if r.get("stages") else str(r["experiment_id"]),
+                               colour))
         ax.set_xscale(scale)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy (%) (Table 2: 100 − error; Table 5: top-1)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        out.append(Figure(title, _save(fig, pdir / f"accuracy_vs_{slug}.png"),
-                          "one point per trained model; see the hardware table for the conventions"))
+        place_labels(ax, labels)
+        caption = "one point per trained model; see the hardware table for the conventions"
+        if twins:
+            backends = sorted({str(b) for b in ok["packed_backend"] if isinstance(b, str) and
+                               not b.startswith("unavailable")}) if "packed_backend" in ok else []
+            devices = sorted({str(d) for d in ok.get("device_name", []) if isinstance(d, str)})
+            caption = (f"filled: the deployed model (binary models as packed 1-bit forwards on "
+                       f"{', '.join(backends) or 'no packed backend'}; float models as trained); hollow, joined by a "
+                       f"line: the float model of the same physical widths, measured beside it. A filled point right "
+                       f"of its hollow twin is a 1-bit model slower than float on {', '.join(devices) or 'this machine'}. "
+                       f"Binary models without a packed forward are left out (their float-simulated training "
+                       f"model's latency is not what deployment costs)")
+        out.append(Figure(title, _save(fig, pdir / f"accuracy_vs_{slug}.png"), caption))
     return out
 
 
-def make_all(results, pdir: Path) -> list[Figure]:
+def paper_vs_measured(results, reference: dict | None, pdir: Path) -> list[Figure]:
+    """One dot plot per table: the paper's number (x) against ours (y), with the seeds' standard
+    deviation as error bars, the committed reference result hollow; the diagonal is "reproduced",
+    the band around it the verdicts' smallest tolerance (``cbcn.harness.verdicts``)."""
+    from cbcn.harness.tables import TABLE_COLUMNS
+    from cbcn.harness.verdicts import TOLERANCE_FLOOR
+    s = results.summary
+    ref_rows = (reference or {}).get("rows") or {}
+    out = []
+    for table, metrics in TABLE_COLUMNS.items():
+        metric = metrics[0]
+        exps = [e for e in BY_ID.values() if e.table == table and e.paper.get(metric) is not None]
+        mine = s[s["experiment_id"].isin([e.id for e in exps])] if len(s) else s
+        refs = [(e, ref_rows[e.id]) for e in exps if e.id in ref_rows]
+        if mine.empty and not refs:
+            continue
+        fig, ax = _new((7.0, 6.0))
+        values = [e.paper[metric] for e in exps if e.id in ref_rows or e.id in set(mine["experiment_id"])]
+        labels = []
+        for i, (profile, g) in enumerate(mine.groupby("profile", sort=True) if len(mine) else ()):
+            xs = [BY_ID[x].paper[metric] for x in g["experiment_id"]]
+            std = g[f"{metric}_std"].fillna(0.0).astype(float) if f"{metric}_std" in g else None
+            ax.errorbar(xs, g[metric].astype(float), yerr=std, fmt="o", color=f"C{i}", ms=5, capsize=3,
+                        label=f"this store ({profile})", zorder=3)
+            values += g[metric].astype(float).tolist()
+            labels += [(x, float(v), f"{BY_ID[e].row.split(' ')[-1]} {BY_ID[e].column}", f"C{i}")
+                       for x, v, e in zip(xs, g[metric], g["experiment_id"])]
+        if refs:
+            ax.errorbar([e.paper[metric] for e, _ in refs], [r[metric] for _, r in refs],
+                        yerr=[r.get(f"{metric}_std") or 0.0 for _, r in refs], fmt="D", mfc="none", color="k",
+                        ms=6, capsize=3, label=f"reference ({reference.get('source')})", zorder=2)
+            values += [r[metric] for _, r in refs]
+            if mine.empty:
+                labels += [(e.paper[metric], r[metric], f"{e.row.split(' ')[-1]} {e.column}", "k") for e, r in refs]
+        lo, hi = min(values), max(values)
+        pad = 0.05 * (hi - lo or 1.0)
+        line = [lo - pad, hi + pad]
+        ax.plot(line, line, color="grey", lw=1, label="measured = paper")
+        ax.fill_between(line, [v - TOLERANCE_FLOOR for v in line], [v + TOLERANCE_FLOOR for v in line],
+                        color="grey", alpha=0.15, label=f"±{TOLERANCE_FLOOR} points")
+        ax.set_xlabel(f"paper {metric} (%)")
+        ax.set_ylabel(f"measured {metric} (%)")
+        ax.set_title(f"Table {table}: paper against measured {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+        place_labels(ax, labels)
+        worse = "above" if metric == "error" else "below"
+        out.append(Figure(f"Table {table}: paper against measured", _save(fig, pdir / f"table{table}_paper_vs_measured.png"),
+                          f"one dot per row; error bars: the standard deviation over seeds; hollow diamonds: the "
+                          f"committed reference result (the paper's recipe); a dot {worse} the diagonal is worse than "
+                          f"the paper; the grey band is the verdicts' smallest tolerance (±{TOLERANCE_FLOOR} points)"))
+    return out
+
+
+def make_all(results, pdir: Path, reference: dict | None = None) -> list[Figure]:
     pdir.mkdir(parents=True, exist_ok=True)
-    return curves(results, pdir) + table3(results, pdir) + cost(results, pdir)
+    return (paper_vs_measured(results, reference, pdir) + curves(results, pdir) + table3(results, pdir)
+            + cost(results, pdir))

@@ -173,7 +173,7 @@ def build_report(out: str | os.PathLike, report_dir: str | os.PathLike | None = 
     files.csv.append(_write_csv(hw, rdir / "hardware.csv"))
     files.csv.append(_write_csv(results.frame, rdir / "results.csv"))
 
-    figures = plots.make_all(results, pdir)          # list of plots.Figure
+    figures = plots.make_all(results, pdir, reference)          # list of plots.Figure
     files.plots = [f.path for f in figures if f.path is not None]
 
     sections = _sections(results, tables, claims, incons, hw, figures, out, reference)
@@ -235,7 +235,7 @@ def _counts_text(counts: dict[str, int]) -> str:
                      for k, n in counts.items())
 
 
-def _summary_lines(tables, claims) -> list[str]:
+def _summary_lines(tables, claims, hw: pd.DataFrame | None = None) -> list[str]:
     """The report at a glance: rows measured and not, their verdicts and the reference's, the
     claims graded per profile."""
     rows = pd.concat([df.assign(table=t) for t, df in tables.items()], ignore_index=True)
@@ -269,6 +269,35 @@ def _summary_lines(tables, claims) -> list[str]:
         if len(ref_claims):
             lines.append("the paper's claims in the reference result: "
                          + _counts_text(_count(ref_claims["reference"], CLAIM_KINDS)))
+    return lines + slower_than_float(hw if hw is not None else pd.DataFrame())
+
+
+def slower_than_float(hw: pd.DataFrame) -> list[str]:
+    """One line per (device, 1-bit backend) on which some binary model ran slower than the float
+    model of the same physical widths (speed-up < 1 at batch 1 or at the throughput batch), naming
+    the models and their speed-ups: on that machine the user should not binarize for speed."""
+    need = {"onebit_speedup_vs_float_physical_batch", "onebit_speedup_vs_float_physical_b1", "device_name",
+            "packed_backend"}
+    if hw.empty or not need <= set(hw.columns):
+        return []
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # noqa: E731
+    lines = []
+    measured = hw[hw["onebit_speedup_vs_float_physical_batch"].map(number)
+                  | hw["onebit_speedup_vs_float_physical_b1"].map(number)]
+    for (device, backend), g in measured.groupby(["device_name", "packed_backend"], sort=True):
+        slow = [(r["experiment_id"], r["seed"], r["onebit_speedup_vs_float_physical_b1"],
+                 r["onebit_speedup_vs_float_physical_batch"]) for _, r in g.iterrows()
+                if any(number(v) and v < 1 for v in (r["onebit_speedup_vs_float_physical_b1"],
+                                                      r["onebit_speedup_vs_float_physical_batch"]))]
+        if slow:
+            b1 = sum(number(v) and v < 1 for _, _, v, _ in slow)
+            bt = sum(number(v) and v < 1 for _, _, _, v in slow)
+            lines.append(
+                f"the 1-bit model is slower than float on {device} (backend {backend}) for {len(slow)} of {len(g)} "
+                f"binary models ({b1} at batch 1, {bt} at the throughput batch) — speed-up over the float model of "
+                f"the same widths at batch 1 / throughput batch: "
+                + ", ".join(f"`{e}` seed {s} {_fmt(b)}× / {_fmt(t)}×" for e, s, b, t in slow)
+                + "; where it is slower, a float (or int8) model is the faster deployment on this machine")
     return lines
 
 
@@ -301,7 +330,7 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path, 
                    f"{f', the last finished {finished[-1]}' if finished else ''}. "
                    f"Code revisions: {', '.join(revs) or '—'}. "
                    f"Devices: {', '.join(devices) or '—'}."))
-    S.append(("summary", _summary_lines(tables, claims)))
+    S.append(("summary", _summary_lines(tables, claims, hw)))
     S.append(("legend", _legend()))
     if results.profiles:
         S.append(("p", "Profiles (every number below names the profile that produced it; only `paper` "
@@ -367,6 +396,8 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path, 
                    "backend named); the float model of the same physical widths (`float_physical_*`); the "
                    "1-bit model's speed-ups over both (ratios of interleaved medians)."))
     S.append(("table", hw_short[ident + speed], "hardware.csv"))
+    for line in slower_than_float(hw):
+        S.append(("warn", line[0].upper() + line[1:] + "."))
     if notes:
         S.append(("ol", [f"unavailable: {r}" for r in notes]))
     from cbcn.harness.summary import CONVENTIONS as SUMMARY_CONVENTIONS
@@ -462,7 +493,8 @@ def _render_html(sections) -> str:
                         f"<img alt='{html.escape(t)}' src='data:image/png;base64,{data}'></figure>")
         elif kind == "summary":
             body.append("<div class='summary'>" + "".join(
-                f"<p class='warn'>{_md_inline(x)}</p>" if x.startswith("does NOT hold") else f"<p>{_md_inline(x)}</p>"
+                f"<p class='warn'>{_md_inline(x)}</p>" if x.startswith(("does NOT hold", "the 1-bit model is slower"))
+                else f"<p>{_md_inline(x)}</p>"
                 for x in item[1]) + "</div>")
         elif kind == "legend":
             body.append("<p class='legend'>Verdicts: " + " ".join(

@@ -62,7 +62,8 @@ def _hw_value(hw: dict, key: str):
 
 
 SPEED_FIELDS = ("device_name", "torch_threads", "latency_b1_ms", "throughput_images_per_s", "packed_backend",
-                "packed_latency_b1_ms", "packed_throughput_images_per_s", "float_physical_throughput_images_per_s",
+                "packed_latency_b1_ms", "packed_throughput_images_per_s", "float_physical_latency_b1_ms",
+                "float_physical_throughput_images_per_s",
                 "onebit_speedup_vs_float_physical_batch", "onebit_speedup_vs_float_physical_b1",
                 "onebit_speedup_vs_training_batch", "packed_logits_equal", "peak_memory_bytes",
                 "energy_per_image_mj", "packed_energy_per_image_mj", "power_w")
@@ -84,6 +85,7 @@ def hardware_row(hw: dict) -> dict:
               "onebit_speedup_vs_training_batch", "packed_logits_equal"):
         row[k] = _hw_value(hw, k)
     for src, dst, factor in (("latency_b1_s", "latency_b1_ms", 1e3), ("packed_latency_b1_s", "packed_latency_b1_ms", 1e3),
+                             ("float_physical_latency_b1_s", "float_physical_latency_b1_ms", 1e3),
                              ("energy_per_image_j", "energy_per_image_mj", 1e3),
                              ("packed_energy_per_image_j", "packed_energy_per_image_mj", 1e3)):
         v = _hw_value(hw, src)
