@@ -115,6 +115,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--compile", action="store_true",
                    help="train every run through torch.compile (see `cbcn train --help`)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--dry-run", action="store_true",
+                   help="train nothing: print the plan (each row's action, the rows sharing a configuration, and "
+                        "an estimated time per row here, from one measured training step per configuration)")
     p.add_argument("--train-progress", choices=("auto", "bar", "lines", "none"), default="auto",
                    help="progress display inside each training run (default: %(default)s)")
     _add_launcher_options(p)
@@ -329,6 +332,8 @@ def cmd_reproduce(args) -> int:
         raise CLIError(str(e)) from None
     if not exps:
         raise CLIError("no experiment matches the selection; `cbcn list` shows them")
+    if args.dry_run:
+        return _cmd_dry_run(args, exps, shard)
     if args.launcher:
         return _cmd_launch(args, exps)
     log = lambda line: print(line, flush=True)
@@ -363,6 +368,32 @@ def cmd_reproduce(args) -> int:
               file=sys.stderr, flush=True)
         return 1
     return 0 if summary.ok else 1
+
+
+def _cmd_dry_run(args, exps, shard) -> int:
+    """``cbcn reproduce --dry-run``: the plan and its bill on stdout, the timing progress on stderr."""
+    from cbcn.harness.plan import build_plan, plan_text
+    from cbcn.harness.sweep import shard_experiments
+    from cbcn.training.distributed import resolve_device
+    from cbcn.training.profiles import get_profile
+    profile = get_profile(args.profile)
+    try:
+        device = resolve_device(args.device)
+    except (RuntimeError, ValueError) as e:
+        raise CLIError(f"--device {args.device}: {e}") from None
+    if device.type == "cpu" and profile.cpu_threads:
+        torch_threads(profile.cpu_threads)
+    mine = shard_experiments(exps, shard, profile)
+    plan = build_plan(mine, profile, args.out, seed=args.seed, device=str(device), data_root=args.data_root,
+                      download=args.download, log=lambda s: print(s, file=sys.stderr, flush=True))
+    import torch
+    print(plan_text(plan, profile, device, torch.get_num_threads()), flush=True)
+    return 0
+
+
+def torch_threads(n: int) -> None:
+    import torch
+    torch.set_num_threads(n)
 
 
 def cmd_report(args) -> int:
