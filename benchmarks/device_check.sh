@@ -14,12 +14,14 @@
 #            graphs, the 1-bit model eager and torch.compiled, vs the float model (eager,
 #            torch.compile), batch 256 then 1
 #   profile  benchmarks/gpu_profile.py: torch.profiler kernel table of one fused 1-bit forward
+#   train    benchmarks/gpu_train_check.py: `cbcn train` on the GPU, 300 steps of a CIFAR-shaped
+#            ResNet18 CBCN K=4 on synthetic data: images/s, peak memory, resumed == uninterrupted
 #   tests    tests/test_kernels_gpu.py on the GPU (a skip counts as a failure there: recorded as
 #            step no_gpu_skips), over 8 processes with pytest-xdist (compilation dominates)
 #   tiles    the autotuner's chosen tiles of each step
 #   summary  benchmarks/device_summary.py -> OUT_DIR/summary.json (written even if steps failed)
-# OUT_DIR then holds 8 files: summary.json, device_check.log (everything printed), layers.csv,
-# layers.md, model.csv, model.md, profile.txt, extra.tar.gz (the rest: each step's output, the
+# OUT_DIR then holds 9 files: summary.json, device_check.log (everything printed), layers.csv,
+# layers.md, model.csv, model.md, profile.txt, train.json, extra.tar.gz (the rest: each step's output, the
 # autotuned tiles, the step table). Exit status: non-zero if any step failed or timed out.
 #
 # Autotuning results are shared between the steps through Triton's disk cache
@@ -102,12 +104,13 @@ main() {
     step layers 135 "$PY" benchmarks/gpu_conv_bench.py --out "$EXTRA/layers" --paths "$PATHS" "${bench[@]}"
     step model 165 "$PY" benchmarks/gpu_model_bench.py --out "$EXTRA/model" "${bench[@]}"
   else
-    step layers 135 "$PY" benchmarks/gpu_conv_bench.py --out "$EXTRA/layers" --paths "$PATHS" --batches 256,1 \
-      --budget-s 95
-    step model 165 "$PY" benchmarks/gpu_model_bench.py --out "$EXTRA/model" --batches 256,1 --budget-s 120
+    step layers 120 "$PY" benchmarks/gpu_conv_bench.py --out "$EXTRA/layers" --paths "$PATHS" --batches 256,1 \
+      --budget-s 85
+    step model 150 "$PY" benchmarks/gpu_model_bench.py --out "$EXTRA/model" --batches 256,1 --budget-s 110
   fi
   mkdir -p "$EXTRA/profile"
   step profile 45 "$PY" benchmarks/gpu_profile.py --out "$EXTRA/profile/profile.txt" "${dry_flag[@]}"
+  step train 60 "$PY" benchmarks/gpu_train_check.py --out "$EXTRA/train" "${dry_flag[@]}"
   step tests 150 "${tests[@]}"
   if (( ! DRY )); then  # on a GPU nothing may skip in test_kernels_gpu.py
     if ! grep -Eq "[0-9]+ (passed|failed|skipped|errors?)|no tests ran" "$EXTRA/tests.txt" 2>/dev/null; then
@@ -125,7 +128,7 @@ main() {
   echo "[device_check] tiles: exit ${PIPESTATUS[0]}"
   # the files kept beside the summary; everything else goes into extra.tar.gz
   for pair in layers/results.csv:layers.csv layers/results.md:layers.md model/results.csv:model.csv \
-              model/results.md:model.md profile/profile.txt:profile.txt; do
+              model/results.md:model.md profile/profile.txt:profile.txt train/train.json:train.json; do
     [ -f "$EXTRA/${pair%%:*}" ] && cp "$EXTRA/${pair%%:*}" "$OUT/${pair##*:}"
   done
   echo "[device_check] === summary ==="

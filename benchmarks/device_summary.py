@@ -22,6 +22,8 @@ summarised again) — and writes ``OUT/summary.json`` atomically with:
   ``model_speedups_by_contender``, ``fused_agreement``;
 - ``exact``: every ``*_exact`` column True, ``onebit_exact`` True for every model row, and the
   GPU tests passed (``exact_detail`` says which part failed);
+- ``training``: the GPU training step (``gpu_train_check.py``): images/s, peak memory, whether a
+  resumed run equals an uninterrupted one;
 - ``steps`` (name → exit code, seconds), ``targets`` (each target of the issue: measured, met —
   true / false / null where not measured or a dry run), ``autotuned_tiles``, and ``unavailable``
   (what could not be measured and why). A missing number is null with its reason, never 0.
@@ -179,6 +181,17 @@ def _exactness(layers, model, steps) -> tuple[bool, dict]:
     return exact, detail
 
 
+def _training(out: Path) -> dict | None:
+    """``benchmarks/gpu_train_check.py``'s result: images/s, peak memory, resumed == uninterrupted."""
+    text = (out / "train.json").read_text() if (out / "train.json").is_file() else extra_text(out, "train/train.json")
+    if not text:
+        return None
+    r = json.loads(text)
+    return {k: r.get(k) for k in ("device", "model", "data", "steps", "images_per_s_first_epoch",
+                                  "images_per_s_later_epochs", "peak_memory_bytes", "resumed_equals_uninterrupted",
+                                  "resumed_final_metrics_equal", "resumed_max_abs_weight_diff", "deterministic")}
+
+
 def _tiles(out: Path) -> dict:
     tiles = {}
     for step in TILE_STEPS:
@@ -287,6 +300,9 @@ def summarize(out: Path, dry: bool) -> dict:
         _target("whole model (fused runner, CUDA graphs) >= 1.0x float fp16 channels-last at batch 1",
                 summary["model_speedup_vs_float_fp16_b1"], 1.0, dry),
     ]
+    summary["training"] = _training(out)
+    if summary["training"] is None:
+        s.unavailable["training"] = "train.json missing: the train step failed or did not run (see device_check.log)"
     summary["autotuned_tiles"] = _tiles(out)
     summary["unavailable"] = s.unavailable
     return summary

@@ -235,7 +235,7 @@ def test_device_check_refuses_bad_arguments(tmp_path):
 
 @pytest.mark.slow
 def test_device_check_dry_run(tmp_path):
-    """The whole device run on the CPU: every step in order, at most 8 files, a complete summary."""
+    """The whole device run on the CPU: every step in order, at most 9 files, a complete summary."""
     pytest.importorskip("triton")
     _skip_if_interpreter_cannot_run_kernels()
     if shutil.which("timeout") is None or shutil.which("tar") is None:
@@ -245,7 +245,7 @@ def test_device_check_dry_run(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     files = sorted(p.name for p in out.iterdir())
     assert files == sorted(["summary.json", "device_check.log", "layers.csv", "layers.md", "model.csv", "model.md",
-                            "profile.txt", "extra.tar.gz"])
+                            "profile.txt", "train.json", "extra.tar.gz"])
     summary = json.loads((out / "summary.json").read_text())
     for key in ("gpu", "date", "dry_run", "per_layer_speedup_vs_cudnn_fp16", "per_layer_speedup_vs_cudnn_fp16_b1",
                 "gemm_fraction_of_int8_peak", "fp8_vs_int8", "model_speedup_vs_float_fp16_b256",
@@ -257,11 +257,13 @@ def test_device_check_dry_run(tmp_path):
     assert all(v is not None for v in summary["model_speedup_vs_float_fp16_b256"].values())
     assert summary["mma_packed_speedup_vs_mma"]["b1"]  # device_check.sh names --paths mma,mma_fp8,mma_async,mma_packed
     log = (out / "device_check.log").read_text()
-    order = [log.index(f"=== step {name} ") for name in ("env", "layers", "model", "profile", "tests")]
+    order = [log.index(f"=== step {name} ") for name in ("env", "layers", "model", "profile", "train", "tests")]
     order.append(log.index("=== tiles "))  # bookkeeping, outside the step budget
     assert order == sorted(order) and log.index("=== summary") > order[-1]
     assert "[tiles] layers: none" in log and "every step passed" in log
     assert "Self CPU time total" in (out / "profile.txt").read_text()
+    assert summary["training"]["resumed_equals_uninterrupted"] is True
+    assert summary["training"]["images_per_s_later_epochs"] > 0
 
 
 def test_ptxas_table_occupancy_arithmetic():
