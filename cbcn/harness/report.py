@@ -259,7 +259,9 @@ def _summary_lines(tables, claims, hw: pd.DataFrame | None = None) -> list[str]:
     for profile, c in claims.groupby("profile", sort=False) if len(claims) else ():
         counts = _count(c["measured"], CLAIM_KINDS)
         if any(k != "not measured" for k in counts):
-            lines.append(f"the paper's claims, measured (profile {profile}): " + _counts_text(counts))
+            lines.append(f"the paper's claims, measured (profile {profile}): " + _counts_text(counts)
+                         + ("" if profile == COMPARABLE_PROFILE else
+                            " — a shortened recipe: read the signs; the sizes are not comparable with the paper's"))
         for _, row in c[c["measured"].str.startswith("does NOT hold")].iterrows():
             lines.append(f"does NOT hold ({row['profile']}): {row['claim']} — paper margin "
                          f"{_fmt(row['paper margin'], 'margin')}, measured margin {_fmt(row['measured margin'], 'margin')}")
