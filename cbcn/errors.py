@@ -8,6 +8,7 @@ exist twice.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 
 
@@ -32,3 +33,11 @@ def sigterm_raises():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def exception_line(text: str) -> str:
+    """The last exception line (``SomeError: why``) of a traceback or log, else its last
+    non-empty line: what a failed job's log says in one line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Failed|Interrupt)\b.*:", line)]
+    return (errors or lines or ["unknown error"])[-1]

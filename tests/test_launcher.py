@@ -193,3 +193,128 @@ def test_a_task_with_two_ranks_trains_one_data_parallel_run(tmp_path):
     record = ResultStore(tmp_path).state(task.experiment_id, "smoke", 0)[1]
     log = (training_dir(tmp_path, record_key(task.experiment_id, "smoke", 0)) / "train.log").read_text()
     assert record["status"] == "finished" and "2 ranks (gloo)" in log
+
+
+# --- what Slurm says (its commands stubbed in-process: slurm._run answers as they would) ---------
+
+def fake_slurm(monkeypatch, answers: dict[str, str | None]):
+    """Slurm's commands answer from ``answers`` (keyed by the command's name: the text, a function of
+    the arguments, or None = it failed)."""
+    from cbcn.harness import slurm
+    calls = []
+
+    def run(*args):
+        calls.append(args)
+        answer = answers.get(args[0])
+        return answer(args) if callable(answer) else answer
+    monkeypatch.setattr(slurm, "_run", run)
+    monkeypatch.setattr(slurm, "missing", lambda: None)
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}" if name in answers else None)
+    return calls
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cbcn: error:"), err
+    return err
+
+
+def test_a_launch_needing_data_that_is_not_here_stops_before_submitting(tmp_path, capsys, monkeypatch):
+    """Before: 17 jobs were submitted and 13 of them only recorded "unavailable"."""
+    fake_slurm(monkeypatch, {"sinfo": "debug*|16|(null)|infinite|up\n"})
+    submitted = []
+    monkeypatch.setattr("cbcn.harness.launcher.launch", lambda *a, **k: submitted.append(a))
+    assert main(["reproduce", "--profile", "quick", "--method", "fp", "--launcher", "slurm",
+                 "--out", str(tmp_path)]) == 2
+    err = _one_line_error(capsys)
+    assert "need data that is not here" in err and "cifar10" in err and "nothing was submitted" in err
+    assert not submitted and not (tmp_path / "launches").exists()
+    # --skip-unavailable: those rows are recorded as unavailable here and only the rest is submitted
+    assert main(["reproduce", "--profile", "quick", "--method", "fp", "--launcher", "slurm", "--skip-unavailable",
+                 "--out", str(tmp_path)]) == 0
+    (tasks_submitted,) = [a[0] for a in submitted]
+    assert {t.experiment_id for t in tasks_submitted} == {"t2-mnist-lenet-5-10-20-40-fp", "t2-mnist-rot-lenet-5-10-20-40-fp",
+                                                          "t2-mnist-lenet-10-20-40-80-fp", "t2-mnist-rot-lenet-10-20-40-80-fp"}
+    statuses = {s["experiment_id"]: s["status"] for s in ResultStore(tmp_path).statuses()}
+    assert len(statuses) == 13 and set(statuses.values()) == {"unavailable"}
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--device", "cuda"], "asks for a GPU but --gpus-per-task is 0"),
+    (["--device", "cdua"], "--device cdua:"),
+    (["--cpus-per-task", "4"], "asks for 4 CPUs but the largest node of partition 'debug' has 2"),
+    (["--partition", "gpu"], "partition 'gpu' does not exist (sinfo lists debug)"),
+    (["--gpus-per-task", "1", "--device", "cuda", "--cpus-per-task", "1"], "asks for 1 GPUs but the nodes of partition 'debug' have at most 0"),
+    (["--time-min", "120", "--cpus-per-task", "1"], "asks for 120 minutes but partition 'debug' allows 60"),
+])
+def test_a_request_slurm_could_never_schedule_is_refused_before_submitting(tmp_path, capsys, monkeypatch,
+                                                                           extra, needle):
+    """Before: --cpus-per-task 4 on a 2-CPU node was accepted by sbatch and pended forever."""
+    fake_slurm(monkeypatch, {"sinfo": "debug*|2|(null)|1:00:00|up\n"})
+    monkeypatch.setattr("cbcn.harness.launcher.launch", lambda *a, **k: pytest.fail("submitted"))
+    assert main(["reproduce", "--profile", "smoke", "--row", FOUR[0], "--launcher", "slurm",
+                 "--out", str(tmp_path)] + extra) == 2
+    err = _one_line_error(capsys)
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_a_refused_submission_leaves_no_orphan_files(tmp_path, monkeypatch):
+    settings = LaunchSettings(launcher="slurm", partition="nope", time_min=10)
+
+    class Refusing:
+        def batch(self):
+            raise subprocess.CalledProcessError(1, "sbatch", output=b"sbatch: error: invalid partition specified: nope")
+    monkeypatch.setattr("cbcn.harness.launcher.make_executor", lambda s, folder: (folder.joinpath("x.pkl").write_text(""),
+                                                                                  Refusing())[1])
+    with pytest.raises(subprocess.CalledProcessError):
+        launch(tasks(tmp_path, FOUR[:1]), settings, tmp_path)
+    assert list((tmp_path / "launches").iterdir()) == []
+
+
+def _slurm_launch(out: Path, jobs: dict[str, str]) -> Path:
+    """A launch manifest as ``launch`` writes it, with each job's log files."""
+    folder = out / "launches" / "20261208-000000-abcdef"
+    folder.mkdir(parents=True)
+    entries = []
+    for exp_id, job in jobs.items():
+        log, err = folder / f"{job}_0_log.out", folder / f"{job}_0_log.err"
+        log.write_text("")
+        err.write_text("Traceback (most recent call last):\n  File x\ncbcn.harness.sweep.SweepError: --device cuda: "
+                       "CUDA is not available on this machine\nsrun: error: node1: task 0: Exited with exit code 1\n")
+        entries.append({"experiment_id": exp_id, "job_id": job, "log": str(log), "errors": str(err)})
+    (folder / "launch.json").write_text(json.dumps({"launcher": "slurm", "profile": "smoke", "seed": 0,
+                                                   "jobs": entries}))
+    return folder
+
+
+def test_status_asks_slurm_for_pending_failed_and_cancelled_jobs(tmp_path, capsys, monkeypatch):
+    """Before: every one of these read "submitted"."""
+    _slurm_launch(tmp_path, {FOUR[0]: "77_0", FOUR[1]: "77_1", FOUR[2]: "77_2", FOUR[3]: "77_3"})
+    fake_slurm(monkeypatch, {
+        "squeue": "77_0|PENDING|PartitionConfig\n77_3|RUNNING|None\n",
+        "sacct": None,                                     # no accounting: scontrol answers
+        "scontrol": lambda args: {
+            "77_1": "JobId=78 ArrayJobId=77 ArrayTaskId=1 JobState=FAILED Reason=NonZeroExitCode ExitCode=1:0\n",
+            "77_2": "JobId=79 ArrayJobId=77 ArrayTaskId=2 JobState=CANCELLED Reason=None ExitCode=0:15\n"}.get(args[-1]),
+        "sinfo": ""})
+    frame = run_states(tmp_path)
+    by = frame.set_index("experiment_id")
+    assert by.loc[FOUR[0], "state"] == "pending" and "PartitionConfig" in by.loc[FOUR[0], "detail"]
+    assert by.loc[FOUR[3], "state"] == "running"
+    assert by.loc[FOUR[1], "state"] == "failed"
+    assert "exit 1:0: cbcn.harness.sweep.SweepError: --device cuda: CUDA is not available" in by.loc[FOUR[1], "detail"]
+    assert by.loc[FOUR[2], "state"] == "cancelled" and "Slurm: CANCELLED" in by.loc[FOUR[2], "detail"]
+
+
+def test_status_names_the_job_that_trained_a_record_and_says_when_slurm_cannot_be_asked(tmp_path, monkeypatch):
+    from tests.test_report import acc, record
+    _slurm_launch(tmp_path, {FOUR[0]: "90_0", FOUR[1]: "90_1"})
+    rec = record(FOUR[0], profile="smoke", **acc(90.0))
+    rec["job"] = "55_0"        # an older launch's job trained it
+    ResultStore(tmp_path).write(rec)
+    from cbcn.harness import slurm
+    monkeypatch.setattr(slurm, "missing", lambda: "Slurm commands not found on the PATH (squeue)")
+    by = run_states(tmp_path).set_index("experiment_id")
+    assert by.loc[FOUR[0], "state"] == "done" and by.loc[FOUR[0], "job"] == "55_0"  # not the newest launch's 90_0
+    assert by.loc[FOUR[1], "state"] == "submitted"
+    assert "job state unknown: Slurm commands not found on the PATH" in by.loc[FOUR[1], "detail"]

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
+from cbcn.errors import exception_line
 from cbcn.fileio import atomic_write_text
 from cbcn.training.profiles import Profile
 
@@ -216,8 +217,12 @@ def launch(tasks: Sequence[SweepTask], settings: LaunchSettings, out: str | os.P
         "command": " ".join(sys.argv), "store": str(out), "settings": asdict(settings),
         "profile": first.profile.name if first else None, "seed": first.seed if first else None})
     if settings.launcher == "slurm":
-        with executor.batch():
-            pending = [(t, executor.submit(t)) for t in tasks]
+        try:
+            with executor.batch():
+                pending = [(t, executor.submit(t)) for t in tasks]
+        except BaseException:  # sbatch refused: no job exists, so its files would be orphans
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         run.jobs = pending
         run.write_manifest()
         ids = sorted({str(j.job_id).split("_")[0] for _, j in pending})
@@ -251,13 +256,7 @@ def wait(run: Launch, log: Callable[[str], None] = print) -> dict[str, str]:
         try:
             outcomes[task.experiment_id] = job.result()["outcome"]
         except Exception as e:  # submitit re-raises the task's error, its traceback in the message
-            outcomes[task.experiment_id] = f"FAILED: {_error_line(str(e))} (log {job.paths.stderr})"
+            outcomes[task.experiment_id] = f"FAILED: {exception_line(str(e))} (log {job.paths.stderr})"
         log(f"{task.experiment_id}: {outcomes[task.experiment_id]}")
     return outcomes
 
-
-def _error_line(message: str) -> str:
-    """The exception line (``SomeError: why``) of a submitit failure message."""
-    lines = [line.strip() for line in message.splitlines()]
-    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Failed|Interrupt)\b.*:", line)]
-    return errors[-1] if errors else next((line for line in lines if line), "unknown error")

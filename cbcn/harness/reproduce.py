@@ -198,6 +198,41 @@ def _launch_settings(args):
         raise CLIError(str(e)) from None
 
 
+def _check_before_submitting(args, settings, todo, store, profile) -> set[str]:
+    """What a local sweep checks, before anything is submitted: the device, the data (missing data
+    stops the launch, or with --skip-unavailable is recorded as unavailable and left out), and for
+    Slurm whether the partition can ever schedule the request (``sinfo``). One line on failure;
+    returns the experiments left out for want of data."""
+    from cbcn.harness import slurm
+    from cbcn.harness.sweep import missing_data, missing_data_message
+    from cbcn.training.distributed import resolve_device
+    device = str(args.device).strip().lower()
+    try:
+        if settings.launcher == "local":
+            resolve_device(device)  # the tasks run here
+        elif device != "auto":
+            import torch
+            torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise CLIError(f"--device {args.device}: {e}") from None
+    if settings.launcher == "slurm" and device.startswith("cuda") and not settings.gpus_per_task:
+        raise CLIError(f"--device {args.device} asks for a GPU but --gpus-per-task is 0, so the jobs would get "
+                       "none: add --gpus-per-task 1 (or leave --device auto)")
+    missing = missing_data(todo, args.data_root, args.download)
+    if missing and not args.skip_unavailable:
+        raise CLIError(missing_data_message(missing) + " (nothing was submitted)")
+    for why, ids in missing.items():
+        for exp_id in ids:
+            store.write_status(exp_id, profile.name, args.seed, "unavailable", why)
+    if settings.launcher == "slurm":
+        ranks = max(1, settings.gpus_per_task)
+        why = slurm.unschedulable(settings.partition, settings.cpus_per_task * ranks, settings.gpus_per_task,
+                                  settings.time_min)
+        if why:
+            raise CLIError(f"Slurm could never schedule these jobs: {why} (nothing was submitted)")
+    return {exp_id for ids in missing.values() for exp_id in ids}
+
+
 def _cmd_launch(args, exps) -> int:
     """``cbcn reproduce --launcher``: one submitit task per experiment that is not done yet."""
     from cbcn.harness.launcher import LauncherError, SweepTask, launch, require_submitit, wait
@@ -214,8 +249,10 @@ def _cmd_launch(args, exps) -> int:
         raise CLIError(str(e)) from None
     profile, store = get_profile(args.profile), ResultStore(args.out)
     todo = [e for e in exps if e.runnable and store.state(e.id, profile.name, args.seed)[0] != "finished"]
+    without_data = _check_before_submitting(args, settings, todo, store, profile)
+    todo = [e for e in todo if e.id not in without_data]
     print(f"cbcn reproduce --launcher {settings.launcher}: {len(exps)} selected, {len(todo)} to run "
-          f"({len(exps) - len(todo)} done or not runnable); store {store.results_dir}", flush=True)
+          f"({len(exps) - len(todo)} done, not runnable or without data); store {store.results_dir}", flush=True)
     if not todo:
         return 0
     absolute = lambda p: p and os.path.abspath(os.path.expanduser(p))  # noqa: E731  (jobs may start elsewhere)

@@ -6,10 +6,14 @@ runs, not about the paper's tables. Every answer comes from files that are writt
 (records, statuses, launch manifests) or from the kernel (claim locks), so looking is safe at any
 moment and never disturbs a running sweep.
 
-States, the first that applies: ``done`` (a record), ``unreadable`` (a record that cannot be
-read), ``running`` (a live claim: which job, process and host), ``failed`` / ``unavailable`` /
-``not runnable`` (the sweep's status and its reason), ``submitted`` (in a launch, no sign of it
-yet: queued on Slurm, or its job died before claiming), ``missing`` (selected, nothing at all).
+States, the first that applies: ``done`` (a record, naming the job that trained it),
+``unreadable`` (a record that cannot be read), ``running`` (a live claim: which job, process and
+host, and the epoch), ``failed`` / ``unavailable`` / ``not runnable`` (the sweep's status and its
+reason), then for a launched task with no sign in the store, what Slurm says of its job
+(``cbcn.harness.slurm``): ``pending`` (with Slurm's reason), ``running`` (starting), ``failed``
+(exit code and the last error line of the job's log), ``cancelled``, ``timeout``;
+``submitted`` (Slurm cannot be asked, or no longer knows the job), ``missing`` (selected,
+nothing at all).
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ import pandas as pd
 from cbcn.harness.claims import held_claims
 from cbcn.harness.store import ResultStore, parse_key, record_key, training_dir
 
-STATE_ORDER = ("done", "unreadable", "running", "failed", "unavailable", "not runnable", "submitted", "missing")
+STATE_ORDER = ("done", "unreadable", "running", "failed", "timeout", "cancelled", "unavailable", "not runnable",
+               "pending", "submitted", "missing")
 
 
 def launched_jobs(out: str | os.PathLike) -> dict[str, dict]:
@@ -66,7 +71,8 @@ def run_states(out: str | os.PathLike, selected_keys: list[str] | None = None) -
 
     for key in selected_keys or []:
         row(key)
-    for key, job in launched_jobs(out).items():
+    launched = launched_jobs(out)
+    for key, job in launched.items():
         r = row(key)
         r.update(state="submitted", detail=f"{job['launcher']} launch {job['launch']}", job=job["job_id"],
                  log=job.get("log", ""))
@@ -91,11 +97,42 @@ def run_states(out: str | os.PathLike, selected_keys: list[str] | None = None) -
         metrics = rec.get("metrics") or {}
         metric = next((m for m in ("error", "top1", "accuracy") if metrics.get(m) is not None), None)
         r.update(state="done", detail=(f"{metric} {metrics[metric]:.2f}%" if metric else "finished")
-                 + f", finished {rec.get('finished', '?')}")
+                 + f", finished {rec.get('finished', '?')}", job=rec.get("job") or "", log="")
+    _ask_slurm(rows, launched)  # last: only tasks with no sign in the store
     frame = pd.DataFrame(list(rows.values()), columns=["experiment_id", "profile", "seed", "state", "detail",
                                                        "job", "log"])
     frame["order"] = frame["state"].map({s: i for i, s in enumerate(STATE_ORDER)}).fillna(len(STATE_ORDER))
     return frame.sort_values(["order", "profile", "seed", "experiment_id"]).drop(columns="order").reset_index(drop=True)
+
+
+def _ask_slurm(rows: dict[str, dict], launched: dict[str, dict]) -> None:
+    """Rows still ``submitted`` from a Slurm launch take the state Slurm gives their job."""
+    from cbcn.harness import slurm
+    keys = [k for k, r in rows.items() if r["state"] == "submitted" and launched[k].get("launcher") == "slurm"]
+    if not keys:
+        return
+    why = slurm.missing()
+    if why:
+        for k in keys:
+            rows[k]["detail"] += f"; job state unknown: {why}"
+        return
+    states = slurm.job_states([rows[k]["job"] for k in keys])
+    for k in keys:
+        r, job = rows[k], states.get(rows[k]["job"])
+        if job is None:
+            r["detail"] += "; Slurm no longer knows the job (ended before claiming? see its log)"
+            continue
+        if job.state == "pending":
+            r.update(state="pending", detail=f"Slurm: {job.slurm_state}" + (f" ({job.reason})" if job.reason else ""))
+        elif job.state == "running":
+            r.update(state="running", detail="Slurm: RUNNING, starting (no claim yet)")
+        elif job.state in ("failed", "completed", "cancelled", "timeout"):  # ended without a record or status
+            error = slurm.last_error_line(launched[k].get("errors") or Path(r["log"]).with_suffix(".err"))
+            r.update(state="failed" if job.state == "completed" else job.state,
+                     detail=f"Slurm: {job.slurm_state}" + (f", exit {job.exit_code}" if job.exit_code else "")
+                     + (f": {error}" if error else "") + f"; job log {r['log']}")
+        else:
+            r["detail"] += f"; Slurm: {job.slurm_state}"
 
 
 def counts_line(frame: pd.DataFrame) -> str:

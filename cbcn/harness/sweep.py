@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from cbcn.harness.claims import current_job
 from cbcn.harness.experiments import Experiment
 from cbcn.harness.store import RECORD_KIND, SCHEMA_VERSION, TRAINING, ResultStore, record_key, training_dir
 from cbcn.nn.methods import SWITCHES
@@ -110,6 +111,27 @@ def dataset_status(name: str, root: str | None, cache: dict, download: bool = Fa
     return cache[key]
 
 
+def missing_data(experiments: Sequence[Experiment], data_root: str | None, download: bool = False,
+                 cache: dict | None = None) -> dict[str, list[str]]:
+    """``{why the data set is not here: [experiment ids]}`` for the experiments whose data is missing."""
+    cache = {} if cache is None else cache
+    missing: dict[str, list[str]] = {}
+    for e in experiments:
+        why = dataset_status(e.dataset, data_root, cache, download)
+        if why:
+            missing.setdefault(why, []).append(e.id)
+    return missing
+
+
+def missing_data_message(missing: dict[str, list[str]]) -> str:
+    """What is missing, for whom, and the ways on: the error of a sweep (or launch) that needs it."""
+    return ("the selected experiments need data that is not here:\n  " + "\n  ".join(
+        f"{why} (needed by {len(ids)}: {', '.join(ids[:4])}{' ...' if len(ids) > 4 else ''})"
+        for why, ids in missing.items())
+        + "\npass --data-root DIR (or --download for MNIST/CIFAR), narrow the selection (e.g. "
+          "--dataset mnist), or add --skip-unavailable to record them as unavailable and go on")
+
+
 def _config_for(exp: Experiment, profile: Profile, data_root: str | None, seed: int, device: str,
                 out: Path, resume: bool, progress: str, download: bool = False, compile: bool = False):
     from cbcn.training.train import TrainConfig
@@ -172,6 +194,7 @@ def run_experiment(exp: Experiment, profile: Profile, *, data_root: str | None, 
         "git": git_revision(),
         "versions": package_versions(),
         "machine": host_description(),
+        "job": current_job(),   # the Slurm (or submitit local) job that trained it, for `cbcn status`
         "device": {k: hw.get(k) for k in ("device", "device_name", "torch_threads")},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -221,17 +244,9 @@ def run_sweep(experiments: Sequence[Experiment], profile: str | Profile = "quick
     if mine and not runnable:
         raise SweepError("nothing to run: " + "; ".join(f"{e.id}: {e.not_runnable_reason}" for e in mine))
     if strict_data:
-        missing = {}
-        for e in runnable:
-            why = dataset_status(e.dataset, data_root, data_cache, download)
-            if why:
-                missing.setdefault(why, []).append(e.id)
+        missing = missing_data(runnable, data_root, download, data_cache)
         if missing:
-            raise SweepError("the selected experiments need data that is not here:\n  " + "\n  ".join(
-                f"{why} (needed by {len(ids)}: {', '.join(ids[:4])}{' ...' if len(ids) > 4 else ''})"
-                for why, ids in missing.items())
-                + "\npass --data-root DIR (or --download for MNIST/CIFAR), narrow the selection (e.g. "
-                  "--dataset mnist), or add --skip-unavailable to record them as unavailable and go on")
+            raise SweepError(missing_data_message(missing))
 
     done_now: dict[tuple, dict] = {}
     log(f"cbcn reproduce: profile {profile.name} ({profile.description}); seed {seed}; "
