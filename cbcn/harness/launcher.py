@@ -10,6 +10,9 @@ is one) and writes its record atomically. Everything a cluster adds is handled b
   end); submitit calls ``SweepTask.checkpoint``, which resubmits the same task, and requeues it.
   The requeued task resumes from the run's last epoch checkpoint (``last.pt``), so at most one
   epoch is lost. After ``max_requeues`` time-outs submitit gives up and the task is failed.
+- **scancel and scontrol requeue** send SIGTERM: the task stops at once (submitit alone would
+  ignore it and train on until Slurm's KillWait ends in SIGKILL, then write nothing); the epoch in
+  progress is lost, the last epoch checkpoint stays, and a requeued task resumes from it exactly.
 - **failures**: a task that raises ends only itself; ``run_sweep`` has written a ``failed`` status
   with the reason into the store, and the job's log is in the launch folder.
 - **several GPUs per task**: the task's ranks get ``torchrun``'s environment
@@ -32,7 +35,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
-from cbcn.errors import exception_line
+from cbcn.errors import exception_line, sigterm_raises
 from cbcn.fileio import atomic_write_text
 from cbcn.training.profiles import Profile
 
@@ -125,9 +128,10 @@ class SweepTask:
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one rank per task of the job: torchrun's variables for DistInfo
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        summary = run_sweep([get_experiment(self.experiment_id)], self.profile, self.out, data_root=self.data_root,
-                            seed=self.seed, device=self.device, strict_data=False,
-                            log=lambda line: print(line, flush=True), compile=self.compile)
+        with sigterm_raises():  # scancel / scontrol requeue: stop now (submitit would train on until SIGKILL)
+            summary = run_sweep([get_experiment(self.experiment_id)], self.profile, self.out,
+                                data_root=self.data_root, seed=self.seed, device=self.device, strict_data=False,
+                                log=lambda line: print(line, flush=True), compile=self.compile)
         if summary.failed or summary.problems:
             raise TaskFailed(f"{self.experiment_id}: " + "; ".join({**summary.failed, **summary.problems}.values()))
         outcome = ("finished" if summary.finished else "already done" if summary.skipped_done else
