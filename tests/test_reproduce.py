@@ -146,11 +146,12 @@ def test_smoke_profile_over_tables_2_to_5(data_root, tmp_path, capsys):
     for t, metric in ((2, "error"), (3, "accuracy"), (4, "accuracy"), (5, "top1")):
         df = pd.read_csv(rdir / f"table{t}.csv")
         assert df[f"paper {metric}"].notna().all(), t
-        measured = df[df["status"] == "measured"]
+        measured = df[df["state"] == "done"]
         assert len(measured) >= 1 and measured[f"measured {metric}"].notna().all(), t
         assert (measured["profile"] == "smoke").all()
+        assert (measured["verdict"] == "not comparable (profile smoke)").all(), t  # a verdict on every measured row
     t5 = pd.read_csv(rdir / "table5.csv").set_index("id")
-    assert t5.loc["t5-imagenet-resnet18-abcnet", "status"] == "measured"
+    assert t5.loc["t5-imagenet-resnet18-abcnet", "state"] == "done"
     for name in ("report.md", "report.html", "claims.csv", "inconsistencies.csv", "hardware.csv", "results.csv"):
         assert (rdir / name).stat().st_size > 200, name
     pngs = sorted((rdir / "plots").glob("*.png"))
