@@ -323,3 +323,24 @@ def test_labels_are_placed_without_overlapping():
     boxes = [t.get_window_extent(renderer) for t in texts]
     assert len(boxes) == 6
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_report_fits_a_1400px_window_in_headless_chromium(report, tmp_path):
+    """Laid out by a real browser at 1400 px: the page does not scroll sideways and no table's
+    right edge is cut off (Debian's chromium; .ci/run installs it where apt is available)."""
+    import shutil
+    import subprocess
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no chromium on the PATH (apt-get install chromium)")
+    out, files = report
+    page = tmp_path / "measured.html"
+    probe = ("<script>document.title = 'W=' + document.documentElement.scrollWidth + ' T=' + Math.max(0, "
+             "...Array.from(document.querySelectorAll('table')).map(t => t.getBoundingClientRect().right))</script>")
+    page.write_text(files.html.read_text().replace("</body>", probe + "</body>"))
+    res = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000", "--dump-dom",
+                          page.as_uri()], capture_output=True, text=True, timeout=120)
+    m = re.search(r"<title>W=(\d+) T=([\d.]+)</title>", res.stdout)
+    assert m, res.stderr[-2000:]
+    assert int(m.group(1)) <= 1400 and float(m.group(2)) <= 1400, m.group(0)

@@ -83,8 +83,11 @@ HTML_TABLE_WIDTH_PX = 1300  # what fits a 1400-px window beside the page margins
 _CHAR_PX, _CELL_PAD_PX = 7.2, 14  # 13-px table text
 
 
+WRAP_CHARS = 80  # a longer cell (a reason, an error message) wraps in a box this many characters wide
+
+
 def _column_px(df: pd.DataFrame, col) -> float:
-    longest = max([len(str(col))] + [len(str(v)) for v in df[col].tolist()])
+    longest = max([len(str(col))] + [min(len(str(v)), WRAP_CHARS) for v in df[col].tolist()])
     return longest * _CHAR_PX + _CELL_PAD_PX
 
 
@@ -113,9 +116,13 @@ def _css_class(kind: str) -> str:
     return "v-" + "-".join(kind.lower().split())
 
 
-def _mark_verdict(match) -> str:
-    kind = kind_of(html.unescape(match.group(1)), _VERDICT_KINDS)
-    return f"<td class='{_css_class(kind)}'>{match.group(1)}" if kind else match.group(0)
+def _mark_cell(match) -> str:
+    """A verdict cell gets its kind's class; a long text cell wraps instead of widening the table."""
+    text = html.unescape(match.group(1))
+    kind = kind_of(text, _VERDICT_KINDS)
+    if kind:
+        return f"<td class='{_css_class(kind)}'>{match.group(1)}"
+    return f"<td class='wrap'>{match.group(1)}" if len(text) > WRAP_CHARS else match.group(0)
 
 
 def to_html_table(df: pd.DataFrame) -> str:
@@ -127,7 +134,7 @@ def to_html_table(df: pd.DataFrame) -> str:
     out = []
     for part in split_columns(shown):
         table = part.to_html(index=False, escape=True, border=0, classes="t")
-        table = re.sub(r"<td>([^<]*)", _mark_verdict, table)
+        table = re.sub(r"<td>([^<]*)", _mark_cell, table)
         out.append(f"<div class='scroll'>{table}</div>")
     return "\n".join(out)
 
@@ -144,6 +151,7 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:110em}table
 font-size:13px;margin:1em 0}table.t th,table.t td{border:1px solid #ccc;padding:2px 6px;text-align:left;
 white-space:nowrap}table.t th{background:#eee}div.scroll{overflow-x:auto;max-width:100%}
 span.key{display:inline-block;padding:0 .5em;margin-right:.3em;border:1px solid #ccc}
+table.t td.wrap{white-space:normal;min-width:30em;max-width:45em}
 img{max-width:100%;width:60em;display:block;margin:1em 0}.warn{color:#a00}code{background:#f4f4f4}
 .summary{border:1px solid #ccc;background:#fafafa;padding:.5em 1em}details{margin:.4em 0}
 summary{cursor:pointer;font-weight:bold}""" + "".join(
