@@ -344,3 +344,31 @@ def test_report_fits_a_1400px_window_in_headless_chromium(report, tmp_path):
     m = re.search(r"<title>W=(\d+) T=([\d.]+)</title>", res.stdout)
     assert m, res.stderr[-2000:]
     assert int(m.group(1)) <= 1400 and float(m.group(2)) <= 1400, m.group(0)
+
+
+def test_ablations_of_the_reference_count_finished_seeds_only(tmp_path):
+    from cbcn.harness.reference import ablation_summary
+
+    def run(name, seed, errors, epochs=3):
+        d = tmp_path / "no-bn-recalibration" / name
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"dataset": "mnist-rot", "model": "lenet", "stages": [5, 10, 20, 40],
+                                                  "method": "cbcn", "seed": seed, "epochs": epochs}))
+        (d / "history.json").write_text(json.dumps([{"epoch": i + 1, "test_error": e} for i, e in enumerate(errors)]))
+    run("a-seed0", 0, [30.0, 20.0, 10.0])
+    run("a-seed1", 1, [40.0, 30.0, 14.0])
+    run("a-seed2", 2, [50.0])                    # still training: named, not averaged in
+    (row,) = ablation_summary(tmp_path)
+    assert row["row"] == "t2-mnist-rot-lenet-5-10-20-40-cbcn" and row["seeds"] == [0, 1]
+    assert row["error"] == pytest.approx(12.0) and row["error_std"] == pytest.approx(2 ** 0.5 * 2)
+    assert row["error_last5"] is None and row["unfinished"] == [2]   # fewer than 5 epochs: no last-5 mean
+
+
+def test_report_shows_the_reference_ablations_beside_table_2(report):
+    out, _ = report
+    from cbcn.harness.reference import load_reference
+    if not load_reference().get("ablations"):
+        pytest.skip("the shipped reference has no ablations")
+    md = (out / "report" / "report.md").read_text()
+    assert "**Ablations of the reference result**" in md and "no-bn-recalibration" in md
+    assert (out / "report" / "reference_ablations.csv").exists()

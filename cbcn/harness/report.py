@@ -21,7 +21,7 @@ from cbcn.harness.experiments import INCONSISTENCIES, TABLE_METRICS, TABLE_TITLE
 from cbcn.harness.hardware import CONVENTIONS
 from cbcn.harness.markdown import markdown_table
 from cbcn.harness.reference import describe as describe_reference
-from cbcn.harness.reference import load_reference
+from cbcn.harness.reference import ablations_frame, load_reference
 from cbcn.harness.tables import (DONE, SPEED_FIELDS, Results, claims_frame, hardware_frame, inconsistencies_frame,
                                  load_results, table_frame)
 from cbcn.harness.verdicts import (CLAIM_KINDS, CLAIM_SIZE_FRACTION, COMPARABLE_PROFILE, ROW_KINDS, SEED_STD_FACTOR,
@@ -180,6 +180,9 @@ def build_report(out: str | os.PathLike, report_dir: str | os.PathLike | None = 
     files.csv.append(_write_csv(incons, rdir / "inconsistencies.csv"))
     files.csv.append(_write_csv(hw, rdir / "hardware.csv"))
     files.csv.append(_write_csv(results.frame, rdir / "results.csv"))
+    ablations = ablations_frame(reference)
+    if len(ablations):
+        files.csv.append(_write_csv(ablations, rdir / "reference_ablations.csv"))
 
     figures = plots.make_all(results, pdir, reference)          # list of plots.Figure
     files.plots = [f.path for f in figures if f.path is not None]
@@ -369,6 +372,16 @@ def _sections(results: Results, tables, claims, incons, hw, figures, out: Path, 
                 by_note[r["notes"]].append(r["id"])
         if by_note:  # each note once, with the rows it concerns
             S.append(("ul", [f"{n} ({_rows_text(ids, len(df['id'].unique()))})" for n, ids in by_note.items()]))
+        ablations = ablations_frame(reference)
+        if t == 2 and len(ablations):
+            S.append(("p", "**Ablations of the reference result**: one decision the paper leaves open, changed, on the "
+                           "rows it may move (`reports/paper-mnist/ablations/`; final-epoch error, mean over the "
+                           "finished seeds, and the mean of their last 5 epochs; unfinished runs are named, not "
+                           "averaged in). `rotation-per-epoch`: each training image gets a new angle every epoch "
+                           "instead of one fixed angle; `no-bn-recalibration`: BatchNorm's moving averages at test "
+                           "time instead of the re-estimation before each evaluation; `hidden-fc`: a hidden fully "
+                           "connected layer before the classifier."))
+            S.append(("table", ablations, "reference_ablations.csv"))
     S.append(("h2", "The paper's claims, checked"))
     S.append(("p", "A claim is that one cell beats another (lower error, higher accuracy, top-1 for Table 5). "
                    "`paper margin` is the paper's advantage, `reference margin` the committed reference result's, "
