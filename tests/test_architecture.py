@@ -21,10 +21,10 @@ def _documented_parts() -> dict[str, set[str]]:
 def test_every_part_and_module_is_documented_and_exists():
     parts = _documented_parts()
     on_disk = {p.name for p in (ROOT / "cbcn").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-    assert set(parts) == on_disk == {"nn", "data", "training", "onebit", "harness"}
+    assert set(parts) == on_disk == {"nn", "data", "training", "onebit", "harness", "cli"}
     for part, modules in parts.items():
         folder = ROOT / "cbcn" / part
-        top = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+        top = {p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "__main__")}
         top |= {p.name for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
         nested = {p.stem for p in folder.rglob("*.py")} | {p.parent.name for p in folder.rglob("__init__.py")}
         assert top <= modules, f"cbcn/{part}: {sorted(top - modules)} not in docs/ARCHITECTURE.md"
@@ -33,7 +33,7 @@ def test_every_part_and_module_is_documented_and_exists():
 
 def test_top_level_of_cbcn_is_the_five_parts_and_the_shared_helpers():
     top = {p.name for p in (ROOT / "cbcn").iterdir() if not p.name.startswith(("_", "."))}
-    assert top == {"nn", "data", "training", "onebit", "harness", "cli.py", "errors.py", "fileio.py", "memo.py"}
+    assert top == {"nn", "data", "training", "onebit", "harness", "cli", "errors.py", "fileio.py", "memo.py"}
     listing = DOC.split("```text", 1)[1].split("```", 1)[0]
     for name in top:
         assert name.removesuffix(".py") in listing
@@ -47,3 +47,24 @@ def test_triton_kernels_use_only_public_names_of_cbcn():
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cbcn"):
                 assert node.module in allowed, f"{path.name} imports {node.module}"
                 assert not any(a.name.startswith("_") for a in node.names), f"{path.name}: private name"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every ``cbcn...`` module a file imports (at the top or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {m for m in found if m == "cbcn" or m.startswith("cbcn.")}
+
+
+def test_no_part_of_cbcn_imports_the_command_line():
+    """The command line sits on top: before, ``harness.summary`` and ``onebit.export`` imported
+    ``cbcn.cli`` for its options, and ``cbcn.cli`` imported them back."""
+    for path in (ROOT / "cbcn").rglob("*.py"):
+        if path.is_relative_to(ROOT / "cbcn" / "cli"):
+            continue
+        bad = {m for m in _imports(path) if m == "cbcn.cli" or m.startswith("cbcn.cli.")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"

@@ -12,10 +12,8 @@ options as ``cbcn train``, from a training checkpoint, or from a 1-bit checkpoin
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +21,6 @@ import pandas as pd
 import torch.nn as nn
 
 from cbcn.harness.cost import byte_totals, layer_costs, operation_totals
-from cbcn.nn.methods import SWITCHES
 
 CONVENTIONS = (
     "One row per layer that stores values or does counted operations (pooling, activations and "
@@ -158,11 +155,11 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...], title: str | None 
         "onebit_parts_bytes": parts,
     }
     if title is None:
-        title = _model_title(model)
+        title = model_title(model)
     return Summary(title, tuple(input_shape), pd.DataFrame(rows), totals)
 
 
-def _model_title(model: nn.Module) -> str:
+def model_title(model: nn.Module) -> str:
     name = getattr(model, "name", type(model).__name__)
     method, K, stages = getattr(model, "method", ""), getattr(model, "K", 1), getattr(model, "stages", ())
     k = f" K={K}" if method == "cbcn" or K > 1 else ""
@@ -190,7 +187,7 @@ def summary_of_checkpoint(path: str | Path) -> Summary:
 
         model, config, ckpt = load_trained_model(path)
         shape = _input_shape_for(config.dataset, config.model)
-        s = summarize(model, shape, f"{_model_title(model)} (training checkpoint {Path(path).name}, "
+        s = summarize(model, shape, f"{model_title(model)} (training checkpoint {Path(path).name}, "
                                     f"epoch {ckpt.get('epoch')}, {config.dataset})")
         return s
     raise CheckpointError(f"{path} is neither a cbcn training checkpoint nor a 1-bit checkpoint "
@@ -211,7 +208,7 @@ def _summary_of_onebit(path, obj) -> Summary:
     model = build_model(name, **build)
     image = build.get("image_size", 224 if build.get("stem") == "imagenet" else 32)
     s = summarize(model, (build.get("in_channels", 3), image, image),
-                  f"{_model_title(model)} (1-bit checkpoint {Path(path).name})")
+                  f"{model_title(model)} (1-bit checkpoint {Path(path).name})")
     state = obj["state"]
     payload = state["bits"].numel() * state["bits"].element_size() + sum(
         t.numel() * t.element_size() for t in state["blobs"].values() if isinstance(t, torch.Tensor))
@@ -248,61 +245,5 @@ def record_summaries(records: list[dict]) -> list[Summary]:
         except (KeyError, ValueError):
             continue  # an experiment this cbcn cannot build (e.g. a method only quoted): no rows
         out.append(summarize(model, (info.in_channels, info.image_size, info.image_size),
-                             f"{_model_title(model)} on {e['dataset']}"))
+                             f"{model_title(model)} on {e['dataset']}"))
     return out
-
-
-# --- the command ------------------------------------------------------------------------------
-def add_subcommands(subparsers) -> None:
-    from cbcn.cli import _Formatter, add_model_arguments
-
-    p = subparsers.add_parser(
-        "summary", help="per-layer summary: precision, shapes, parameters, bytes, BOPs and MACs",
-        formatter_class=_Formatter,
-        description="One row per layer of a model, as larq's lq.models.summary: input and weight precision, "
-                    "CBConv maps and physical channels, output shape, binary and real parameters, bytes in "
-                    "the 1-bit checkpoint, BOPs (full CiF bank and K-sum form) and real MACs; then the fp32 "
-                    "and 1-bit sizes and the share of the 1-bit bytes that the non-binary parts take. The "
-                    "model comes from the options (as 'cbcn train') or from CHECKPOINT (a training or a "
-                    "1-bit checkpoint).")
-    p.add_argument("checkpoint", nargs="?", default=None, metavar="CHECKPOINT",
-                   help="a training checkpoint (runs/<run>/last.pt) or a 1-bit checkpoint; instead of the model options")
-    add_model_arguments(p)
-    p.add_argument("--dataset", default=None, metavar="NAME",
-                   help="data set whose image size, channels and classes the model is built for "
-                        "(default: mnist for lenet, cifar10 otherwise; imagenet gives the ImageNet stem)")
-    p.add_argument("--format", default="table", choices=("table", "markdown", "csv", "json"),
-                   help="output: a plain table, Markdown, CSV or JSON (default: %(default)s)")
-    p.set_defaults(func=cmd_summary)
-
-
-def cmd_summary(args: argparse.Namespace) -> int:
-    if args.checkpoint is not None:
-        summary = summary_of_checkpoint(args.checkpoint)
-    else:
-        summary = summary_of_options(args)
-    text = summary.render(args.format)
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:  # `cbcn summary | head`
-        sys.stderr.close()
-    return 0
-
-
-def summary_of_options(args) -> Summary:
-    from cbcn.cli import model_K
-    from cbcn.data import dataset_info
-    from cbcn.nn.models import build_model
-
-    dataset = args.dataset or ("mnist" if args.model == "lenet" else "cifar10")
-    info = dataset_info(dataset)
-    switches = {k: getattr(args, k) for k in SWITCHES
-                if getattr(args, k, None) is not None}
-    model = build_model(args.model, method=args.method, stages=args.stages, K=model_K(args), num_classes=info.num_classes,
-                        in_channels=info.in_channels, stem="imagenet" if info.family == "imagenet" else "cifar",
-                        image_size=info.image_size if args.model == "lenet" else 32,
-                        weight_bases=args.weight_bases, act_bases=args.act_bases, **switches)
-    return summarize(model, (info.in_channels, info.image_size, info.image_size),
-                     f"{_model_title(model)} ({dataset}: {info.in_channels}x{info.image_size}x{info.image_size}, "
-                     f"{info.num_classes} classes)")

@@ -1,7 +1,7 @@
 """The ``cbcn`` command line: ``cbcn train``, ``cbcn eval``, and the subcommands of other modules.
 
-``cbcn.harness.reproduce`` (reproduce, list, report) and ``cbcn.harness.summary`` each expose
-``add_subcommands(subparsers)``: it adds their parsers and sets ``func``
+``cbcn.harness.reproduce`` (reproduce, list, status, report), ``cbcn.cli.summary`` and
+``cbcn.cli.export`` each expose ``add_subcommands(subparsers)``: it adds their parsers and sets ``func``
 (``parser.set_defaults(func=handler)``), a callable taking the parsed namespace and returning an
 exit code. User errors are ``cbcn.errors.CLIError``.
 """
@@ -15,120 +15,14 @@ import os
 import sys
 import textwrap
 
+from cbcn.cli.options import (Formatter, add_model_arguments, choices, dataset_epilog, model_K, optional_int,
+                                   positive_int)
 from cbcn.errors import CLIError, Terminated, sigterm_raises
-
-
-def _choices(kind: str) -> tuple:
-    """Valid names (and orientations K), read from the registry that owns them."""
-    if kind == "dataset":
-        from cbcn.data import DATASETS
-        return tuple(DATASETS)
-    if kind == "method":
-        from cbcn.nn.methods import METHODS
-        return tuple(METHODS)
-    if kind == "surrogate":
-        from cbcn.nn.binarize import SURROGATES
-        return tuple(SURROGATES)
-    if kind == "model":
-        from cbcn.nn.models import MODELS
-        return tuple(MODELS)
-    if kind == "profile":
-        from cbcn.training.profiles import PROFILES
-        return tuple(PROFILES)
-    if kind == "K":
-        from cbcn.nn.cif import VALID_K
-        return VALID_K
-    if kind == "rotation":
-        from cbcn.data.rotation import ROTATION_DRAWS
-        return ROTATION_DRAWS
-    raise KeyError(kind)
-
-
-def parse_stages(text: str) -> tuple[int, ...]:
-    """'5-10-20-40' -> (5, 10, 20, 40)."""
-    try:
-        stages = tuple(int(s) for s in text.replace(",", "-").split("-"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"stages must look like 5-10-20-40, got {text!r}") from None
-    if not stages or any(s < 1 for s in stages):
-        raise argparse.ArgumentTypeError(f"stages must be positive integers, got {text!r}")
-    return stages
-
-
-def _optional_int(text: str) -> int:
-    """A positive int, or 0 for 'none'/'off'/'0' (no schedule step)."""
-    if text.lower() in ("none", "0", "off"):
-        return 0
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 or 'none', got {v}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    pass
-
-
-def _dataset_epilog() -> str:
-    from cbcn.data import DATASETS
-    lines = ["data sets:"]
-    for name, info in DATASETS.items():
-        lines.append(f"  {name:14s} {info.summary}")
-    lines += ["", "profiles (--profile): paper = the paper's Sec. 4.1 recipe; quick = minutes on a CPU; "
-              "smoke = seconds, for tests.", "Options left unset take the profile's value; set ones override it.",
-              "", "examples:",
-              "  cbcn train                                   # LeNet fp, offline MNIST subset, quick profile",
-              "  cbcn train --data-root ~/data --model lenet --stages 5-10-20-40 --method cbcn -K 4",
-              "  cbcn train --dataset cifar10 --model resnet18 --stages 16-16-32-64 --method xnor --profile paper",
-              "  torchrun --nproc_per_node=4 -m cbcn.cli train --dataset cifar10 --model resnet18 ...",
-              "  cbcn eval runs/mnist_lenet_fp_K1_seed0/last.pt --dataset mnist-rot"]
-    return "\n".join(lines)
-
-
-def add_model_arguments(p: argparse.ArgumentParser):
-    """The options that say which model to build (``cbcn train``, ``cbcn summary``); returns their group."""
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="lenet", choices=_choices("model"), metavar="NAME",
-                   help="backbone: %(choices)s (default: %(default)s)")
-    g.add_argument("--stages", type=parse_stages, default=None, metavar="A-B-C-D",
-                   help="feature maps per stage (kernel stage), e.g. 5-10-20-40 for LeNet or 16-16-32-64 "
-                        "for ResNet18; for cbcn they count maps of K channels each (default: the backbone's)")
-    g.add_argument("--method", default="fp", choices=_choices("method"), metavar="NAME",
-                   help="binarization method: %(choices)s (default: %(default)s)")
-    g.add_argument("-K", "--K", type=int, default=None, choices=_choices("K"), dest="K",
-                   help="orientations of the circulant filters (default: the method's: 4 for cbcn, the paper's; "
-                        "1 for the others)")
-    g.add_argument("--cbconv", action=argparse.BooleanOptionalAction, default=None,
-                   help="ablation: circulant (CBConv) vs plain binary convolutions (default: the method's)")
-    g.add_argument("--shortcut", choices=("standard", "double"), default=None,
-                   help="ablation: residual shortcut per block (standard) or per conv (double) (default: the method's)")
-    g.add_argument("--act-surrogate", choices=_choices("surrogate"), default=None,
-                   help="ablation: gradient of sign() for activations (default: the method's)")
-    g.add_argument("--weight-surrogate", choices=_choices("surrogate"), default=None,
-                   help="ablation: gradient of sign() for weights (default: the method's)")
-    g.add_argument("-M", "--weight-bases", type=int, default=1, metavar="M",
-                   help="abcnet: binary weight bases per layer (the paper uses 1, 3, 5; default: %(default)s)")
-    g.add_argument("-N", "--act-bases", type=int, default=1, metavar="N",
-                   help="abcnet: binary activation bases per layer (the paper uses 1, 3, 5; default: %(default)s)")
-    return g
-
-
-def model_K(args: argparse.Namespace) -> int:
-    """The -K the user gave, else the method's own (``MethodSpec.default_K``: 4 for cbcn)."""
-    from cbcn.nn.methods import get_method
-    return args.K if args.K is not None else get_method(args.method).default_K
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "train", help="train a model with a recipe profile", formatter_class=_Formatter,
+        "train", help="train a model with a recipe profile", formatter_class=Formatter,
         description=textwrap.dedent("""\
             Train one model on one data set with SGD (momentum 0.9, weight decay 1e-4) following a
             recipe profile, evaluating on the test split after every epoch. Writes to --output:
@@ -136,7 +30,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
             result.json (final metrics, data description, profile) and train.log. Under torchrun
             the run is data-parallel (NCCL on GPUs, gloo on CPU) with the global batch split across
             processes."""),
-        epilog=_dataset_epilog())
+        epilog=dataset_epilog())
     g = add_model_arguments(p)
     g.add_argument("--lenet-classifier", default="linear", choices=("linear", "hidden"),
                    help="LeNet's classifier: 'linear' = dropout then the linear classifier (default); 'hidden' = "
@@ -151,7 +45,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="BatchNorm normalises with its running statistics during training (its scale "
                         "and shift still learn); makes data-parallel CPU runs match one process")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="mnist", choices=_choices("dataset"), metavar="NAME",
+    g.add_argument("--dataset", default="mnist", choices=choices("dataset"), metavar="NAME",
                    help="data set: %(choices)s (see the list below; default: %(default)s)")
     g.add_argument("--data-root", default=os.environ.get("CBCN_DATA") or None, metavar="DIR",
                    help="folder holding the data in its published format (MNIST idx files, "
@@ -163,27 +57,27 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--subset", action=argparse.BooleanOptionalAction, default=None,
                    help="--subset: accept a partial CIFAR copy (fewer batches); --no-subset: require the "
                         "full set; default: accept and label it as a subset")
-    g.add_argument("--max-train-samples", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--max-train-samples", type=positive_int, default=None, metavar="N",
                    help="train on a fixed random subset of N images (default: the profile's)")
-    g.add_argument("--max-test-samples", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--max-test-samples", type=positive_int, default=None, metavar="N",
                    help="evaluate on a fixed random subset of N images (default: the profile's)")
     g.add_argument("--data-seed", type=int, default=0, metavar="SEED",
                    help="seed of the per-sample rotation angles of mnist-rot / cifar10-rot (default: %(default)s)")
-    g.add_argument("--rotation", choices=_choices("rotation"), default="fixed",
+    g.add_argument("--rotation", choices=choices("rotation"), default="fixed",
                    help="mnist-rot / cifar10-rot training images: 'fixed' keeps one seeded angle per image "
                         "(a published rotated data set, SPEC's reading), 'per-epoch' draws a new angle every "
                         "time an image is used; the test images always keep their fixed angles (default: %(default)s)")
     g = p.add_argument_group("recipe (unset options take the profile's values)")
-    g.add_argument("--profile", default="quick", choices=_choices("profile"),
+    g.add_argument("--profile", default="quick", choices=choices("profile"),
                    help="recipe profile: paper (Sec. 4.1), quick (minutes on a CPU), smoke (seconds) (default: %(default)s)")
-    g.add_argument("--epochs", type=_positive_int, default=None, help="number of epochs")
-    g.add_argument("--batch-size", type=_positive_int, default=None,
+    g.add_argument("--epochs", type=positive_int, default=None, help="number of epochs")
+    g.add_argument("--batch-size", type=positive_int, default=None,
                    help="global batch size (split across torchrun processes)")
-    g.add_argument("--eval-batch-size", type=_positive_int, default=None, help="batch size for evaluation")
+    g.add_argument("--eval-batch-size", type=positive_int, default=None, help="batch size for evaluation")
     g.add_argument("--lr", type=float, default=None, help="initial learning rate")
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay")
-    g.add_argument("--lr-step", type=_optional_int, default=None, metavar="EPOCHS",
+    g.add_argument("--lr-step", type=optional_int, default=None, metavar="EPOCHS",
                    help="multiply the learning rate by --lr-gamma every EPOCHS epochs ('none': constant)")
     g.add_argument("--lr-gamma", type=float, default=None, help="learning-rate decay factor")
     g.add_argument("--center-loss", action="store_true",
@@ -210,7 +104,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="continue an interrupted run from --output/last.pt, or from CHECKPOINT; the "
                         "result equals an uninterrupted run's (same seed, same device)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --output")
-    g.add_argument("--stop-after-epoch", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--stop-after-epoch", type=positive_int, default=None, metavar="N",
                    help="stop after epoch N's checkpoint, as if interrupted (for testing --resume)")
     g.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
                    help="progress display: bar on a terminal, lines in a log file (default: %(default)s, which picks)")
@@ -224,19 +118,19 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "eval", help="evaluate a training checkpoint", formatter_class=_Formatter,
+        "eval", help="evaluate a training checkpoint", formatter_class=Formatter,
         description="Rebuild the model stored in a checkpoint written by 'cbcn train' and report its "
                     "test loss, error, top-1 and top-5 on the test split of its data set (or another "
                     "with the same classes, e.g. train on mnist, evaluate on mnist-rot).")
     p.add_argument("checkpoint", help="a checkpoint (e.g. runs/<run>/last.pt), or a run folder (its last.pt)")
-    p.add_argument("--dataset", default=None, choices=_choices("dataset"), metavar="NAME",
+    p.add_argument("--dataset", default=None, choices=choices("dataset"), metavar="NAME",
                    help="data set to evaluate on: %(choices)s (default: the one trained on)")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="data folder (default: the one used in training, else $CBCN_DATA)")
     p.add_argument("--data-seed", type=int, default=None, help="rotation seed (default: the training run's)")
-    p.add_argument("--max-test-samples", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--max-test-samples", type=positive_int, default=None, metavar="N",
                    help="evaluate on a fixed random subset of N images (default: the training run's)")
-    p.add_argument("--batch-size", type=_positive_int, default=512, help="evaluation batch size (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=512, help="evaluation batch size (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, or cuda:N (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_eval)
@@ -253,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
-    from cbcn.harness import reproduce, summary
-    from cbcn.onebit import export
+    from cbcn.cli import export, summary
+    from cbcn.harness import reproduce
     for module in (reproduce, summary, export):
         module.add_subcommands(subparsers)
     return parser
@@ -384,6 +278,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cbcn: {how} (the last completed epoch's checkpoint is intact; use --resume)", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
