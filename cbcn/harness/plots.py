@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cbcn.fileio import atomic_path
 from cbcn.harness.experiments import BY_ID
+from cbcn.harness.verdicts import is_number
 
 T3_COLUMNS = ("ConvComp", "S", "S+C", "S+G", "S+C+G")
 T3_ROWS = (("XNOR", 1, "t3-xnor"), ("CBCN K=2", 2, "t3-cbcn-k2"), ("CBCN K=4", 4, "t3-cbcn-k4"),
@@ -155,10 +156,6 @@ COSTS = (("onebit_bytes", "deployed model size (bytes): binary models packed to 
          ("energy_per_image_mj", "energy per image (mJ)", "log", "energy"))
 
 
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
-
-
 def _deployed_latency(row) -> float | str | None:
     """What a user deploys: a binary model's packed 1-bit forward, a float model's own forward;
     for a binary model without a packed forward, the reason (the float-simulated training model's
@@ -208,7 +205,7 @@ def cost(results, pdir: Path) -> list[Figure]:
             out.append(Figure(title, None, "no measured results in the store yet"))
             continue
         rows = f[f["reused_from"].isna()] if "reused_from" in f else f
-        ok = rows[rows[col].map(_number) & rows["accuracy_pct"].map(_number)]
+        ok = rows[rows[col].map(is_number) & rows["accuracy_pct"].map(is_number)]
         if ok.empty:
             reasons = sorted({str(v) for v in rows[col] if isinstance(v, str)})
             out.append(Figure(title, None, "; ".join(reasons) or "no measured values"))
@@ -223,7 +220,7 @@ def cost(results, pdir: Path) -> list[Figure]:
             for _, r in g.sort_values(col).iterrows():
                 x, y = float(r[col]), float(r["accuracy_pct"])
                 twin = r.get("float_physical_latency_b1_ms") if twins and method != "fp" else None
-                if _number(twin):  # the float model of the same widths, joined to its 1-bit model
+                if is_number(twin):  # the float model of the same widths, joined to its 1-bit model
                     ax.scatter([twin], [y], facecolors="none", edgecolors=colour, s=28, zorder=3)
                     ax.plot([twin, x], [y, y], color=colour, lw=0.8, alpha=0.6)
                 # a short label (stages and data set; the legend says the method)

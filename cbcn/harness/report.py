@@ -25,7 +25,7 @@ from cbcn.harness.reference import ablations_frame, load_reference
 from cbcn.harness.tables import (DONE, SPEED_FIELDS, Results, claims_frame, hardware_frame, inconsistencies_frame,
                                  load_results, table_frame)
 from cbcn.harness.verdicts import (CLAIM_KINDS, CLAIM_SIZE_FRACTION, COMPARABLE_PROFILE, ROW_KINDS, SEED_STD_FACTOR,
-                                   TOLERANCE_FLOOR, kind_of)
+                                   TOLERANCE_FLOOR, is_number, kind_of)
 
 
 def footnote_unavailable(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -293,18 +293,17 @@ def slower_than_float(hw: pd.DataFrame) -> list[str]:
             "packed_backend"}
     if hw.empty or not need <= set(hw.columns):
         return []
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # noqa: E731
     lines = []
-    measured = hw[hw["onebit_speedup_vs_float_physical_batch"].map(number)
-                  | hw["onebit_speedup_vs_float_physical_b1"].map(number)]
+    measured = hw[hw["onebit_speedup_vs_float_physical_batch"].map(is_number)
+                  | hw["onebit_speedup_vs_float_physical_b1"].map(is_number)]
     for (device, backend), g in measured.groupby(["device_name", "packed_backend"], sort=True):
         slow = [(r["experiment_id"], r["seed"], r["onebit_speedup_vs_float_physical_b1"],
                  r["onebit_speedup_vs_float_physical_batch"]) for _, r in g.iterrows()
-                if any(number(v) and v < 1 for v in (r["onebit_speedup_vs_float_physical_b1"],
+                if any(is_number(v) and v < 1 for v in (r["onebit_speedup_vs_float_physical_b1"],
                                                       r["onebit_speedup_vs_float_physical_batch"]))]
         if slow:
-            b1 = sum(number(v) and v < 1 for _, _, v, _ in slow)
-            bt = sum(number(v) and v < 1 for _, _, _, v in slow)
+            b1 = sum(is_number(v) and v < 1 for _, _, v, _ in slow)
+            bt = sum(is_number(v) and v < 1 for _, _, _, v in slow)
             lines.append(
                 f"the 1-bit model is slower than float on {device} (backend {backend}) for {len(slow)} of {len(g)} "
                 f"binary models ({b1} at batch 1, {bt} at the throughput batch) — speed-up over the float model of "

@@ -32,8 +32,8 @@ CLAIM_KINDS = {"holds": "#dff0d8", "holds in sign only": "#fcf3d9", "does NOT ho
 
 
 def is_number(v) -> bool:
-    """A real number, not None and not NaN (pandas puts NaN where a value is missing)."""
-    return isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
+    """A real number, not None, not a bool and not NaN (pandas puts NaN where a value is missing)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))
 
 
 def tolerance(std: float | None, seeds: int) -> float:
